@@ -1,0 +1,43 @@
+/**
+ * The feature-engine contract: a backbone cut at one node, turning a batch of decoded images
+ * into rows of a feature matrix. Every implementation (TensorFlow.js on any backend, raw pixels,
+ * later ONNX Runtime) meets this one interface, so the extract job does not know which it runs.
+ */
+
+export interface FeatureEngine {
+  /**
+   * Stable name of backbone + node (+ size), recorded with the features and the published model,
+   * e.g. 'tfjs:mobilenet_v2_mid@expanded_conv_13/expand/Relu6' or 'raw-pixels:32x32'.
+   * Features with the same id are comparable; features with different ids are not.
+   */
+  readonly id: string;
+  /** What runs the maths, for logs and status: 'tensorflow (GPU)', 'tensorflow (CPU)', 'wasm', 'cpu', 'js'. */
+  readonly backend: string;
+  /** The size images must be decoded to before `embed` (see `decodeImage`). */
+  readonly input: { width: number; height: number };
+  /** Length of one feature row. */
+  readonly dim: number;
+  /**
+   * images: RGB uint8 HWC at `input` size (width × height × 3 bytes each).
+   * Returns images.length × dim floats, row-major, row i for images[i].
+   */
+  embed(images: readonly Uint8Array[]): Promise<Float32Array>;
+  /** Frees the model's memory; the engine cannot be used afterwards. */
+  dispose(): void;
+}
+
+/** Which engine to build; declared in shared/ because job payloads carry it. */
+export type { FeatureSpec } from '../../../shared/features.js';
+
+/** Which TensorFlow.js backend to run on; 'auto' prefers native TensorFlow, then WebAssembly, then plain JS. */
+export type BackendChoice = 'auto' | 'tensorflow' | 'wasm' | 'cpu';
+
+/** What `loadEngine` needs from its caller. */
+export interface EngineDeps {
+  /** Reads a whole object: a local path or an s3:// URL. The engines never touch storage themselves. */
+  readObject(url: string): Promise<Uint8Array>;
+  /** Structured log line (pino-style message + fields). */
+  log?: (msg: string, extra?: object) => void;
+  /** TensorFlow.js backend; default 'auto'. Process-wide: TensorFlow.js has one active backend. */
+  backend?: BackendChoice;
+}

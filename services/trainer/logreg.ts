@@ -1,0 +1,467 @@
+/**
+ * Multinomial (softmax) logistic regression with L2 penalty, fitted by L-BFGS.
+ *
+ * Objective: (1/n) * sum_i -log softmax(W x_i + b)[y_i] + (lambda/2) * ||W||^2
+ * (the bias is not penalised). W is k×d row-major, b has length k. Parameters are
+ * packed as theta = [W (k*d values), b (k values)] for the optimiser.
+ *
+ * Everything is sequential Float64 arithmetic with zero initial parameters, so a fit
+ * is bit-for-bit reproducible.
+ */
+import { BadRequestError } from '../../shared/errors.js';
+import { minimizeLbfgs } from './lbfgs.js';
+
+/** Fitted linear softmax parameters. W is k×d row-major. */
+export interface SoftmaxParams {
+  W: Float64Array;
+  b: Float64Array;
+}
+
+/** A training problem: X is n×d row-major (standardised), labels y in [0, k). */
+export interface LogisticProblem {
+  X: Float32Array;
+  n: number;
+  d: number;
+  y: Int32Array;
+  k: number;
+  lambda: number;
+}
+
+function checkProblem(p: LogisticProblem): void {
+  const { X, n, d, y, k, lambda } = p;
+  if (!Number.isInteger(n) || n < 1) throw new BadRequestError(`logistic regression: need at least one sample, got n=${n}`);
+  if (!Number.isInteger(d) || d < 1) throw new BadRequestError(`logistic regression: feature dimension must be >= 1, got d=${d}`);
+  if (!Number.isInteger(k) || k < 2) throw new BadRequestError(`logistic regression: need at least 2 classes, got k=${k}`);
+  if (X.length !== n * d) throw new BadRequestError(`logistic regression: X has ${X.length} values, expected n*d = ${n}*${d} = ${n * d}`);
+  if (y.length !== n) throw new BadRequestError(`logistic regression: y has ${y.length} labels, expected n = ${n}`);
+  if (!(lambda >= 0) || !Number.isFinite(lambda)) throw new BadRequestError(`logistic regression: lambda must be a finite number >= 0, got ${lambda}`);
+  for (let i = 0; i < n; i++) {
+    if (y[i] < 0 || y[i] >= k) throw new BadRequestError(`logistic regression: label y[${i}]=${y[i]} is outside [0, ${k})`);
+  }
+  // One NaN/Infinity would silently poison every gradient; name it instead (O(nd), cheap next to a fit).
+  for (let i = 0; i < X.length; i++) {
+    if (!Number.isFinite(X[i])) {
+      throw new BadRequestError(`logistic regression: feature X[${Math.floor(i / d)}][${i % d}] is not finite (${X[i]})`);
+    }
+  }
+}
+
+/**
+ * Z[i*k + c] = bias[c] + X_i · W_c for every sample i and class c (W, bias inside theta).
+ *
+ * Register-blocked over 4 samples × 2 classes: each loaded X value feeds two products
+ * and each W value four, which is ~2.5x faster in V8 than one dot product at a time
+ * (loads, bounds checks and float32→float64 conversion dominate, not the multiplies).
+ * The summation order is fixed, so results are deterministic.
+ */
+function computeLogits(X: Float32Array, n: number, d: number, theta: Float64Array, k: number, Z: Float64Array): void {
+  const kd = k * d;
+  let i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const o0 = i * d, o1 = o0 + d, o2 = o1 + d, o3 = o2 + d;
+    const z0 = i * k, z1 = z0 + k, z2 = z1 + k, z3 = z2 + k;
+    let c = 0;
+    for (; c + 2 <= k; c += 2) {
+      const u0 = c * d, v0 = u0 + d;
+      let a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+      for (let j = 0; j < d; j++) {
+        const u = theta[u0 + j], v = theta[v0 + j];
+        const x0 = X[o0 + j], x1 = X[o1 + j], x2 = X[o2 + j], x3 = X[o3 + j];
+        a0 += x0 * u; a1 += x1 * u; a2 += x2 * u; a3 += x3 * u;
+        b0 += x0 * v; b1 += x1 * v; b2 += x2 * v; b3 += x3 * v;
+      }
+      const bu = theta[kd + c], bv = theta[kd + c + 1];
+      Z[z0 + c] = a0 + bu; Z[z1 + c] = a1 + bu; Z[z2 + c] = a2 + bu; Z[z3 + c] = a3 + bu;
+      Z[z0 + c + 1] = b0 + bv; Z[z1 + c + 1] = b1 + bv; Z[z2 + c + 1] = b2 + bv; Z[z3 + c + 1] = b3 + bv;
+    }
+    if (c < k) {
+      const u0 = c * d;
+      let a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+      for (let j = 0; j < d; j++) {
+        const u = theta[u0 + j];
+        a0 += X[o0 + j] * u; a1 += X[o1 + j] * u; a2 += X[o2 + j] * u; a3 += X[o3 + j] * u;
+      }
+      const bu = theta[kd + c];
+      Z[z0 + c] = a0 + bu; Z[z1 + c] = a1 + bu; Z[z2 + c] = a2 + bu; Z[z3 + c] = a3 + bu;
+    }
+  }
+  for (; i < n; i++) {
+    const o = i * d;
+    for (let c = 0; c < k; c++) {
+      const u0 = c * d;
+      let a = 0;
+      for (let j = 0; j < d; j++) a += X[o + j] * theta[u0 + j];
+      Z[i * k + c] = a + theta[kd + c];
+    }
+  }
+}
+
+/**
+ * G[c*d + j] += sum_i R[i*k + c] * X[i*d + j], i.e. G += Rᵀ X, blocked like computeLogits
+ * so each gradient row is read and written once per 4 samples instead of once per sample.
+ */
+function accumulateGradient(X: Float32Array, n: number, d: number, R: Float64Array, k: number, G: Float64Array): void {
+  let i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const o0 = i * d, o1 = o0 + d, o2 = o1 + d, o3 = o2 + d;
+    const z0 = i * k, z1 = z0 + k, z2 = z1 + k, z3 = z2 + k;
+    let c = 0;
+    for (; c + 2 <= k; c += 2) {
+      const u0 = c * d, v0 = u0 + d;
+      const r0 = R[z0 + c], r1 = R[z1 + c], r2 = R[z2 + c], r3 = R[z3 + c];
+      const q0 = R[z0 + c + 1], q1 = R[z1 + c + 1], q2 = R[z2 + c + 1], q3 = R[z3 + c + 1];
+      for (let j = 0; j < d; j++) {
+        const x0 = X[o0 + j], x1 = X[o1 + j], x2 = X[o2 + j], x3 = X[o3 + j];
+        G[u0 + j] += r0 * x0 + r1 * x1 + r2 * x2 + r3 * x3;
+        G[v0 + j] += q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3;
+      }
+    }
+    if (c < k) {
+      const u0 = c * d;
+      const r0 = R[z0 + c], r1 = R[z1 + c], r2 = R[z2 + c], r3 = R[z3 + c];
+      for (let j = 0; j < d; j++) G[u0 + j] += r0 * X[o0 + j] + r1 * X[o1 + j] + r2 * X[o2 + j] + r3 * X[o3 + j];
+    }
+  }
+  for (; i < n; i++) {
+    const o = i * d;
+    for (let c = 0; c < k; c++) {
+      const u0 = c * d;
+      const r = R[i * k + c];
+      for (let j = 0; j < d; j++) G[u0 + j] += r * X[o + j];
+    }
+  }
+}
+
+/**
+ * Builds the objective/gradient closure for L-BFGS over packed theta = [W, b].
+ * Scratch (an n×k logit/residual matrix) is allocated once; calls do not allocate.
+ */
+export function createLogisticObjective(problem: LogisticProblem): (theta: Float64Array, grad: Float64Array) => number {
+  checkProblem(problem);
+  const { X, n, d, y, k, lambda } = problem;
+  const kd = k * d;
+  const Z = new Float64Array(n * k);
+  const invN = 1 / n;
+
+  return (theta: Float64Array, grad: Float64Array): number => {
+    computeLogits(X, n, d, theta, k, Z);
+    grad.fill(0);
+    let lossSum = 0;
+    for (let i = 0; i < n; i++) {
+      const zo = i * k;
+      // Stable log-sum-exp: shift by the row max so exp never overflows.
+      let zMax = -Infinity;
+      for (let c = 0; c < k; c++) if (Z[zo + c] > zMax) zMax = Z[zo + c];
+      const yi = y[i];
+      // Use the shifted logit, not log(p_y): p_y can underflow to 0 for a confident mistake.
+      const zy = Z[zo + yi] - zMax;
+      let sumExp = 0;
+      for (let c = 0; c < k; c++) {
+        const e = Math.exp(Z[zo + c] - zMax);
+        Z[zo + c] = e;
+        sumExp += e;
+      }
+      lossSum += Math.log(sumExp) - zy;
+      // Residual r_c = (p_c - [c = y_i]) / n overwrites the logits; db_c = sum_i r_c.
+      const scale = invN / sumExp;
+      for (let c = 0; c < k; c++) {
+        const r = Z[zo + c] * scale - (c === yi ? invN : 0);
+        Z[zo + c] = r;
+        grad[kd + c] += r;
+      }
+    }
+    accumulateGradient(X, n, d, Z, k, grad);
+    let penalty = 0;
+    for (let j = 0; j < kd; j++) {
+      const w = theta[j];
+      penalty += w * w;
+      grad[j] += lambda * w;
+    }
+    return lossSum * invN + 0.5 * lambda * penalty;
+  };
+}
+
+/**
+ * Objective value at theta = [W, b], writing its gradient into `grad`.
+ * Convenience wrapper over createLogisticObjective (exported for gradient checks).
+ */
+export function logisticObjective(problem: LogisticProblem, theta: Float64Array, grad: Float64Array): number {
+  return createLogisticObjective(problem)(theta, grad);
+}
+
+/** Per-feature mean and standard deviation of the training matrix. */
+export interface Standardizer {
+  mean: Float64Array;
+  std: Float64Array;
+}
+
+/**
+ * Fits per-feature mean and population standard deviation over n rows of X (n×d).
+ * A (near-)constant feature gets std 1 so standardising maps it to 0 instead of
+ * dividing by zero. Two passes in Float64 for accuracy on float32 input.
+ */
+export function fitStandardizer(X: Float32Array, n: number, d: number): Standardizer {
+  if (X.length !== n * d) throw new BadRequestError(`standardizer: X has ${X.length} values, expected ${n}*${d}`);
+  const mean = new Float64Array(d);
+  const std = new Float64Array(d);
+  if (n === 0) {
+    std.fill(1);
+    return { mean, std };
+  }
+  for (let i = 0; i < n; i++) {
+    const off = i * d;
+    for (let j = 0; j < d; j++) mean[j] += X[off + j];
+  }
+  for (let j = 0; j < d; j++) mean[j] /= n;
+  for (let i = 0; i < n; i++) {
+    const off = i * d;
+    for (let j = 0; j < d; j++) {
+      const v = X[off + j] - mean[j];
+      std[j] += v * v;
+    }
+  }
+  for (let j = 0; j < d; j++) {
+    const s = Math.sqrt(std[j] / n);
+    // Relative threshold: float32 rounding leaves tiny non-zero spread on constant columns.
+    std[j] = s > 1e-7 * Math.max(1, Math.abs(mean[j])) ? s : 1;
+  }
+  return { mean, std };
+}
+
+/** Returns (X - mean) / std as a new n×d Float32Array. */
+export function applyStandardizer(X: Float32Array, n: number, d: number, s: Standardizer): Float32Array {
+  if (X.length !== n * d) throw new BadRequestError(`standardizer: X has ${X.length} values, expected ${n}*${d}`);
+  if (s.mean.length !== d || s.std.length !== d) throw new BadRequestError(`standardizer: fitted for ${s.mean.length} features, data has ${d}`);
+  const out = new Float32Array(n * d);
+  const inv = new Float64Array(d);
+  for (let j = 0; j < d; j++) inv[j] = 1 / s.std[j];
+  for (let i = 0; i < n; i++) {
+    const off = i * d;
+    for (let j = 0; j < d; j++) out[off + j] = (X[off + j] - s.mean[j]) * inv[j];
+  }
+  return out;
+}
+
+/** Input of fitLogisticRegression; X must already be standardised. */
+export interface FitInput {
+  X: Float32Array;
+  n: number;
+  d: number;
+  y: Int32Array;
+  k: number;
+  lambda: number;
+  /** L-BFGS iteration cap; default 300. */
+  maxIterations?: number;
+  /** Warm start; default all zeros (deterministic). */
+  init?: SoftmaxParams;
+}
+
+/** A fitted model with optimiser diagnostics. `loss` is the penalised objective. */
+export interface FitResult extends SoftmaxParams {
+  loss: number;
+  iterations: number;
+  converged: boolean;
+  /** Optimiser stop reason (see LbfgsResult.reason). */
+  reason: string;
+}
+
+/** Fits multinomial logistic regression by L-BFGS. */
+export function fitLogisticRegression(input: FitInput): FitResult {
+  const { X, n, d, y, k, lambda } = input;
+  const fg = createLogisticObjective({ X, n, d, y, k, lambda });
+  const kd = k * d;
+  const theta0 = new Float64Array(kd + k);
+  if (input.init) {
+    if (input.init.W.length !== kd || input.init.b.length !== k) {
+      throw new BadRequestError(`logistic regression: init has W of ${input.init.W.length} and b of ${input.init.b.length} values, expected ${kd} and ${k}`);
+    }
+    theta0.set(input.init.W, 0);
+    theta0.set(input.init.b, kd);
+  }
+  // Gradient of a mean loss is O(1); 1e-5 max-abs is tighter than predictions need.
+  const result = minimizeLbfgs(fg, theta0, {
+    maxIterations: input.maxIterations ?? 300,
+    gradientTolerance: 1e-5,
+    functionTolerance: 1e-10,
+  });
+  return {
+    W: result.x.slice(0, kd),
+    b: result.x.slice(kd),
+    loss: result.f,
+    iterations: result.iterations,
+    converged: result.converged,
+    reason: result.reason,
+  };
+}
+
+/** Class probabilities for each row of a standardised n×d matrix; returns n×k row-major. */
+export function predictProbaMatrix(model: SoftmaxParams, X: Float32Array, n: number, d: number): Float64Array {
+  const k = model.b.length;
+  if (model.W.length !== k * d) throw new BadRequestError(`predict: model has ${model.W.length / k} features, data has ${d}`);
+  if (X.length !== n * d) throw new BadRequestError(`predict: X has ${X.length} values, expected ${n}*${d}`);
+  const theta = new Float64Array(k * d + k);
+  theta.set(model.W, 0);
+  theta.set(model.b, k * d);
+  const P = new Float64Array(n * k);
+  computeLogits(X, n, d, theta, k, P);
+  for (let i = 0; i < n; i++) {
+    const po = i * k;
+    let zMax = -Infinity;
+    for (let c = 0; c < k; c++) if (P[po + c] > zMax) zMax = P[po + c];
+    let sum = 0;
+    for (let c = 0; c < k; c++) {
+      const e = Math.exp(P[po + c] - zMax);
+      P[po + c] = e;
+      sum += e;
+    }
+    for (let c = 0; c < k; c++) P[po + c] /= sum;
+  }
+  return P;
+}
+
+/** Arg-max of each row of an n×k probability matrix (ties go to the lowest index). */
+export function argmaxRows(P: Float64Array, n: number, k: number): Int32Array {
+  const labels = new Int32Array(n);
+  for (let i = 0; i < n; i++) {
+    let best = 0;
+    for (let c = 1; c < k; c++) if (P[i * k + c] > P[i * k + best]) best = c;
+    labels[i] = best;
+  }
+  return labels;
+}
+
+/** Predicted class index for each row of a standardised n×d matrix. */
+export function predictLabels(model: SoftmaxParams, X: Float32Array, n: number, d: number): Int32Array {
+  return argmaxRows(predictProbaMatrix(model, X, n, d), n, model.b.length);
+}
+
+/** Default regularisation grid searched by selectLambdaAndFit. */
+export const DEFAULT_LAMBDAS: readonly number[] = [1e-4, 1e-3, 1e-2, 1e-1, 1];
+/** Lambda used (or the nearest grid value to it) when there is no validation data. */
+export const DEFAULT_LAMBDA = 1e-2;
+/** Probabilities are clipped here in the validation log-loss so one sure mistake stays finite. */
+const LOG_LOSS_EPS = 1e-15;
+
+/** A standardised n×d matrix with its labels. */
+export interface LabelledMatrix {
+  X: Float32Array;
+  n: number;
+  y: Int32Array;
+}
+
+/** Validation score of one candidate lambda (fitted on train only). */
+export interface LambdaScore {
+  lambda: number;
+  accuracy: number;
+  logLoss: number;
+  iterations: number;
+  converged: boolean;
+}
+
+/** Input of selectLambdaAndFit; both matrices must be standardised the same way. */
+export interface SelectInput {
+  train: LabelledMatrix;
+  val: LabelledMatrix;
+  d: number;
+  k: number;
+  /** Candidate lambdas; default DEFAULT_LAMBDAS. */
+  lambdas?: readonly number[];
+  maxIterations?: number;
+}
+
+/** The chosen lambda, the final model refitted on train+val, and the search trace. */
+export interface SelectResult {
+  lambda: number;
+  model: SoftmaxParams;
+  /** One entry per candidate, in fitting order (descending lambda); empty without validation data. */
+  validation: LambdaScore[];
+  /** Diagnostics of the final train+val fit. */
+  loss: number;
+  iterations: number;
+  converged: boolean;
+}
+
+function scoreOn(model: SoftmaxParams, data: LabelledMatrix, d: number, k: number): { accuracy: number; logLoss: number } {
+  const P = predictProbaMatrix(model, data.X, data.n, d);
+  const pred = argmaxRows(P, data.n, k);
+  let correct = 0;
+  let logLoss = 0;
+  for (let i = 0; i < data.n; i++) {
+    if (pred[i] === data.y[i]) correct++;
+    logLoss -= Math.log(Math.max(P[i * k + data.y[i]], LOG_LOSS_EPS));
+  }
+  return { accuracy: correct / data.n, logLoss: logLoss / data.n };
+}
+
+/**
+ * Chooses the L2 strength on a validation split, then refits on train+val.
+ *
+ * Candidates are fitted on train in descending-lambda order, each warm-started from the
+ * previous solution (the regularisation path is smooth, so this saves iterations; the
+ * order is fixed, so it stays deterministic). The winner has the best validation
+ * accuracy; ties go to the lower validation log-loss, then to the larger lambda (the
+ * simpler model). The final model is refitted on train+val with that lambda, warm-started
+ * from its train-only fit.
+ *
+ * With an empty validation set nothing can be compared: the candidate nearest to
+ * DEFAULT_LAMBDA (1e-2) on a log scale is used (1e-2 itself for the default grid) and
+ * `validation` is empty.
+ */
+export function selectLambdaAndFit(input: SelectInput): SelectResult {
+  const { train, val, d, k } = input;
+  const grid = [...(input.lambdas ?? DEFAULT_LAMBDAS)];
+  if (grid.length === 0) throw new BadRequestError('lambda selection: the lambda grid is empty');
+  for (const l of grid) {
+    if (!Number.isFinite(l) || l < 0) throw new BadRequestError(`lambda selection: lambda ${l} is not a finite number >= 0`);
+  }
+  if (val.X.length !== val.n * d || val.y.length !== val.n) {
+    throw new BadRequestError(`lambda selection: validation set has ${val.X.length} values and ${val.y.length} labels, expected ${val.n}*${d} and ${val.n}`);
+  }
+  const descending = [...new Set(grid)].sort((a, b) => b - a);
+  const maxIterations = input.maxIterations;
+
+  let chosen: number;
+  let init: SoftmaxParams | undefined;
+  const validation: LambdaScore[] = [];
+  if (val.n === 0) {
+    const distance = (l: number): number => Math.abs(Math.log(l) - Math.log(DEFAULT_LAMBDA));
+    // Descending order + strict '<' means a tie in distance goes to the larger lambda.
+    chosen = descending.reduce((best, l) => (distance(l) < distance(best) ? l : best));
+  } else {
+    let best: { score: LambdaScore; model: SoftmaxParams } | undefined;
+    for (const lambda of descending) {
+      const fit = fitLogisticRegression({ X: train.X, n: train.n, d, y: train.y, k, lambda, maxIterations, init });
+      init = { W: fit.W, b: fit.b };
+      const { accuracy, logLoss } = scoreOn(init, val, d, k);
+      const score: LambdaScore = { lambda, accuracy, logLoss, iterations: fit.iterations, converged: fit.converged };
+      validation.push(score);
+      const better =
+        best === undefined ||
+        accuracy > best.score.accuracy ||
+        (accuracy === best.score.accuracy && logLoss < best.score.logLoss) ||
+        (accuracy === best.score.accuracy && logLoss === best.score.logLoss && lambda > best.score.lambda);
+      if (better) best = { score, model: init };
+    }
+    // best is set: the grid is non-empty.
+    const winner = best as { score: LambdaScore; model: SoftmaxParams };
+    chosen = winner.score.lambda;
+    init = winner.model;
+  }
+
+  const n = train.n + val.n;
+  const X = new Float32Array(n * d);
+  X.set(train.X, 0);
+  X.set(val.X, train.n * d);
+  const y = new Int32Array(n);
+  y.set(train.y, 0);
+  y.set(val.y, train.n);
+  const final = fitLogisticRegression({ X, n, d, y, k, lambda: chosen, maxIterations, init });
+  return {
+    lambda: chosen,
+    model: { W: final.W, b: final.b },
+    validation,
+    loss: final.loss,
+    iterations: final.iterations,
+    converged: final.converged,
+  };
+}

@@ -1,0 +1,176 @@
+/**
+ * The one reader of process.env. `loadConfig(env)` validates every variable, reports every
+ * problem at once (ConfigError), and returns a frozen, typed object. Tests pass plain objects.
+ */
+import { ConfigError } from './errors.js';
+
+export type TfjsBackendChoice = 'auto' | 'tensorflow' | 'wasm' | 'cpu';
+
+export interface S3Config {
+  /** Custom endpoint (MinIO, the embedded server); undefined means AWS S3. */
+  readonly endpoint: string | undefined;
+  readonly region: string;
+  readonly accessKeyId: string | undefined;
+  readonly secretAccessKey: string | undefined;
+  readonly forcePathStyle: boolean;
+  /** Attempts per S3 request (AWS SDK's standard retry with backoff); transient faults only. */
+  readonly maxAttempts: number;
+}
+
+export interface Config {
+  readonly redisUrl: string | undefined;
+  /** Prefix of every BullMQ and run-state key in Redis; lets several deployments (and tests) share one Redis. */
+  readonly queuePrefix: string;
+  /** Bucket holding runs/ and models/. */
+  readonly bucket: string;
+  readonly s3: S3Config;
+  readonly logLevel: string;
+  /** Attempts per job before the run is marked failed (transient faults are retried with backoff). */
+  readonly jobAttempts: number;
+  readonly extractor: {
+    readonly shardSize: number;
+    readonly batchSize: number;
+    readonly fetchConcurrency: number;
+    readonly maxImageBytes: number;
+    readonly maxImagePixels: number;
+    readonly tfjsBackend: TfjsBackendChoice;
+  };
+}
+
+/** Every variable deepfeat reads, with its meaning, for `--help` and the README. */
+export const ENV_DOC: Readonly<Record<string, string>> = {
+  REDIS_URL: 'Redis for queues and run state, e.g. redis://127.0.0.1:6379 (required by workers and `run`)',
+  DEEPFEAT_QUEUE_PREFIX: 'prefix of all Redis keys (default deepfeat)',
+  DEEPFEAT_BUCKET: 'artifacts bucket for runs/ and models/ (default deepfeat)',
+  S3_ENDPOINT: 'S3 API endpoint for MinIO or the embedded server; unset = AWS S3 (CLI: embedded server over .deepfeat/s3)',
+  S3_REGION: 'S3 region (default us-east-1)',
+  S3_ACCESS_KEY_ID: 'S3 access key (default: the AWS SDK credential chain)',
+  S3_SECRET_ACCESS_KEY: 'S3 secret key (required when S3_ACCESS_KEY_ID is set)',
+  S3_FORCE_PATH_STYLE: 'true|false; default true when S3_ENDPOINT is set',
+  S3_MAX_ATTEMPTS: 'attempts per S3 request for transient faults (default 5)',
+  DEEPFEAT_JOB_ATTEMPTS: 'attempts per pipeline job (default 3)',
+  DEEPFEAT_SHARD_SIZE: 'images per extract job (default 256)',
+  DEEPFEAT_BATCH_SIZE: 'images per forward pass (default 16)',
+  DEEPFEAT_FETCH_CONCURRENCY: 'parallel S3 downloads per extractor (default 8)',
+  DEEPFEAT_MAX_IMAGE_BYTES: 'larger objects are recorded as failures, not read (default 52428800)',
+  DEEPFEAT_MAX_IMAGE_PIXELS: 'decoded-size limit against decompression bombs (default 100000000)',
+  DEEPFEAT_TFJS_BACKEND: 'auto|tensorflow|wasm|cpu (default auto: tfjs-node-gpu, tfjs-node, then wasm)',
+  LOG_LEVEL: 'pino level for workers (default info)',
+};
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+/** Collects problems instead of throwing at the first, so a user fixes them all in one go. */
+class Reader {
+  readonly problems: string[] = [];
+  constructor(private readonly env: Env) {}
+
+  str(name: string, fallback: string): string;
+  str(name: string): string | undefined;
+  str(name: string, fallback?: string): string | undefined {
+    const v = this.env[name]?.trim();
+    return v === undefined || v === '' ? fallback : v;
+  }
+
+  int(name: string, fallback: number, min: number, max: number): number {
+    const raw = this.str(name);
+    if (raw === undefined) return fallback;
+    const n = Number(raw);
+    if (!Number.isInteger(n) || n < min || n > max) {
+      this.problems.push(`${name}=${JSON.stringify(raw)}: expected a whole number from ${min} to ${max}`);
+      return fallback;
+    }
+    return n;
+  }
+
+  bool(name: string, fallback: boolean): boolean {
+    const raw = this.str(name);
+    if (raw === undefined) return fallback;
+    if (/^(true|1|yes)$/i.test(raw)) return true;
+    if (/^(false|0|no)$/i.test(raw)) return false;
+    this.problems.push(`${name}=${JSON.stringify(raw)}: expected true or false`);
+    return fallback;
+  }
+
+  oneOf<T extends string>(name: string, allowed: readonly T[], fallback: T): T {
+    const raw = this.str(name);
+    if (raw === undefined) return fallback;
+    if ((allowed as readonly string[]).includes(raw)) return raw as T;
+    this.problems.push(`${name}=${JSON.stringify(raw)}: expected one of ${allowed.join(', ')}`);
+    return fallback;
+  }
+
+  url(name: string, protocols: readonly string[]): string | undefined {
+    const raw = this.str(name);
+    if (raw === undefined) return undefined;
+    try {
+      const u = new URL(raw);
+      if (!protocols.includes(u.protocol)) throw new Error('protocol');
+      return raw;
+    } catch {
+      this.problems.push(`${name}=${JSON.stringify(raw)}: expected a URL starting with ${protocols.map((p) => `${p}//`).join(' or ')}`);
+      return undefined;
+    }
+  }
+}
+
+const BUCKET_NAME = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
+
+export function loadConfig(env: Env = process.env): Config {
+  const r = new Reader(env);
+  const endpoint = r.url('S3_ENDPOINT', ['http:', 'https:']);
+  const accessKeyId = r.str('S3_ACCESS_KEY_ID');
+  const secretAccessKey = r.str('S3_SECRET_ACCESS_KEY');
+  if ((accessKeyId === undefined) !== (secretAccessKey === undefined)) {
+    r.problems.push('S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY must be set together (or neither, to use the AWS credential chain)');
+  }
+  const bucket = r.str('DEEPFEAT_BUCKET', 'deepfeat');
+  if (!BUCKET_NAME.test(bucket)) {
+    r.problems.push(`DEEPFEAT_BUCKET=${JSON.stringify(bucket)}: not a valid bucket name (3-63 of a-z, 0-9, '.', '-')`);
+  }
+  const queuePrefix = r.str('DEEPFEAT_QUEUE_PREFIX', 'deepfeat');
+  if (!/^[A-Za-z0-9_-]+$/.test(queuePrefix)) {
+    r.problems.push(`DEEPFEAT_QUEUE_PREFIX=${JSON.stringify(queuePrefix)}: use letters, digits, '_' and '-' only`);
+  }
+  const config: Config = {
+    redisUrl: r.url('REDIS_URL', ['redis:', 'rediss:']),
+    queuePrefix,
+    bucket,
+    s3: {
+      endpoint,
+      region: r.str('S3_REGION', 'us-east-1'),
+      accessKeyId,
+      secretAccessKey,
+      forcePathStyle: r.bool('S3_FORCE_PATH_STYLE', endpoint !== undefined),
+      maxAttempts: r.int('S3_MAX_ATTEMPTS', 5, 1, 20),
+    },
+    logLevel: r.oneOf('LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info'),
+    jobAttempts: r.int('DEEPFEAT_JOB_ATTEMPTS', 3, 1, 50),
+    extractor: {
+      shardSize: r.int('DEEPFEAT_SHARD_SIZE', 256, 1, 100_000),
+      batchSize: r.int('DEEPFEAT_BATCH_SIZE', 16, 1, 1024),
+      fetchConcurrency: r.int('DEEPFEAT_FETCH_CONCURRENCY', 8, 1, 256),
+      maxImageBytes: r.int('DEEPFEAT_MAX_IMAGE_BYTES', 50 * 1024 * 1024, 1, 2 ** 31 - 1),
+      maxImagePixels: r.int('DEEPFEAT_MAX_IMAGE_PIXELS', 100_000_000, 1, 2 ** 31 - 1),
+      tfjsBackend: r.oneOf('DEEPFEAT_TFJS_BACKEND', ['auto', 'tensorflow', 'wasm', 'cpu'] as const, 'auto'),
+    },
+  };
+  if (r.problems.length > 0) throw new ConfigError(r.problems);
+  return deepFreeze(config);
+}
+
+/** Workers and `run` cannot do without Redis; say so with the fix. */
+export function requireRedisUrl(config: Config): string {
+  if (config.redisUrl === undefined) {
+    throw new ConfigError(['REDIS_URL is not set: point it at your Redis, e.g. REDIS_URL=redis://127.0.0.1:6379 (or use `npm run demo`, which starts one)']);
+  }
+  return config.redisUrl;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object') {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}
