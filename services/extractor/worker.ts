@@ -1,0 +1,119 @@
+/**
+ * Extract job: one shard of a few hundred images. Objects are fetched and decoded with bounded
+ * concurrency, one batch ahead of the engine (while batch b runs, batch b+1 downloads and
+ * decodes), so I/O overlaps inference. Bad images become failure rows with their reason; storage
+ * faults fail the job (transient ones are retried by BullMQ, permanent ones end the run).
+ */
+import { readFile } from 'node:fs/promises';
+import type { ShardRow } from '../../shared/dataset.js';
+import { ImageError, NotFoundError } from '../../shared/errors.js';
+import type { FeatureSpec } from '../../shared/features.js';
+import { writeShard } from '../../shared/feature-store.js';
+import type { Logger } from '../../shared/logger.js';
+import { ObjectTooLargeError, getObjectBytes, parseS3Url } from '../../shared/s3.js';
+import type { ImageFailure } from '../../shared/run-state.js';
+import { startWorker, type ServiceContext } from '../../shared/worker-kit.js';
+import { loadEngine, type FeatureEngine } from './engines/index.js';
+import { decodeImage } from './image.js';
+
+type Decoded = { ok: true; pixels: Uint8Array } | { ok: false; reason: string };
+
+/** Maps over items with at most `limit` in flight, keeping order. */
+async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  const run = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, run));
+  return out;
+}
+
+export function startExtractorWorker(ctx: ServiceContext, concurrency = 1) {
+  const { extractor: cfg } = ctx.config;
+  // One engine per process, cached across jobs by spec; a different spec replaces it.
+  let cached: { key: string; engine: Promise<FeatureEngine> } | undefined;
+  const engineFor = (spec: FeatureSpec, log: Logger): Promise<FeatureEngine> => {
+    const key = JSON.stringify(spec);
+    if (cached?.key !== key) {
+      const previous = cached?.engine;
+      previous?.then((e) => e.dispose()).catch(() => undefined);
+      const engine = loadEngine(spec, {
+        backend: cfg.tfjsBackend,
+        log: (msg, extra) => log.info(extra ?? {}, msg),
+        readObject: async (url) => {
+          if (!url.startsWith('s3://')) return new Uint8Array(await readFile(url));
+          const { bucket, key: objectKey } = parseS3Url(url);
+          return getObjectBytes(ctx.s3, bucket, objectKey);
+        },
+      });
+      cached = { key, engine };
+      engine.catch(() => {
+        if (cached?.engine === engine) cached = undefined;
+      });
+    }
+    return cached!.engine;
+  };
+
+  return startWorker(ctx, 'extract', async (data, _job, log) => {
+    const { runId, shard, items, sourceBucket } = data;
+    const engine = await engineFor(data.features, log);
+    const fetchAndDecode = async (key: string): Promise<Decoded> => {
+      try {
+        const bytes = await getObjectBytes(ctx.s3, sourceBucket, key, cfg.maxImageBytes);
+        const pixels = await decodeImage(bytes, { width: engine.input.width, height: engine.input.height, maxPixels: cfg.maxImagePixels });
+        return { ok: true, pixels };
+      } catch (err) {
+        if (err instanceof ImageError || err instanceof ObjectTooLargeError) return { ok: false, reason: err.message };
+        if (err instanceof NotFoundError) return { ok: false, reason: 'object not found (deleted after planning?)' };
+        throw err; // storage faults: fail the job so BullMQ retries it, or the run fails
+      }
+    };
+
+    const batches: Array<typeof items> = [];
+    for (let i = 0; i < items.length; i += cfg.batchSize) batches.push(items.slice(i, i + cfg.batchSize));
+    const decodeBatch = (b: number) => mapLimit(batches[b]!, cfg.fetchConcurrency, (it) => fetchAndDecode(it.key));
+
+    const rows: ShardRow[] = [];
+    const failures: ImageFailure[] = [];
+    const chunks: Float32Array[] = [];
+    let nRows = 0;
+    let pending = batches.length > 0 ? decodeBatch(0) : undefined;
+    for (let b = 0; b < batches.length; b++) {
+      const decoded = await pending!;
+      // Start the next batch's downloads before running this one through the engine.
+      pending = b + 1 < batches.length ? decodeBatch(b + 1) : undefined;
+      pending?.catch(() => undefined); // a rejection is rethrown when awaited above
+      const ok: Uint8Array[] = [];
+      batches[b]!.forEach((it, i) => {
+        const d = decoded[i]!;
+        if (d.ok) {
+          rows.push({ ...it, split: it.split as ShardRow['split'], row: nRows + ok.length });
+          ok.push(d.pixels);
+        } else {
+          rows.push({ ...it, split: it.split as ShardRow['split'], error: d.reason });
+          failures.push({ key: it.key, reason: d.reason });
+        }
+      });
+      if (ok.length > 0) {
+        chunks.push(await engine.embed(ok));
+        nRows += ok.length;
+      }
+      await ctx.runs.setShardProgress(runId, shard, { done: nRows, failed: failures.length, complete: false, engine: engine.id, backend: engine.backend });
+    }
+    const features = new Float32Array(nRows * engine.dim);
+    let off = 0;
+    for (const c of chunks) {
+      features.set(c, off);
+      off += c.length;
+    }
+    await writeShard(ctx.s3, ctx.config.bucket, runId, shard, features, engine.dim, rows);
+    await ctx.runs.setShardProgress(runId, shard, { done: nRows, failed: failures.length, complete: true, engine: engine.id, backend: engine.backend }, failures);
+    if (failures.length > 0) log.warn({ runId, shard, failed: failures.length, first: failures[0] }, 'images failed');
+    return { shard, rows: nRows, failed: failures.length, engine: engine.id, backend: engine.backend };
+  }, concurrency);
+}
+

@@ -1,0 +1,56 @@
+/** Train job: read train/val features, standardise, pick L2 on val, fit, write the candidate. */
+import { putJson } from '../../shared/s3.js';
+import { readFeatures } from '../../shared/feature-store.js';
+import { DatasetError } from '../../shared/errors.js';
+import { startWorker, type ServiceContext } from '../../shared/worker-kit.js';
+import { applyStandardizer, fitStandardizer, selectLambdaAndFit, DEFAULT_LAMBDAS } from './logreg.js';
+import { candidateKey, type Candidate } from '../../shared/model-format.js';
+
+export function startTrainerWorker(ctx: ServiceContext, concurrency = 1) {
+  return startWorker(ctx, 'train', async (data, _job, log) => {
+    const { runId, shards, classes } = data;
+    await ctx.runs.setStage(runId, 'training');
+    const bucket = ctx.config.bucket;
+    const train = await readFeatures(ctx.s3, bucket, runId, shards, ['train']);
+    const val = await readFeatures(ctx.s3, bucket, runId, shards, ['val']);
+    const d = Math.max(train.d, val.d);
+    const index = new Map(classes.map((c, i) => [c, i]));
+    const toY = (labels: string[]) => Int32Array.from(labels, (l) => index.get(l)!);
+    for (const c of classes) {
+      if (!train.labels.includes(c)) {
+        throw new DatasetError(`class ${JSON.stringify(c)} has no usable training images in run ${runId} (all failed to decode?): see \`deepfeat status ${runId}\` for the failures`);
+      }
+    }
+    // Standardise with statistics of train+val: the data the final model is refit on.
+    const all = new Float32Array(train.X.length + val.X.length);
+    all.set(train.X);
+    all.set(val.X, train.X.length);
+    const standardizer = fitStandardizer(all, train.n + val.n, d);
+    const t0 = performance.now();
+    const fit = selectLambdaAndFit({
+      train: { X: applyStandardizer(train.X, train.n, d, standardizer), n: train.n, y: toY(train.labels) },
+      val: { X: applyStandardizer(val.X, val.n, d, standardizer), n: val.n, y: toY(val.labels) },
+      d,
+      k: classes.length,
+      lambdas: data.lambdas ?? DEFAULT_LAMBDAS,
+    });
+    const fitMs = Math.round(performance.now() - t0);
+    log.info({ runId, lambda: fit.lambda, n: train.n + val.n, d, fitMs }, 'fitted');
+    const candidate: Candidate = {
+      runId,
+      classes,
+      dim: d,
+      mean: Array.from(standardizer.mean),
+      std: Array.from(standardizer.std),
+      weights: classes.map((_, c) => Array.from(fit.model.W.subarray(c * d, (c + 1) * d))),
+      bias: Array.from(fit.model.b),
+      lambda: fit.lambda,
+      validation: fit.validation.map((v) => ({ lambda: v.lambda, accuracy: v.accuracy, logLoss: v.logLoss })),
+      trainImages: train.n,
+      valImages: val.n,
+      fitMs,
+    };
+    await putJson(ctx.s3, bucket, candidateKey(runId), candidate);
+    return { lambda: fit.lambda, trainImages: train.n, valImages: val.n, dim: d };
+  }, concurrency);
+}

@@ -1,0 +1,126 @@
+/**
+ * What every pipeline worker process shares: the context (config, logger, Redis, S3, run
+ * store), BullMQ settings, and the one wrapper that validates payloads, turns permanent errors
+ * into UnrecoverableError (fail now, no retry) and marks the run failed after the last attempt.
+ */
+import { hostname } from 'node:os';
+import { UnrecoverableError, type Job, type JobsOptions, type Worker } from 'bullmq';
+import { Redis } from 'ioredis';
+import type { S3Client } from '@aws-sdk/client-s3';
+import { requireRedisUrl, type Config } from './config.js';
+import { DeepfeatError, errorMessage } from './errors.js';
+import { createLogger, type Logger } from './logger.js';
+import { connectionFromUrl, makeWorker, parseJobData, type JobData, type JobResult, type QueueContext, type QueueName } from './queues.js';
+import { RunStore } from './run-state.js';
+import { createS3Client } from './s3.js';
+
+export interface ServiceContext {
+  readonly config: Config;
+  readonly log: Logger;
+  readonly redis: Redis;
+  readonly s3: S3Client;
+  readonly runs: RunStore;
+  readonly queues: QueueContext;
+}
+
+export function createContext(config: Config, service: string): ServiceContext {
+  const redisUrl = requireRedisUrl(config);
+  const connection = connectionFromUrl(redisUrl);
+  const redis = new Redis(redisUrl, { maxRetriesPerRequest: null });
+  return {
+    config,
+    log: createLogger(service, config.logLevel),
+    redis,
+    s3: createS3Client(config.s3),
+    runs: new RunStore(redis, config.queuePrefix),
+    queues: { connection, prefix: config.queuePrefix },
+  };
+}
+
+export async function closeContext(ctx: ServiceContext): Promise<void> {
+  ctx.s3.destroy();
+  await ctx.redis.quit().catch(() => undefined);
+}
+
+/** Options for every job the pipeline adds: retries with backoff, bounded history in Redis. */
+export function jobOptions(config: Config, jobId: string): JobsOptions {
+  return {
+    jobId,
+    attempts: config.jobAttempts,
+    backoff: { type: 'exponential', delay: 1000 },
+    removeOnComplete: { age: 7 * 24 * 3600 },
+    removeOnFail: { age: 30 * 24 * 3600 },
+  };
+}
+
+export type Handler<N extends QueueName> = (data: JobData<N>, job: Job<JobData<N>, JobResult<N>>, log: Logger) => Promise<JobResult<N>>;
+
+/**
+ * Starts a worker for one queue. The lock is short and renewed often so a crashed worker's job
+ * is picked up again within seconds; the worker's name (kind@host:pid) shows in `deepfeat workers`.
+ */
+export function startWorker<N extends QueueName>(ctx: ServiceContext, name: N, handler: Handler<N>, concurrency = 1): Worker<JobData<N>, JobResult<N>, string> {
+  const log = ctx.log.child({ queue: name });
+  const worker = makeWorker(
+    ctx.queues,
+    name,
+    async (job) => {
+      const jlog = log.child({ jobId: job.id, attempt: job.attemptsMade + 1 });
+      try {
+        const data = parseJobData(name, job.data);
+        jlog.info('job started');
+        const t0 = performance.now();
+        const result = await handler(data, job, jlog);
+        jlog.info({ ms: Math.round(performance.now() - t0) }, 'job done');
+        return result;
+      } catch (err) {
+        jlog.error({ err: errorMessage(err), code: err instanceof DeepfeatError ? err.code : undefined }, 'job failed');
+        if (err instanceof DeepfeatError && err.permanent) {
+          const u = new UnrecoverableError(err.message);
+          (u as Error & { code?: string }).code = err.code;
+          u.cause = err;
+          throw u;
+        }
+        throw err;
+      }
+    },
+    {
+      concurrency,
+      name: `${name}@${hostname()}:${process.pid}`,
+      lockDuration: 15_000,
+      stalledInterval: 5_000,
+      maxStalledCount: 2,
+    },
+  );
+  worker.on('failed', (job, err) => {
+    if (!job) return;
+    const final = err instanceof UnrecoverableError || job.attemptsMade >= (job.opts.attempts ?? 1);
+    const runId = (job.data as { runId?: unknown }).runId;
+    if (final && typeof runId === 'string') {
+      const code = (err as Error & { code?: string }).code ?? 'INTERNAL';
+      ctx.runs.fail(runId, code, `${name} failed: ${err.message}`).catch((e) => log.error({ err: errorMessage(e) }, 'could not record run failure'));
+    }
+  });
+  worker.on('error', (err) => log.error({ err: errorMessage(err) }, 'worker error'));
+  return worker;
+}
+
+/** Closes workers and the context on SIGTERM/SIGINT: the current job finishes or is handed back. */
+export function closeOnSignal(ctx: ServiceContext, workers: ReadonlyArray<Worker>): void {
+  let closing = false;
+  const close = async (signal: string) => {
+    if (closing) return;
+    closing = true;
+    ctx.log.info({ signal }, 'shutting down');
+    const timer = setTimeout(() => {
+      ctx.log.warn('shutdown took too long; exiting (unfinished jobs will be picked up again)');
+      process.exit(1);
+    }, 30_000);
+    timer.unref();
+    await Promise.all(workers.map((w) => w.close()));
+    await closeContext(ctx);
+    process.exit(0);
+  };
+  process.once('SIGTERM', () => void close('SIGTERM'));
+  process.once('SIGINT', () => void close('SIGINT'));
+}
