@@ -131,7 +131,9 @@ export async function listWorkers(client: Client): Promise<WorkerInfo[]> {
     const queue = makeQueue(client.queues!, q);
     try {
       for (const w of await queue.getWorkers()) {
-        out.push({ queue: q, name: String(w.rawname ?? w.name ?? ''), addr: String(w.addr ?? ''), age: Number(w.age ?? 0) });
+        // BullMQ names worker connections <prefix>:<queue>:w:<worker name>.
+        const raw = String(w.rawname ?? w.name ?? '');
+        out.push({ queue: q, name: raw.includes(':w:') ? raw.slice(raw.indexOf(':w:') + 3) : raw, addr: String(w.addr ?? ''), age: Number(w.age ?? 0) });
       }
     } finally {
       await queue.close();
