@@ -1,0 +1,88 @@
+/**
+ * Bad requests against real Redis and S3 with a real planner worker: each fails the run with one
+ * clear message naming the problem and the fix, and nothing is published.
+ */
+import test from 'ava';
+import type { Worker } from 'bullmq';
+import { ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { enqueueRun, waitForRun } from '../cli/client.js';
+import { startPlannerWorker } from '../services/planner/worker.js';
+import { createContext, closeContext, type ServiceContext } from '../shared/worker-kit.js';
+import { deployment, runCli, type Deployment } from './helpers/pipeline.js';
+
+let dep: Deployment;
+let ctx: ServiceContext;
+let planner: Worker;
+
+test.before(async () => {
+  dep = await deployment({ DEEPFEAT_JOB_ATTEMPTS: '1', LOG_LEVEL: 'silent' });
+  ctx = createContext(dep.config, 'planner-test');
+  planner = startPlannerWorker(ctx);
+  const put = (k: string) => dep.put(k, 'x');
+  await Promise.all([
+    put('one-class/cat/a.png'),
+    put('one-class/cat/b.png'),
+    put('split/train/cat/a.png'),
+    put('split/train/dog/a.png'),
+    put('split/test/cat/b.png'),
+    dep.put('bad.csv', 'key,split\nx.png,train\n'),
+    dep.put('badsplit.csv', 'key,label,split\nx.png,cat,holdout\n'),
+    dep.put('dup.jsonl', '{"key":"a.png","label":"cat"}\n{"key":"a.png","label":"dog"}\n'),
+    dep.put('outside.csv', 'key,label\ns3://other-bucket/a.png,cat\nb.png,dog\n'),
+  ]);
+});
+
+test.after.always(async () => {
+  await planner?.close();
+  if (ctx) await closeContext(ctx);
+  await dep?.close();
+});
+
+const cases: Array<[string, (bucket: string) => string, RegExp]> = [
+  ['missing bucket', () => 's3://no-such-bucket-deepfeat/x/', /no such bucket.*no-such-bucket-deepfeat.*create it or fix the bucket name/],
+  ['empty prefix', (b) => `s3://${b}/nothing-here/`, /no images under s3:\/\/.*nothing-here\/: expected <label>\/<file> folders/],
+  ['one class', (b) => `s3://${b}/one-class/`, /only one class \(cat\).*at least two labels/],
+  ['class missing from test', (b) => `s3://${b}/split/`, /class "dog" has no test images/],
+  ['manifest without label column', (b) => `s3://${b}/bad.csv`, /no "label" column/],
+  ['manifest with unknown split', (b) => `s3://${b}/badsplit.csv`, /unknown split "holdout"; use train, val or test/],
+  ['manifest with duplicate key', (b) => `s3://${b}/dup.jsonl`, /duplicate key "a.png"/],
+  ['manifest key outside the bucket', (b) => `s3://${b}/outside.csv`, /outside the bucket/],
+];
+
+for (const [title, source, message] of cases) {
+  test(`${title}: the run fails with a clear message and publishes nothing`, async (t) => {
+    const runId = await enqueueRun(dep.client, { source: source(dep.dataBucket), name: `m-${title.replace(/\W+/g, '-')}` });
+    const s = await waitForRun(dep.client, runId, undefined, 100);
+    t.is(s.stage, 'failed');
+    t.regex(s.error?.message ?? '', message);
+    t.is(s.model, null);
+    const models = await dep.client.s3.send(new ListObjectsV2Command({ Bucket: dep.config.bucket, Prefix: 'models/' }));
+    t.is(models.KeyCount ?? 0, 0);
+  });
+}
+
+test('CLI: `run --wait` on a bad dataset exits 2 with the message', async (t) => {
+  const r = await runCli(dep.env, ['run', `s3://${dep.dataBucket}/one-class/`, '--wait']);
+  t.is(r.code, 2, r.stdout + r.stderr);
+  t.regex(r.stdout, /only one class/);
+});
+
+test('CLI: a malformed source URL fails before anything is queued', async (t) => {
+  const r = await runCli(dep.env, ['run', 'bucket/prefix']);
+  t.is(r.code, 2);
+  t.regex(r.stderr, /not an S3 URL: "bucket\/prefix": expected s3:\/\/bucket\/prefix\//);
+});
+
+test('CLI: every configuration problem is reported at once, exit 2', async (t) => {
+  const r = await runCli({ ...dep.env, REDIS_URL: 'http://x', DEEPFEAT_SHARD_SIZE: 'many', S3_ENDPOINT: 'not a url' }, ['run', 's3://b/p/']);
+  t.is(r.code, 2);
+  t.regex(r.stderr, /REDIS_URL/);
+  t.regex(r.stderr, /DEEPFEAT_SHARD_SIZE/);
+  t.regex(r.stderr, /S3_ENDPOINT/);
+});
+
+test('CLI: download of an unknown model name is a clear error', async (t) => {
+  const r = await runCli(dep.env, ['download', 'no-such-model', '-o', '/tmp/deepfeat-none']);
+  t.is(r.code, 2);
+  t.regex(r.stderr, /no model named no-such-model/);
+});
