@@ -3,7 +3,8 @@ import { putJson } from '../../shared/s3.js';
 import { readFeatures } from '../../shared/feature-store.js';
 import { DatasetError } from '../../shared/errors.js';
 import { startWorker, type ServiceContext } from '../../shared/worker-kit.js';
-import { applyStandardizer, fitStandardizer, selectLambdaAndFit, DEFAULT_LAMBDAS } from './logreg.js';
+import { applyStandardizer, fitStandardizer, DEFAULT_LAMBDAS } from './logreg.js';
+import { fitInThread } from './fit-thread.js';
 import { candidateKey, type Candidate } from '../../shared/model-format.js';
 
 export function startTrainerWorker(ctx: ServiceContext, concurrency = 1) {
@@ -27,7 +28,7 @@ export function startTrainerWorker(ctx: ServiceContext, concurrency = 1) {
     all.set(val.X, train.X.length);
     const standardizer = fitStandardizer(all, train.n + val.n, d);
     const t0 = performance.now();
-    const fit = selectLambdaAndFit({
+    const fit = await fitInThread({
       train: { X: applyStandardizer(train.X, train.n, d, standardizer), n: train.n, y: toY(train.labels) },
       val: { X: applyStandardizer(val.X, val.n, d, standardizer), n: val.n, y: toY(val.labels) },
       d,

@@ -1,0 +1,145 @@
+import test from 'ava';
+import { ENV_DOC, loadConfig, requireRedisUrl } from '../shared/config.js';
+import { ConfigError } from '../shared/errors.js';
+
+test('defaults from an empty env', (t) => {
+  const c = loadConfig({});
+  t.deepEqual(c, {
+    redisUrl: undefined,
+    queuePrefix: 'deepfeat',
+    bucket: 'deepfeat',
+    s3: {
+      endpoint: undefined,
+      region: 'us-east-1',
+      accessKeyId: undefined,
+      secretAccessKey: undefined,
+      forcePathStyle: false,
+      maxAttempts: 5,
+    },
+    logLevel: 'info',
+    jobAttempts: 3,
+    extractor: {
+      shardSize: 256,
+      batchSize: 16,
+      fetchConcurrency: 8,
+      maxImageBytes: 50 * 1024 * 1024,
+      maxImagePixels: 100_000_000,
+      tfjsBackend: 'auto',
+    },
+  });
+});
+
+test('empty and whitespace-only values count as unset', (t) => {
+  const c = loadConfig({ REDIS_URL: '', DEEPFEAT_SHARD_SIZE: '   ', S3_REGION: ' ', S3_ACCESS_KEY_ID: '' });
+  t.is(c.redisUrl, undefined);
+  t.is(c.extractor.shardSize, 256);
+  t.is(c.s3.region, 'us-east-1');
+  t.is(c.s3.accessKeyId, undefined);
+});
+
+test('values are read, trimmed and typed', (t) => {
+  const c = loadConfig({
+    REDIS_URL: ' redis://:pw@redis:6380/1 ',
+    DEEPFEAT_QUEUE_PREFIX: 'test_1',
+    DEEPFEAT_BUCKET: 'my.bucket-1',
+    S3_ENDPOINT: 'http://127.0.0.1:9000',
+    S3_REGION: 'eu-west-1',
+    S3_ACCESS_KEY_ID: 'AK',
+    S3_SECRET_ACCESS_KEY: 'SK',
+    S3_MAX_ATTEMPTS: '2',
+    DEEPFEAT_JOB_ATTEMPTS: '7',
+    DEEPFEAT_SHARD_SIZE: '64',
+    DEEPFEAT_BATCH_SIZE: '32',
+    DEEPFEAT_FETCH_CONCURRENCY: '4',
+    DEEPFEAT_MAX_IMAGE_BYTES: '1000',
+    DEEPFEAT_MAX_IMAGE_PIXELS: '2000',
+    DEEPFEAT_TFJS_BACKEND: 'wasm',
+    LOG_LEVEL: 'debug',
+  });
+  t.is(c.redisUrl, 'redis://:pw@redis:6380/1');
+  t.is(c.queuePrefix, 'test_1');
+  t.is(c.bucket, 'my.bucket-1');
+  t.deepEqual(c.s3, { endpoint: 'http://127.0.0.1:9000', region: 'eu-west-1', accessKeyId: 'AK', secretAccessKey: 'SK', forcePathStyle: true, maxAttempts: 2 });
+  t.is(c.jobAttempts, 7);
+  t.deepEqual(c.extractor, { shardSize: 64, batchSize: 32, fetchConcurrency: 4, maxImageBytes: 1000, maxImagePixels: 2000, tfjsBackend: 'wasm' });
+  t.is(c.logLevel, 'debug');
+});
+
+test('all problems are reported at once in one ConfigError', (t) => {
+  const err = t.throws(() => loadConfig({ REDIS_URL: 'http://localhost:6379', DEEPFEAT_SHARD_SIZE: '0', S3_ACCESS_KEY_ID: 'AKIA' }), {
+    instanceOf: ConfigError,
+  });
+  t.is(err!.code, 'CONFIG_INVALID');
+  t.is(err!.problems.length, 3);
+  t.true(err!.problems.some((p) => p.startsWith('REDIS_URL=') && p.includes('redis://')));
+  t.true(err!.problems.some((p) => p.startsWith('DEEPFEAT_SHARD_SIZE="0"') && p.includes('1 to 100000')));
+  t.true(err!.problems.some((p) => p.includes('S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY must be set together')));
+  for (const p of err!.problems) t.true(err!.message.includes(`  - ${p}`), p);
+  t.regex(err!.message, /^invalid configuration:/);
+});
+
+test('each kind of bad value is a problem', (t) => {
+  const cases: Array<[Record<string, string>, RegExp]> = [
+    [{ REDIS_URL: 'not a url' }, /^REDIS_URL=/],
+    [{ S3_ENDPOINT: 'redis://x' }, /^S3_ENDPOINT=.*http:\/\/ or https:\/\//],
+    [{ S3_SECRET_ACCESS_KEY: 'SK' }, /must be set together/],
+    [{ DEEPFEAT_BUCKET: 'Bad_Bucket' }, /^DEEPFEAT_BUCKET=/],
+    [{ DEEPFEAT_QUEUE_PREFIX: 'a:b' }, /^DEEPFEAT_QUEUE_PREFIX=/],
+    [{ S3_FORCE_PATH_STYLE: 'maybe' }, /^S3_FORCE_PATH_STYLE=.*true or false/],
+    [{ S3_MAX_ATTEMPTS: '21' }, /^S3_MAX_ATTEMPTS=/],
+    [{ DEEPFEAT_BATCH_SIZE: '1.5' }, /^DEEPFEAT_BATCH_SIZE=/],
+    [{ DEEPFEAT_FETCH_CONCURRENCY: 'eight' }, /^DEEPFEAT_FETCH_CONCURRENCY=/],
+    [{ DEEPFEAT_TFJS_BACKEND: 'gpu' }, /^DEEPFEAT_TFJS_BACKEND=.*auto, tensorflow, wasm, cpu/],
+    [{ LOG_LEVEL: 'loud' }, /^LOG_LEVEL=/],
+  ];
+  for (const [env, re] of cases) {
+    const err = t.throws(() => loadConfig(env), { instanceOf: ConfigError }, JSON.stringify(env));
+    t.is(err!.problems.length, 1, JSON.stringify(env));
+    t.regex(err!.problems[0]!, re);
+  }
+});
+
+test('the returned config is deeply frozen', (t) => {
+  const c = loadConfig({});
+  t.true(Object.isFrozen(c));
+  t.true(Object.isFrozen(c.s3));
+  t.true(Object.isFrozen(c.extractor));
+  t.throws(() => {
+    (c as { bucket: string }).bucket = 'x';
+  }, { instanceOf: TypeError });
+  t.throws(() => {
+    (c.s3 as { region: string }).region = 'x';
+  }, { instanceOf: TypeError });
+  t.throws(() => {
+    (c.extractor as { shardSize: number }).shardSize = 1;
+  }, { instanceOf: TypeError });
+  t.is(c.s3.region, 'us-east-1');
+  t.is(c.extractor.shardSize, 256);
+});
+
+test('S3_FORCE_PATH_STYLE defaults to true only when S3_ENDPOINT is set, and can be overridden', (t) => {
+  t.false(loadConfig({}).s3.forcePathStyle);
+  t.true(loadConfig({ S3_ENDPOINT: 'http://minio:9000' }).s3.forcePathStyle);
+  t.false(loadConfig({ S3_ENDPOINT: 'http://minio:9000', S3_FORCE_PATH_STYLE: 'false' }).s3.forcePathStyle);
+  t.false(loadConfig({ S3_ENDPOINT: 'https://minio', S3_FORCE_PATH_STYLE: 'No' }).s3.forcePathStyle);
+  t.true(loadConfig({ S3_FORCE_PATH_STYLE: 'true' }).s3.forcePathStyle);
+  t.true(loadConfig({ S3_FORCE_PATH_STYLE: '1' }).s3.forcePathStyle);
+});
+
+test('requireRedisUrl returns the URL or throws a ConfigError naming REDIS_URL', (t) => {
+  t.is(requireRedisUrl(loadConfig({ REDIS_URL: 'rediss://h:6380' })), 'rediss://h:6380');
+  const err = t.throws(() => requireRedisUrl(loadConfig({})), { instanceOf: ConfigError });
+  t.is(err!.problems.length, 1);
+  t.regex(err!.message, /REDIS_URL is not set/);
+  t.regex(err!.message, /redis:\/\//);
+});
+
+test('every variable in ENV_DOC (except free-text ones) is validated by loadConfig', (t) => {
+  // A typo between ENV_DOC and loadConfig would make garbage pass silently.
+  const free = new Set(['S3_REGION', 'S3_ACCESS_KEY_ID', 'S3_SECRET_ACCESS_KEY']);
+  for (const name of Object.keys(ENV_DOC)) {
+    if (free.has(name)) continue;
+    const err = t.throws(() => loadConfig({ [name]: '!!bad!!' }), { instanceOf: ConfigError }, name);
+    t.true(err!.problems.some((p) => p.startsWith(`${name}=`)), name);
+  }
+});
