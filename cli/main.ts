@@ -95,6 +95,12 @@ program
         split: parseSplit(o.split),
         ...(o.shardSize ? { shardSize: Number(o.shardSize) } : {}),
       });
+      const live = await listWorkers(client);
+      for (const [queue, kind] of [['plan', 'planner'], ['extract', 'extractor'], ['train', 'trainer'], ['evaluate', 'evaluator']] as const) {
+        if (!live.some((w) => w.queue === queue)) {
+          console.error(`warning: no ${kind} worker is running on this Redis (${client.config.queuePrefix}); the run waits until one starts: deepfeat worker ${kind} (or all)`);
+        }
+      }
       if (!o.wait) {
         console.log(o.json ? JSON.stringify({ runId }) : runId);
         return;

@@ -27,6 +27,8 @@ export interface Config {
   readonly logLevel: string;
   /** Attempts per job before the run is marked failed (transient faults are retried with backoff). */
   readonly jobAttempts: number;
+  /** Jobs at once per worker started by a service main (WORKER_CONCURRENCY). */
+  readonly workerConcurrency: number;
   readonly extractor: {
     readonly shardSize: number;
     readonly batchSize: number;
@@ -55,6 +57,7 @@ export const ENV_DOC: Readonly<Record<string, string>> = {
   DEEPFEAT_MAX_IMAGE_BYTES: 'larger objects are recorded as failures, not read (default 52428800)',
   DEEPFEAT_MAX_IMAGE_PIXELS: 'decoded-size limit against decompression bombs (default 100000000)',
   DEEPFEAT_TFJS_BACKEND: 'auto|tensorflow|wasm|cpu (default auto: tfjs-node-gpu, tfjs-node, then wasm)',
+  WORKER_CONCURRENCY: 'jobs at once per worker in services/*/main.ts (default 1; the CLI takes --concurrency)',
   LOG_LEVEL: 'pino level for workers (default info)',
 };
 
@@ -146,6 +149,7 @@ export function loadConfig(env: Env = process.env): Config {
     },
     logLevel: r.oneOf('LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info'),
     jobAttempts: r.int('DEEPFEAT_JOB_ATTEMPTS', 3, 1, 50),
+    workerConcurrency: r.int('WORKER_CONCURRENCY', 1, 1, 256),
     extractor: {
       shardSize: r.int('DEEPFEAT_SHARD_SIZE', 256, 1, 100_000),
       batchSize: r.int('DEEPFEAT_BATCH_SIZE', 16, 1, 1024),

@@ -50,6 +50,8 @@ export interface RunStatus {
   readonly etaSeconds: number | null;
   readonly engine: string | null;
   readonly backend: string | null;
+  /** Input size the engine decoded images to, 'WxH'. */
+  readonly engineInput: string | null;
   readonly metrics: RunMetrics | null;
   readonly model: PublishedModel | null;
   readonly error: { code: string; message: string } | null;
@@ -69,6 +71,8 @@ interface ShardProgress {
   complete: boolean;
   engine?: string;
   backend?: string;
+  /** Engine input size, 'WxH'. */
+  input?: string;
 }
 
 export class RunStore {
@@ -117,6 +121,7 @@ export class RunStore {
     if (failures) fields[`failures:${shard}`] = JSON.stringify(failures);
     if (p.engine) fields.engine = p.engine;
     if (p.backend) fields.backend = p.backend;
+    if (p.input) fields.engineInput = p.input;
     await this.redis.hset(this.key(runId), fields);
   }
 
@@ -187,6 +192,7 @@ export function statusFromHash(runId: string, h: Record<string, string>, nowMs: 
     etaSeconds: extracting && rate ? Math.max(0, (total - processed) / rate) : null,
     engine: h.engine ?? null,
     backend: h.backend ?? null,
+    engineInput: h.engineInput ?? null,
     metrics: json(h.metrics, null),
     model: json(h.model, null),
     error: json(h.error, null),

@@ -86,3 +86,21 @@ test('CLI: download of an unknown model name is a clear error', async (t) => {
   t.is(r.code, 2);
   t.regex(r.stderr, /no model named no-such-model/);
 });
+
+test('good layouts are planned: a CSV manifest and split folders reach extraction with every image', async (t) => {
+  const manifest = ['key,label,split', ...['a', 'b', 'c'].flatMap((x) => [`imgs/${x}-1.png,"cat, tabby",`, `s3://${dep.dataBucket}/imgs/${x}-2.png,dog,`])].join('\n');
+  await dep.put('good.csv', manifest + '\n');
+  await Promise.all(['train/cat/1.png', 'train/dog/1.png', 'test/cat/2.png', 'test/dog/2.png', 'train/cat/3.png'].map((k) => dep.put(`good-split/${k}`, 'x')));
+  for (const [source, total] of [[`s3://${dep.dataBucket}/good.csv`, 6], [`s3://${dep.dataBucket}/good-split/`, 5]] as const) {
+    const runId = await enqueueRun(dep.client, { source });
+    let s = await dep.client.runs!.get(runId);
+    for (let i = 0; i < 100 && (s?.stage === 'queued' || s?.stage === 'planning'); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      s = await dep.client.runs!.get(runId);
+    }
+    // No extractor runs in this test, so a planned run waits in 'extracting'.
+    t.is(s?.stage, 'extracting', s?.error?.message);
+    t.is(s?.total, total);
+    t.true((s?.classes.length ?? 0) === 2);
+  }
+});

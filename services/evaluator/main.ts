@@ -4,7 +4,7 @@ import { closeOnSignal, createContext } from '../../shared/worker-kit.js';
 import { startEvaluatorWorker } from './worker.js';
 
 const ctx = createContext(loadConfig(), 'evaluator');
-const concurrency = Number(process.env.WORKER_CONCURRENCY ?? 1);
+const concurrency = ctx.config.workerConcurrency;
 const worker = startEvaluatorWorker(ctx, concurrency);
 closeOnSignal(ctx, [worker]);
 ctx.log.info({ concurrency }, 'evaluator worker started');

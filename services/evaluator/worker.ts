@@ -54,7 +54,7 @@ export function startEvaluatorWorker(ctx: ServiceContext, concurrency = 1) {
         spec: status.request.features,
         engine: status.engine ?? 'unknown',
         dim: candidate.dim,
-        input: inputSize(status.request.features),
+        input: inputSize(status.engineInput, status.request.features),
       },
       classes: candidate.classes,
       mean: candidate.mean,
@@ -77,7 +77,9 @@ export function startEvaluatorWorker(ctx: ServiceContext, concurrency = 1) {
   }, concurrency);
 }
 
-function inputSize(spec: ModelArtifact['features']['spec']): { width: number; height: number } {
+function inputSize(recorded: string | null, spec: ModelArtifact['features']['spec']): { width: number; height: number } {
+  const m = /^(\d+)x(\d+)$/.exec(recorded ?? '');
+  if (m) return { width: Number(m[1]), height: Number(m[2]) };
   switch (spec.kind) {
     case 'raw-pixels':
       return { width: spec.size, height: spec.size };

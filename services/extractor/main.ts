@@ -4,7 +4,7 @@ import { closeOnSignal, createContext } from '../../shared/worker-kit.js';
 import { startExtractorWorker } from './worker.js';
 
 const ctx = createContext(loadConfig(), 'extractor');
-const concurrency = Number(process.env.WORKER_CONCURRENCY ?? 1);
+const concurrency = ctx.config.workerConcurrency;
 const worker = startExtractorWorker(ctx, concurrency);
 closeOnSignal(ctx, [worker]);
 ctx.log.info({ concurrency }, 'extractor worker started');

@@ -102,7 +102,7 @@ export function startExtractorWorker(ctx: ServiceContext, concurrency = 1) {
         chunks.push(await engine.embed(ok));
         nRows += ok.length;
       }
-      await ctx.runs.setShardProgress(runId, shard, { done: nRows, failed: failures.length, complete: false, engine: engine.id, backend: engine.backend });
+      await ctx.runs.setShardProgress(runId, shard, { done: nRows, failed: failures.length, complete: false, engine: engine.id, backend: engine.backend, input: `${engine.input.width}x${engine.input.height}` });
     }
     const features = new Float32Array(nRows * engine.dim);
     let off = 0;
@@ -111,9 +111,9 @@ export function startExtractorWorker(ctx: ServiceContext, concurrency = 1) {
       off += c.length;
     }
     await writeShard(ctx.s3, ctx.config.bucket, runId, shard, features, engine.dim, rows);
-    await ctx.runs.setShardProgress(runId, shard, { done: nRows, failed: failures.length, complete: true, engine: engine.id, backend: engine.backend }, failures);
+    await ctx.runs.setShardProgress(runId, shard, { done: nRows, failed: failures.length, complete: true, engine: engine.id, backend: engine.backend, input: `${engine.input.width}x${engine.input.height}` }, failures);
     if (failures.length > 0) log.warn({ runId, shard, failed: failures.length, first: failures[0] }, 'images failed');
-    return { shard, rows: nRows, failed: failures.length, engine: engine.id, backend: engine.backend };
+    return { shard, rows: nRows, failed: failures.length, engine: engine.id, backend: engine.backend, input: `${engine.input.width}x${engine.input.height}` };
   }, concurrency);
 }
 

@@ -4,7 +4,7 @@ import { closeOnSignal, createContext } from '../../shared/worker-kit.js';
 import { startPlannerWorker } from './worker.js';
 
 const ctx = createContext(loadConfig(), 'planner');
-const concurrency = Number(process.env.WORKER_CONCURRENCY ?? 1);
+const concurrency = ctx.config.workerConcurrency;
 const worker = startPlannerWorker(ctx, concurrency);
 closeOnSignal(ctx, [worker]);
 ctx.log.info({ concurrency }, 'planner worker started');

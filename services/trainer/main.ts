@@ -4,7 +4,7 @@ import { closeOnSignal, createContext } from '../../shared/worker-kit.js';
 import { startTrainerWorker } from './worker.js';
 
 const ctx = createContext(loadConfig(), 'trainer');
-const concurrency = Number(process.env.WORKER_CONCURRENCY ?? 1);
+const concurrency = ctx.config.workerConcurrency;
 const worker = startTrainerWorker(ctx, concurrency);
 closeOnSignal(ctx, [worker]);
 ctx.log.info({ concurrency }, 'trainer worker started');
