@@ -23,6 +23,7 @@ import sharp from 'sharp';
 import { builtinModelArtifacts } from '../services/extractor/engines/index.js';
 import { graphNodeNames, poolToRows, resolveNode, shortestUniqueSuffix, useBackend } from '../services/extractor/engines/tfjs.js';
 import { decodeImage } from '../services/extractor/image.js';
+import { mulberry32 } from '../shared/random.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -132,16 +133,6 @@ function concat(arrays: Uint8Array[]): Uint8Array {
 
 // ───────────── split and classifiers ─────────────
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Seeded stratified split: indices of train and test, `trainShare` of each class in train. */
 function split(labels: number[], trainShare: number, seed: number): { train: number[]; test: number[] } {

@@ -11,18 +11,8 @@ import {
   type LogisticProblem,
 } from '../services/trainer/logreg.js';
 import { BadRequestError } from '../shared/errors.js';
+import { mulberry32 as rng } from '../shared/random.js';
 
-/** Small seeded PRNG (mulberry32) so every test problem is reproducible. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function gaussian(rand: () => number): () => number {
   return () => Math.sqrt(-2 * Math.log(1 - rand())) * Math.cos(2 * Math.PI * rand());

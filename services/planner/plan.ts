@@ -4,6 +4,7 @@
  */
 import { DatasetError } from '../../shared/errors.js';
 import { SPLITS, type ManifestItem, type Split } from '../../shared/dataset.js';
+import { mulberry32 } from '../../shared/random.js';
 
 const SPLIT_FOLDERS: Readonly<Record<string, Split>> = { train: 'train', val: 'val', validation: 'val', valid: 'val', test: 'test' };
 
@@ -144,17 +145,6 @@ export function parseCsvLine(line: string): string[] {
   return out;
 }
 
-/** Seeded PRNG (mulberry32): the same seed gives the same split on every machine. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function hashString(s: string): number {
   let h = 2166136261;
