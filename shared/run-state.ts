@@ -122,6 +122,7 @@ export class RunStore {
     if (p.engine) fields.engine = p.engine;
     if (p.backend) fields.backend = p.backend;
     if (p.input) fields.engineInput = p.input;
+    fields.lastShardAt = String(Date.now());
     await this.redis.hset(this.key(runId), fields);
   }
 
@@ -169,10 +170,12 @@ export function statusFromHash(runId: string, h: Record<string, string>, nowMs: 
   failures.sort((a, b) => a.key.localeCompare(b.key));
   const total = Number(h.total ?? 0);
   const started = Number(h.extractStartedAt ?? 0);
-  const finished = Number(h.finishedAt ?? 0);
   const processed = done + failed;
-  const elapsed = ((finished || nowMs) - started) / 1000;
   const extracting = h.stage === 'extracting';
+  // Extraction throughput: up to now while extracting, then up to the last shard update (so
+  // training and evaluation time do not dilute it).
+  const end = extracting ? nowMs : Number(h.lastShardAt ?? h.finishedAt ?? nowMs);
+  const elapsed = (end - started) / 1000;
   const rate = started > 0 && processed > 0 && elapsed > 0 ? processed / elapsed : null;
   return {
     runId,

@@ -26,6 +26,7 @@ test('defaults from an empty env', (t) => {
       maxImagePixels: 100_000_000,
       tfjsBackend: 'auto',
     },
+    workerConcurrency: 1,
   });
 });
 

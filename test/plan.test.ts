@@ -372,3 +372,12 @@ test('shardItems: splits in order into shards of at most shardSize', (t) => {
   t.deepEqual(shardItems([], 3), []);
   t.deepEqual(shardItems(xs, 3).flat(), xs);
 });
+
+test('labelsFromListing: a stray file directly in a split folder is ignored, not a mixed layout', (t) => {
+  const { items, ignored } = labelsFromListing(['p/train/README.md', 'p/train/cat/1.png', 'p/test/dog/2.png'], 'p/', 's3://b/p/');
+  t.deepEqual(items.map((i) => i.key), ['p/train/cat/1.png', 'p/test/dog/2.png']);
+  t.deepEqual(ignored, [{ key: 'p/train/README.md', reason: 'directly in a split folder, not in <split>/<label>/' }]);
+  // Without split folders, a class may be called "test".
+  const plain = labelsFromListing(['p/test/1.png', 'p/cat/2.png'], 'p/', 's3://b/p/');
+  t.deepEqual(plain.items.map((i) => i.label).sort(), ['cat', 'test']);
+});

@@ -35,18 +35,29 @@ export function labelsFromListing(keys: readonly string[], prefix: string, where
   const ignored: Plan['ignored'] = [];
   let withSplit = 0;
   let withoutSplit = 0;
+  // Files directly inside a split folder (train/README.md) are strays when the layout has
+  // split folders, but a class may legitimately be called "test" when it has none.
+  const inSplitFolder: Labelled[] = [];
   for (const key of keys) {
     if (key.endsWith('/')) continue; // folder marker objects
     const parts = key.slice(prefix.length).split('/').filter((p) => p !== '');
     if (parts.length === 3 && SPLIT_FOLDERS[parts[0]!] !== undefined) {
       items.push({ key, label: parts[1]!, split: SPLIT_FOLDERS[parts[0]!] });
       withSplit++;
+    } else if (parts.length === 2 && SPLIT_FOLDERS[parts[0]!] !== undefined) {
+      inSplitFolder.push({ key, label: parts[0]! });
     } else if (parts.length === 2) {
       items.push({ key, label: parts[0]! });
       withoutSplit++;
     } else {
       ignored.push({ key, reason: 'not in a <label>/ or <split>/<label>/ folder' });
     }
+  }
+  if (withSplit > 0) {
+    for (const it of inSplitFolder) ignored.push({ key: it.key, reason: 'directly in a split folder, not in <split>/<label>/' });
+  } else {
+    items.push(...inSplitFolder);
+    withoutSplit += inSplitFolder.length;
   }
   if (withSplit > 0 && withoutSplit > 0) {
     throw new DatasetError(
