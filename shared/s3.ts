@@ -77,7 +77,9 @@ export function storageError(err: unknown, what: string): StorageError | NotFoun
     return new StorageError(`no such bucket for ${what}: create it or fix the bucket name`, { cause: err, permanent: true });
   }
   if (PERMANENT_CODES.has(name) || status === 403 || status === 400) {
-    return new StorageError(`access to ${what} refused (${name}): check S3 credentials and the bucket policy`, { cause: err, permanent: true });
+    // A HEAD request's error has no body, so the SDK names it 'Unknown': show the status instead.
+    const code = name === 'Unknown' || name === 'Error' ? `HTTP ${status ?? '?'}` : name;
+    return new StorageError(`access to ${what} refused (${code}): check S3 credentials and the bucket policy`, { cause: err, permanent: true });
   }
   const detail = err instanceof Error ? err.message : String(err);
   return new StorageError(`storage unavailable for ${what} (${name}: ${detail}); will retry`, { cause: err, permanent: false });

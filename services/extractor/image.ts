@@ -93,6 +93,8 @@ function imageErrorFrom(
 ): ImageError {
   const msg = err instanceof Error ? err.message : String(err);
   if (/unsupported image format/i.test(msg)) {
+    const known = unsupportedImageFormat(bytes);
+    if (known) return new ImageError(`unsupported image format: ${known} (convert it to PNG or JPEG)`, { cause: err });
     const hint = describeNonImage(bytes);
     return new ImageError(`not an image: unrecognised format${hint ? ` (${hint})` : ''}`, { cause: err });
   }
@@ -106,6 +108,13 @@ function imageErrorFrom(
   // empty and says only "Unknown error", which is no use to anyone reading the run's failures.
   const detail = /^unknown error$/i.test(msg.trim()) ? 'the decoder gave no details' : msg;
   return new ImageError(`corrupt or truncated ${what}: ${detail}`, { cause: err });
+}
+
+/** Image formats sharp's prebuilt libvips cannot read, recognised by their magic bytes. */
+function unsupportedImageFormat(bytes: Uint8Array): string | undefined {
+  const b = Buffer.from(bytes.subarray(0, 4));
+  if (b.length >= 2 && b[0] === 0x42 && b[1] === 0x4d) return 'BMP';
+  return undefined;
 }
 
 /** A short guess at what a non-image file is, from its first bytes; '' when there is nothing useful to say. */

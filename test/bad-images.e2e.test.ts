@@ -1,0 +1,257 @@
+/**
+ * Bad and awkward images end to end, on real parts (redis-server, S3 server, worker processes):
+ * broken files are recorded per image with a specific reason and the run goes on; valid but
+ * awkward files (alpha, grey, 16-bit, CMYK, EXIF-rotated, animated, very large) get feature rows
+ * equal (or close) to those of their plain twins; the extractor survives the large image and
+ * the decompression bomb with bounded memory.
+ */
+import test from 'ava';
+import { readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { crc32 } from 'node:zlib';
+import sharp from 'sharp';
+import { loadDemoImages } from '../cli/demo-data.js';
+import { enqueueRun, waitForRun } from '../cli/client.js';
+import { RAW_PIXELS } from '../shared/features.js';
+import { readFeatures } from '../shared/feature-store.js';
+import { deployment, spawnWorker, type Deployment, type WorkerProcess } from './helpers/pipeline.js';
+
+const PER_CLASS = 15;
+const MAX_BYTES = 2 * 1024 * 1024;
+const MAX_PIXELS = 30_000_000; // the 6000×4000 image (24 M) passes; the bomb (10^10) does not
+let dep: Deployment;
+const workers: WorkerProcess[] = [];
+let extractor: WorkerProcess;
+
+/** An asymmetric picture (gradient plus a red block in one corner) so rotations are visible. */
+function asymmetricRaw(width: number, height: number): Buffer {
+  const px = Buffer.alloc(width * height * 3);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const i = (y * width + x) * 3;
+      const corner = x < width / 3 && y < height / 3;
+      px[i] = corner ? 255 : Math.round((255 * x) / width);
+      px[i + 1] = corner ? 0 : Math.round((255 * y) / height);
+      px[i + 2] = corner ? 0 : 128;
+    }
+  }
+  return px;
+}
+const fromRaw = (px: Buffer, width: number, height: number, channels: 1 | 3 | 4 = 3) => sharp(px, { raw: { width, height, channels } });
+
+/** A two-frame GIF (2-colour palettes), written by hand: sharp cannot create animations. */
+function twoFrameGif(width: number, height: number, frames: Array<[number, number, number]>): Buffer {
+  const out: number[] = [];
+  const u16 = (v: number) => out.push(v & 0xff, v >> 8);
+  out.push(...Buffer.from('GIF89a'));
+  u16(width);
+  u16(height);
+  out.push(0xf0, 0, 0, 0, 0, 0, 0, 0, 0);
+  out.push(0x21, 0xff, 0x0b, ...Buffer.from('NETSCAPE2.0'), 0x03, 0x01, 0x00, 0x00, 0x00);
+  for (const [r, g, b] of frames) {
+    out.push(0x21, 0xf9, 0x04, 0x00, 10, 0, 0, 0, 0x2c);
+    u16(0);
+    u16(0);
+    u16(width);
+    u16(height);
+    out.push(0x80, r, g, b, 0, 0, 0, 2);
+    const codes: number[] = [];
+    const n = width * height;
+    for (let i = 0; i < n; i += 2) {
+      codes.push(4, 0);
+      if (i + 1 < n) codes.push(0);
+    }
+    codes.push(5);
+    const data: number[] = [];
+    let acc = 0;
+    let bits = 0;
+    for (const c of codes) {
+      acc |= c << bits;
+      bits += 3;
+      while (bits >= 8) {
+        data.push(acc & 0xff);
+        acc >>= 8;
+        bits -= 8;
+      }
+    }
+    if (bits > 0) data.push(acc & 0xff);
+    for (let i = 0; i < data.length; i += 255) {
+      const block = data.slice(i, i + 255);
+      out.push(block.length, ...block);
+    }
+    out.push(0);
+  }
+  out.push(0x3b);
+  return Buffer.from(out);
+}
+
+/** Bad files: key → the reason they must be recorded with. */
+const BAD: Record<string, RegExp> = {};
+/** Awkward but valid files: key → its plain twin's key and the largest mean |Δ| allowed (features are in [0, 1]). */
+const TWINS: Record<string, { twin: string; tol: number }> = {};
+const AWKWARD_ALONE = ['pets/dog/huge-6000x4000.jpg'];
+
+async function corpus(): Promise<Record<string, Uint8Array | string>> {
+  const files: Record<string, Uint8Array | string> = {};
+  const bad = (key: string, body: Uint8Array | string, reason: RegExp) => {
+    files[key] = body;
+    BAD[key] = reason;
+  };
+  const twin = (key: string, body: Uint8Array, twinKey: string, twinBody: Uint8Array, tol: number) => {
+    files[key] = body;
+    files[twinKey] = twinBody;
+    TWINS[key] = { twin: twinKey, tol };
+  };
+
+  // Broken files.
+  bad('pets/cat/empty.jpg', new Uint8Array(0), /^empty file \(0 bytes\)$/);
+  const jpeg = await fromRaw(asymmetricRaw(64, 64).map((v, i) => (v + ((i * 7919) % 61)) & 0xff) as Buffer, 64, 64).jpeg({ quality: 90 }).toBuffer();
+  bad('pets/cat/truncated.jpg', jpeg.subarray(0, Math.floor(jpeg.length / 2)), /^corrupt or truncated jpeg image: /);
+  bad('pets/dog/notes.jpg', 'this is not an image, just some notes\n', /^not an image: unrecognised format \(looks like text: "this is not an image, ju…"\)$/);
+  // A 2×2 24-bit BMP: a real image format, but not one the decoder supports.
+  const bmp = Buffer.alloc(54 + 16);
+  bmp.write('BM', 0, 'latin1');
+  bmp.writeUInt32LE(bmp.length, 2);
+  bmp.writeUInt32LE(54, 10);
+  bmp.writeUInt32LE(40, 14);
+  bmp.writeInt32LE(2, 18);
+  bmp.writeInt32LE(2, 22);
+  bmp.writeUInt16LE(1, 26);
+  bmp.writeUInt16LE(24, 28);
+  bmp.writeUInt32LE(16, 34);
+  bad('pets/dog/picture.bmp', bmp, /^unsupported image format: BMP \(convert it to PNG or JPEG\)$/);
+  // Decompression bomb: a 4×4 PNG whose header declares 100000×100000.
+  const bomb = Buffer.from(await sharp({ create: { width: 4, height: 4, channels: 3, background: { r: 0, g: 0, b: 0 } } }).png().toBuffer());
+  bomb.writeUInt32BE(100_000, 16);
+  bomb.writeUInt32BE(100_000, 20);
+  bomb.writeUInt32BE(crc32(bomb.subarray(12, 29)) >>> 0, 29);
+  bad('pets/cat/bomb.png', bomb, new RegExp(`^image too large: 100000×100000 pixels exceeds the limit of ${MAX_PIXELS} \\(MAX_IMAGE_PIXELS\\)$`));
+  // Over DEEPFEAT_MAX_IMAGE_BYTES: never read.
+  bad('pets/dog/oversized.jpg', randomBytes(MAX_BYTES + 1), new RegExp(`^object too large: ${MAX_BYTES + 1} bytes exceeds the limit of ${MAX_BYTES} \\(DEEPFEAT_MAX_IMAGE_BYTES\\)$`));
+
+  // Awkward but valid, each with a plain twin.
+  const W = 48;
+  const H = 32;
+  const base = asymmetricRaw(W, H);
+  // Alpha 0 in the corner block, 255 elsewhere: flattened on white it equals the RGB picture with a white block.
+  const rgba = Buffer.alloc(W * H * 4);
+  const whiteCorner = Buffer.from(base);
+  for (let p = 0; p < W * H; p++) {
+    const transparent = p % W < W / 3 && Math.floor(p / W) < H / 3;
+    rgba[p * 4] = base[p * 3]!;
+    rgba[p * 4 + 1] = base[p * 3 + 1]!;
+    rgba[p * 4 + 2] = base[p * 3 + 2]!;
+    rgba[p * 4 + 3] = transparent ? 0 : 255;
+    if (transparent) whiteCorner.fill(255, p * 3, p * 3 + 3);
+  }
+  twin('pets/cat/alpha.png', await fromRaw(rgba, W, H, 4).png().toBuffer(), 'pets/cat/alpha-twin.png', await fromRaw(whiteCorner, W, H).png().toBuffer(), 0);
+  const greyPx = Buffer.alloc(W * H);
+  const greyRgb = Buffer.alloc(W * H * 3);
+  for (let p = 0; p < W * H; p++) {
+    greyPx[p] = (p * 5) % 256;
+    greyRgb.fill(greyPx[p]!, p * 3, p * 3 + 3);
+  }
+  twin('pets/dog/grey.png', await fromRaw(greyPx, W, H, 1).png().toBuffer(), 'pets/dog/grey-twin.png', await fromRaw(greyRgb, W, H).png().toBuffer(), 1 / 255);
+  const plainPng = await fromRaw(base, W, H).png().toBuffer();
+  twin('pets/cat/deep-16bit.png', await fromRaw(base, W, H).toColourspace('rgb16').png().toBuffer(), 'pets/cat/deep-16bit-twin.png', plainPng, 1 / 255);
+  twin('pets/dog/cmyk.jpg', await fromRaw(base, W, H).toColourspace('cmyk').jpeg({ quality: 95 }).toBuffer(), 'pets/dog/cmyk-twin.png', plainPng, 0.06);
+  // Stored rotated 90° anticlockwise with orientation 6 ("rotate 90° clockwise to display").
+  twin(
+    'pets/cat/exif-rotated.jpg',
+    await fromRaw(base, W, H).rotate(270).jpeg({ quality: 95 }).withMetadata({ orientation: 6 }).toBuffer(),
+    'pets/cat/exif-upright.jpg',
+    await fromRaw(base, W, H).jpeg({ quality: 95 }).toBuffer(),
+    0.02,
+  );
+  twin(
+    'pets/dog/animated.gif',
+    twoFrameGif(16, 16, [[200, 30, 60], [10, 220, 40]]),
+    'pets/dog/animated-first-frame.png',
+    await sharp({ create: { width: 16, height: 16, channels: 3, background: { r: 200, g: 30, b: 60 } } }).png().toBuffer(),
+    0,
+  );
+  // Very large but within both limits: a smooth 6000×4000 JPEG (a few hundred KB, 24 M pixels).
+  const huge = await sharp({ create: { width: 6000, height: 4000, channels: 3, background: { r: 90, g: 140, b: 200 } } }).jpeg({ quality: 80 }).toBuffer();
+  if (huge.length > MAX_BYTES) throw new Error(`huge test image is ${huge.length} bytes, over the byte limit`);
+  files[AWKWARD_ALONE[0]!] = huge;
+  return files;
+}
+
+test.before(async () => {
+  dep = await deployment({
+    DEEPFEAT_SHARD_SIZE: '16',
+    DEEPFEAT_BATCH_SIZE: '4',
+    DEEPFEAT_MAX_IMAGE_BYTES: String(MAX_BYTES),
+    DEEPFEAT_MAX_IMAGE_PIXELS: String(MAX_PIXELS),
+  });
+  const images = await loadDemoImages({ perClass: PER_CLASS });
+  await Promise.all(images.map((img) => dep.put(`pets/${img.label}/${img.name}`, img.png)));
+  const files = await corpus();
+  await Promise.all(Object.entries(files).map(([key, body]) => dep.put(key, body)));
+  extractor = spawnWorker(dep.env, 'extractor');
+  workers.push(spawnWorker(dep.env, 'planner'), spawnWorker(dep.env, 'trainer'), spawnWorker(dep.env, 'evaluator'), extractor);
+});
+
+test.after.always(async () => {
+  await Promise.all(workers.map((w) => w.stop('SIGKILL')));
+  await dep?.close();
+});
+
+function meanAbsDiff(a: Float32Array, b: Float32Array): number {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s += Math.abs(a[i]! - b[i]!);
+  return s / a.length;
+}
+
+test.serial('bad images are recorded with specific reasons; awkward ones give the features of their plain twins', async (t) => {
+  t.timeout(110_000);
+  const runId = await enqueueRun(dep.client, { source: `s3://${dep.dataBucket}/pets/`, name: 'awkward', features: RAW_PIXELS });
+  const s = await waitForRun(dep.client, runId);
+  if (s.stage !== 'published') t.log(workers.map((w) => w.output()).join('\n'));
+  t.is(s.stage, 'published', s.error?.message);
+
+  const badKeys = Object.keys(BAD).sort();
+  const validExtra = Object.keys(TWINS).length * 2 + AWKWARD_ALONE.length;
+  t.is(s.total, 2 * PER_CLASS + badKeys.length + validExtra);
+  t.is(s.failed, badKeys.length);
+  t.is(s.done, 2 * PER_CLASS + validExtra);
+  t.deepEqual(s.failures.map((f) => f.key).sort(), badKeys);
+  for (const f of s.failures) {
+    t.log(`${f.key}: ${f.reason}`);
+    t.regex(f.reason, BAD[f.key]!, f.key);
+  }
+
+  // Every valid file has a row; compare the awkward ones with their twins.
+  const all = await readFeatures(dep.client.s3, dep.config.bucket, runId, s.shards, ['train', 'val', 'test']);
+  t.is(all.n, s.done);
+  const row = (key: string) => {
+    const i = all.keys.indexOf(key);
+    if (i < 0) throw new Error(`no feature row for ${key}`);
+    return all.X.subarray(i * all.d, (i + 1) * all.d);
+  };
+  for (const key of AWKWARD_ALONE) t.notThrows(() => row(key), key);
+  for (const [key, { twin, tol }] of Object.entries(TWINS)) {
+    const d = meanAbsDiff(row(key), row(twin));
+    t.log(`${key} vs ${twin}: mean |Δ| = ${d.toFixed(4)} (allowed ${tol.toFixed(4)})`);
+    t.true(d <= tol, `${key} vs ${twin}: ${d} > ${tol}`);
+  }
+  // The orientation tag mattered: the rotated file read as stored would be far from its twin.
+  const asStored = await sharp(await sharp(asymmetricRaw(48, 32), { raw: { width: 48, height: 32, channels: 3 } }).rotate(270).png().toBuffer())
+    .resize(32, 32, { fit: 'cover' })
+    .raw()
+    .toBuffer();
+  const asStoredRow = Float32Array.from(asStored, (v) => v / 255);
+  t.true(meanAbsDiff(asStoredRow, row('pets/cat/exif-upright.jpg')) > 0.1, 'the EXIF tag must make a difference');
+
+  // The extractor survived the large image and the bomb, with bounded memory.
+  t.is(extractor.child.exitCode, null, extractor.output());
+  t.is(extractor.child.signalCode, null);
+  const statusFile = `/proc/${extractor.child.pid}/status`;
+  try {
+    const hwm = Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(statusFile, 'utf8'))?.[1]) * 1024;
+    t.log(`extractor peak RSS ${(hwm / 2 ** 20).toFixed(0)} MiB`);
+    t.true(hwm < 1024 * 2 ** 20, `extractor peak RSS ${hwm} bytes`);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err; // no /proc: not Linux
+  }
+});
