@@ -126,7 +126,14 @@ export class RunStore {
     await this.redis.hset(this.key(runId), fields);
   }
 
+  /**
+   * Marks the run failed. The first specific cause wins: when a child job fails, BullMQ also
+   * fails its parents ("child … failed", reported as INTERNAL), in either order; that generic
+   * report must neither hide nor replace the child's own reason.
+   */
   async fail(runId: string, code: string, message: string): Promise<void> {
+    const previous = await this.redis.hget(this.key(runId), 'error');
+    if (previous !== null && (code === 'INTERNAL' || (JSON.parse(previous) as { code: string }).code !== 'INTERNAL')) return;
     await this.setStage(runId, 'failed', { error: JSON.stringify({ code, message }) });
   }
 
