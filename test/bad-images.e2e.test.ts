@@ -15,6 +15,7 @@ import { enqueueRun, waitForRun } from '../cli/client.js';
 import { RAW_PIXELS } from '../shared/features.js';
 import { readFeatures } from '../shared/feature-store.js';
 import { deployment, spawnWorker, type Deployment, type WorkerProcess } from './helpers/pipeline.js';
+import { twoFrameGif } from './helpers/gif.js';
 
 const PER_CLASS = 15;
 const MAX_BYTES = 2 * 1024 * 1024;
@@ -39,51 +40,6 @@ function asymmetricRaw(width: number, height: number): Buffer {
 }
 const fromRaw = (px: Buffer, width: number, height: number, channels: 1 | 3 | 4 = 3) => sharp(px, { raw: { width, height, channels } });
 
-/** A two-frame GIF (2-colour palettes), written by hand: sharp cannot create animations. */
-function twoFrameGif(width: number, height: number, frames: Array<[number, number, number]>): Buffer {
-  const out: number[] = [];
-  const u16 = (v: number) => out.push(v & 0xff, v >> 8);
-  out.push(...Buffer.from('GIF89a'));
-  u16(width);
-  u16(height);
-  out.push(0xf0, 0, 0, 0, 0, 0, 0, 0, 0);
-  out.push(0x21, 0xff, 0x0b, ...Buffer.from('NETSCAPE2.0'), 0x03, 0x01, 0x00, 0x00, 0x00);
-  for (const [r, g, b] of frames) {
-    out.push(0x21, 0xf9, 0x04, 0x00, 10, 0, 0, 0, 0x2c);
-    u16(0);
-    u16(0);
-    u16(width);
-    u16(height);
-    out.push(0x80, r, g, b, 0, 0, 0, 2);
-    const codes: number[] = [];
-    const n = width * height;
-    for (let i = 0; i < n; i += 2) {
-      codes.push(4, 0);
-      if (i + 1 < n) codes.push(0);
-    }
-    codes.push(5);
-    const data: number[] = [];
-    let acc = 0;
-    let bits = 0;
-    for (const c of codes) {
-      acc |= c << bits;
-      bits += 3;
-      while (bits >= 8) {
-        data.push(acc & 0xff);
-        acc >>= 8;
-        bits -= 8;
-      }
-    }
-    if (bits > 0) data.push(acc & 0xff);
-    for (let i = 0; i < data.length; i += 255) {
-      const block = data.slice(i, i + 255);
-      out.push(block.length, ...block);
-    }
-    out.push(0);
-  }
-  out.push(0x3b);
-  return Buffer.from(out);
-}
 
 /** Bad files: key → the reason they must be recorded with. */
 const BAD: Record<string, RegExp> = {};
