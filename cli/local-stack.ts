@@ -18,8 +18,8 @@ export interface LocalRedis {
   readonly port: number;
   /** SIGTERM and wait for exit; the port is free when this resolves. Removes a data folder it created. */
   stop(): Promise<void>;
-  /** Stop, then start again on the same port and folder (with AOF on, the data survives). */
-  restart(): Promise<void>;
+  /** Stop, stay down for downMs (an outage), then start again on the same port and folder (with AOF on, the data survives). */
+  restart(downMs?: number): Promise<void>;
 }
 
 export interface LocalS3 {
@@ -162,8 +162,9 @@ export async function startRedis(opts: StartRedisOptions = {}): Promise<LocalRed
       await halt();
       if (ownsDir) await rm(dir, { recursive: true, force: true });
     },
-    async restart() {
+    async restart(downMs = 0) {
       await halt();
+      if (downMs > 0) await new Promise((r) => setTimeout(r, downMs));
       await launch(port);
     },
   };

@@ -17,8 +17,8 @@ import { startRedis, startS3Server } from '../../cli/local-stack.js';
 export interface TestRedis {
   url: string;
   stop(): Promise<void>;
-  /** Present only where the service can be restarted on the same address (local child). */
-  restart?: () => Promise<void>;
+  /** Present only where the service can be restarted on the same address (local child); down for downMs. */
+  restart?: (downMs?: number) => Promise<void>;
 }
 
 export interface TestS3 {
@@ -92,7 +92,7 @@ export async function getRedis(): Promise<TestRedis> {
   }
   const redis = await startRedis();
   logVariant('redis', `redis-server child on ${redis.url}`);
-  return { url: redis.url, stop: () => redis.stop(), restart: () => redis.restart() };
+  return { url: redis.url, stop: () => redis.stop(), restart: (downMs?: number) => redis.restart(downMs) };
 }
 
 export async function getS3(opts: GetS3Options = {}): Promise<TestS3> {
