@@ -42,7 +42,23 @@ export async function readFeatures(
   shards: number,
   splits: readonly Split[],
 ): Promise<LabelledFeatures> {
-  const parts: Array<{ data: Float32Array; d: number; rows: Array<{ row: number; label: string; key: string }> }> = [];
+  const [set] = await readFeatureSets(s3, bucket, runId, shards, [splits]);
+  return set!;
+}
+
+/**
+ * Reads every shard once and returns one matrix per group of splits (e.g. [['train'], ['val']]),
+ * rows in shard order, so a caller that needs several sets does not fetch the shards again.
+ */
+export async function readFeatureSets(
+  s3: S3Client,
+  bucket: string,
+  runId: string,
+  shards: number,
+  groups: ReadonlyArray<readonly Split[]>,
+): Promise<LabelledFeatures[]> {
+  type Row = { row: number; label: string; key: string };
+  const parts: Array<{ data: Float32Array; rows: Row[][] }> = [];
   let d = -1;
   for (let s = 0; s < shards; s++) {
     const [npy, meta] = await Promise.all([
@@ -51,31 +67,36 @@ export async function readFeatures(
     ]);
     const arr = decodeNpy(npy);
     const dim = arr.shape[1] ?? 0;
-    const rows: Array<{ row: number; label: string; key: string }> = [];
+    const rows: Row[][] = groups.map(() => []);
     for (const line of meta.split('\n')) {
       if (line === '') continue;
       const r = JSON.parse(line) as ShardRow;
-      if ('row' in r && splits.includes(r.split)) rows.push({ row: r.row, label: r.label, key: r.key });
+      if (!('row' in r)) continue;
+      groups.forEach((g, i) => {
+        if (g.includes(r.split)) rows[i]!.push({ row: r.row, label: r.label, key: r.key });
+      });
     }
     if (arr.shape[0]! > 0) {
       if (d !== -1 && dim !== d) throw new DatasetError(`shard ${s} of run ${runId} has ${dim} features per row, others ${d}: the run mixed engines; start a new run`);
       d = dim;
     }
-    parts.push({ data: arr.data, d: dim, rows });
+    parts.push({ data: arr.data, rows });
   }
-  const n = parts.reduce((acc, p) => acc + p.rows.length, 0);
   d = Math.max(d, 0);
-  const X = new Float32Array(n * d);
-  const labels: string[] = [];
-  const keys: string[] = [];
-  let i = 0;
-  for (const p of parts) {
-    for (const r of p.rows) {
-      X.set(p.data.subarray(r.row * d, (r.row + 1) * d), i * d);
-      labels.push(r.label);
-      keys.push(r.key);
-      i++;
+  return groups.map((_, g) => {
+    const n = parts.reduce((acc, p) => acc + p.rows[g]!.length, 0);
+    const X = new Float32Array(n * d);
+    const labels: string[] = [];
+    const keys: string[] = [];
+    let i = 0;
+    for (const p of parts) {
+      for (const r of p.rows[g]!) {
+        X.set(p.data.subarray(r.row * d, (r.row + 1) * d), i * d);
+        labels.push(r.label);
+        keys.push(r.key);
+        i++;
+      }
     }
-  }
-  return { X, n, d, labels, keys };
+    return { X, n, d, labels, keys };
+  });
 }

@@ -15,7 +15,7 @@ import { enqueueRun, waitForRun } from '../cli/client.js';
 import { RAW_PIXELS } from '../shared/features.js';
 import { readFeatures } from '../shared/feature-store.js';
 import { deployment, spawnWorker, type Deployment, type WorkerProcess } from './helpers/pipeline.js';
-import { twoFrameGif } from './helpers/gif.js';
+import { asymmetricRaw, twoFrameGif } from './helpers/images.js';
 
 const PER_CLASS = 15;
 const MAX_BYTES = 2 * 1024 * 1024;
@@ -24,20 +24,6 @@ let dep: Deployment;
 const workers: WorkerProcess[] = [];
 let extractor: WorkerProcess;
 
-/** An asymmetric picture (gradient plus a red block in one corner) so rotations are visible. */
-function asymmetricRaw(width: number, height: number): Buffer {
-  const px = Buffer.alloc(width * height * 3);
-  for (let y = 0; y < height; y++) {
-    for (let x = 0; x < width; x++) {
-      const i = (y * width + x) * 3;
-      const corner = x < width / 3 && y < height / 3;
-      px[i] = corner ? 255 : Math.round((255 * x) / width);
-      px[i + 1] = corner ? 0 : Math.round((255 * y) / height);
-      px[i + 2] = corner ? 0 : 128;
-    }
-  }
-  return px;
-}
 const fromRaw = (px: Buffer, width: number, height: number, channels: 1 | 3 | 4 = 3) => sharp(px, { raw: { width, height, channels } });
 
 

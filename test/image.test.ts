@@ -3,7 +3,7 @@ import { crc32 } from 'node:zlib';
 import sharp from 'sharp';
 import { decodeImage } from '../services/extractor/image.js';
 import { ImageError } from '../shared/errors.js';
-import { twoFrameGif } from './helpers/gif.js';
+import { asymmetricRaw, twoFrameGif } from './helpers/images.js';
 
 const SIZE = { width: 32, height: 24, maxPixels: 50_000_000 };
 const OUT_BYTES = SIZE.width * SIZE.height * 3;
@@ -27,19 +27,9 @@ function solid(width: number, height: number, colour: { r: number; g: number; b:
   return sharp({ create: { width, height, channels, background: colour } });
 }
 
-/** An asymmetric test picture (a gradient with a block in one corner) so rotations are visible. */
-async function asymmetric(width: number, height: number): Promise<Buffer> {
-  const px = Buffer.alloc(width * height * 3);
-  for (let y = 0; y < height; y++) {
-    for (let x = 0; x < width; x++) {
-      const i = (y * width + x) * 3;
-      const corner = x < width / 3 && y < height / 3;
-      px[i] = corner ? 255 : Math.round((255 * x) / width);
-      px[i + 1] = corner ? 0 : Math.round((255 * y) / height);
-      px[i + 2] = corner ? 0 : 128;
-    }
-  }
-  return sharp(px, { raw: { width, height, channels: 3 } }).png().toBuffer();
+/** The asymmetric test picture as PNG, so rotations are visible. */
+function asymmetric(width: number, height: number): Promise<Buffer> {
+  return sharp(asymmetricRaw(width, height), { raw: { width, height, channels: 3 } }).png().toBuffer();
 }
 
 async function expectImageError(t: import('ava').ExecutionContext, bytes: Uint8Array, pattern: RegExp, opts = SIZE) {

@@ -3,7 +3,7 @@
  * images. Labels are data — they never become part of a key we write.
  */
 import { DatasetError } from '../../shared/errors.js';
-import { SPLITS, type ManifestItem, type Split } from '../../shared/dataset.js';
+import { type ManifestItem, type Split } from '../../shared/dataset.js';
 import { mulberry32 } from '../../shared/random.js';
 
 const SPLIT_FOLDERS: Readonly<Record<string, Split>> = { train: 'train', val: 'val', validation: 'val', valid: 'val', test: 'test' };
@@ -237,4 +237,3 @@ export function shardItems<T>(items: readonly T[], shardSize: number): T[][] {
   return shards;
 }
 
-export { SPLITS };

@@ -1,6 +1,6 @@
 /** Train job: read train/val features, standardise, pick L2 on val, fit, write the candidate. */
 import { putJson } from '../../shared/s3.js';
-import { readFeatures } from '../../shared/feature-store.js';
+import { readFeatureSets } from '../../shared/feature-store.js';
 import { DatasetError } from '../../shared/errors.js';
 import { startWorker, type ServiceContext } from '../../shared/worker-kit.js';
 import { applyStandardizer, fitStandardizer, DEFAULT_LAMBDAS } from './logreg.js';
@@ -12,8 +12,7 @@ export function startTrainerWorker(ctx: ServiceContext, concurrency = 1) {
     const { runId, shards, classes } = data;
     await ctx.runs.setStage(runId, 'training');
     const bucket = ctx.config.bucket;
-    const train = await readFeatures(ctx.s3, bucket, runId, shards, ['train']);
-    const val = await readFeatures(ctx.s3, bucket, runId, shards, ['val']);
+    const [train, val] = await readFeatureSets(ctx.s3, bucket, runId, shards, [['train'], ['val']]);
     const d = Math.max(train.d, val.d);
     const index = new Map(classes.map((c, i) => [c, i]));
     const toY = (labels: string[]) => Int32Array.from(labels, (l) => index.get(l)!);

@@ -1,4 +1,4 @@
-/** Test images sharp cannot make itself. */
+/** Test images made by hand: shapes sharp cannot make itself, or pictures whose orientation shows. */
 
 /**
  * A minimal animated GIF (two frames, 2-colour palette) written byte by byte, because sharp 0.33
@@ -54,4 +54,19 @@ export function twoFrameGif(width: number, height: number, frames: Array<[number
   }
   out.push(0x3b);
   return Buffer.from(out);
+}
+
+/** An asymmetric picture (gradient plus a red block in one corner) so rotations are visible. */
+export function asymmetricRaw(width: number, height: number): Buffer {
+  const px = Buffer.alloc(width * height * 3);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const i = (y * width + x) * 3;
+      const corner = x < width / 3 && y < height / 3;
+      px[i] = corner ? 255 : Math.round((255 * x) / width);
+      px[i + 1] = corner ? 0 : Math.round((255 * y) / height);
+      px[i + 2] = corner ? 0 : 128;
+    }
+  }
+  return px;
 }
