@@ -10,6 +10,15 @@
  * - `failNext(n, status)`: the next `n` HTTP requests, counted across all connections, are
  *   answered by the proxy itself with `HTTP/1.1 <status>` and an S3 XML error body (503 →
  *   `SlowDown`), without being forwarded; the connection is then closed.
+ * - `holdRequests(match)`: requests whose request line matches — `match(method, path)`, with
+ *   `path` the request-target up to any `?` (path-style: `/<bucket>/<key>`, as sent) — are not
+ *   forwarded but parked: nothing is answered and the connection stays open. `hit` resolves when
+ *   the first one arrives. `release()` forwards the parked requests as they are and ends the hold
+ *   (later matching requests pass normally); a parked request whose client connection dies
+ *   before that is dropped and never reaches the server (`dropped` counts them). While a request
+ *   is parked, the server closing its idle keep-alive connection does not close the client's:
+ *   the request goes out on a new upstream connection when released. Injected failures
+ *   (`failNext`) take precedence over holds.
  * - `close()`: stops listening and drops every connection.
  *
  * How requests are seen: each client connection gets its own upstream connection, and the proxy
@@ -29,6 +38,20 @@ export interface FaultProxyStats {
   injected: number;
   /** Connections reset or refused by `refuse`. */
   reset: number;
+  /** Requests parked by `holdRequests` (whether later released or dropped). */
+  held: number;
+}
+
+/** A hold placed by `holdRequests`. */
+export interface RequestHold {
+  /** Resolves when the first matching request has arrived and been parked. */
+  readonly hit: Promise<void>;
+  /** Matching requests parked now: not forwarded, their client still connected. */
+  readonly parked: number;
+  /** Parked requests whose client connection died: they never reached the server. */
+  readonly dropped: number;
+  /** Forwards the parked requests and ends the hold; later matching requests are forwarded at once. */
+  release(): void;
 }
 
 export interface FaultProxy {
@@ -40,6 +63,8 @@ export interface FaultProxy {
   refuse(ms: number): Promise<void>;
   /** Answer the next `n` requests with `status` (default 503 SlowDown) instead of forwarding them. */
   failNext(n: number, status?: number): void;
+  /** Park requests whose method and path (request-target without the query) match, until `release()`. */
+  holdRequests(match: (method: string, path: string) => boolean): RequestHold;
   close(): Promise<void>;
 }
 
@@ -70,26 +95,59 @@ export async function startFaultProxy(upstreamEndpoint: string): Promise<FaultPr
   const upHost = up.hostname.replace(/^\[|\]$/g, '');
   const upPort = Number(up.port || (up.protocol === 'https:' ? 443 : 80));
 
-  const stats: FaultProxyStats = { forwarded: 0, injected: 0, reset: 0 };
+  const stats: FaultProxyStats = { forwarded: 0, injected: 0, reset: 0, held: 0 };
   let failRemaining = 0;
   let failStatus = 503;
   const sockets = new Set<net.Socket>();
 
+  interface HoldState {
+    readonly match: (method: string, path: string) => boolean;
+    /** Resume functions of the requests parked now. */
+    readonly parked: Set<() => void>;
+    dropped: number;
+    onHit(): void;
+  }
+  const holds: HoldState[] = [];
+
   const onConnection = (client: net.Socket) => {
     sockets.add(client);
-    const upstream = net.connect({ host: upHost, port: upPort });
-    sockets.add(upstream);
+    let upstream: net.Socket | undefined;
+    /** The request this connection has parked, if any: its hold and how to forward it. */
+    let parked: { hold: HoldState; resume: () => void } | undefined;
+    let dropped = false;
     const drop = () => {
+      if (dropped) return;
+      dropped = true;
       client.destroy();
-      upstream.destroy();
+      upstream?.destroy();
       sockets.delete(client);
-      sockets.delete(upstream);
+      if (upstream) sockets.delete(upstream);
+      if (parked) {
+        parked.hold.parked.delete(parked.resume);
+        parked.hold.dropped++;
+        parked = undefined;
+      }
     };
+    const connectUpstream = () => {
+      const u = net.connect({ host: upHost, port: upPort });
+      sockets.add(u);
+      // While a request is parked the server may close its idle keep-alive connection; that
+      // must not end the client's, which is waiting for an answer. Release opens a new one.
+      const gone = () => {
+        sockets.delete(u);
+        if (u !== upstream) return;
+        if (parked) upstream = undefined;
+        else drop();
+      };
+      u.on('error', gone);
+      u.on('close', gone);
+      u.on('data', (d) => client.write(d));
+      upstream = u;
+    };
+    const send = (b: Buffer) => upstream?.write(b);
+    connectUpstream();
     client.on('error', drop);
-    upstream.on('error', drop);
     client.on('close', drop);
-    upstream.on('close', drop);
-    upstream.on('data', (d) => client.write(d));
 
     // Request framing state for the client → upstream direction.
     let buf = Buffer.alloc(0);
@@ -97,16 +155,25 @@ export async function startFaultProxy(upstreamEndpoint: string): Promise<FaultPr
     let discarding = false; // the current request was answered by the proxy
     let passThrough = false;
 
-    client.on('data', (chunk: Buffer) => {
-      if (passThrough) {
-        upstream.write(chunk);
-        return;
+    /** Forwards a request head; returns false if the connection switched to pass-through. */
+    const forward = (head: Buffer, chunked: boolean, length: number): boolean => {
+      stats.forwarded++;
+      send(head);
+      if (chunked) {
+        passThrough = true;
+        if (buf.length > 0) send(buf);
+        buf = Buffer.alloc(0);
+        return false;
       }
-      buf = Buffer.concat([buf, chunk]);
-      while (buf.length > 0) {
+      bodyLeft = length;
+      return true;
+    };
+
+    const pump = () => {
+      while (buf.length > 0 && !parked) {
         if (bodyLeft > 0) {
           const n = Math.min(bodyLeft, buf.length);
-          if (!discarding) upstream.write(buf.subarray(0, n));
+          if (!discarding) send(buf.subarray(0, n));
           buf = buf.subarray(n);
           bodyLeft -= n;
           if (bodyLeft === 0 && discarding) {
@@ -130,23 +197,40 @@ export async function startFaultProxy(upstreamEndpoint: string): Promise<FaultPr
           discarding = true;
           bodyLeft = chunked ? 0 : Number(length?.[1] ?? 0);
           client.write(errorResponse(failStatus, method));
-          upstream.destroy();
+          upstream?.destroy();
           if (bodyLeft === 0) {
             client.end();
             return;
           }
           continue;
         }
-        stats.forwarded++;
-        upstream.write(head);
-        if (chunked) {
-          passThrough = true;
-          if (buf.length > 0) upstream.write(buf);
-          buf = Buffer.alloc(0);
+        const target = text.slice(method.length + 1, text.indexOf(' ', method.length + 1));
+        const path = target.split('?', 1)[0]!;
+        const hold = holds.find((h) => h.match(method, path));
+        if (hold) {
+          // Park: keep the head (and any body bytes that follow, in `buf`) until release.
+          stats.held++;
+          const resume = () => {
+            parked = undefined;
+            if (!upstream || upstream.destroyed) connectUpstream();
+            if (forward(head, chunked, Number(length?.[1] ?? 0))) pump();
+          };
+          parked = { hold, resume };
+          hold.parked.add(resume);
+          hold.onHit();
           return;
         }
-        bodyLeft = Number(length?.[1] ?? 0);
+        if (!forward(head, chunked, Number(length?.[1] ?? 0))) return;
       }
+    };
+
+    client.on('data', (chunk: Buffer) => {
+      if (passThrough) {
+        send(chunk);
+        return;
+      }
+      buf = Buffer.concat([buf, chunk]);
+      pump();
     });
   };
 
@@ -203,6 +287,28 @@ export async function startFaultProxy(upstreamEndpoint: string): Promise<FaultPr
     failNext(n, status = 503) {
       failRemaining = n;
       failStatus = status;
+    },
+    holdRequests(match) {
+      let onHit!: () => void;
+      const hit = new Promise<void>((r) => (onHit = r));
+      const h: HoldState = { match, parked: new Set(), dropped: 0, onHit };
+      holds.push(h);
+      return {
+        hit,
+        get parked() {
+          return h.parked.size;
+        },
+        get dropped() {
+          return h.dropped;
+        },
+        release() {
+          const i = holds.indexOf(h);
+          if (i >= 0) holds.splice(i, 1);
+          const waiting = [...h.parked];
+          h.parked.clear();
+          for (const resume of waiting) resume();
+        },
+      };
     },
     async close() {
       await refusing?.catch(() => undefined);
