@@ -2,9 +2,13 @@
  * The one reader of process.env. `loadConfig(env)` validates every variable, reports every
  * problem at once (ConfigError), and returns a frozen, typed object. Tests pass plain objects.
  */
+import os from 'node:os';
+import path from 'node:path';
 import { ConfigError } from './errors.js';
 
 export type TfjsBackendChoice = 'auto' | 'tensorflow' | 'wasm' | 'cpu';
+export type EngineChoice = 'auto' | 'onnx' | 'tfjs';
+export type OnnxProviderChoice = 'auto' | 'cuda' | 'cpu';
 
 export interface S3Config {
   /** Custom endpoint (MinIO, the embedded server); undefined means AWS S3. */
@@ -36,6 +40,13 @@ export interface Config {
     readonly maxImageBytes: number;
     readonly maxImagePixels: number;
     readonly tfjsBackend: TfjsBackendChoice;
+    /** Which engine runs graph backbones: ONNX Runtime (converted from TF.js), TF.js, or auto. */
+    readonly engine: EngineChoice;
+    /** Intra-op threads for ONNX Runtime's CPU provider; 0 = one per core. */
+    readonly engineThreads: number;
+    readonly onnxProvider: OnnxProviderChoice;
+    /** Where converted ONNX models are cached; '' disables the cache. */
+    readonly cacheDir: string;
   };
 }
 
@@ -56,6 +67,10 @@ export const ENV_DOC: Readonly<Record<string, string>> = {
   DEEPFEAT_FETCH_CONCURRENCY: 'parallel S3 downloads per extractor (default 8)',
   DEEPFEAT_MAX_IMAGE_BYTES: 'larger objects are recorded as failures, not read (default 52428800)',
   DEEPFEAT_MAX_IMAGE_PIXELS: 'decoded-size limit against decompression bombs (default 100000000)',
+  DEEPFEAT_ENGINE: 'auto|onnx|tfjs: engine for graph backbones (default auto: ONNX Runtime, or TF.js where the graph does not convert or tfjs-node-gpu has a GPU that ONNX Runtime cannot use)',
+  DEEPFEAT_ENGINE_THREADS: 'ONNX Runtime CPU threads per extractor process (default 0 = one per core; with N extractors on one host use cores/N)',
+  DEEPFEAT_ONNX_PROVIDER: 'auto|cuda|cpu (default auto: CUDA where onnxruntime-node has its CUDA binaries, else CPU)',
+  DEEPFEAT_CACHE_DIR: 'cache of backbones converted to ONNX (default $XDG_CACHE_HOME/deepfeat or ~/.cache/deepfeat; empty = no cache)',
   DEEPFEAT_TFJS_BACKEND: 'auto|tensorflow|wasm|cpu (default auto: tfjs-node-gpu, tfjs-node, then wasm)',
   WORKER_CONCURRENCY: 'jobs at once per worker in services/*/main.ts (default 1; the CLI takes --concurrency)',
   LOG_LEVEL: 'pino level for workers (default info)',
@@ -157,10 +172,20 @@ export function loadConfig(env: Env = process.env): Config {
       maxImageBytes: r.int('DEEPFEAT_MAX_IMAGE_BYTES', 50 * 1024 * 1024, 1, 2 ** 31 - 1),
       maxImagePixels: r.int('DEEPFEAT_MAX_IMAGE_PIXELS', 100_000_000, 1, 2 ** 31 - 1),
       tfjsBackend: r.oneOf('DEEPFEAT_TFJS_BACKEND', ['auto', 'tensorflow', 'wasm', 'cpu'] as const, 'auto'),
+      engine: r.oneOf('DEEPFEAT_ENGINE', ['auto', 'onnx', 'tfjs'] as const, 'auto'),
+      engineThreads: r.int('DEEPFEAT_ENGINE_THREADS', 0, 0, 256),
+      onnxProvider: r.oneOf('DEEPFEAT_ONNX_PROVIDER', ['auto', 'cuda', 'cpu'] as const, 'auto'),
+      cacheDir: env.DEEPFEAT_CACHE_DIR !== undefined ? env.DEEPFEAT_CACHE_DIR.trim() : defaultCacheDir(env),
     },
   };
   if (r.problems.length > 0) throw new ConfigError(r.problems);
   return deepFreeze(config);
+}
+
+/** $XDG_CACHE_HOME/deepfeat, else ~/.cache/deepfeat, else a folder in the system temp dir. */
+function defaultCacheDir(env: Env): string {
+  const base = env.XDG_CACHE_HOME?.trim() || (env.HOME?.trim() ? path.join(env.HOME.trim(), '.cache') : os.tmpdir());
+  return path.join(base, 'deepfeat');
 }
 
 /** Workers and `run` cannot do without Redis; say so with the fix. */

@@ -49,6 +49,8 @@ export async function readFeatures(
 /**
  * Reads every shard once and returns one matrix per group of splits (e.g. [['train'], ['val']]),
  * rows in shard order, so a caller that needs several sets does not fetch the shards again.
+ * The matrices are views into one buffer, in group order (group 2's rows follow group 1's), so
+ * a caller can use several groups as one matrix without a copy.
  */
 export async function readFeatureSets(
   s3: S3Client,
@@ -58,17 +60,11 @@ export async function readFeatureSets(
   groups: ReadonlyArray<readonly Split[]>,
 ): Promise<LabelledFeatures[]> {
   type Row = { row: number; label: string; key: string };
-  const parts: Array<{ data: Float32Array; rows: Row[][] }> = [];
-  let d = -1;
+  // Pass 1: the small JSON-lines metadata of every shard, to size each matrix exactly.
+  const meta: Row[][][] = [];
   for (let s = 0; s < shards; s++) {
-    const [npy, meta] = await Promise.all([
-      getObjectBytes(s3, bucket, shardKey(runId, s, 'npy')),
-      getObjectText(s3, bucket, shardKey(runId, s, 'jsonl')),
-    ]);
-    const arr = decodeNpy(npy);
-    const dim = arr.shape[1] ?? 0;
     const rows: Row[][] = groups.map(() => []);
-    for (const line of meta.split('\n')) {
+    for (const line of (await getObjectText(s3, bucket, shardKey(runId, s, 'jsonl'))).split('\n')) {
       if (line === '') continue;
       const r = JSON.parse(line) as ShardRow;
       if (!('row' in r)) continue;
@@ -76,27 +72,38 @@ export async function readFeatureSets(
         if (g.includes(r.split)) rows[i]!.push({ row: r.row, label: r.label, key: r.key });
       });
     }
-    if (arr.shape[0]! > 0) {
-      if (d !== -1 && dim !== d) throw new DatasetError(`shard ${s} of run ${runId} has ${dim} features per row, others ${d}: the run mixed engines; start a new run`);
-      d = dim;
-    }
-    parts.push({ data: arr.data, rows });
+    meta.push(rows);
   }
-  d = Math.max(d, 0);
-  return groups.map((_, g) => {
-    const n = parts.reduce((acc, p) => acc + p.rows[g]!.length, 0);
-    const X = new Float32Array(n * d);
-    const labels: string[] = [];
-    const keys: string[] = [];
-    let i = 0;
-    for (const p of parts) {
-      for (const r of p.rows[g]!) {
-        X.set(p.data.subarray(r.row * d, (r.row + 1) * d), i * d);
-        labels.push(r.label);
-        keys.push(r.key);
-        i++;
-      }
+  const sizes = groups.map((_, g) => meta.reduce((acc, rows) => acc + rows[g]!.length, 0));
+  // Pass 2: one shard's float32 rows at a time, copied straight into the matrices, so memory
+  // peaks at the matrices plus one shard, whatever the dataset size.
+  let d = -1;
+  let out: LabelledFeatures[] | undefined;
+  const filled = groups.map(() => 0);
+  for (let s = 0; s < shards; s++) {
+    const arr = decodeNpy(await getObjectBytes(s3, bucket, shardKey(runId, s, 'npy')));
+    const dim = arr.shape[1] ?? 0;
+    if (arr.shape[0]! === 0) continue;
+    if (d !== -1 && dim !== d) throw new DatasetError(`shard ${s} of run ${runId} has ${dim} features per row, others ${d}: the run mixed engines; start a new run`);
+    d = dim;
+    if (!out) {
+      const buffer = new ArrayBuffer(sizes.reduce((a, b) => a + b, 0) * dim * Float32Array.BYTES_PER_ELEMENT);
+      let offset = 0;
+      out = sizes.map((n) => {
+        const X = new Float32Array(buffer, offset * dim * Float32Array.BYTES_PER_ELEMENT, n * dim);
+        offset += n;
+        return { X, n, d: dim, labels: [], keys: [] };
+      });
     }
-    return { X, n, d, labels, keys };
-  });
+    meta[s]!.forEach((rows, g) => {
+      const set = out![g]!;
+      for (const r of rows) {
+        set.X.set(arr.data.subarray(r.row * d, (r.row + 1) * d), filled[g]! * d);
+        set.labels.push(r.label);
+        set.keys.push(r.key);
+        filled[g]!++;
+      }
+    });
+  }
+  return out ?? groups.map(() => ({ X: new Float32Array(0), n: 0, d: 0, labels: [], keys: [] }));
 }

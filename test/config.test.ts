@@ -1,3 +1,5 @@
+import os from 'node:os';
+import path from 'node:path';
 import test from 'ava';
 import { ENV_DOC, loadConfig, requireRedisUrl } from '../shared/config.js';
 import { ConfigError } from '../shared/errors.js';
@@ -25,9 +27,19 @@ test('defaults from an empty env', (t) => {
       maxImageBytes: 50 * 1024 * 1024,
       maxImagePixels: 100_000_000,
       tfjsBackend: 'auto',
+      engine: 'auto',
+      engineThreads: 0,
+      onnxProvider: 'auto',
+      cacheDir: path.join(os.tmpdir(), 'deepfeat'),
     },
     workerConcurrency: 1,
   });
+});
+
+test('the ONNX cache goes under XDG_CACHE_HOME, else ~/.cache; an empty DEEPFEAT_CACHE_DIR turns it off', (t) => {
+  t.is(loadConfig({ HOME: '/home/u' }).extractor.cacheDir, '/home/u/.cache/deepfeat');
+  t.is(loadConfig({ HOME: '/home/u', XDG_CACHE_HOME: '/xdg' }).extractor.cacheDir, '/xdg/deepfeat');
+  t.is(loadConfig({ HOME: '/home/u', DEEPFEAT_CACHE_DIR: '' }).extractor.cacheDir, '');
 });
 
 test('empty and whitespace-only values count as unset', (t) => {
@@ -55,6 +67,10 @@ test('values are read, trimmed and typed', (t) => {
     DEEPFEAT_MAX_IMAGE_BYTES: '1000',
     DEEPFEAT_MAX_IMAGE_PIXELS: '2000',
     DEEPFEAT_TFJS_BACKEND: 'wasm',
+    DEEPFEAT_ENGINE: 'onnx',
+    DEEPFEAT_ENGINE_THREADS: '1',
+    DEEPFEAT_ONNX_PROVIDER: 'cpu',
+    DEEPFEAT_CACHE_DIR: '/var/cache/df',
     LOG_LEVEL: 'debug',
   });
   t.is(c.redisUrl, 'redis://:pw@redis:6380/1');
@@ -62,7 +78,18 @@ test('values are read, trimmed and typed', (t) => {
   t.is(c.bucket, 'my.bucket-1');
   t.deepEqual(c.s3, { endpoint: 'http://127.0.0.1:9000', region: 'eu-west-1', accessKeyId: 'AK', secretAccessKey: 'SK', forcePathStyle: true, maxAttempts: 2 });
   t.is(c.jobAttempts, 7);
-  t.deepEqual(c.extractor, { shardSize: 64, batchSize: 32, fetchConcurrency: 4, maxImageBytes: 1000, maxImagePixels: 2000, tfjsBackend: 'wasm' });
+  t.deepEqual(c.extractor, {
+    shardSize: 64,
+    batchSize: 32,
+    fetchConcurrency: 4,
+    maxImageBytes: 1000,
+    maxImagePixels: 2000,
+    tfjsBackend: 'wasm',
+    engine: 'onnx',
+    engineThreads: 1,
+    onnxProvider: 'cpu',
+    cacheDir: '/var/cache/df',
+  });
   t.is(c.logLevel, 'debug');
 });
 
@@ -91,6 +118,9 @@ test('each kind of bad value is a problem', (t) => {
     [{ DEEPFEAT_BATCH_SIZE: '1.5' }, /^DEEPFEAT_BATCH_SIZE=/],
     [{ DEEPFEAT_FETCH_CONCURRENCY: 'eight' }, /^DEEPFEAT_FETCH_CONCURRENCY=/],
     [{ DEEPFEAT_TFJS_BACKEND: 'gpu' }, /^DEEPFEAT_TFJS_BACKEND=.*auto, tensorflow, wasm, cpu/],
+    [{ DEEPFEAT_ENGINE: 'tensorrt' }, /^DEEPFEAT_ENGINE=.*auto, onnx, tfjs/],
+    [{ DEEPFEAT_ENGINE_THREADS: '-1' }, /^DEEPFEAT_ENGINE_THREADS=/],
+    [{ DEEPFEAT_ONNX_PROVIDER: 'rocm' }, /^DEEPFEAT_ONNX_PROVIDER=.*auto, cuda, cpu/],
     [{ LOG_LEVEL: 'loud' }, /^LOG_LEVEL=/],
   ];
   for (const [env, re] of cases) {
@@ -137,7 +167,7 @@ test('requireRedisUrl returns the URL or throws a ConfigError naming REDIS_URL',
 
 test('every variable in ENV_DOC (except free-text ones) is validated by loadConfig', (t) => {
   // A typo between ENV_DOC and loadConfig would make garbage pass silently.
-  const free = new Set(['S3_REGION', 'S3_ACCESS_KEY_ID', 'S3_SECRET_ACCESS_KEY']);
+  const free = new Set(['S3_REGION', 'S3_ACCESS_KEY_ID', 'S3_SECRET_ACCESS_KEY', 'DEEPFEAT_CACHE_DIR']);
   for (const name of Object.keys(ENV_DOC)) {
     if (free.has(name)) continue;
     const err = t.throws(() => loadConfig({ [name]: '!!bad!!' }), { instanceOf: ConfigError }, name);

@@ -11,7 +11,9 @@ import { decodeImage } from '../services/extractor/image.js';
 import { ModelError } from '../shared/errors.js';
 
 const logs: string[] = [];
+// These tests are about the TF.js engine; test/onnx.test.ts covers ONNX Runtime and compares the two.
 const deps: EngineDeps = {
+  engine: 'tfjs',
   readObject: (url) => readFile(url),
   log: (msg) => logs.push(msg),
 };
@@ -88,9 +90,9 @@ async function builtinAsFiles(): Promise<{ json: Buffer; weights: Buffer }> {
 }
 
 test('builtin engine loads from the installed package and reports what it is', (t) => {
-  t.is(builtin.id, `tfjs:mobilenet_v2_mid@${DEFAULT_BUILTIN_NODE}`);
+  t.is(builtin.id, `mobilenet_v2_mid@${DEFAULT_BUILTIN_NODE}`);
   t.deepEqual(builtin.input, { width: 224, height: 224 });
-  t.true(['wasm', 'cpu', 'tensorflow (CPU)', 'tensorflow (GPU)'].includes(builtin.backend), builtin.backend);
+  t.true(['tfjs wasm', 'tfjs cpu', 'tfjs tensorflow (CPU)', 'tfjs tensorflow (GPU)'].includes(builtin.backend), builtin.backend);
   t.true(Number.isInteger(builtin.dim) && builtin.dim > 0);
   t.true(logs.includes('feature engine ready'));
 });
@@ -211,7 +213,7 @@ test('an unknown node is a ModelError that names valid nodes', async (t) => {
     },
     deps,
   );
-  t.is(long.id, 'tfjs:mobilenet_v2_mid@expanded_conv_13/expand/Relu6');
+  t.is(long.id, 'mobilenet_v2_mid@expanded_conv_13/expand/Relu6');
   long.dispose();
 });
 
@@ -225,7 +227,7 @@ test("a user's graph model from a local path gives the builtin's features", asyn
   const mine = await loadEngine({ kind: 'tfjs', model: path.join(modelDir, 'model.json'), node }, deps);
   const ref = await loadEngine({ kind: 'builtin', id: 'mobilenet_v2_mid', node }, deps);
   try {
-    t.is(mine.id, `tfjs:${path.join(modelDir, 'model.json')}@${node}`);
+    t.is(mine.id, `${path.join(modelDir, 'model.json')}@${node}`);
     t.deepEqual(mine.input, { width: 224, height: 224 }); // from the model's input shape
     t.is(mine.dim, 816);
     const [a, b] = [await mine.embed([cat, noise]), await ref.embed([cat, noise])];

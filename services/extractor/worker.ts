@@ -13,7 +13,7 @@ import type { Logger } from '../../shared/logger.js';
 import { ObjectTooLargeError, getObjectBytes, parseS3Url } from '../../shared/s3.js';
 import type { ImageFailure } from '../../shared/run-state.js';
 import { startWorker, type ServiceContext } from '../../shared/worker-kit.js';
-import { loadEngine, type FeatureEngine } from './engines/index.js';
+import { loadEngineInThread, type ThreadedEngine } from './engines/thread.js';
 import { decodeImage } from './image.js';
 
 type Decoded = { ok: true; pixels: Uint8Array } | { ok: false; reason: string };
@@ -34,15 +34,20 @@ async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) 
 
 export function startExtractorWorker(ctx: ServiceContext, concurrency = 1) {
   const { extractor: cfg } = ctx.config;
-  // One engine per process, cached across jobs by spec; a different spec replaces it.
-  let cached: { key: string; engine: Promise<FeatureEngine> } | undefined;
-  const engineFor = (spec: FeatureSpec, log: Logger): Promise<FeatureEngine> => {
+  // One engine per process, in its own thread, cached across jobs by spec; a different spec
+  // replaces it, and a crashed thread is replaced on the next job.
+  let cached: { key: string; engine: Promise<ThreadedEngine> } | undefined;
+  const engineFor = (spec: FeatureSpec, log: Logger): Promise<ThreadedEngine> => {
     const key = JSON.stringify(spec);
     if (cached?.key !== key) {
       const previous = cached?.engine;
       previous?.then((e) => e.dispose()).catch(() => undefined);
-      const engine = loadEngine(spec, {
+      const engine = loadEngineInThread(spec, {
         backend: cfg.tfjsBackend,
+        engine: cfg.engine,
+        threads: cfg.engineThreads,
+        onnxProvider: cfg.onnxProvider,
+        cacheDir: cfg.cacheDir,
         log: (msg, extra) => log.info(extra ?? {}, msg),
         readObject: async (url) => {
           if (!url.startsWith('s3://')) return new Uint8Array(await readFile(url));
@@ -50,15 +55,20 @@ export function startExtractorWorker(ctx: ServiceContext, concurrency = 1) {
           return getObjectBytes(ctx.s3, bucket, objectKey);
         },
       });
-      cached = { key, engine };
-      engine.catch(() => {
-        if (cached?.engine === engine) cached = undefined;
-      });
+      const entry = { key, engine };
+      cached = entry;
+      const drop = () => {
+        if (cached === entry) cached = undefined;
+      };
+      engine.then((e) => e.onExit((reason) => {
+        log.error({ reason }, 'feature engine thread ended; a new one starts with the next job');
+        drop();
+      }), drop);
     }
     return cached!.engine;
   };
 
-  return startWorker(ctx, 'extract', async (data, _job, log) => {
+  const worker = startWorker(ctx, 'extract', async (data, _job, log) => {
     const { runId, shard, items, sourceBucket } = data;
     const engine = await engineFor(data.features, log);
     const fetchAndDecode = async (key: string): Promise<Decoded> => {
@@ -115,5 +125,10 @@ export function startExtractorWorker(ctx: ServiceContext, concurrency = 1) {
     if (failures.length > 0) log.warn({ runId, shard, failed: failures.length, first: failures[0] }, 'images failed');
     return { shard, rows: nRows, failed: failures.length, engine: engine.id, backend: engine.backend, input: `${engine.input.width}x${engine.input.height}` };
   }, concurrency);
+  worker.on('closed', () => {
+    cached?.engine.then((e) => e.dispose()).catch(() => undefined);
+    cached = undefined;
+  });
+  return worker;
 }
 

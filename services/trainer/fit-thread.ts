@@ -7,10 +7,14 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 import { BadRequestError } from '../../shared/errors.js';
 import { selectLambdaAndFit, type SelectInput, type SelectResult } from './logreg.js';
 
+/** Runs selectLambdaAndFit in a new thread. Transfers `input`'s feature buffers: do not use them after. */
 export function fitInThread(input: SelectInput): Promise<SelectResult> {
   return new Promise((resolve, reject) => {
     // The entry registers tsx in the thread, then loads this module, which runs the fit below.
-    const w = new Worker(new URL('./fit-thread-entry.mjs', import.meta.url), { workerData: input });
+    // The feature matrices move to the thread (transferred, not copied): the caller must not use
+    // them afterwards.
+    const buffers = [...new Set([input.train.X.buffer, input.val.X.buffer])].filter((b): b is ArrayBuffer => b instanceof ArrayBuffer);
+    const w = new Worker(new URL('./fit-thread-entry.mjs', import.meta.url), { workerData: input, transferList: buffers });
     w.once('message', (m: { ok: true; result: SelectResult } | { ok: false; error: { message: string; name: string } }) => {
       if (m.ok) resolve(m.result);
       // Errors cross the thread as plain data; keep "bad input" permanent (no retry).

@@ -228,11 +228,11 @@ export function fitStandardizer(X: Float32Array, n: number, d: number): Standard
   return { mean, std };
 }
 
-/** Returns (X - mean) / std as a new n×d Float32Array. */
-export function applyStandardizer(X: Float32Array, n: number, d: number, s: Standardizer): Float32Array {
+/** Returns (X - mean) / std as a new n×d Float32Array, or writes it into `out` (which may be X itself). */
+export function applyStandardizer(X: Float32Array, n: number, d: number, s: Standardizer, out: Float32Array = new Float32Array(n * d)): Float32Array {
   if (X.length !== n * d) throw new BadRequestError(`standardizer: X has ${X.length} values, expected ${n}*${d}`);
   if (s.mean.length !== d || s.std.length !== d) throw new BadRequestError(`standardizer: fitted for ${s.mean.length} features, data has ${d}`);
-  const out = new Float32Array(n * d);
+  if (out.length !== n * d) throw new BadRequestError(`standardizer: output has ${out.length} values, expected ${n}*${d}`);
   const inv = new Float64Array(d);
   for (let j = 0; j < d; j++) inv[j] = 1 / s.std[j];
   for (let i = 0; i < n; i++) {
@@ -449,9 +449,15 @@ export function selectLambdaAndFit(input: SelectInput): SelectResult {
   }
 
   const n = train.n + val.n;
-  const X = new Float32Array(n * d);
-  X.set(train.X, 0);
-  X.set(val.X, train.n * d);
+  // Train rows directly followed by val rows in one buffer (as the trainer reads them) are
+  // refitted in place; otherwise they are copied together.
+  const adjacent =
+    train.X.buffer === val.X.buffer && train.X.byteOffset + train.X.byteLength === val.X.byteOffset;
+  const X = adjacent ? new Float32Array(train.X.buffer, train.X.byteOffset, n * d) : new Float32Array(n * d);
+  if (!adjacent) {
+    X.set(train.X, 0);
+    X.set(val.X, train.n * d);
+  }
   const y = new Int32Array(n);
   y.set(train.y, 0);
   y.set(val.y, train.n);

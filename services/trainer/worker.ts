@@ -21,21 +21,26 @@ export function startTrainerWorker(ctx: ServiceContext, concurrency = 1) {
         throw new DatasetError(`class ${JSON.stringify(c)} has no usable training images in run ${runId} (all failed to decode?): see \`deepfeat status ${runId}\` for the failures`);
       }
     }
-    // Standardise with statistics of train+val: the data the final model is refit on.
-    const all = new Float32Array(train.X.length + val.X.length);
-    all.set(train.X);
-    all.set(val.X, train.X.length);
-    const standardizer = fitStandardizer(all, train.n + val.n, d);
+    // Standardise with statistics of train+val (the data the final model is refit on), in place:
+    // the two sets are adjacent views of one buffer (readFeatureSets), which then moves to the
+    // fit thread without a copy. Peak memory is about one feature matrix.
+    const n = train.n + val.n;
+    if (val.n > 0 && train.X.byteOffset + train.X.byteLength !== val.X.byteOffset) {
+      throw new Error('internal: readFeatureSets returned train and val rows that are not adjacent');
+    }
+    const both = new Float32Array(train.X.buffer, train.X.byteOffset, n * d);
+    const standardizer = fitStandardizer(both, n, d);
+    applyStandardizer(both, n, d, standardizer, both);
     const t0 = performance.now();
     const fit = await fitInThread({
-      train: { X: applyStandardizer(train.X, train.n, d, standardizer), n: train.n, y: toY(train.labels) },
-      val: { X: applyStandardizer(val.X, val.n, d, standardizer), n: val.n, y: toY(val.labels) },
+      train: { X: train.X, n: train.n, y: toY(train.labels) },
+      val: { X: val.X, n: val.n, y: toY(val.labels) },
       d,
       k: classes.length,
       lambdas: data.lambdas ?? DEFAULT_LAMBDAS,
     });
     const fitMs = Math.round(performance.now() - t0);
-    log.info({ runId, lambda: fit.lambda, n: train.n + val.n, d, fitMs }, 'fitted');
+    log.info({ runId, lambda: fit.lambda, n, d, fitMs }, 'fitted');
     const candidate: Candidate = {
       runId,
       classes,

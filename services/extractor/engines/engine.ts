@@ -7,11 +7,17 @@
 export interface FeatureEngine {
   /**
    * Stable name of backbone + node (+ size), recorded with the features and the published model,
-   * e.g. 'tfjs:mobilenet_v2_mid@expanded_conv_13/expand/Relu6' or 'raw-pixels:32x32'.
-   * Features with the same id are comparable; features with different ids are not.
+   * e.g. 'mobilenet_v2_mid@expanded_conv_13/expand/Relu6' or 'raw-pixels:32x32'.
+   * Features with the same id are comparable; features with different ids are not. The id does
+   * not name the engine: ONNX Runtime and TF.js give the same features for the same model and
+   * node (checked to 1e-3 relative error by test/onnx.test.ts), so extractors on different
+   * engines can share a run.
    */
   readonly id: string;
-  /** What runs the maths, for logs and status: 'tensorflow (GPU)', 'tensorflow (CPU)', 'wasm', 'cpu', 'js'. */
+  /**
+   * What runs the maths, for logs and status: 'onnxruntime (CPU, 2 threads)', 'onnxruntime (CUDA)',
+   * 'tfjs tensorflow (GPU)', 'tfjs tensorflow (CPU)', 'tfjs wasm', 'tfjs cpu', 'js'.
+   */
   readonly backend: string;
   /** The size images must be decoded to before `embed` (see `decodeImage`). */
   readonly input: { width: number; height: number };
@@ -32,6 +38,11 @@ export type { FeatureSpec } from '../../../shared/features.js';
 /** Which TensorFlow.js backend to run on; 'auto' prefers native TensorFlow, then WebAssembly, then plain JS. */
 export type BackendChoice = 'auto' | 'tensorflow' | 'wasm' | 'cpu';
 
+/** Which engine runs graph backbones; see DEEPFEAT_ENGINE. */
+export type EngineChoice = 'auto' | 'onnx' | 'tfjs';
+/** ONNX Runtime execution provider; 'auto' tries CUDA, then CPU. */
+export type OnnxProvider = 'auto' | 'cuda' | 'cpu';
+
 /** What `loadEngine` needs from its caller. */
 export interface EngineDeps {
   /** Reads a whole object: a local path or an s3:// URL. The engines never touch storage themselves. */
@@ -40,4 +51,11 @@ export interface EngineDeps {
   log?: (msg: string, extra?: object) => void;
   /** TensorFlow.js backend; default 'auto'. Process-wide: TensorFlow.js has one active backend. */
   backend?: BackendChoice;
+  /** Engine for graph backbones; default 'auto' (ONNX Runtime where the graph converts). */
+  engine?: EngineChoice;
+  /** ONNX Runtime intra-op threads; default: one per core. */
+  threads?: number;
+  onnxProvider?: OnnxProvider;
+  /** Cache folder for converted ONNX models; undefined = no cache. */
+  cacheDir?: string;
 }

@@ -3,14 +3,18 @@
  * installed nsfwjs package (builtin backbone) or from the caller's `readObject` (a user's model,
  * local or s3://); nothing is downloaded from the internet at run time.
  */
+import { createRequire } from 'node:module';
+import os from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { DeepfeatError, ModelError, errorMessage } from '../../../shared/errors.js';
 import type { EngineDeps, FeatureEngine, FeatureSpec } from './engine.js';
 import { DEFAULT_RAW_PIXELS_SIZE, createRawPixelsEngine } from './raw-pixels.js';
-import { createTfjsEngine } from './tfjs.js';
+import { createOnnxEngine } from './onnx.js';
+import { UnsupportedGraphError } from './onnx/convert.js';
+import { createTfjsEngine, isLayersModel, planGraphCut, type InputRange } from './tfjs.js';
 
-export type { BackendChoice, EngineDeps, FeatureEngine, FeatureSpec } from './engine.js';
+export type { BackendChoice, EngineChoice, EngineDeps, FeatureEngine, FeatureSpec, OnnxProvider } from './engine.js';
 export { useBackend } from './tfjs.js';
 
 /**
@@ -80,33 +84,107 @@ async function build(spec: FeatureSpec, deps: EngineDeps): Promise<FeatureEngine
       if (spec.id !== BUILTIN_MODEL_ID) {
         throw new ModelError(`unknown builtin model "${String(spec.id)}"; the builtin models are: ${BUILTIN_MODEL_ID}`);
       }
-      return createTfjsEngine({
-        artifacts: await builtinModelArtifacts(),
-        modelName: BUILTIN_MODEL_ID,
-        node: spec.node ?? DEFAULT_BUILTIN_NODE,
-        inputRange: BUILTIN_INPUT_RANGE,
-        backend: deps.backend,
-        log: deps.log,
-      });
+      return graphEngine(
+        { artifacts: await builtinModelArtifacts(), modelName: BUILTIN_MODEL_ID, node: spec.node ?? DEFAULT_BUILTIN_NODE, inputRange: BUILTIN_INPUT_RANGE },
+        deps,
+      );
     }
     case 'tfjs': {
       if (typeof spec.model !== 'string' || spec.model === '' || typeof spec.node !== 'string' || spec.node === '') {
         throw new ModelError("a 'tfjs' feature spec needs model (path or s3:// URL of model.json) and node");
       }
-      return createTfjsEngine({
-        artifacts: await readTfjsArtifacts(spec.model, deps.readObject),
-        modelName: spec.model,
-        node: spec.node,
-        inputSize: spec.inputSize,
-        inputRange: spec.inputRange ?? '0,1',
-        backend: deps.backend,
-        log: deps.log,
-      });
+      return graphEngine(
+        {
+          artifacts: await readTfjsArtifacts(spec.model, deps.readObject),
+          modelName: spec.model,
+          node: spec.node,
+          inputSize: spec.inputSize,
+          inputRange: spec.inputRange ?? '0,1',
+        },
+        deps,
+      );
     }
     default: {
       const kind = (spec as { kind?: unknown }).kind;
       throw new ModelError(`unknown feature spec kind "${String(kind)}"; expected raw-pixels, builtin or tfjs`);
     }
+  }
+}
+
+interface GraphModelSource {
+  artifacts: tf.io.ModelArtifacts;
+  modelName: string;
+  node: string;
+  inputSize?: number;
+  inputRange: InputRange;
+}
+
+/**
+ * A TF.js model on the engine DEEPFEAT_ENGINE asks for. 'auto' picks the fastest that can run it:
+ * ONNX Runtime (CUDA, else CPU) for graph models that convert; TF.js when the graph uses an op
+ * the converter does not cover, for layers models, and on hosts where ONNX Runtime has no CUDA
+ * but tfjs-node-gpu finds a GPU.
+ */
+async function graphEngine(src: GraphModelSource, deps: EngineDeps): Promise<FeatureEngine> {
+  const choice = deps.engine ?? 'auto';
+  const tfjsEngine = () =>
+    createTfjsEngine({
+      artifacts: src.artifacts,
+      modelName: src.modelName,
+      node: src.node,
+      inputSize: src.inputSize,
+      inputRange: src.inputRange,
+      backend: deps.backend,
+      log: deps.log,
+    });
+  if (choice === 'tfjs') return tfjsEngine();
+  if (isLayersModel(src.artifacts)) {
+    if (choice === 'onnx') {
+      throw new ModelError(`${src.modelName} is a TF.js layers model; the ONNX engine converts graph models only: use DEEPFEAT_ENGINE=tfjs or auto`);
+    }
+    return tfjsEngine();
+  }
+  const cut = planGraphCut(src.artifacts, src.node, src.modelName, src.inputSize);
+  let onnx: FeatureEngine;
+  try {
+    onnx = await createOnnxEngine({
+      artifacts: src.artifacts,
+      id: cut.id,
+      node: cut.full,
+      size: cut.size,
+      inputRange: src.inputRange,
+      threads: deps.threads && deps.threads > 0 ? deps.threads : os.availableParallelism(),
+      provider: deps.onnxProvider ?? 'auto',
+      cacheDir: deps.cacheDir || undefined,
+      log: deps.log,
+    });
+  } catch (err) {
+    if (!(err instanceof UnsupportedGraphError)) throw err;
+    if (choice === 'onnx') {
+      throw new ModelError(`${src.modelName} cannot run on ONNX Runtime: ${err.message}; use DEEPFEAT_ENGINE=tfjs or auto`, { cause: err });
+    }
+    deps.log?.('ONNX conversion not possible; using TensorFlow.js', { reason: err.message });
+    return tfjsEngine();
+  }
+  if (choice === 'auto' && !onnx.backend.includes('CUDA') && canResolve('@tensorflow/tfjs-node-gpu')) {
+    // A GPU host whose onnxruntime-node lacks CUDA: TF.js on the GPU beats ONNX Runtime on the CPU.
+    const gpu = await tfjsEngine().catch(() => undefined);
+    if (gpu?.backend.includes('GPU')) {
+      deps.log?.('using TensorFlow.js on the GPU rather than ONNX Runtime on the CPU');
+      onnx.dispose();
+      return gpu;
+    }
+    gpu?.dispose();
+  }
+  return onnx;
+}
+
+function canResolve(pkg: string): boolean {
+  try {
+    createRequire(import.meta.url).resolve(pkg);
+    return true;
+  } catch {
+    return false;
   }
 }
 

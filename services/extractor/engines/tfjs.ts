@@ -144,9 +144,7 @@ export async function createTfjsEngine(opts: TfjsEngineOptions): Promise<Feature
   const maxBatch = opts.maxBatch ?? 32;
   const backend = await useBackend(opts.backend, log);
 
-  const isLayers =
-    artifacts.format === 'layers-model' ||
-    (artifacts.format === undefined && isRecord(artifacts.modelTopology) && 'class_name' in artifacts.modelTopology);
+  const isLayers = isLayersModel(artifacts);
 
   let model: tf.GraphModel | tf.LayersModel;
   try {
@@ -161,8 +159,8 @@ export async function createTfjsEngine(opts: TfjsEngineOptions): Promise<Feature
     const cut = model instanceof tf.GraphModel ? cutGraph(model, artifacts, opts.node, modelName) : cutLayers(model, opts.node, modelName);
     const size = inputSide(cut.inputShape, opts.inputSize, modelName);
     const engine = new TfjsEngine({
-      id: `tfjs:${modelName}@${cut.label}`,
-      backend,
+      id: `${modelName}@${cut.label}`,
+      backend: `tfjs ${backend}`,
       size,
       inputRange,
       inputDtype: cut.inputDtype,
@@ -184,6 +182,41 @@ export async function createTfjsEngine(opts: TfjsEngineOptions): Promise<Feature
     model.dispose();
     throw err;
   }
+}
+
+/** A layers model (Keras-style topology) rather than a graph model. */
+export function isLayersModel(artifacts: tf.io.ModelArtifacts): boolean {
+  return (
+    artifacts.format === 'layers-model' ||
+    (artifacts.format === undefined && isRecord(artifacts.modelTopology) && 'class_name' in artifacts.modelTopology)
+  );
+}
+
+/**
+ * Where a graph model is cut, worked out from its topology alone (no model load): the full node
+ * name, its label for engine ids (as the TF.js engine names it), and the square input side.
+ * Lets another engine (ONNX Runtime) run the same cut under the same id.
+ * @throws ModelError for an unknown or ambiguous node or an unusable input.
+ */
+export function planGraphCut(
+  artifacts: tf.io.ModelArtifacts,
+  node: string,
+  modelName: string,
+  inputSize?: number,
+): { full: string; id: string; size: number } {
+  const names = graphNodeNames(artifacts);
+  const full = resolveNode(names, node, modelName);
+  const [fullBase, index = ''] = full.split(/(?=:\d+$)/);
+  const label = shortestUniqueSuffix(fullBase!, names) + index;
+  const topo = artifacts.modelTopology;
+  const nodes = isRecord(topo) && Array.isArray(topo.node) ? (topo.node as unknown[]) : [];
+  const inputs = nodes.filter((n): n is Record<string, unknown> => isRecord(n) && n.op === 'Placeholder');
+  if (inputs.length !== 1) {
+    throw new ModelError(`model ${modelName} has ${inputs.length} inputs; feature extraction needs a model with one image input`);
+  }
+  const attr = inputs[0]!.attr as { shape?: { shape?: { dim?: { size?: string | number }[] } } } | undefined;
+  const shape = (attr?.shape?.shape?.dim ?? []).map((d) => (d.size === undefined ? null : Number(d.size)));
+  return { full, id: `${modelName}@${label}`, size: inputSide(shape, inputSize, modelName) };
 }
 
 interface Cut {
