@@ -1,30 +1,59 @@
 /**
- * npm run bench [-- --quick]: speed of each stage on this machine, measured, never asserted.
- * Each figure is the median of several timed repetitions after a warm-up; ratios are taken
- * within this one run. Prints a table and writes bench/results.json.
+ * npm run bench [-- --quick]: what each stage costs on this machine, measured, never asserted.
+ * Every figure is the median of several timed repetitions after a warm-up, and every ratio is
+ * taken between figures of this one run. Prints a table and writes bench/results.json.
  *
- * Measured here: forward-pass throughput of the default backbone on every available TF.js
- * backend, sharp decode+resize throughput, and trainer fit time on a realistic feature matrix.
- * Not yet measured (issue: pipeline end-to-end throughput and BullMQ per-job overhead).
+ * 1. sharp decode+resize to the backbone's input (a 640×480 JPEG, and the 32×32 CIFAR PNGs the
+ *    pipeline figures use), one at a time and 8 at once as the extractor fetches them.
+ * 2. The default backbone's forward pass on every engine that loads here (ONNX Runtime at 1 and
+ *    all-cores threads, TF.js WebAssembly, TF.js plain JS), same batch size as the pipeline.
+ * 3. The pipeline on real parts: spawned redis-server, the embedded S3 server, a planner and
+ *    extractor processes started as users start them; seconds from enqueue to the last feature
+ *    shard written, for 1 extractor (all cores), 1 extractor (1 thread) and 2 extractors
+ *    (1 thread each); Redis CPU per image; extractor peak RSS after the first and the last run.
+ * 4. BullMQ's own cost per shard job (no-op processor), wall time and Redis CPU.
+ * 5. The trainer: one L-BFGS fit in-process, and a real train job (trainer process reading
+ *    shards from S3, choosing L2, refitting) with its peak RSS, on 20,000 × 816 × 10 classes.
+ *
+ * --quick: the same code paths on small inputs with one repetition, for the test suite's smoke
+ * check (figures from it are not meaningful). --out FILE: write the JSON there instead.
  */
+import { availableParallelism } from 'node:os';
 import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
-import { loadEngine } from '../services/extractor/engines/index.js';
+import { loadDemoImages } from '../cli/demo-data.js';
+import { loadEngine, type FeatureEngine } from '../services/extractor/engines/index.js';
 import { decodeImage } from '../services/extractor/image.js';
 import { fitLogisticRegression } from '../services/trainer/logreg.js';
+import { loadConfig } from '../shared/config.js';
 import { DEFAULT_FEATURES } from '../shared/features.js';
 import { mulberry32 } from '../shared/random.js';
+import { bullmqOverhead, machineCpuSeconds, startStack, startWorkers, timeExtraction, trainerJob, type Stack } from './stack.js';
 
 const quick = process.argv.includes('--quick');
+const outArg = process.argv.indexOf('--out');
+const outFile = outArg > 0 && process.argv[outArg + 1] ? path.resolve(process.argv[outArg + 1]!) : fileURLToPath(new URL('./results.json', import.meta.url));
 const reps = quick ? 1 : 5;
+const pipelineReps = quick ? 1 : 3;
+const cores = availableParallelism();
+const defaults = loadConfig({}).extractor;
+const batch = defaults.batchSize || 8; // the CPU engines' preferred batch (FeatureEngine.preferredBatch)
+const shardSize = defaults.shardSize;
+const pipelineImages = quick ? 64 : 1024;
+const trainRows = quick ? 2000 : 20000;
+const DIM = 816;
+const CLASSES = 10;
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)]!;
 }
 
-async function timeIt(fn: () => Promise<unknown> | unknown, n = reps): Promise<number> {
-  await fn(); // warm-up
+/** Median milliseconds of `n` timed calls after `warmUps` untimed ones. */
+async function timeIt(fn: () => Promise<unknown> | unknown, n = reps, warmUps = 1): Promise<number> {
+  for (let i = 0; i < warmUps; i++) await fn();
   const ms: number[] = [];
   for (let i = 0; i < n; i++) {
     const t0 = performance.now();
@@ -34,62 +63,169 @@ async function timeIt(fn: () => Promise<unknown> | unknown, n = reps): Promise<n
   return median(ms);
 }
 
-const rows: Array<{ stage: string; figure: number; unit: string; detail: string }> = [];
+interface Row {
+  key: string;
+  stage: string;
+  figure: number;
+  unit: string;
+  detail: string;
+}
+const rows: Row[] = [];
+const fig: Record<string, number> = {};
+function record(key: string, stage: string, figure: number, unit: string, detail: string): void {
+  rows.push({ key, stage, figure, unit, detail });
+  fig[key] = figure;
+  const shown = Number.isNaN(figure) ? '-' : figure >= 100 ? figure.toFixed(0) : figure.toFixed(figure >= 10 ? 1 : 3);
+  console.log(`${stage.padEnd(62)} ${shown.padStart(9)} ${unit.padEnd(9)} ${detail}`);
+}
+const section = (title: string) => console.log(`\n${title}`);
 
-// sharp: a 640×480 JPEG to the backbone's 224×224 RGB.
+console.log(`deepfeat bench${quick ? ' --quick (smoke check: figures not meaningful)' : ''}: ${cores} cores, median of ${reps} (engines) / ${pipelineReps} (pipeline) after a warm-up`);
+
+// ───────────── 1. decode ─────────────
+section('decode (sharp)');
+const size = { width: 224, height: 224, maxPixels: 1e8 };
 const jpeg = await sharp({ create: { width: 640, height: 480, channels: 3, background: { r: 90, g: 140, b: 200 } } })
   .composite([{ input: Buffer.from('<svg width="640" height="480"><circle cx="320" cy="240" r="150" fill="orange"/></svg>') }])
   .jpeg()
   .toBuffer();
+const cifar = await loadDemoImages({ perClass: Math.max(batch, 32) });
 const decodeN = quick ? 8 : 64;
-const decodeMs = await timeIt(async () => {
-  for (let i = 0; i < decodeN; i++) await decodeImage(jpeg, { width: 224, height: 224, maxPixels: 1e8 });
+const jpegMs = await timeIt(async () => {
+  for (let i = 0; i < decodeN; i++) await decodeImage(jpeg, size);
 });
-rows.push({ stage: 'sharp decode+resize 640x480 JPEG -> 224x224', figure: (decodeN * 1000) / decodeMs, unit: 'images/s', detail: `${(decodeMs / decodeN).toFixed(2)} ms/image, sequential` });
+record('decode_jpeg_sequential', '640x480 JPEG -> 224x224 RGB, one at a time', (decodeN * 1000) / jpegMs, 'images/s', `${(jpegMs / decodeN).toFixed(2)} ms/image`);
+const pngs = cifar.slice(0, decodeN).map((c) => c.png);
+const pngMs = await timeIt(async () => {
+  for (const p of pngs) await decodeImage(p, size);
+});
+record('decode_cifar_sequential', '32x32 CIFAR PNG -> 224x224 RGB, one at a time', (pngs.length * 1000) / pngMs, 'images/s', `${(pngMs / pngs.length).toFixed(2)} ms/image`);
+const pngParMs = await timeIt(async () => {
+  let next = 0;
+  await Promise.all(Array.from({ length: defaults.fetchConcurrency }, async () => {
+    while (next < pngs.length) await decodeImage(pngs[next++]!, size);
+  }));
+});
+record('decode_cifar_parallel', `32x32 CIFAR PNG -> 224x224 RGB, ${defaults.fetchConcurrency} at once`, (pngs.length * 1000) / pngParMs, 'images/s', 'libuv thread pool, as in the extractor');
 
-// Backbone forward pass on each backend that loads here.
-const batch = 16;
-const images = Array.from({ length: batch }, (_, i) => new Uint8Array(224 * 224 * 3).fill(i * 7));
-const engineRates: Record<string, number> = {};
-for (const backend of ['auto', 'wasm', 'cpu'] as const) {
-  if (quick && backend !== 'auto') continue;
-  let engine;
+// ───────────── 2. engines ─────────────
+section(`backbone forward pass (${DEFAULT_FEATURES.kind === 'builtin' ? DEFAULT_FEATURES.id : 'default'}, batch ${batch}, real CIFAR images)`);
+const images = await Promise.all(cifar.slice(0, batch).map((c) => decodeImage(c.png, size)));
+const engineConfigs: Array<{ key: string; engine: 'onnx' | 'tfjs'; threads?: number; backend?: 'wasm' | 'cpu'; timed: number }> = [
+  { key: 'engine_onnx_1', engine: 'onnx', threads: 1, timed: reps },
+  ...(cores > 1 ? [{ key: `engine_onnx_${cores}`, engine: 'onnx' as const, threads: cores, timed: reps }] : []),
+  { key: 'engine_tfjs_wasm', engine: 'tfjs', backend: 'wasm', timed: reps },
+  // Plain-JS TF.js takes ~1.5 s per image here: one timed batch, full mode only.
+  ...(quick ? [] : [{ key: 'engine_tfjs_cpu', engine: 'tfjs' as const, backend: 'cpu' as const, timed: 1 }]),
+];
+for (const c of engineConfigs) {
+  let engine: FeatureEngine;
   try {
-    engine = await loadEngine(DEFAULT_FEATURES, { backend, readObject: async () => new Uint8Array() });
+    engine = await loadEngine(DEFAULT_FEATURES, { engine: c.engine, threads: c.threads, backend: c.backend, readObject: async () => new Uint8Array() });
   } catch (err) {
-    rows.push({ stage: `backbone forward pass (${backend})`, figure: NaN, unit: 'images/s', detail: `not available: ${(err as Error).message.split('\n')[0]}` });
+    record(c.key, `${c.engine} ${c.backend ?? ''}`, NaN, 'images/s', `not available: ${(err as Error).message.split('\n')[0]}`);
     continue;
   }
-  if (engineRates[engine.backend] !== undefined) {
-    engine.dispose();
-    continue;
-  }
-  const ms = await timeIt(() => engine.embed(images), backend === 'cpu' ? 1 : reps);
-  engineRates[engine.backend] = (batch * 1000) / ms;
-  rows.push({ stage: `backbone forward pass (${engine.backend})`, figure: engineRates[engine.backend]!, unit: 'images/s', detail: `${engine.id}, batch ${batch}, ${(ms / batch).toFixed(1)} ms/image, 1 thread` });
+  // ONNX Runtime needs two full batches to settle (its memory arena grows on the first); a
+  // plain-JS batch is too slow to repeat, and loadEngine already warmed it up on one image.
+  const ms = await timeIt(() => engine.embed(images), c.timed, c.backend === 'cpu' ? 0 : 2);
+  record(c.key, engine.backend, (batch * 1000) / ms, 'images/s', `${(ms / batch).toFixed(1)} ms/image`);
   engine.dispose();
 }
+const onnxAll = fig[`engine_onnx_${cores}`] ?? fig.engine_onnx_1!;
+record('ratio_onnx_vs_wasm', 'ONNX Runtime (all cores) / TF.js WebAssembly', onnxAll / fig.engine_tfjs_wasm!, 'x', 'target >= 5');
+record('ratio_onnx1_vs_wasm', 'ONNX Runtime (1 thread) / TF.js WebAssembly', fig.engine_onnx_1! / fig.engine_tfjs_wasm!, 'x', 'same single core');
 
-// Trainer: 20,000 × 816 features, 10 classes, one lambda (a full run fits 5 plus a refit).
-const n = quick ? 2000 : 20000;
-const d = 816;
-const k = 10;
-const rand = mulberry32(1);
-const X = new Float32Array(n * d);
-const y = new Int32Array(n);
-for (let i = 0; i < n; i++) {
-  y[i] = i % k;
-  for (let j = 0; j < d; j++) X[i * d + j] = rand() * 2 - 1 + (j % k === y[i] ? 0.5 : 0);
-}
-const fitMs = await timeIt(() => fitLogisticRegression({ X, n, d, y, k, lambda: 1e-2 }), quick ? 1 : 3);
-rows.push({ stage: `trainer fit ${n}x${d}, ${k} classes, one lambda`, figure: fitMs / 1000, unit: 's', detail: 'L-BFGS, main thread' });
-const wasmRate = engineRates['wasm'];
-if (wasmRate) {
-  rows.push({ stage: 'trainer fit ÷ extraction time of the same images (wasm)', figure: (fitMs / 1000) / (n / wasmRate), unit: 'ratio', detail: 'target ≤ 0.05' });
+// ───────────── 3. pipeline ─────────────
+const stack: Stack = await startStack(pipelineImages);
+try {
+  section(`pipeline: ${stack.images} CIFAR images in S3, shards of ${shardSize}, batch ${batch}, enqueue -> last shard written`);
+  const planner = await startWorkers(stack, 'planner', 1);
+  const configs = [
+    { key: 'pipeline_1x_all', label: `1 extractor, ${cores} threads (default)`, extractors: 1, threads: cores, raw: onnxAll },
+    ...(cores > 1
+      ? [
+          { key: 'pipeline_1x_1', label: '1 extractor, 1 thread', extractors: 1, threads: 1, raw: fig.engine_onnx_1! },
+          { key: 'pipeline_2x_1', label: '2 extractors, 1 thread each', extractors: 2, threads: 1, raw: fig.engine_onnx_1! * 2 },
+        ]
+      : []),
+  ];
+  for (const c of configs) {
+    // Shards small enough that every extractor gets work: at least 2 per extractor.
+    const shard = Math.min(shardSize, Math.ceil(stack.images / (2 * c.extractors)));
+    const workers = await startWorkers(stack, 'extractor', c.extractors, { DEEPFEAT_ENGINE_THREADS: String(c.threads) });
+    try {
+      const warm = await timeExtraction(stack, shard); // loads the engine (and converts the model once)
+      const rssFirst = await workers.peakRssMiB();
+      const redisBefore = await redisUsec(stack);
+      const [cpuBefore, machineBefore] = [await workers.cpuSeconds(), await machineCpuSeconds()];
+      const times: number[] = [];
+      for (let i = 0; i < pipelineReps; i++) times.push((await timeExtraction(stack, shard)).seconds);
+      const [cpuAfter, machineAfter] = [await workers.cpuSeconds(), await machineCpuSeconds()];
+      const redisPerImage = ((await redisUsec(stack)) - redisBefore) / (pipelineReps * stack.images);
+      const imagesDone = pipelineReps * stack.images;
+      const extractorMs = ((cpuAfter - cpuBefore) * 1000) / imagesDone;
+      const machineBusyMs = ((machineAfter.busy - machineBefore.busy) * 1000) / imagesDone;
+      const idleShare = 1 - (machineAfter.busy - machineBefore.busy) / (machineAfter.total - machineBefore.total);
+      const rate = stack.images / median(times);
+      record(c.key, c.label, rate, 'images/s', `${median(times).toFixed(2)} s for ${stack.images} images, ${Math.ceil(stack.images / shard)} shards of ${shard}; ${warm.backend}`);
+      record(`${c.key}_vs_raw`, `  pipeline / raw engine (${c.extractors === 1 ? `onnx ${c.threads} thread${c.threads > 1 ? 's' : ''}` : '2 x onnx 1 thread'})`, rate / c.raw, 'ratio', c.key === 'pipeline_1x_all' ? 'target >= 0.9' : '');
+      record(`${c.key}_rss`, '  extractor peak RSS (after first run / after all runs)', await workers.peakRssMiB(), 'MiB', `${rssFirst.toFixed(0)} MiB after the first run of ${stack.images} images`);
+      record(`${c.key}_redis_usec_per_image`, '  Redis CPU per image (all commands: BullMQ, run state)', redisPerImage, 'us', '');
+      record(`${c.key}_extractor_cpu_ms`, '  extractor CPU per image (decode + inference + I/O)', extractorMs, 'ms', `machine: ${machineBusyMs.toFixed(1)} ms busy per image (S3 server, Redis, planner, bench too), ${(100 * idleShare).toFixed(0)}% idle`);
+    } finally {
+      await workers.stop();
+    }
+  }
+  if (fig.pipeline_2x_1 && fig.pipeline_1x_1) {
+    record('scaling_2x_vs_1x_1thread', '2 extractors / 1 extractor (1 thread each)', fig.pipeline_2x_1 / fig.pipeline_1x_1, 'x', 'target >= 1.6');
+    record('scaling_2x_vs_1x_default', '2 extractors (1 thread) / 1 extractor (all cores)', fig.pipeline_2x_1 / fig.pipeline_1x_all!, 'x', '');
+  }
+  await planner.stop();
+
+  // ───────────── 4. BullMQ overhead ─────────────
+  section('BullMQ overhead per shard job (no-op processor, 256-key payload)');
+  const overheadJobs = quick ? 20 : 300;
+  const overheads: Array<Awaited<ReturnType<typeof bullmqOverhead>>> = [];
+  await bullmqOverhead(stack, Math.min(20, overheadJobs)); // warm-up
+  for (let i = 0; i < (quick ? 1 : 3); i++) overheads.push(await bullmqOverhead(stack, overheadJobs));
+  record('bullmq_ms_per_job', 'wall time per job, add -> completed, 1 worker', median(overheads.map((o) => o.msPerJob)), 'ms', `${overheadJobs} jobs`);
+  record('bullmq_redis_usec_per_job', 'Redis CPU per job', median(overheads.map((o) => o.redisUsecPerJob)), 'us', `${median(overheads.map((o) => o.redisCallsPerJob)).toFixed(0)} Redis commands per job`);
+  const perExtractor = fig.pipeline_1x_all!;
+  const redisPerImage = fig.pipeline_1x_all_redis_usec_per_image!;
+  record('redis_extractors_capacity', 'extractors one Redis core can feed (est.)', 1e6 / (redisPerImage * perExtractor), 'extractors', `1e6 us/s / (${redisPerImage.toFixed(0)} us/image x ${perExtractor.toFixed(0)} images/s per extractor)`);
+  record('bullmq_share_of_shard', 'BullMQ wall time / one shard extraction', fig.bullmq_ms_per_job! / ((shardSize / perExtractor) * 1000), 'ratio', `per ${shardSize}-image shard`);
+
+  // ───────────── 5. trainer ─────────────
+  section(`trainer: ${trainRows} x ${DIM} features, ${CLASSES} classes`);
+  const rand = mulberry32(1);
+  const X = new Float32Array(trainRows * DIM);
+  const y = new Int32Array(trainRows);
+  for (let i = 0; i < trainRows; i++) {
+    y[i] = i % CLASSES;
+    for (let j = 0; j < DIM; j++) X[i * DIM + j] = rand() * 2 - 1 + (j % CLASSES === y[i] ? 0.5 : 0);
+  }
+  const fitMs = await timeIt(() => fitLogisticRegression({ X, n: trainRows, d: DIM, y, k: CLASSES, lambda: 1e-2 }), quick ? 1 : 3, quick ? 0 : 1);
+  record('fit_one_lambda', 'one L-BFGS fit (one lambda), in-process', fitMs / 1000, 's', '');
+  const job = await trainerJob(stack, trainRows, DIM, CLASSES);
+  record('train_job', 'train job in the trainer process (5 lambdas + refit)', job.seconds, 's', `fit ${job.fitSeconds.toFixed(1)} s, rest is reading ${Math.ceil(trainRows / 256)} shards from S3; one run`);
+  record('train_job_rss', '  trainer peak RSS', job.peakRssMiB, 'MiB', `feature matrix ${job.matrixMiB.toFixed(0)} MiB`);
+  const extractSeconds = trainRows / perExtractor;
+  record('ratio_fit_vs_extract', 'trainer fit / extraction of the same images (1 extractor)', job.fitSeconds / extractSeconds, 'ratio', `${extractSeconds.toFixed(0)} s to extract ${trainRows} images; target <= 0.05`);
+  record('ratio_train_vs_extract', 'whole train job / extraction of the same images', job.seconds / extractSeconds, 'ratio', 'includes reading the shards from S3');
+} finally {
+  await stack.close();
 }
 
-const width = Math.max(...rows.map((r) => r.stage.length));
-console.log(`deepfeat bench${quick ? ' (quick)' : ''}: median of ${reps} after a warm-up\n`);
-for (const r of rows) console.log(`${r.stage.padEnd(width)}  ${Number.isNaN(r.figure) ? '-'.padStart(10) : r.figure.toFixed(3).padStart(10)} ${r.unit.padEnd(8)} ${r.detail}`);
-await writeFile(new URL('./results.json', import.meta.url), JSON.stringify({ date: new Date().toISOString(), quick, rows }, null, 2) + '\n');
-console.log('\nwritten: bench/results.json');
+async function redisUsec(s: Stack): Promise<number> {
+  const info = await s.client.redis!.info('commandstats');
+  let usec = 0;
+  for (const m of info.matchAll(/usec=(\d+)/g)) usec += Number(m[1]);
+  return usec;
+}
+
+await writeFile(
+  outFile,
+  JSON.stringify({ date: new Date().toISOString(), quick, cores, batch, shardSize, figures: fig, rows }, null, 2) + '\n',
+);
+console.log(`\nwritten: ${path.relative(process.cwd(), outFile)}`);

@@ -57,11 +57,13 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       });
     }
 
+    // Share the cores among the extractors rather than oversubscribe them.
+    const threadsPerExtractor = Math.max(1, Math.floor(availableParallelism() / opts.extractors));
     const kinds = ['planner', 'trainer', 'evaluator', ...Array.from({ length: opts.extractors }, () => 'extractor')];
     for (const kind of kinds) {
       const child = spawn(process.execPath, ['--import', 'tsx', resolve(ROOT, 'cli/main.ts'), 'worker', kind], {
         cwd: ROOT,
-        env: { ...env, LOG_LEVEL: env.LOG_LEVEL ?? 'warn' },
+        env: { ...env, LOG_LEVEL: env.LOG_LEVEL ?? 'warn', DEEPFEAT_ENGINE_THREADS: env.DEEPFEAT_ENGINE_THREADS ?? String(threadsPerExtractor) },
         stdio: ['ignore', 'inherit', 'inherit'],
       });
       children.push(child);

@@ -35,6 +35,7 @@ export interface Config {
   readonly workerConcurrency: number;
   readonly extractor: {
     readonly shardSize: number;
+    /** Images per forward pass; 0 = the engine's preferred batch (FeatureEngine.preferredBatch). */
     readonly batchSize: number;
     readonly fetchConcurrency: number;
     readonly maxImageBytes: number;
@@ -63,7 +64,7 @@ export const ENV_DOC: Readonly<Record<string, string>> = {
   S3_MAX_ATTEMPTS: 'attempts per S3 request for transient faults (default 5)',
   DEEPFEAT_JOB_ATTEMPTS: 'attempts per pipeline job (default 3)',
   DEEPFEAT_SHARD_SIZE: 'images per extract job (default 256)',
-  DEEPFEAT_BATCH_SIZE: 'images per forward pass (default 16)',
+  DEEPFEAT_BATCH_SIZE: "images per forward pass (default 0 = the engine's choice: 8 on CPU, 32 on GPU)",
   DEEPFEAT_FETCH_CONCURRENCY: 'parallel S3 downloads per extractor (default 8)',
   DEEPFEAT_MAX_IMAGE_BYTES: 'larger objects are recorded as failures, not read (default 52428800)',
   DEEPFEAT_MAX_IMAGE_PIXELS: 'decoded-size limit against decompression bombs (default 100000000)',
@@ -167,7 +168,7 @@ export function loadConfig(env: Env = process.env): Config {
     workerConcurrency: r.int('WORKER_CONCURRENCY', 1, 1, 256),
     extractor: {
       shardSize: r.int('DEEPFEAT_SHARD_SIZE', 256, 1, 100_000),
-      batchSize: r.int('DEEPFEAT_BATCH_SIZE', 16, 1, 1024),
+      batchSize: r.int('DEEPFEAT_BATCH_SIZE', 0, 0, 1024),
       fetchConcurrency: r.int('DEEPFEAT_FETCH_CONCURRENCY', 8, 1, 256),
       maxImageBytes: r.int('DEEPFEAT_MAX_IMAGE_BYTES', 50 * 1024 * 1024, 1, 2 ** 31 - 1),
       maxImagePixels: r.int('DEEPFEAT_MAX_IMAGE_PIXELS', 100_000_000, 1, 2 ** 31 - 1),

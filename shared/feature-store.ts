@@ -7,7 +7,11 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { shardKey, type ShardRow, type Split } from './dataset.js';
 import { encodeNpy, decodeNpy } from './npy.js';
 import { getObjectBytes, getObjectText, putObject } from './s3.js';
+import { forEachOrdered, mapLimit } from './concurrency.js';
 import { DatasetError } from './errors.js';
+
+/** Shard objects fetched at once by readers (trainer, evaluator). */
+const READ_CONCURRENCY = 8;
 
 export async function writeShard(
   s3: S3Client,
@@ -61,8 +65,7 @@ export async function readFeatureSets(
 ): Promise<LabelledFeatures[]> {
   type Row = { row: number; label: string; key: string };
   // Pass 1: the small JSON-lines metadata of every shard, to size each matrix exactly.
-  const meta: Row[][][] = [];
-  for (let s = 0; s < shards; s++) {
+  const meta = await mapLimit(Array.from({ length: shards }, (_, s) => s), READ_CONCURRENCY, async (s) => {
     const rows: Row[][] = groups.map(() => []);
     for (const line of (await getObjectText(s3, bucket, shardKey(runId, s, 'jsonl'))).split('\n')) {
       if (line === '') continue;
@@ -72,38 +75,43 @@ export async function readFeatureSets(
         if (g.includes(r.split)) rows[i]!.push({ row: r.row, label: r.label, key: r.key });
       });
     }
-    meta.push(rows);
-  }
+    return rows;
+  });
   const sizes = groups.map((_, g) => meta.reduce((acc, rows) => acc + rows[g]!.length, 0));
-  // Pass 2: one shard's float32 rows at a time, copied straight into the matrices, so memory
-  // peaks at the matrices plus one shard, whatever the dataset size.
+  // Pass 2: shards' float32 rows, fetched a few at a time and copied in shard order straight into
+  // the matrices, so memory peaks at the matrices plus READ_CONCURRENCY shards, whatever the
+  // dataset size.
   let d = -1;
   let out: LabelledFeatures[] | undefined;
   const filled = groups.map(() => 0);
-  for (let s = 0; s < shards; s++) {
-    const arr = decodeNpy(await getObjectBytes(s3, bucket, shardKey(runId, s, 'npy')));
-    const dim = arr.shape[1] ?? 0;
-    if (arr.shape[0]! === 0) continue;
-    if (d !== -1 && dim !== d) throw new DatasetError(`shard ${s} of run ${runId} has ${dim} features per row, others ${d}: the run mixed engines; start a new run`);
-    d = dim;
-    if (!out) {
-      const buffer = new ArrayBuffer(sizes.reduce((a, b) => a + b, 0) * dim * Float32Array.BYTES_PER_ELEMENT);
-      let offset = 0;
-      out = sizes.map((n) => {
-        const X = new Float32Array(buffer, offset * dim * Float32Array.BYTES_PER_ELEMENT, n * dim);
-        offset += n;
-        return { X, n, d: dim, labels: [], keys: [] };
-      });
-    }
-    meta[s]!.forEach((rows, g) => {
-      const set = out![g]!;
-      for (const r of rows) {
-        set.X.set(arr.data.subarray(r.row * d, (r.row + 1) * d), filled[g]! * d);
-        set.labels.push(r.label);
-        set.keys.push(r.key);
-        filled[g]!++;
+  await forEachOrdered(
+    shards,
+    READ_CONCURRENCY,
+    async (s) => decodeNpy(await getObjectBytes(s3, bucket, shardKey(runId, s, 'npy'))),
+    (arr, s) => {
+      const dim = arr.shape[1] ?? 0;
+      if (arr.shape[0]! === 0) return;
+      if (d !== -1 && dim !== d) throw new DatasetError(`shard ${s} of run ${runId} has ${dim} features per row, others ${d}: the run mixed engines; start a new run`);
+      d = dim;
+      if (!out) {
+        const buffer = new ArrayBuffer(sizes.reduce((a, b) => a + b, 0) * dim * Float32Array.BYTES_PER_ELEMENT);
+        let offset = 0;
+        out = sizes.map((n) => {
+          const X = new Float32Array(buffer, offset * dim * Float32Array.BYTES_PER_ELEMENT, n * dim);
+          offset += n;
+          return { X, n, d: dim, labels: [], keys: [] };
+        });
       }
-    });
-  }
+      meta[s]!.forEach((rows, g) => {
+        const set = out![g]!;
+        for (const r of rows) {
+          set.X.set(arr.data.subarray(r.row * d, (r.row + 1) * d), filled[g]! * d);
+          set.labels.push(r.label);
+          set.keys.push(r.key);
+          filled[g]!++;
+        }
+      });
+    },
+  );
   return out ?? groups.map(() => ({ X: new Float32Array(0), n: 0, d: 0, labels: [], keys: [] }));
 }

@@ -22,7 +22,7 @@ test('defaults from an empty env', (t) => {
     jobAttempts: 3,
     extractor: {
       shardSize: 256,
-      batchSize: 16,
+      batchSize: 0,
       fetchConcurrency: 8,
       maxImageBytes: 50 * 1024 * 1024,
       maxImagePixels: 100_000_000,

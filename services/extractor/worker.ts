@@ -5,6 +5,7 @@
  * faults fail the job (transient ones are retried by BullMQ, permanent ones end the run).
  */
 import { readFile } from 'node:fs/promises';
+import { mapLimit } from '../../shared/concurrency.js';
 import type { ShardRow } from '../../shared/dataset.js';
 import { ImageError, NotFoundError } from '../../shared/errors.js';
 import type { FeatureSpec } from '../../shared/features.js';
@@ -17,20 +18,6 @@ import { loadEngineInThread, type ThreadedEngine } from './engines/thread.js';
 import { decodeImage } from './image.js';
 
 type Decoded = { ok: true; pixels: Uint8Array } | { ok: false; reason: string };
-
-/** Maps over items with at most `limit` in flight, keeping order. */
-async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const out = new Array<R>(items.length);
-  let next = 0;
-  const run = async () => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i]!);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, run));
-  return out;
-}
 
 export function startExtractorWorker(ctx: ServiceContext, concurrency = 1) {
   const { extractor: cfg } = ctx.config;
@@ -84,7 +71,8 @@ export function startExtractorWorker(ctx: ServiceContext, concurrency = 1) {
     };
 
     const batches: Array<typeof items> = [];
-    for (let i = 0; i < items.length; i += cfg.batchSize) batches.push(items.slice(i, i + cfg.batchSize));
+    const batchSize = cfg.batchSize || engine.preferredBatch;
+    for (let i = 0; i < items.length; i += batchSize) batches.push(items.slice(i, i + batchSize));
     const decodeBatch = (b: number) => mapLimit(batches[b]!, cfg.fetchConcurrency, (it) => fetchAndDecode(it.key));
 
     const rows: ShardRow[] = [];

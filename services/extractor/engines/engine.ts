@@ -21,6 +21,13 @@ export interface FeatureEngine {
   readonly backend: string;
   /** The size images must be decoded to before `embed` (see `decodeImage`). */
   readonly input: { width: number; height: number };
+  /**
+   * Images per forward pass this engine runs best at, used when DEEPFEAT_BATCH_SIZE is 0 (auto).
+   * Measured with npm run bench: on CPU, batch 8 is as fast per image as 16 or 32 and needs far
+   * less memory (ONNX Runtime's arena grows with the batch: ~330 MiB RSS at 8, ~530 at 16, ~940
+   * at 32); GPUs want larger batches to fill the device.
+   */
+  readonly preferredBatch: number;
   /** Length of one feature row. */
   readonly dim: number;
   /**

@@ -20,6 +20,7 @@ export function createRawPixelsEngine(size: number = DEFAULT_RAW_PIXELS_SIZE): F
     backend: 'js',
     input: { width: size, height: size },
     dim,
+    preferredBatch: 64, // a copy per image: batches only amortise the thread round trip
     async embed(images: readonly Uint8Array[]): Promise<Float32Array> {
       const out = new Float32Array(images.length * dim);
       images.forEach((img, row) => {

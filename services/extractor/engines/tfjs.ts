@@ -318,6 +318,7 @@ class TfjsEngine implements FeatureEngine {
   readonly id: string;
   readonly backend: string;
   readonly input: { width: number; height: number };
+  readonly preferredBatch: number;
   #dim = 0;
   readonly #o: {
     inputRange: InputRange;
@@ -341,6 +342,7 @@ class TfjsEngine implements FeatureEngine {
     this.id = o.id;
     this.backend = o.backend;
     this.input = { width: o.size, height: o.size };
+    this.preferredBatch = o.backend.includes('GPU') ? 32 : 8;
     this.#o = o;
   }
 

@@ -37,7 +37,7 @@ type ToThread =
   | { type: 'dispose' };
 
 type FromThread =
-  | { type: 'ready'; engine: { id: string; backend: string; dim: number; input: { width: number; height: number } } }
+  | { type: 'ready'; engine: { id: string; backend: string; dim: number; preferredBatch: number; input: { width: number; height: number } } }
   | { type: 'load-error'; error: WireError }
   | { type: 'embedded'; id: number; rows?: Float32Array; error?: WireError }
   | { type: 'read'; id: number; url: string }
@@ -128,6 +128,7 @@ export function loadEngineInThread(spec: FeatureSpec, deps: EngineDeps): Promise
             id: info.id,
             backend: info.backend,
             dim: info.dim,
+            preferredBatch: info.preferredBatch,
             input: info.input,
             embed(images) {
               if (disposed) return Promise.reject(new DeepfeatError('INTERNAL', `feature engine ${info.id} used after dispose()`));
@@ -199,7 +200,7 @@ async function serve(port: NonNullable<typeof parentPort>): Promise<void> {
         loadEngine(m.spec, deps).then(
           (e) => {
             engine = e;
-            send({ type: 'ready', engine: { id: e.id, backend: e.backend, dim: e.dim, input: e.input } });
+            send({ type: 'ready', engine: { id: e.id, backend: e.backend, dim: e.dim, preferredBatch: e.preferredBatch, input: e.input } });
           },
           (err) => send({ type: 'load-error', error: toWire(err) }),
         );
