@@ -138,9 +138,11 @@ record('ratio_onnx1_vs_wasm', 'ONNX Runtime (1 thread) / TF.js WebAssembly', fig
 
 // ───────────── 3. pipeline ─────────────
 const stack: Stack = await startStack(pipelineImages);
+const stopLater: Array<() => Promise<void>> = [];
 try {
   section(`pipeline: ${stack.images} CIFAR images in S3, shards of ${shardSize}, batch ${batch}, enqueue -> last shard written`);
   const planner = await startWorkers(stack, 'planner', 1);
+  stopLater.push(() => planner.stop());
   const configs = [
     { key: 'pipeline_1x_all', label: `1 extractor, ${cores} threads (default)`, extractors: 1, threads: cores, raw: onnxAll },
     ...(cores > 1
@@ -181,7 +183,6 @@ try {
     record('scaling_2x_vs_1x_1thread', '2 extractors / 1 extractor (1 thread each)', fig.pipeline_2x_1 / fig.pipeline_1x_1, 'x', 'target >= 1.6');
     record('scaling_2x_vs_1x_default', '2 extractors (1 thread) / 1 extractor (all cores)', fig.pipeline_2x_1 / fig.pipeline_1x_all!, 'x', '');
   }
-  await planner.stop();
 
   // ───────────── 4. BullMQ overhead ─────────────
   section('BullMQ overhead per shard job (no-op processor, 256-key payload)');
@@ -214,6 +215,7 @@ try {
   record('ratio_fit_vs_extract', 'trainer fit / extraction of the same images (1 extractor)', job.fitSeconds / extractSeconds, 'ratio', `${extractSeconds.toFixed(0)} s to extract ${trainRows} images; target <= 0.05`);
   record('ratio_train_vs_extract', 'whole train job / extraction of the same images', job.seconds / extractSeconds, 'ratio', 'includes reading the shards from S3');
 } finally {
+  for (const stop of stopLater) await stop().catch(() => undefined);
   await stack.close();
 }
 

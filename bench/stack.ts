@@ -51,7 +51,7 @@ export async function startStack(images: number): Promise<Stack> {
       S3_ACCESS_KEY_ID: 'S3RVER',
       S3_SECRET_ACCESS_KEY: 'S3RVER',
       DEEPFEAT_QUEUE_PREFIX: 'bench',
-      LOG_LEVEL: 'warn',
+      LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn',
       DEEPFEAT_CACHE_DIR: path.join(dir, 'cache'),
     };
     client = createClient(loadConfig(env));
@@ -126,7 +126,10 @@ export async function startWorkers(stack: Stack, kind: string, count: number, ex
   );
   const deadline = Date.now() + 60_000;
   while ((await listWorkers(stack.client)).length < before + count) {
-    if (Date.now() > deadline || procs.some((p) => p.exitCode !== null)) throw new Error(`${kind} workers did not start`);
+    if (Date.now() > deadline || procs.some((p) => p.exitCode !== null)) {
+      for (const p of procs) p.kill('SIGKILL');
+      throw new Error(`${kind} workers did not start (their stderr is above)`);
+    }
     await new Promise((r) => setTimeout(r, 100));
   }
   return {
@@ -257,8 +260,11 @@ export async function trainerJob(stack: Stack, n: number, d: number, k: number):
     await putObject(stack.client.s3, stack.client.config.bucket, shardKey(runId, s, 'npy'), encodeNpy(X, [rows, d]), 'application/octet-stream');
     await putObject(stack.client.s3, stack.client.config.bucket, shardKey(runId, s, 'jsonl'), meta.join('\n') + '\n', 'application/x-ndjson');
   }
-  const trainer = await startWorkers(stack, 'trainer', 1);
   const queue = makeQueue(stack.client.queues!, 'train');
+  // The pipeline figures leave their runs' train jobs waiting (no trainer ran): drop them, or
+  // this trainer would work through them first.
+  await queue.drain(true);
+  const trainer = await startWorkers(stack, 'trainer', 1);
   const events = new QueueEvents('train', { connection: stack.client.queues!.connection, prefix: stack.client.config.queuePrefix });
   try {
     await events.waitUntilReady();

@@ -12,6 +12,7 @@ export function startTrainerWorker(ctx: ServiceContext, concurrency = 1) {
     const { runId, shards, classes } = data;
     await ctx.runs.setStage(runId, 'training');
     const bucket = ctx.config.bucket;
+    const readStart = performance.now();
     const [train, val] = await readFeatureSets(ctx.s3, bucket, runId, shards, [['train'], ['val']]);
     const d = Math.max(train.d, val.d);
     const index = new Map(classes.map((c, i) => [c, i]));
@@ -40,7 +41,8 @@ export function startTrainerWorker(ctx: ServiceContext, concurrency = 1) {
       lambdas: data.lambdas ?? DEFAULT_LAMBDAS,
     });
     const fitMs = Math.round(performance.now() - t0);
-    log.info({ runId, lambda: fit.lambda, n, d, fitMs }, 'fitted');
+    const readMs = Math.round(t0 - readStart);
+    log.info({ runId, lambda: fit.lambda, n, d, readMs, fitMs }, 'fitted');
     const candidate: Candidate = {
       runId,
       classes,
