@@ -5,12 +5,16 @@
 #
 # CPU (default):
 #   docker build -t deepfeat:cpu .
-# GPU hosts: @tensorflow/tfjs-node-gpu loads libtensorflow built against CUDA 11 / cuDNN 8, so the
-# base image must carry those libraries (the host needs only the NVIDIA driver and the NVIDIA
-# container toolkit). Node is copied in from the official image, so any glibc-based base works:
+# GPU hosts: the default engine, ONNX Runtime, runs on the GPU through its CUDA provider, which
+# onnxruntime-node >= 1.23 builds against CUDA 12 / cuDNN 9, so the base image must carry those
+# libraries (the host needs only the NVIDIA driver and the NVIDIA container toolkit). Node is
+# copied in from the official image, so any glibc-based base works:
 #   docker build -t deepfeat:gpu \
-#     --build-arg BASE_IMAGE=nvidia/cuda:11.8.0-cudnn8-runtime-ubuntu22.04 \
+#     --build-arg BASE_IMAGE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 \
 #     --build-arg ONNXRUNTIME_CUDA=1 .
+# (@tensorflow/tfjs-node-gpu, the TF.js GPU path, needs CUDA 11 / cuDNN 8 instead:
+#  BASE_IMAGE=nvidia/cuda:11.8.0-cudnn8-runtime-ubuntu22.04 with DEEPFEAT_ENGINE=tfjs.)
+# If the CUDA provider cannot start, the extractor logs why and runs on the CPU.
 #
 # Build args:
 #   BASE_IMAGE        runtime base image (default node:20-bookworm-slim)
