@@ -30,7 +30,7 @@ import { fitLogisticRegression } from '../services/trainer/logreg.js';
 import { loadConfig } from '../shared/config.js';
 import { DEFAULT_FEATURES } from '../shared/features.js';
 import { mulberry32 } from '../shared/random.js';
-import { bullmqOverhead, machineCpuSeconds, startStack, startWorkers, timeExtraction, trainerJob, type Stack } from './stack.js';
+import { bullmqOverhead, machineCpuSeconds, s3GetCost, startStack, startWorkers, timeExtraction, trainerJob, type Stack } from './stack.js';
 
 const quick = process.argv.includes('--quick');
 const outArg = process.argv.indexOf('--out');
@@ -75,7 +75,7 @@ const fig: Record<string, number> = {};
 function record(key: string, stage: string, figure: number, unit: string, detail: string): void {
   rows.push({ key, stage, figure, unit, detail });
   fig[key] = figure;
-  const shown = Number.isNaN(figure) ? '-' : figure >= 100 ? figure.toFixed(0) : figure.toFixed(figure >= 10 ? 1 : 3);
+  const shown = Number.isNaN(figure) ? '-' : figure >= 100 ? figure.toFixed(0) : figure >= 0.01 ? figure.toFixed(figure >= 10 ? 1 : 3) : figure.toPrecision(2);
   console.log(`${stage.padEnd(62)} ${shown.padStart(9)} ${unit.padEnd(9)} ${detail}`);
 }
 const section = (title: string) => console.log(`\n${title}`);
@@ -141,6 +141,10 @@ const stack: Stack = await startStack(pipelineImages);
 const stopLater: Array<() => Promise<void>> = [];
 try {
   section(`pipeline: ${stack.images} CIFAR images in S3, shards of ${shardSize}, batch ${batch}, enqueue -> last shard written`);
+  await s3GetCost(stack, defaults.fetchConcurrency); // warm-up: connections, SDK code paths
+  const gets = [];
+  for (let i = 0; i < pipelineReps; i++) gets.push(await s3GetCost(stack, defaults.fetchConcurrency));
+  record('s3_get_cpu_ms', `S3 GET of one image, client CPU (AWS SDK), ${defaults.fetchConcurrency} at once`, median(gets.map((g) => g.cpuMsPerGet)), 'ms', `wall ${median(gets.map((g) => g.wallMsPerGet)).toFixed(2)} ms per GET with the S3 server on the same cores; ${gets[0]!.gets} GETs`);
   const planner = await startWorkers(stack, 'planner', 1);
   stopLater.push(() => planner.stop());
   const configs = [
@@ -195,7 +199,7 @@ try {
   const perExtractor = fig.pipeline_1x_all!;
   const redisPerImage = fig.pipeline_1x_all_redis_usec_per_image!;
   record('redis_extractors_capacity', 'extractors one Redis core can feed (est.)', 1e6 / (redisPerImage * perExtractor), 'extractors', `1e6 us/s / (${redisPerImage.toFixed(0)} us/image x ${perExtractor.toFixed(0)} images/s per extractor)`);
-  record('bullmq_share_of_shard', 'BullMQ wall time / one shard extraction', fig.bullmq_ms_per_job! / ((shardSize / perExtractor) * 1000), 'ratio', `per ${shardSize}-image shard`);
+  record('bullmq_share_of_shard', 'BullMQ wall time / one shard extraction', (100 * fig.bullmq_ms_per_job!) / ((shardSize / perExtractor) * 1000), '%', `per ${shardSize}-image shard`);
 
   // ───────────── 5. trainer ─────────────
   section(`trainer: ${trainRows} x ${DIM} features, ${CLASSES} classes`);

@@ -9,7 +9,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { CreateBucketCommand } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { Queue, QueueEvents, Worker } from 'bullmq';
 import { createClient, enqueueRun, getStatus, listWorkers, type Client } from '../cli/client.js';
 import { loadDemoImages } from '../cli/demo-data.js';
@@ -21,7 +21,8 @@ import { encodeNpy } from '../shared/npy.js';
 import { makeQueue } from '../shared/queues.js';
 import { mulberry32 } from '../shared/random.js';
 import { candidateKey } from '../shared/model-format.js';
-import { getObjectText, putObject } from '../shared/s3.js';
+import { getObjectBytes, getObjectText, putObject } from '../shared/s3.js';
+import { mapLimit } from '../shared/concurrency.js';
 
 const ROOT = path.resolve(fileURLToPath(new URL('..', import.meta.url)));
 const DATA_BUCKET = 'bench-data';
@@ -182,6 +183,27 @@ export async function timeExtraction(stack: Stack, shardSize: number): Promise<{
     // leaves the CPU to the pipeline).
     await new Promise((r) => setTimeout(r, 250));
   }
+}
+
+/**
+ * What one image's download costs the extractor: all the stack's images fetched with the AWS SDK
+ * `concurrency` at a time, as the extractor fetches them. Client CPU per GET (this process) and
+ * wall time per GET (the server's share included, on the same cores here).
+ */
+export async function s3GetCost(stack: Stack, concurrency: number): Promise<{ cpuMsPerGet: number; wallMsPerGet: number; gets: number }> {
+  const keys: string[] = [];
+  let token: string | undefined;
+  do {
+    const page = await stack.client.s3.send(new ListObjectsV2Command({ Bucket: DATA_BUCKET, Prefix: 'cifar/', ContinuationToken: token }));
+    for (const o of page.Contents ?? []) keys.push(o.Key!);
+    token = page.NextContinuationToken;
+  } while (token);
+  const c0 = process.cpuUsage();
+  const t0 = performance.now();
+  await mapLimit(keys, concurrency, (key) => getObjectBytes(stack.client.s3, DATA_BUCKET, key));
+  const wall = performance.now() - t0;
+  const cpu = process.cpuUsage(c0);
+  return { cpuMsPerGet: (cpu.user + cpu.system) / 1000 / keys.length, wallMsPerGet: wall / keys.length, gets: keys.length };
 }
 
 /**

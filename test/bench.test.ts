@@ -29,6 +29,7 @@ test('bench --quick measures every stage and writes them as JSON', async (t) => 
       'engine_onnx_1',
       'engine_tfjs_wasm',
       'ratio_onnx_vs_wasm',
+      's3_get_cpu_ms',
       'pipeline_1x_all',
       'pipeline_1x_all_vs_raw',
       'pipeline_1x_all_rss',
