@@ -8,18 +8,19 @@
  * vectors, reduction axes).
  *
  * Covered ops (what common TF.js image backbones — MobileNet v1/v2/v3-style, ResNet, EfficientNet
- * without SE gating tricks — are converted to): Placeholder, Const, Identity, Conv2D,
- * DepthwiseConv2dNative, the fused _FusedConv2D / FusedDepthwiseConv2dNative (BiasAdd or
- * FusedBatchNorm, then Relu/Relu6/Elu/LeakyRelu/Sigmoid/Tanh), BiasAdd, Add/AddV2/Sub/Mul/RealDiv/
- * Maximum/Minimum, Relu/Relu6/Elu/LeakyRelu/Sigmoid/Tanh, AvgPool/MaxPool, Mean, Squeeze,
- * ConcatV2, Pad. Anything else raises UnsupportedGraphError naming the op, and the caller falls
- * back to TensorFlow.js.
+ * whose squeeze-and-excitation gates use Mean with keep_dims rather than Reshape — are converted
+ * to): Placeholder, Const, Identity, Conv2D, DepthwiseConv2dNative, the fused _FusedConv2D /
+ * FusedDepthwiseConv2dNative (BiasAdd or FusedBatchNorm, then Relu/Relu6/Elu/LeakyRelu/Sigmoid/
+ * Tanh), BiasAdd, Add/AddV2/Sub/Mul/RealDiv/Maximum/Minimum, Relu/Relu6/Elu/LeakyRelu/Sigmoid/Tanh,
+ * AvgPool/MaxPool, Mean, Squeeze, ConcatV2, Pad/PadV2; SAME, VALID and EXPLICIT padding, strides
+ * or dilations (not both). Anything else raises UnsupportedGraphError naming the op, and the
+ * caller falls back to TensorFlow.js. test/onnx-convert.test.ts checks each against TensorFlow.js.
  */
 import * as tf from '@tensorflow/tfjs';
 import { DataType, encodeModel, type AttributeValue, type NodeInit, type TensorInit } from './proto.js';
 
 /** Bumped whenever the converter's output changes, so cached conversions are redone. */
-export const CONVERTER_VERSION = 1;
+export const CONVERTER_VERSION = 2;
 export const OPSET = 13;
 export const ONNX_INPUT = 'input_nchw';
 export const ONNX_OUTPUT = 'features';
@@ -177,6 +178,7 @@ export function convertGraphToOnnx(artifacts: tf.io.ModelArtifacts, node: string
         set('nchw', 4);
         break;
       case 'BiasAdd': {
+        checkNhwc(n);
         const bias = constInput(n, 1, 'the bias');
         b.node('Add', [activation(n, 0), b.constant(`${out}/bias`, channelVector(bias.data))], [out]);
         set('nchw', 4);
@@ -300,11 +302,12 @@ export function convertGraphToOnnx(artifacts: tf.io.ModelArtifacts, node: string
   return { bytes, nodes: order.length };
 }
 
-/** ONNX nodes and initializers with unique names. */
+/** ONNX nodes and initializers with unique names (every name goes through fresh()). */
 class GraphBuilder {
   readonly nodes: NodeInit[] = [];
   readonly initializers: TensorInit[] = [];
-  #names = new Set<string>();
+  /** The graph's own input and output are taken: a TF node of either name gets another. */
+  #names = new Set<string>([ONNX_INPUT, ONNX_OUTPUT]);
 
   fresh(base: string): string {
     let name = base;
@@ -357,9 +360,22 @@ function checkNhwc(n: TfNode): void {
   if (fmt !== undefined && fmt !== 'NHWC') throw new UnsupportedGraphError(`${n.op} node ${n.name} uses data format ${fmt}; only NHWC is covered`);
 }
 
-/** ONNX padding attributes for TF's SAME / VALID / EXPLICIT. */
-function padding(n: TfNode): Record<string, AttributeValue> {
+/**
+ * ONNX padding attributes for TF's SAME / VALID / EXPLICIT. `conv` (kernel, strides, dilations,
+ * [h, w] each) is given for convolutions: ONNX Runtime refuses auto_pad SAME_* on a dilated
+ * convolution, so that one gets explicit pads.
+ */
+function padding(n: TfNode, conv?: { kernel: number[]; strides: number[]; dilations: number[] }): Record<string, AttributeValue> {
   const p = attrString(n.attr?.padding);
+  if (p === 'SAME' && conv && conv.dilations.some((d) => d !== 1)) {
+    // With stride 1, SAME pads (k - 1) * d in total whatever the input size, the odd pixel at the
+    // end as below. With a stride too the pads would depend on the input size (TF and TF.js
+    // refuse dilations with strides anyway).
+    if (conv.strides.some((s) => s !== 1)) throw new UnsupportedGraphError(`${n.op} node ${n.name} has both dilations and strides above 1`);
+    const total = conv.kernel.map((k, i) => (k - 1) * conv.dilations[i]!);
+    const before = total.map((t) => Math.floor(t / 2));
+    return { pads: { kind: 'ints', value: [...before, ...total.map((t, i) => t - before[i]!)] } };
+  }
   // TF's SAME puts the odd extra pixel at the end: ONNX SAME_UPPER.
   if (p === 'SAME') return { auto_pad: { kind: 'string', value: 'SAME_UPPER' } };
   if (p === 'VALID') return { auto_pad: { kind: 'string', value: 'VALID' } };
@@ -434,13 +450,15 @@ function convertConv(b: GraphBuilder, n: TfNode, out: string, x: string, filter:
 
   const inputs = [x, b.constant(`${out}/W`, { data: w, shape: [cout, inPerGroup, kh, kw] })];
   if (bias) inputs.push(b.constant(`${out}/B`, bias, [cout]));
-  const convOut = act ? `${out}/conv` : out;
+  const convOut = act ? b.fresh(`${out}/conv`) : out;
+  const s2 = [strides[1] ?? 1, strides[2] ?? 1];
+  const d2 = [dil[1] ?? 1, dil[2] ?? 1];
   b.node('Conv', inputs, [convOut], {
     kernel_shape: { kind: 'ints', value: [kh, kw] },
-    strides: { kind: 'ints', value: [strides[1] ?? 1, strides[2] ?? 1] },
-    dilations: { kind: 'ints', value: [dil[1] ?? 1, dil[2] ?? 1] },
+    strides: { kind: 'ints', value: s2 },
+    dilations: { kind: 'ints', value: d2 },
     group: { kind: 'int', value: depthwise ? cin : 1 },
-    ...padding(n),
+    ...padding(n, { kernel: [kh, kw], strides: s2, dilations: d2 }),
   });
   if (act) emitActivation(b, act, convOut, out, n.attr?.leakyrelu_alpha?.f);
 }
