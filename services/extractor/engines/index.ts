@@ -11,7 +11,6 @@ import { DeepfeatError, ModelError, errorMessage } from '../../../shared/errors.
 import type { EngineDeps, FeatureEngine, FeatureSpec } from './engine.js';
 import { DEFAULT_RAW_PIXELS_SIZE, createRawPixelsEngine } from './raw-pixels.js';
 import { createOnnxEngine } from './onnx.js';
-import { UnsupportedGraphError } from './onnx/convert.js';
 import { createTfjsEngine, isLayersModel, planGraphCut, type InputRange } from './tfjs.js';
 
 export type { BackendChoice, EngineChoice, EngineDeps, FeatureEngine, FeatureSpec, OnnxProvider } from './engine.js';
@@ -159,11 +158,13 @@ async function graphEngine(src: GraphModelSource, deps: EngineDeps): Promise<Fea
       log: deps.log,
     });
   } catch (err) {
-    if (!(err instanceof UnsupportedGraphError)) throw err;
+    const reason = errorMessage(err);
     if (choice === 'onnx') {
-      throw new ModelError(`${src.modelName} cannot run on ONNX Runtime: ${err.message}; use DEEPFEAT_ENGINE=tfjs or auto`, { cause: err });
+      throw new ModelError(`${src.modelName} cannot run on ONNX Runtime: ${reason}; use DEEPFEAT_ENGINE=tfjs or auto`, { cause: err });
     }
-    deps.log?.('ONNX conversion not possible; using TensorFlow.js', { reason: err.message });
+    // auto: a graph the converter does not cover (or, should it happen, one ONNX Runtime rejects
+    // after conversion) still runs, on TensorFlow.js, which executes the original graph.
+    deps.log?.('ONNX conversion not possible; using TensorFlow.js', { reason });
     return tfjsEngine();
   }
   if (choice === 'auto' && !onnx.backend.includes('CUDA') && canResolve('@tensorflow/tfjs-node-gpu')) {

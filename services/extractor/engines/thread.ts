@@ -182,6 +182,8 @@ async function serve(port: NonNullable<typeof parentPort>): Promise<void> {
   const reads = new Map<number, { resolve: (b: Uint8Array) => void; reject: (e: Error) => void }>();
   let nextRead = 1;
   let engine: FeatureEngine | undefined;
+  // Embed requests run one at a time, in order: an engine is not re-entrant.
+  let queue: Promise<void> = Promise.resolve();
   const send = (m: FromThread, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer);
 
   port.on('message', (m: ToThread) => {
@@ -217,7 +219,6 @@ async function serve(port: NonNullable<typeof parentPort>): Promise<void> {
         const e = engine!;
         const per = e.input.width * e.input.height * 3;
         const images = Array.from({ length: m.count }, (_, i) => m.pixels.subarray(i * per, (i + 1) * per));
-        // Requests are handled one at a time, in order: the engine is not re-entrant.
         queue = queue.then(() =>
           e.embed(images).then(
             (rows) => {
@@ -242,6 +243,4 @@ async function serve(port: NonNullable<typeof parentPort>): Promise<void> {
     }
   });
 }
-let queue: Promise<void> = Promise.resolve();
-
 if (!isMainThread && parentPort) void serve(parentPort);
