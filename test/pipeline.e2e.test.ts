@@ -59,7 +59,8 @@ test.serial('deep features beat raw pixels; the published model is complete and 
     t.regex(s.failures[1]!.reason, /not an image/);
   }
   t.regex(deep.engine ?? '', /mobilenet_v2_mid/);
-  t.truthy(deep.backend);
+  // The default engine is ONNX Runtime (its CPU provider here); status names it.
+  t.regex(deep.backend ?? '', /^onnxruntime \((CPU|CUDA)/);
 
   const rawAcc = raw.metrics!.accuracy;
   const deepAcc = deep.metrics!.accuracy;
@@ -91,6 +92,10 @@ test.serial('deep features beat raw pixels; the published model is complete and 
   const status = await runCli(dep.env, ['status', deepId, '--json']);
   t.is(status.code, 0, status.stderr);
   t.is(JSON.parse(status.stdout).stage, 'published');
+  // The human-readable status says which engine ran.
+  const text = await runCli(dep.env, ['status', deepId]);
+  t.is(text.code, 0, text.stderr);
+  t.regex(text.stdout, /engine mobilenet_v2_mid@expanded_conv_13\/expand\/Relu6 on onnxruntime \(CPU, \d+ threads?\)/);
 });
 
 test.serial('workers are listed by queue', async (t) => {
