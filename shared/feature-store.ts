@@ -94,7 +94,8 @@ export async function readFeatureSets(
       if (d !== -1 && dim !== d) throw new DatasetError(`shard ${s} of run ${runId} has ${dim} features per row, others ${d}: the run mixed engines; start a new run`);
       d = dim;
       if (!out) {
-        const buffer = new ArrayBuffer(sizes.reduce((a, b) => a + b, 0) * dim * Float32Array.BYTES_PER_ELEMENT);
+        // Shared memory: the trainer's fit threads read it in place (no copy per thread).
+        const buffer = new SharedArrayBuffer(sizes.reduce((a, b) => a + b, 0) * dim * Float32Array.BYTES_PER_ELEMENT);
         let offset = 0;
         out = sizes.map((n) => {
           const X = new Float32Array(buffer, offset * dim * Float32Array.BYTES_PER_ELEMENT, n * dim);

@@ -5,11 +5,13 @@ import {
   fitLogisticRegression,
   fitStandardizer,
   logisticObjective,
+  objectiveChunks,
   predictLabels,
   predictProbaMatrix,
   selectLambdaAndFit,
   type LogisticProblem,
 } from '../services/trainer/logreg.js';
+import { ObjectivePool } from '../services/trainer/objective-pool.js';
 import { BadRequestError } from '../shared/errors.js';
 import { mulberry32 as rng } from '../shared/random.js';
 
@@ -294,4 +296,43 @@ test('selectLambdaAndFit without validation data uses the default lambda', (t) =
   t.deepEqual(Array.from(r.model.W), Array.from(direct.W));
   t.is(selectLambdaAndFit({ train: { X, n: 40, y }, val: empty, d, k, lambdas: [0.5] }).lambda, 0.5);
   t.throws(() => selectLambdaAndFit({ train: { X, n: 40, y }, val: empty, d, k, lambdas: [] }), { instanceOf: BadRequestError });
+});
+
+test('objective chunks depend on n only and cover every row once', (t) => {
+  for (const n of [1, 100, 2047, 4096, 5000, 20000, 1_000_000]) {
+    const chunks = objectiveChunks(n);
+    t.is(chunks[0]![0], 0);
+    t.is(chunks.at(-1)![1], n);
+    for (let c = 1; c < chunks.length; c++) t.is(chunks[c]![0], chunks[c - 1]![1]);
+    t.true(chunks.length >= 1 && chunks.length <= 8);
+  }
+  t.is(objectiveChunks(1000).length, 1);
+  t.true(objectiveChunks(20000).length > 1);
+});
+
+test.serial('fits on the objective thread pool give the same bits as on one thread', async (t) => {
+  const n = 6000;
+  const d = 24;
+  const k = 4;
+  const { X, y } = clusters(11, n, d, k, 0.4);
+  const pool = await ObjectivePool.create(2);
+  try {
+    t.true(objectiveChunks(n).length > 1);
+    const one = fitLogisticRegression({ X, n, d, y, k, lambda: 1e-3 });
+    const many = fitLogisticRegression({ X, n, d, y, k, lambda: 1e-3, runner: pool.bind });
+    t.true(one.iterations > 3);
+    t.deepEqual(many.W, one.W);
+    t.deepEqual(many.b, one.b);
+    t.is(many.loss, one.loss);
+    // Lambda search and the refit rebind the pool to new problems (train, then train+val).
+    const val = clusters(12, 1500, d, k, 0.4);
+    const input = { train: { X, n, y }, val: { X: val.X, n: 1500, y: val.y }, d, k, lambdas: [1e-2, 1e-3] };
+    const a = selectLambdaAndFit(input);
+    const b = selectLambdaAndFit({ ...input, runner: pool.bind });
+    t.is(b.lambda, a.lambda);
+    t.deepEqual(b.model.W, a.model.W);
+    t.deepEqual(b.validation, a.validation);
+  } finally {
+    await pool.close();
+  }
 });

@@ -1,22 +1,26 @@
 /**
  * Runs the L2 selection and fit in a worker thread. A fit takes seconds to minutes of pure CPU;
  * on the main thread it would stop BullMQ from renewing the job's lock, and the job would be
- * taken for stalled and run again elsewhere.
+ * taken for stalled and run again elsewhere. Large fits spread each objective evaluation over
+ * all cores (ObjectivePool), with the same result as on one.
  */
+import { availableParallelism } from 'node:os';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { BadRequestError } from '../../shared/errors.js';
-import { selectLambdaAndFit, type SelectInput, type SelectResult } from './logreg.js';
+import { objectiveChunks, selectLambdaAndFit, type SelectInput, type SelectResult } from './logreg.js';
+import { ObjectivePool } from './objective-pool.js';
 
-/** Runs selectLambdaAndFit in a new thread. Transfers `input`'s feature buffers: do not use them after. */
+/** Runs selectLambdaAndFit in a new thread. Feature buffers are shared (SharedArrayBuffer) or transferred (ArrayBuffer): do not change them meanwhile, nor use transferred ones after. */
 export function fitInThread(input: SelectInput): Promise<SelectResult> {
   return new Promise((resolve, reject) => {
     // The entry registers tsx in the thread, then loads this module, which runs the fit below.
-    // The feature matrices move to the thread (transferred, not copied): the caller must not use
-    // them afterwards.
+    // The feature matrices reach the thread without a copy: shared, or transferred (then the
+    // caller must not use them afterwards).
     const buffers = [...new Set([input.train.X.buffer, input.val.X.buffer])].filter((b): b is ArrayBuffer => b instanceof ArrayBuffer);
-    const w = new Worker(new URL('./fit-thread-entry.mjs', import.meta.url), { workerData: input, transferList: buffers });
+    const w = new Worker(new URL('./fit-thread-entry.mjs', import.meta.url), { workerData: { role: ROLE, input }, transferList: buffers });
     w.once('message', (m: { ok: true; result: SelectResult } | { ok: false; error: { message: string; name: string } }) => {
-      if (m.ok) resolve(m.result);
+      if (m.ok === true) resolve(m.result);
+      else if (m.ok !== false) reject(new Error(`fit thread sent an unexpected message: ${JSON.stringify(m).slice(0, 200)}`));
       // Errors cross the thread as plain data; keep "bad input" permanent (no retry).
       else reject(m.error.name === 'BadRequestError' ? new BadRequestError(m.error.message) : new Error(m.error.message));
     });
@@ -27,12 +31,28 @@ export function fitInThread(input: SelectInput): Promise<SelectResult> {
   });
 }
 
-if (!isMainThread && parentPort) {
+/** Marks the fit thread, so other threads importing this module do nothing. */
+const ROLE = 'deepfeat-fit';
+
+/** Below this much work per objective evaluation (rows × features × classes), threads cost more than they save. */
+const POOL_MIN_WORK = 20_000_000;
+
+if (!isMainThread && parentPort && (workerData as { role?: string } | null)?.role === ROLE) {
+  const port = parentPort;
+  const input = (workerData as { input: SelectInput }).input;
+  let pool: ObjectivePool | undefined;
   try {
-    const result = selectLambdaAndFit(workerData as SelectInput);
-    parentPort.postMessage({ ok: true, result });
+    const cores = availableParallelism();
+    if (cores > 1 && input.train.n * input.d * input.k >= POOL_MIN_WORK && objectiveChunks(input.train.n).length > 1) {
+      // The caller computes chunks too: cores - 1 helpers (at most 7: there are at most 8 chunks).
+      pool = await ObjectivePool.create(Math.min(cores - 1, 7)).catch(() => undefined);
+    }
+    const result = selectLambdaAndFit({ ...input, runner: pool?.bind });
+    port.postMessage({ ok: true, result, threads: 1 + (pool?.threads ?? 0) });
   } catch (err) {
     const e = err instanceof Error ? err : new Error(String(err));
-    parentPort.postMessage({ ok: false, error: { message: e.message, name: e.name } });
+    port.postMessage({ ok: false, error: { message: e.message, name: e.name } });
+  } finally {
+    await pool?.close();
   }
 }

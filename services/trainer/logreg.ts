@@ -5,8 +5,8 @@
  * (the bias is not penalised). W is k×d row-major, b has length k. Parameters are
  * packed as theta = [W (k*d values), b (k values)] for the optimiser.
  *
- * Everything is sequential Float64 arithmetic with zero initial parameters, so a fit
- * is bit-for-bit reproducible.
+ * Float64 arithmetic in a fixed order (rows in fixed chunks summed in chunk order) with zero
+ * initial parameters, so a fit is bit-for-bit reproducible, on one thread or several.
  */
 import { BadRequestError } from '../../shared/errors.js';
 import { minimizeLbfgs } from './lbfgs.js';
@@ -133,51 +133,127 @@ function accumulateGradient(X: Float32Array, n: number, d: number, R: Float64Arr
 }
 
 /**
- * Builds the objective/gradient closure for L-BFGS over packed theta = [W, b].
- * Scratch (an n×k logit/residual matrix) is allocated once; calls do not allocate.
+ * Rows are cut into a fixed number of chunks that depends on n only (never on the machine):
+ * each chunk's loss and gradient are computed separately and summed in chunk order, so a fit
+ * gives the same bits whether the chunks run on one thread or on several (ObjectivePool).
  */
-export function createLogisticObjective(problem: LogisticProblem): (theta: Float64Array, grad: Float64Array) => number {
-  checkProblem(problem);
-  const { X, n, d, y, k, lambda } = problem;
+export function objectiveChunks(n: number): Array<[start: number, end: number]> {
+  const count = Math.max(1, Math.min(8, Math.floor(n / 2048)));
+  const per = Math.ceil(n / count);
+  const out: Array<[number, number]> = [];
+  for (let s = 0; s < n; s += per) out.push([s, Math.min(n, s + per)]);
+  return out;
+}
+
+/**
+ * One chunk of the objective: rows [start, end) of X. Writes the chunk's data-term gradient
+ * (without the penalty) into G (length k*d + k, overwritten) and returns the chunk's summed
+ * loss. Z is scratch of at least (end - start) * k values; invN is 1 / (all rows).
+ */
+export function objectiveChunk(
+  X: Float32Array,
+  y: Int32Array,
+  start: number,
+  end: number,
+  d: number,
+  k: number,
+  theta: Float64Array,
+  invN: number,
+  Z: Float64Array,
+  G: Float64Array,
+): number {
   const kd = k * d;
-  const Z = new Float64Array(n * k);
-  const invN = 1 / n;
+  const m = end - start;
+  const Xc = X.subarray(start * d, end * d);
+  computeLogits(Xc, m, d, theta, k, Z);
+  G.fill(0);
+  let lossSum = 0;
+  for (let i = 0; i < m; i++) {
+    const zo = i * k;
+    // Stable log-sum-exp: shift by the row max so exp never overflows.
+    let zMax = -Infinity;
+    for (let c = 0; c < k; c++) if (Z[zo + c] > zMax) zMax = Z[zo + c];
+    const yi = y[start + i];
+    // Use the shifted logit, not log(p_y): p_y can underflow to 0 for a confident mistake.
+    const zy = Z[zo + yi] - zMax;
+    let sumExp = 0;
+    for (let c = 0; c < k; c++) {
+      const e = Math.exp(Z[zo + c] - zMax);
+      Z[zo + c] = e;
+      sumExp += e;
+    }
+    lossSum += Math.log(sumExp) - zy;
+    // Residual r_c = (p_c - [c = y_i]) / n overwrites the logits; db_c = sum_i r_c.
+    const scale = invN / sumExp;
+    for (let c = 0; c < k; c++) {
+      const r = Z[zo + c] * scale - (c === yi ? invN : 0);
+      Z[zo + c] = r;
+      G[kd + c] += r;
+    }
+  }
+  accumulateGradient(Xc, m, d, Z, k, G);
+  return lossSum;
+}
+
+/**
+ * Computes every chunk's partial results for one theta: `losses[c]` and the gradient in
+ * `partials` at offset c * (k*d + k). An ObjectivePool runs them on several threads.
+ */
+export interface ChunkRunner {
+  run(theta: Float64Array, losses: Float64Array, partials: Float64Array): void;
+}
+
+/** Makes a ChunkRunner for a problem (ObjectivePool.bind); see createLogisticObjective. */
+export type RunnerFactory = (problem: LogisticProblem, chunks: Array<[number, number]>) => ChunkRunner;
+
+/** The chunks one after the other, on the calling thread. */
+function serialRunner(problem: LogisticProblem, chunks: Array<[number, number]>): ChunkRunner {
+  const { X, y, n, d, k } = problem;
+  const len = k * d + k;
+  const Z = new Float64Array(Math.max(...chunks.map(([s, e]) => e - s)) * k);
+  return {
+    run(theta, losses, partials) {
+      chunks.forEach(([s, e], c) => {
+        losses[c] = objectiveChunk(X, y, s, e, d, k, theta, 1 / n, Z, partials.subarray(c * len, (c + 1) * len));
+      });
+    },
+  };
+}
+
+/**
+ * Builds the objective/gradient closure for L-BFGS over packed theta = [W, b].
+ * Scratch is allocated once; calls do not allocate. `runner` (from ObjectivePool.bind) spreads
+ * the chunks over threads; without it they run here. Both give identical results.
+ */
+export function createLogisticObjective(
+  problem: LogisticProblem,
+  runner?: RunnerFactory,
+): (theta: Float64Array, grad: Float64Array) => number {
+  checkProblem(problem);
+  const { n, d, k, lambda } = problem;
+  const kd = k * d;
+  const len = kd + k;
+  const chunks = objectiveChunks(n);
+  const losses = new Float64Array(chunks.length);
+  const partials = new Float64Array(chunks.length * len);
+  const run = runner && chunks.length > 1 ? runner(problem, chunks) : serialRunner(problem, chunks);
 
   return (theta: Float64Array, grad: Float64Array): number => {
-    computeLogits(X, n, d, theta, k, Z);
-    grad.fill(0);
-    let lossSum = 0;
-    for (let i = 0; i < n; i++) {
-      const zo = i * k;
-      // Stable log-sum-exp: shift by the row max so exp never overflows.
-      let zMax = -Infinity;
-      for (let c = 0; c < k; c++) if (Z[zo + c] > zMax) zMax = Z[zo + c];
-      const yi = y[i];
-      // Use the shifted logit, not log(p_y): p_y can underflow to 0 for a confident mistake.
-      const zy = Z[zo + yi] - zMax;
-      let sumExp = 0;
-      for (let c = 0; c < k; c++) {
-        const e = Math.exp(Z[zo + c] - zMax);
-        Z[zo + c] = e;
-        sumExp += e;
-      }
-      lossSum += Math.log(sumExp) - zy;
-      // Residual r_c = (p_c - [c = y_i]) / n overwrites the logits; db_c = sum_i r_c.
-      const scale = invN / sumExp;
-      for (let c = 0; c < k; c++) {
-        const r = Z[zo + c] * scale - (c === yi ? invN : 0);
-        Z[zo + c] = r;
-        grad[kd + c] += r;
-      }
+    run.run(theta, losses, partials);
+    grad.set(partials.subarray(0, len));
+    let lossSum = losses[0]!;
+    for (let c = 1; c < chunks.length; c++) {
+      lossSum += losses[c]!;
+      const off = c * len;
+      for (let j = 0; j < len; j++) grad[j] += partials[off + j]!;
     }
-    accumulateGradient(X, n, d, Z, k, grad);
     let penalty = 0;
     for (let j = 0; j < kd; j++) {
       const w = theta[j];
       penalty += w * w;
       grad[j] += lambda * w;
     }
-    return lossSum * invN + 0.5 * lambda * penalty;
+    return lossSum / n + 0.5 * lambda * penalty;
   };
 }
 
@@ -254,6 +330,8 @@ export interface FitInput {
   maxIterations?: number;
   /** Warm start; default all zeros (deterministic). */
   init?: SoftmaxParams;
+  /** Runs the objective's row chunks on several threads (same result as without). */
+  runner?: RunnerFactory;
 }
 
 /** A fitted model with optimiser diagnostics. `loss` is the penalised objective. */
@@ -268,7 +346,7 @@ export interface FitResult extends SoftmaxParams {
 /** Fits multinomial logistic regression by L-BFGS. */
 export function fitLogisticRegression(input: FitInput): FitResult {
   const { X, n, d, y, k, lambda } = input;
-  const fg = createLogisticObjective({ X, n, d, y, k, lambda });
+  const fg = createLogisticObjective({ X, n, d, y, k, lambda }, input.runner);
   const kd = k * d;
   const theta0 = new Float64Array(kd + k);
   if (input.init) {
@@ -367,6 +445,8 @@ export interface SelectInput {
   /** Candidate lambdas; default DEFAULT_LAMBDAS. */
   lambdas?: readonly number[];
   maxIterations?: number;
+  /** Spreads each fit's objective over threads (see ObjectivePool); results are identical. */
+  runner?: RunnerFactory;
 }
 
 /** The chosen lambda, the final model refitted on train+val, and the search trace. */
@@ -430,7 +510,7 @@ export function selectLambdaAndFit(input: SelectInput): SelectResult {
   } else {
     let best: { score: LambdaScore; model: SoftmaxParams } | undefined;
     for (const lambda of descending) {
-      const fit = fitLogisticRegression({ X: train.X, n: train.n, d, y: train.y, k, lambda, maxIterations, init });
+      const fit = fitLogisticRegression({ X: train.X, n: train.n, d, y: train.y, k, lambda, maxIterations, init, runner: input.runner });
       init = { W: fit.W, b: fit.b };
       const { accuracy, logLoss } = scoreOn(init, val, d, k);
       const score: LambdaScore = { lambda, accuracy, logLoss, iterations: fit.iterations, converged: fit.converged };
@@ -461,7 +541,7 @@ export function selectLambdaAndFit(input: SelectInput): SelectResult {
   const y = new Int32Array(n);
   y.set(train.y, 0);
   y.set(val.y, train.n);
-  const final = fitLogisticRegression({ X, n, d, y, k, lambda: chosen, maxIterations, init });
+  const final = fitLogisticRegression({ X, n, d, y, k, lambda: chosen, maxIterations, init, runner: input.runner });
   return {
     lambda: chosen,
     model: { W: final.W, b: final.b },

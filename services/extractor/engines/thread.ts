@@ -7,7 +7,7 @@
  * `loadEngineInThread(spec, deps)` has the same contract as `loadEngine`; its engine's `embed`
  * rejects with a retryable error if the thread dies, and `onExit` tells the owner to make a new one.
  */
-import { Worker, isMainThread, parentPort } from 'node:worker_threads';
+import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import {
   BadRequestError,
   DeepfeatError,
@@ -19,6 +19,9 @@ import {
   type ErrorCode,
 } from '../../../shared/errors.js';
 import type { EngineDeps, FeatureEngine, FeatureSpec } from './engine.js';
+
+/** Marks the engine thread, so other threads importing this module do nothing. */
+const ROLE = 'deepfeat-engine';
 
 /** Engine settings that cross to the thread (everything in EngineDeps but the callbacks). */
 type ThreadOptions = Omit<EngineDeps, 'readObject' | 'log'>;
@@ -77,7 +80,7 @@ export interface ThreadedEngine extends FeatureEngine {
 /** Build the engine `spec` asks for in a new worker thread; resolves once it is warmed up. */
 export function loadEngineInThread(spec: FeatureSpec, deps: EngineDeps): Promise<ThreadedEngine> {
   const { readObject, log, ...options } = deps;
-  const worker = new Worker(new URL('./engine-thread-entry.mjs', import.meta.url));
+  const worker = new Worker(new URL('./engine-thread-entry.mjs', import.meta.url), { workerData: { role: ROLE } });
   const pending = new Map<number, { resolve: (rows: Float32Array) => void; reject: (err: Error) => void }>();
   let nextId = 1;
   let disposed = false;
@@ -243,4 +246,4 @@ async function serve(port: NonNullable<typeof parentPort>): Promise<void> {
     }
   });
 }
-if (!isMainThread && parentPort) void serve(parentPort);
+if (!isMainThread && parentPort && (workerData as { role?: string } | null)?.role === ROLE) void serve(parentPort);
