@@ -45,6 +45,8 @@ export interface Config {
     readonly engine: EngineChoice;
     /** Intra-op threads for ONNX Runtime's CPU provider; 0 = one per core. */
     readonly engineThreads: number;
+    /** Seconds one forward pass may take before the engine thread is replaced and the job retried. */
+    readonly engineTimeoutSeconds: number;
     readonly onnxProvider: OnnxProviderChoice;
     /** Where converted ONNX models are cached; '' disables the cache. */
     readonly cacheDir: string;
@@ -70,6 +72,7 @@ export const ENV_DOC: Readonly<Record<string, string>> = {
   DEEPFEAT_MAX_IMAGE_PIXELS: 'decoded-size limit against decompression bombs (default 100000000)',
   DEEPFEAT_ENGINE: 'auto|onnx|tfjs: engine for graph backbones (default auto: ONNX Runtime, or TF.js where the graph does not convert or tfjs-node-gpu has a GPU that ONNX Runtime cannot use)',
   DEEPFEAT_ENGINE_THREADS: 'ONNX Runtime CPU threads per extractor process (default 0 = one per core; with N extractors on one host use cores/N)',
+  DEEPFEAT_ENGINE_TIMEOUT: 'seconds one batch may spend in the engine before its thread is restarted and the job retried (default 600)',
   DEEPFEAT_ONNX_PROVIDER: 'auto|cuda|cpu (default auto: CUDA where onnxruntime-node has its CUDA binaries, else CPU)',
   DEEPFEAT_CACHE_DIR: 'cache of backbones converted to ONNX (default $XDG_CACHE_HOME/deepfeat or ~/.cache/deepfeat; empty = no cache)',
   DEEPFEAT_TFJS_BACKEND: 'auto|tensorflow|wasm|cpu (default auto: tfjs-node-gpu, tfjs-node, then wasm)',
@@ -175,6 +178,7 @@ export function loadConfig(env: Env = process.env): Config {
       tfjsBackend: r.oneOf('DEEPFEAT_TFJS_BACKEND', ['auto', 'tensorflow', 'wasm', 'cpu'] as const, 'auto'),
       engine: r.oneOf('DEEPFEAT_ENGINE', ['auto', 'onnx', 'tfjs'] as const, 'auto'),
       engineThreads: r.int('DEEPFEAT_ENGINE_THREADS', 0, 0, 256),
+      engineTimeoutSeconds: r.int('DEEPFEAT_ENGINE_TIMEOUT', 600, 1, 86_400),
       onnxProvider: r.oneOf('DEEPFEAT_ONNX_PROVIDER', ['auto', 'cuda', 'cpu'] as const, 'auto'),
       cacheDir: env.DEEPFEAT_CACHE_DIR !== undefined ? env.DEEPFEAT_CACHE_DIR.trim() : defaultCacheDir(env),
     },

@@ -29,6 +29,7 @@ test('defaults from an empty env', (t) => {
       tfjsBackend: 'auto',
       engine: 'auto',
       engineThreads: 0,
+      engineTimeoutSeconds: 600,
       onnxProvider: 'auto',
       cacheDir: path.join(os.tmpdir(), 'deepfeat'),
     },
@@ -69,6 +70,7 @@ test('values are read, trimmed and typed', (t) => {
     DEEPFEAT_TFJS_BACKEND: 'wasm',
     DEEPFEAT_ENGINE: 'onnx',
     DEEPFEAT_ENGINE_THREADS: '1',
+    DEEPFEAT_ENGINE_TIMEOUT: '90',
     DEEPFEAT_ONNX_PROVIDER: 'cpu',
     DEEPFEAT_CACHE_DIR: '/var/cache/df',
     LOG_LEVEL: 'debug',
@@ -87,6 +89,7 @@ test('values are read, trimmed and typed', (t) => {
     tfjsBackend: 'wasm',
     engine: 'onnx',
     engineThreads: 1,
+    engineTimeoutSeconds: 90,
     onnxProvider: 'cpu',
     cacheDir: '/var/cache/df',
   });
@@ -120,6 +123,7 @@ test('each kind of bad value is a problem', (t) => {
     [{ DEEPFEAT_TFJS_BACKEND: 'gpu' }, /^DEEPFEAT_TFJS_BACKEND=.*auto, tensorflow, wasm, cpu/],
     [{ DEEPFEAT_ENGINE: 'tensorrt' }, /^DEEPFEAT_ENGINE=.*auto, onnx, tfjs/],
     [{ DEEPFEAT_ENGINE_THREADS: '-1' }, /^DEEPFEAT_ENGINE_THREADS=/],
+    [{ DEEPFEAT_ENGINE_TIMEOUT: '0' }, /^DEEPFEAT_ENGINE_TIMEOUT=/],
     [{ DEEPFEAT_ONNX_PROVIDER: 'rocm' }, /^DEEPFEAT_ONNX_PROVIDER=.*auto, cuda, cpu/],
     [{ LOG_LEVEL: 'loud' }, /^LOG_LEVEL=/],
   ];

@@ -16,7 +16,7 @@ import { convertGraphToOnnx, UnsupportedGraphError } from '../services/extractor
 import { loadEngineInThread } from '../services/extractor/engines/thread.js';
 import { graphNodeNames, resolveNode } from '../services/extractor/engines/tfjs.js';
 import { decodeImage } from '../services/extractor/image.js';
-import { ModelError } from '../shared/errors.js';
+import { DeepfeatError, ModelError } from '../shared/errors.js';
 import type { FeatureSpec } from '../shared/features.js';
 
 const cacheDir = path.join(tmpdir(), `deepfeat-onnx-${randomUUID()}`);
@@ -182,6 +182,34 @@ test.serial('an engine in a worker thread gives the same rows and leaves the eve
   } finally {
     threaded.dispose();
     local.dispose();
+  }
+});
+
+test.serial('a batch with no answer in time ends the engine thread with a retryable error', async (t) => {
+  // 24 images take ONNX Runtime on one thread well over 100 ms; 10 ms cannot be met.
+  const engine = await loadEngineInThread({ kind: 'builtin', id: 'mobilenet_v2_mid' }, deps({ engine: 'onnx' }), {
+    timeoutMs: 10,
+    timeoutSetting: 'DEEPFEAT_ENGINE_TIMEOUT',
+  });
+  const exits: string[] = [];
+  engine.onExit((reason) => exits.push(reason));
+  try {
+    const err = await t.throwsAsync(engine.embed(images), { instanceOf: DeepfeatError });
+    t.false(err!.permanent, 'a timeout is retried by BullMQ, not a failed run');
+    t.regex(err!.message, /feature engine thread ended: no answer to a batch of 24 within 0\.01 s \(DEEPFEAT_ENGINE_TIMEOUT\)/);
+    t.deepEqual(exits, ['no answer to a batch of 24 within 0.01 s (DEEPFEAT_ENGINE_TIMEOUT)']);
+    // The engine stays dead: later calls fail at once instead of waiting on a terminated thread.
+    const again = await t.throwsAsync(engine.embed(images.slice(0, 1)), { instanceOf: DeepfeatError });
+    t.regex(again!.message, /feature engine thread ended/);
+  } finally {
+    engine.dispose();
+  }
+  // Within the limit the same engine answers normally.
+  const ok = await loadEngineInThread({ kind: 'builtin', id: 'mobilenet_v2_mid' }, deps({ engine: 'onnx' }), { timeoutMs: 60_000 });
+  try {
+    t.is((await ok.embed(images.slice(0, 2))).length, 2 * ok.dim);
+  } finally {
+    ok.dispose();
   }
 });
 

@@ -8,56 +8,44 @@ import { readFile } from 'node:fs/promises';
 import { mapLimit } from '../../shared/concurrency.js';
 import type { ShardRow } from '../../shared/dataset.js';
 import { ImageError, NotFoundError } from '../../shared/errors.js';
-import type { FeatureSpec } from '../../shared/features.js';
 import { writeShard } from '../../shared/feature-store.js';
-import type { Logger } from '../../shared/logger.js';
 import { ObjectTooLargeError, getObjectBytes, parseS3Url } from '../../shared/s3.js';
 import type { ImageFailure } from '../../shared/run-state.js';
 import { startWorker, type ServiceContext } from '../../shared/worker-kit.js';
-import { loadEngineInThread, type ThreadedEngine } from './engines/thread.js';
+import { createEngineCache } from './engine-cache.js';
+import { loadEngineInThread } from './engines/thread.js';
 import { decodeImage } from './image.js';
 
 type Decoded = { ok: true; pixels: Uint8Array } | { ok: false; reason: string };
 
 export function startExtractorWorker(ctx: ServiceContext, concurrency = 1) {
   const { extractor: cfg } = ctx.config;
-  // One engine per process, in its own thread, cached across jobs by spec; a different spec
-  // replaces it, and a crashed thread is replaced on the next job.
-  let cached: { key: string; engine: Promise<ThreadedEngine> } | undefined;
-  const engineFor = (spec: FeatureSpec, log: Logger): Promise<ThreadedEngine> => {
-    const key = JSON.stringify(spec);
-    if (cached?.key !== key) {
-      const previous = cached?.engine;
-      previous?.then((e) => e.dispose()).catch(() => undefined);
-      const engine = loadEngineInThread(spec, {
-        backend: cfg.tfjsBackend,
-        engine: cfg.engine,
-        threads: cfg.engineThreads,
-        onnxProvider: cfg.onnxProvider,
-        cacheDir: cfg.cacheDir,
-        log: (msg, extra) => log.info(extra ?? {}, msg),
-        readObject: async (url) => {
-          if (!url.startsWith('s3://')) return new Uint8Array(await readFile(url));
-          const { bucket, key: objectKey } = parseS3Url(url);
-          return getObjectBytes(ctx.s3, bucket, objectKey);
+  // One engine per process, in its own thread (see engine-cache.ts).
+  const engines = createEngineCache(
+    (spec) =>
+      loadEngineInThread(
+        spec,
+        {
+          backend: cfg.tfjsBackend,
+          engine: cfg.engine,
+          threads: cfg.engineThreads,
+          onnxProvider: cfg.onnxProvider,
+          cacheDir: cfg.cacheDir,
+          log: (msg, extra) => ctx.log.info(extra ?? {}, msg),
+          readObject: async (url) => {
+            if (!url.startsWith('s3://')) return new Uint8Array(await readFile(url));
+            const { bucket, key: objectKey } = parseS3Url(url);
+            return getObjectBytes(ctx.s3, bucket, objectKey);
+          },
         },
-      });
-      const entry = { key, engine };
-      cached = entry;
-      const drop = () => {
-        if (cached === entry) cached = undefined;
-      };
-      engine.then((e) => e.onExit((reason) => {
-        log.error({ reason }, 'feature engine thread ended; a new one starts with the next job');
-        drop();
-      }), drop);
-    }
-    return cached!.engine;
-  };
+        { timeoutMs: cfg.engineTimeoutSeconds * 1000, timeoutSetting: 'DEEPFEAT_ENGINE_TIMEOUT' },
+      ),
+    (reason) => ctx.log.error({ reason }, 'feature engine thread ended; a new one starts with the next job'),
+  );
 
   const worker = startWorker(ctx, 'extract', async (data, _job, log) => {
     const { runId, shard, items, sourceBucket } = data;
-    const engine = await engineFor(data.features, log);
+    const engine = await engines.get(data.features);
     const fetchAndDecode = async (key: string): Promise<Decoded> => {
       try {
         const bytes = await getObjectBytes(ctx.s3, sourceBucket, key, cfg.maxImageBytes);
@@ -113,10 +101,7 @@ export function startExtractorWorker(ctx: ServiceContext, concurrency = 1) {
     if (failures.length > 0) log.warn({ runId, shard, failed: failures.length, first: failures[0] }, 'images failed');
     return { shard, rows: nRows, failed: failures.length, engine: engine.id, backend: engine.backend, input: `${engine.input.width}x${engine.input.height}` };
   }, concurrency);
-  worker.on('closed', () => {
-    cached?.engine.then((e) => e.dispose()).catch(() => undefined);
-    cached = undefined;
-  });
+  worker.on('closed', () => engines.close());
   return worker;
 }
 

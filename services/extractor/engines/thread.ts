@@ -6,6 +6,8 @@
  *
  * `loadEngineInThread(spec, deps)` has the same contract as `loadEngine`; its engine's `embed`
  * rejects with a retryable error if the thread dies, and `onExit` tells the owner to make a new one.
+ * A batch that gets no answer within `timeoutMs` counts as a dead thread too (a hung driver or a
+ * runaway graph): the thread is terminated, so a job can never hang while its lock is renewed.
  */
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import {
@@ -73,12 +75,23 @@ function fromWire(e: WireError): Error {
 }
 
 export interface ThreadedEngine extends FeatureEngine {
-  /** Called once if the thread ends other than by dispose() (crash, out of memory). */
+  /** Called once if the thread ends other than by dispose() (crash, out of memory, timeout). */
   onExit(listener: (reason: string) => void): void;
 }
 
+export interface ThreadOptionsExtra {
+  /**
+   * Longest wait for one `embed` call (including the batch ahead of it in the thread's queue),
+   * in milliseconds; past it the thread is terminated and every pending call rejects with a
+   * retryable error. Default: no limit.
+   */
+  timeoutMs?: number;
+  /** Named in the timeout message, so the reader knows what to change. */
+  timeoutSetting?: string;
+}
+
 /** Build the engine `spec` asks for in a new worker thread; resolves once it is warmed up. */
-export function loadEngineInThread(spec: FeatureSpec, deps: EngineDeps): Promise<ThreadedEngine> {
+export function loadEngineInThread(spec: FeatureSpec, deps: EngineDeps, extra: ThreadOptionsExtra = {}): Promise<ThreadedEngine> {
   const { readObject, log, ...options } = deps;
   const worker = new Worker(new URL('./engine-thread-entry.mjs', import.meta.url), { workerData: { role: ROLE } });
   const pending = new Map<number, { resolve: (rows: Float32Array) => void; reject: (err: Error) => void }>();
@@ -145,7 +158,17 @@ export function loadEngineInThread(spec: FeatureSpec, deps: EngineDeps): Promise
               const id = nextId++;
               busy();
               return new Promise<Float32Array>((resolve, reject) => {
-                pending.set(id, { resolve, reject });
+                const timer = extra.timeoutMs === undefined ? undefined : setTimeout(() => {
+                  const setting = extra.timeoutSetting ? ` (${extra.timeoutSetting})` : '';
+                  die(`no answer to a batch of ${images.length} within ${extra.timeoutMs! / 1000} s${setting}`);
+                  void worker.terminate();
+                }, extra.timeoutMs);
+                timer?.unref();
+                const settle = () => clearTimeout(timer);
+                pending.set(id, {
+                  resolve: (rows) => (settle(), resolve(rows)),
+                  reject: (err) => (settle(), reject(err)),
+                });
                 worker.postMessage({ type: 'embed', id, pixels, count: images.length } satisfies ToThread, [pixels.buffer]);
               });
             },
