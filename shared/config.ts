@@ -19,6 +19,11 @@ export interface S3Config {
   readonly forcePathStyle: boolean;
   /** Attempts per S3 request (AWS SDK's standard retry with backoff); transient faults only. */
   readonly maxAttempts: number;
+  /**
+   * Seconds an S3 connection may take to open, or stay silent while a request or response is
+   * under way, before the request fails as a transient fault (and is retried).
+   */
+  readonly timeoutSeconds: number;
 }
 
 export interface Config {
@@ -64,6 +69,7 @@ export const ENV_DOC: Readonly<Record<string, string>> = {
   S3_SECRET_ACCESS_KEY: 'S3 secret key (required when S3_ACCESS_KEY_ID is set)',
   S3_FORCE_PATH_STYLE: 'true|false; default true when S3_ENDPOINT is set',
   S3_MAX_ATTEMPTS: 'attempts per S3 request for transient faults (default 5)',
+  S3_TIMEOUT: 'seconds an S3 connection may take to open or stay silent mid-request before the request is retried (default 30)',
   DEEPFEAT_JOB_ATTEMPTS: 'attempts per pipeline job (default 3)',
   DEEPFEAT_SHARD_SIZE: 'images per extract job (default 256)',
   DEEPFEAT_BATCH_SIZE: "images per forward pass (default 0 = the engine's choice: 8 on CPU, 32 on GPU)",
@@ -165,6 +171,7 @@ export function loadConfig(env: Env = process.env): Config {
       secretAccessKey,
       forcePathStyle: r.bool('S3_FORCE_PATH_STYLE', endpoint !== undefined),
       maxAttempts: r.int('S3_MAX_ATTEMPTS', 5, 1, 20),
+      timeoutSeconds: r.int('S3_TIMEOUT', 30, 1, 3600),
     },
     logLevel: r.oneOf('LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info'),
     jobAttempts: r.int('DEEPFEAT_JOB_ATTEMPTS', 3, 1, 50),

@@ -26,6 +26,11 @@ export function createS3Client(cfg: S3Config): S3Client {
       : {}),
     forcePathStyle: cfg.forcePathStyle,
     maxAttempts: cfg.maxAttempts,
+    // The SDK sets no timeouts by default: a server that accepts a connection and then says
+    // nothing would hold a job forever while its worker keeps renewing the lock. Silence for
+    // S3_TIMEOUT seconds (connecting, or mid-request/response, body included) fails the request
+    // as a TimeoutError, which the SDK retries and storageError() classes as transient.
+    requestHandler: { connectionTimeout: cfg.timeoutSeconds * 1000, socketTimeout: cfg.timeoutSeconds * 1000 },
     // Without these, newer SDKs send streamed uploads with aws-chunked framing, which some
     // S3-compatible servers (s3rver, older MinIO) store verbatim inside the object.
     requestChecksumCalculation: 'WHEN_REQUIRED',

@@ -17,6 +17,7 @@ test('defaults from an empty env', (t) => {
       secretAccessKey: undefined,
       forcePathStyle: false,
       maxAttempts: 5,
+      timeoutSeconds: 30,
     },
     logLevel: 'info',
     jobAttempts: 3,
@@ -61,6 +62,7 @@ test('values are read, trimmed and typed', (t) => {
     S3_ACCESS_KEY_ID: 'AK',
     S3_SECRET_ACCESS_KEY: 'SK',
     S3_MAX_ATTEMPTS: '2',
+    S3_TIMEOUT: '7',
     DEEPFEAT_JOB_ATTEMPTS: '7',
     DEEPFEAT_SHARD_SIZE: '64',
     DEEPFEAT_BATCH_SIZE: '32',
@@ -78,7 +80,7 @@ test('values are read, trimmed and typed', (t) => {
   t.is(c.redisUrl, 'redis://:pw@redis:6380/1');
   t.is(c.queuePrefix, 'test_1');
   t.is(c.bucket, 'my.bucket-1');
-  t.deepEqual(c.s3, { endpoint: 'http://127.0.0.1:9000', region: 'eu-west-1', accessKeyId: 'AK', secretAccessKey: 'SK', forcePathStyle: true, maxAttempts: 2 });
+  t.deepEqual(c.s3, { endpoint: 'http://127.0.0.1:9000', region: 'eu-west-1', accessKeyId: 'AK', secretAccessKey: 'SK', forcePathStyle: true, maxAttempts: 2, timeoutSeconds: 7 });
   t.is(c.jobAttempts, 7);
   t.deepEqual(c.extractor, {
     shardSize: 64,
@@ -118,6 +120,7 @@ test('each kind of bad value is a problem', (t) => {
     [{ DEEPFEAT_QUEUE_PREFIX: 'a:b' }, /^DEEPFEAT_QUEUE_PREFIX=/],
     [{ S3_FORCE_PATH_STYLE: 'maybe' }, /^S3_FORCE_PATH_STYLE=.*true or false/],
     [{ S3_MAX_ATTEMPTS: '21' }, /^S3_MAX_ATTEMPTS=/],
+    [{ S3_TIMEOUT: '0' }, /^S3_TIMEOUT=/],
     [{ DEEPFEAT_BATCH_SIZE: '1.5' }, /^DEEPFEAT_BATCH_SIZE=/],
     [{ DEEPFEAT_FETCH_CONCURRENCY: 'eight' }, /^DEEPFEAT_FETCH_CONCURRENCY=/],
     [{ DEEPFEAT_TFJS_BACKEND: 'gpu' }, /^DEEPFEAT_TFJS_BACKEND=.*auto, tensorflow, wasm, cpu/],

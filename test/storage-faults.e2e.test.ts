@@ -2,7 +2,8 @@
  * Storage faults on real parts: the workers reach S3 through a fault-injecting TCP proxy
  * (test/helpers/fault-proxy.ts). Transient faults (a burst of 503 SlowDown, seconds of refused
  * connections) are retried — by the AWS SDK per request, then by BullMQ per job — and the run
- * completes with every image accounted for. Permanent faults (no such bucket, an unknown access
+ * completes with every image accounted for. A server that accepts a request and then says nothing
+ * is given up on after S3_TIMEOUT and asked again. Permanent faults (no such bucket, an unknown access
  * key) fail the run at once with a message that names the fix.
  */
 import test from 'ava';
@@ -20,6 +21,7 @@ const PER_CLASS = 40;
 let dep: Deployment;
 let proxy: FaultProxy;
 let workerEnv: Record<string, string>;
+let firstCat: string;
 const workers: WorkerProcess[] = [];
 const extraClients: Client[] = [];
 
@@ -32,8 +34,10 @@ test.before(async () => {
   });
   proxy = await startFaultProxy(dep.s3.endpoint);
   // The client (uploads, status) talks to S3 directly; the workers go through the proxy.
-  workerEnv = { ...dep.env, S3_ENDPOINT: proxy.endpoint };
+  // S3_TIMEOUT is short so the silent-server test below waits seconds, not the default 30.
+  workerEnv = { ...dep.env, S3_ENDPOINT: proxy.endpoint, S3_TIMEOUT: '2' };
   const images = await loadDemoImages({ perClass: PER_CLASS });
+  firstCat = images.find((i) => i.label === 'cat')!.name;
   await Promise.all(images.map((img) => dep.put(`pets/${img.label}/${img.name}`, img.png)));
   workers.push(spawnWorker(workerEnv, 'planner'), spawnWorker(workerEnv, 'trainer'), spawnWorker(workerEnv, 'evaluator'));
 });
@@ -101,6 +105,31 @@ test.serial('a burst of 503 SlowDown and seconds of refused connections during e
   t.deepEqual(rows.map((r) => r.key).sort(), [...manifest].sort());
   t.true(rows.every((r) => 'row' in r));
   t.is(extractor.child.exitCode, null, 'the extractor survived the faults');
+});
+
+test.serial('a GET that the server accepts and never answers times out after S3_TIMEOUT, is retried, and the run completes', async (t) => {
+  t.timeout(120_000);
+  if (!workers.some((w) => w.child.exitCode === null && w.child.spawnargs.includes('extractor'))) workers.push(spawnWorker(workerEnv, 'extractor'));
+  // The proxy parks every GET of one image: connection open, no answer, until released.
+  const target = `/${dep.dataBucket}/pets/cat/${firstCat}`;
+  const hold = proxy.holdRequests((method, path) => method === 'GET' && path === target);
+  const runId = await enqueueRun(dep.client, { source: `s3://${dep.dataBucket}/pets/`, name: 'silent', features: RAW_PIXELS });
+  await hold.hit;
+  const t0 = Date.now();
+  // Without a timeout the worker would wait on that socket for ever; with S3_TIMEOUT=2 it closes
+  // the connection (the proxy counts the parked request as dropped) and asks again.
+  await until('the worker to give up on the silent GET', async () => (hold.dropped > 0 ? true : undefined), 30_000);
+  const gaveUpMs = Date.now() - t0;
+  t.log(`the worker gave up on the unanswered GET after ${gaveUpMs} ms (S3_TIMEOUT=2)`);
+  t.true(gaveUpMs >= 1000, `gave up after ${gaveUpMs} ms, before the timeout could have passed`);
+  const before = await getStatus(dep.client, runId);
+  t.not(before.stage, 'published', 'the run was waiting on the held image');
+  hold.release();
+
+  const s = await waitForRun(dep.client, runId);
+  t.is(s.stage, 'published', s.error?.message);
+  t.is(s.done, 2 * PER_CLASS);
+  t.is(s.failed, 0);
 });
 
 test.serial('a source bucket that does not exist fails the run quickly, naming the bucket and the fix', async (t) => {
