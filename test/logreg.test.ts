@@ -306,8 +306,10 @@ test('objective chunks depend on n only and cover every row once', (t) => {
     for (let c = 1; c < chunks.length; c++) t.is(chunks[c]![0], chunks[c - 1]![1]);
     t.true(chunks.length >= 1 && chunks.length <= 8);
   }
-  t.is(objectiveChunks(1000).length, 1);
-  t.true(objectiveChunks(20000).length > 1);
+  t.is(objectiveChunks(300).length, 1);
+  t.is(objectiveChunks(1400).length, 4);
+  t.is(objectiveChunks(20000).length, 8);
+  for (const n of [1, 511, 512, 1400, 4096, 5000, 20000]) t.true([1, 2, 4, 8].includes(objectiveChunks(n).length));
 });
 
 test.serial('fits on the objective thread pool give the same bits as on one thread', async (t) => {

@@ -34,8 +34,11 @@ export function fitInThread(input: SelectInput): Promise<SelectResult> {
 /** Marks the fit thread, so other threads importing this module do nothing. */
 const ROLE = 'deepfeat-fit';
 
-/** Below this much work per objective evaluation (rows × features × classes), threads cost more than they save. */
-const POOL_MIN_WORK = 20_000_000;
+/**
+ * Below this much work per objective evaluation (rows × features × classes; 2·10⁶ is about 2 ms
+ * on one core), waking the helper threads costs more than they save.
+ */
+const POOL_MIN_WORK = 2_000_000;
 
 if (!isMainThread && parentPort && (workerData as { role?: string } | null)?.role === ROLE) {
   const port = parentPort;

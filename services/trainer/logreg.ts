@@ -138,7 +138,10 @@ function accumulateGradient(X: Float32Array, n: number, d: number, R: Float64Arr
  * gives the same bits whether the chunks run on one thread or on several (ObjectivePool).
  */
 export function objectiveChunks(n: number): Array<[start: number, end: number]> {
-  const count = Math.max(1, Math.min(8, Math.floor(n / 2048)));
+  // 1, 2, 4 or 8 chunks of at least 256 rows: even shares for 2, 4 or 8 threads, and a chunk's
+  // own cost (summing its k·d gradient) stays small next to its rows' work.
+  let count = 1;
+  while (count < 8 && n / (count * 2) >= 256) count *= 2;
   const per = Math.ceil(n / count);
   const out: Array<[number, number]> = [];
   for (let s = 0; s < n; s += per) out.push([s, Math.min(n, s + per)]);
