@@ -96,6 +96,10 @@ test.serial('batches of any size give the rows of single images', async (t) => {
     const one = await e.embed([images[3]!]);
     t.true(maxRowRelErr(all.subarray(3 * e.dim, 4 * e.dim), one, e.dim) < 1e-5);
     t.is((await e.embed([])).length, 0);
+    // Overlapping calls (the input buffer is reused only when free) each get their own rows.
+    const [a, b] = await Promise.all([e.embed(images.slice(0, 3)), e.embed(images.slice(3, 5))]);
+    t.true(maxRowRelErr(a, all.subarray(0, 3 * e.dim), e.dim) < 1e-5);
+    t.true(maxRowRelErr(b, all.subarray(3 * e.dim), e.dim) < 1e-5);
   } finally {
     e.dispose();
   }

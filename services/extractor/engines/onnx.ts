@@ -158,8 +158,11 @@ class OnnxEngine implements FeatureEngine {
   readonly preferredBatch: number;
   #dim = 0;
   #disposed = false;
-  readonly #scale: number;
-  readonly #offset: number;
+  /** Input value of each pixel byte, scaled to the model's range. */
+  readonly #lut = new Float32Array(256);
+  /** The input batch buffer, kept between batches (a fresh 5 MB array per batch cost ~0.5 ms/image). */
+  #input: Float32Array | undefined;
+  #inputInUse = false;
 
   constructor(
     private readonly ort: typeof Ort,
@@ -171,7 +174,8 @@ class OnnxEngine implements FeatureEngine {
     this.backend = backend;
     this.input = { width: o.size, height: o.size };
     this.preferredBatch = backend.includes('CUDA') ? 32 : 8;
-    [this.#scale, this.#offset] = { '0,1': [1 / 255, 0], '-1,1': [2 / 255, -1], '0,255': [1, 0] }[o.inputRange];
+    const [scale, offset] = { '0,1': [1 / 255, 0], '-1,1': [2 / 255, -1], '0,255': [1, 0] }[o.inputRange];
+    for (let v = 0; v < 256; v++) this.#lut[v] = v * scale + offset;
   }
 
   get dim(): number {
@@ -193,31 +197,52 @@ class OnnxEngine implements FeatureEngine {
     return out;
   }
 
-  /** uint8 HWC images → float32 NCHW scaled to the model's range → pooled rows. */
+  /**
+   * uint8 HWC images → float32 NCHW scaled to the model's range → pooled rows.
+   *
+   * This conversion runs on the engine's thread between forward passes, so it is kept tight
+   * (measured, batch 8: 1.2 ms/image with a new array and a closure per image, 0.25 ms/image now):
+   * a plain loop, a lookup table instead of a multiply-add, and one input buffer reused while no
+   * other batch is using it (calls can overlap when the engine is used in-process).
+   */
   async #run(images: readonly Uint8Array[]): Promise<Float32Array> {
     const { width: w, height: h } = this.input;
     const plane = w * h;
-    const x = new Float32Array(images.length * 3 * plane);
-    const [scale, offset] = [this.#scale, this.#offset];
-    images.forEach((img, n) => {
-      if (img.length !== plane * 3) {
-        throw new DeepfeatError('INTERNAL', `${this.id}: image ${n} has ${img.length} bytes, expected ${w}×${h}×3 = ${plane * 3}`);
+    const len = images.length * 3 * plane;
+    const reuse = !this.#inputInUse;
+    let x: Float32Array;
+    if (reuse) {
+      if (!this.#input || this.#input.length < len) this.#input = new Float32Array(len);
+      x = this.#input.length === len ? this.#input : this.#input.subarray(0, len);
+      this.#inputInUse = true;
+    } else {
+      x = new Float32Array(len);
+    }
+    try {
+      const lut = this.#lut;
+      for (let n = 0; n < images.length; n++) {
+        const img = images[n]!;
+        if (img.length !== plane * 3) {
+          throw new DeepfeatError('INTERNAL', `${this.id}: image ${n} has ${img.length} bytes, expected ${w}×${h}×3 = ${plane * 3}`);
+        }
+        const r = n * 3 * plane;
+        const g = r + plane;
+        const b = g + plane;
+        for (let p = 0, q = 0; p < plane; p++, q += 3) {
+          x[r + p] = lut[img[q]!]!;
+          x[g + p] = lut[img[q + 1]!]!;
+          x[b + p] = lut[img[q + 2]!]!;
+        }
       }
-      const r = n * 3 * plane;
-      const g = r + plane;
-      const b = g + plane;
-      for (let p = 0, q = 0; p < plane; p++, q += 3) {
-        x[r + p] = img[q]! * scale + offset;
-        x[g + p] = img[q + 1]! * scale + offset;
-        x[b + p] = img[q + 2]! * scale + offset;
-      }
-    });
-    const feeds = { [ONNX_INPUT]: new this.ort.Tensor('float32', x, [images.length, 3, h, w]) };
-    const result = await this.session.run(feeds);
-    const y = result[ONNX_OUTPUT]!;
-    const data = y.data as Float32Array;
-    this.#dim = this.#dim || (y.dims[1] as number);
-    return data;
+      const feeds = { [ONNX_INPUT]: new this.ort.Tensor('float32', x, [images.length, 3, h, w]) };
+      const result = await this.session.run(feeds);
+      const y = result[ONNX_OUTPUT]!;
+      const data = y.data as Float32Array;
+      this.#dim = this.#dim || (y.dims[1] as number);
+      return data;
+    } finally {
+      if (reuse) this.#inputInUse = false;
+    }
   }
 
   dispose(): void {
