@@ -210,14 +210,9 @@ class OnnxEngine implements FeatureEngine {
     const plane = w * h;
     const len = images.length * 3 * plane;
     const reuse = !this.#inputInUse;
-    let x: Float32Array;
-    if (reuse) {
-      if (!this.#input || this.#input.length < len) this.#input = new Float32Array(len);
-      x = this.#input.length === len ? this.#input : this.#input.subarray(0, len);
-      this.#inputInUse = true;
-    } else {
-      x = new Float32Array(len);
-    }
+    if (reuse && (this.#input?.length ?? 0) < len) this.#input = new Float32Array(len);
+    const x = reuse ? this.#input!.subarray(0, len) : new Float32Array(len);
+    this.#inputInUse = true;
     try {
       const lut = this.#lut;
       for (let n = 0; n < images.length; n++) {
