@@ -75,6 +75,20 @@ interface ShardProgress {
   input?: string;
 }
 
+/**
+ * RunStore.fail as one Redis script. KEYS[1] the run hash; ARGV: code, error JSON, updatedAt.
+ * Never leaves 'published'; an existing error is replaced only when it is INTERNAL and the new
+ * one is not.
+ */
+const FAIL_SCRIPT = `
+local stage = redis.call('HGET', KEYS[1], 'stage')
+if stage == 'published' then return 0 end
+local previous = redis.call('HGET', KEYS[1], 'error')
+if previous and (ARGV[1] == 'INTERNAL' or cjson.decode(previous).code ~= 'INTERNAL') then return 0 end
+redis.call('HSET', KEYS[1], 'stage', 'failed', 'error', ARGV[2], 'updatedAt', ARGV[3])
+return 1
+`;
+
 export class RunStore {
   constructor(
     private readonly redis: Redis,
@@ -132,9 +146,10 @@ export class RunStore {
    * report must neither hide nor replace the child's own reason.
    */
   async fail(runId: string, code: string, message: string): Promise<void> {
-    const previous = await this.redis.hget(this.key(runId), 'error');
-    if (previous !== null && (code === 'INTERNAL' || (JSON.parse(previous) as { code: string }).code !== 'INTERNAL')) return;
-    await this.setStage(runId, 'failed', { error: JSON.stringify({ code, message }) });
+    // One script, so the check and the write are atomic: the child and its parent fail in
+    // different processes at nearly the same moment, and a read-then-write from each let the
+    // generic report overwrite the specific one.
+    await this.redis.eval(FAIL_SCRIPT, 1, this.key(runId), code, JSON.stringify({ code, message }), new Date().toISOString());
   }
 
   async setResult(runId: string, metrics: RunMetrics, model: PublishedModel): Promise<void> {
