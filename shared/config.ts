@@ -38,6 +38,12 @@ export interface Config {
   readonly jobAttempts: number;
   /** Jobs at once per worker started by a service main (WORKER_CONCURRENCY). */
   readonly workerConcurrency: number;
+  /**
+   * Largest manifest (.csv/.jsonl) the planner reads, in bytes; a larger one fails the run unread.
+   * Parsing holds the planner's event loop (CSV about 4 MB/s on one core), which must keep
+   * renewing its 15 s job lock: the 32 MiB default stays well inside that.
+   */
+  readonly maxManifestBytes: number;
   readonly extractor: {
     readonly shardSize: number;
     /** Images per forward pass; 0 = the engine's preferred batch (FeatureEngine.preferredBatch). */
@@ -55,6 +61,23 @@ export interface Config {
     readonly onnxProvider: OnnxProviderChoice;
     /** Where converted ONNX models are cached; '' disables the cache. */
     readonly cacheDir: string;
+    /**
+     * Local folders a run's `--model PATH` may read from (resolved, symlinks followed). Empty by
+     * default: a run request is untrusted input, so workers read user models from s3:// only.
+     */
+    readonly modelDirs: readonly string[];
+    /** Largest model file (one weight file, one .onnx) a worker reads, and the cap on all of a model's weight files together, in bytes. */
+    readonly maxModelBytes: number;
+    /** Image formats (sharp's names) the extractor decodes; anything else is recorded as a failure. */
+    readonly imageFormats: readonly string[];
+    /** Seconds one image's decode and resize may take before it is recorded as a failure. */
+    readonly decodeTimeoutSeconds: number;
+    /** Memory (MiB) each decoder process may use; an image needing more is recorded as a failure. */
+    readonly decodeMemoryMiB: number;
+  };
+  readonly trainer: {
+    /** Seconds one fit (L2 selection and refit) may take before its threads are ended and the job retried. */
+    readonly fitTimeoutSeconds: number;
   };
 }
 
@@ -72,6 +95,7 @@ export const ENV_DOC: Readonly<Record<string, string>> = {
   S3_TIMEOUT: 'seconds an S3 connection may take to open or stay silent mid-request before the request is retried (default 30)',
   DEEPFEAT_JOB_ATTEMPTS: 'attempts per pipeline job (default 3)',
   DEEPFEAT_SHARD_SIZE: 'images per extract job (default 256)',
+  DEEPFEAT_MAX_MANIFEST_BYTES: 'largest manifest .csv/.jsonl the planner reads (default 33554432 = 32 MiB, about 500,000 images)',
   DEEPFEAT_BATCH_SIZE: "images per forward pass (default 0 = the engine's choice: 8 on CPU, 32 on GPU)",
   DEEPFEAT_FETCH_CONCURRENCY: 'parallel S3 downloads per extractor (default 8)',
   DEEPFEAT_MAX_IMAGE_BYTES: 'larger objects are recorded as failures, not read (default 52428800)',
@@ -81,6 +105,12 @@ export const ENV_DOC: Readonly<Record<string, string>> = {
   DEEPFEAT_ENGINE_TIMEOUT: 'seconds one batch may spend in the engine before its thread is restarted and the job retried (default 600)',
   DEEPFEAT_ONNX_PROVIDER: 'auto|cuda|cpu (default auto: CUDA where onnxruntime-node has its CUDA binaries, else CPU)',
   DEEPFEAT_CACHE_DIR: 'cache of backbones converted to ONNX (default $XDG_CACHE_HOME/deepfeat or ~/.cache/deepfeat; empty = no cache)',
+  DEEPFEAT_MODEL_DIRS: "folders (':'-separated) a run's local --model path may be in; default none: user models come from s3:// only",
+  DEEPFEAT_MAX_MODEL_BYTES: 'largest model file a worker reads, and the most all weight files of one model may hold together (default 1073741824)',
+  DEEPFEAT_IMAGE_FORMATS: 'comma-separated image formats the extractor decodes (default jpeg,png,webp,gif,tiff,avif; svg and heif can be added)',
+  DEEPFEAT_DECODE_TIMEOUT: 'seconds one image may take to decode and resize before it is recorded as a failure (default 20)',
+  DEEPFEAT_DECODE_MEMORY: 'MiB of memory each image decoder process may use (its data limit); an image needing more is recorded as a failure (default 1024)',
+  DEEPFEAT_FIT_TIMEOUT: "seconds one trainer fit may take before its threads are ended and the job retried (default 3600)",
   DEEPFEAT_TFJS_BACKEND: 'auto|tensorflow|wasm|cpu (default auto: tfjs-node-gpu, tfjs-node, then wasm)',
   WORKER_CONCURRENCY: 'jobs at once per worker in services/*/main.ts (default 1; the CLI takes --concurrency)',
   LOG_LEVEL: 'pino level for workers (default info)',
@@ -128,6 +158,32 @@ class Reader {
     return fallback;
   }
 
+  /** ':'-separated absolute folders (PATH style). */
+  dirList(name: string): string[] {
+    const raw = this.str(name);
+    if (raw === undefined) return [];
+    const dirs = raw.split(':').map((d) => d.trim()).filter((d) => d !== '');
+    for (const d of dirs) {
+      if (!path.isAbsolute(d)) {
+        this.problems.push(`${name}=${JSON.stringify(raw)}: ${JSON.stringify(d)} is not an absolute path; list absolute folders separated by ':'`);
+      }
+    }
+    return dirs.filter((d) => path.isAbsolute(d));
+  }
+
+  /** Comma-separated subset of `allowed`. */
+  subsetOf<T extends string>(name: string, allowed: readonly T[], fallback: readonly T[]): T[] {
+    const raw = this.str(name);
+    if (raw === undefined) return [...fallback];
+    const items = raw.split(',').map((x) => x.trim().toLowerCase()).filter((x) => x !== '');
+    const bad = items.filter((x) => !(allowed as readonly string[]).includes(x));
+    if (bad.length > 0 || items.length === 0) {
+      this.problems.push(`${name}=${JSON.stringify(raw)}: expected a comma-separated list of ${allowed.join(', ')}`);
+      return [...fallback];
+    }
+    return [...new Set(items)] as T[];
+  }
+
   url(name: string, protocols: readonly string[]): string | undefined {
     const raw = this.str(name);
     if (raw === undefined) return undefined;
@@ -141,6 +197,17 @@ class Reader {
     }
   }
 }
+
+/** Image formats sharp can be asked to decode (its `metadata().format` names). */
+export const IMAGE_FORMATS = ['jpeg', 'png', 'webp', 'gif', 'tiff', 'avif', 'heif', 'svg'] as const;
+export type ImageFormat = (typeof IMAGE_FORMATS)[number];
+/**
+ * Decoded unless the operator says otherwise. SVG is off: it is a document, not a photograph,
+ * and rendering it runs a vector renderer over attacker-controlled content (embedded images,
+ * filters) whose time and memory the pixel limit does not bound. HEIF is off because sharp's
+ * prebuilt libvips decodes only its AV1 flavour (AVIF, listed separately).
+ */
+export const DEFAULT_IMAGE_FORMATS: readonly ImageFormat[] = ['jpeg', 'png', 'webp', 'gif', 'tiff', 'avif'];
 
 const BUCKET_NAME = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
 
@@ -176,6 +243,7 @@ export function loadConfig(env: Env = process.env): Config {
     logLevel: r.oneOf('LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info'),
     jobAttempts: r.int('DEEPFEAT_JOB_ATTEMPTS', 3, 1, 50),
     workerConcurrency: r.int('WORKER_CONCURRENCY', 1, 1, 256),
+    maxManifestBytes: r.int('DEEPFEAT_MAX_MANIFEST_BYTES', 32 * 1024 * 1024, 1, 500 * 1024 * 1024),
     extractor: {
       shardSize: r.int('DEEPFEAT_SHARD_SIZE', 256, 1, 100_000),
       batchSize: r.int('DEEPFEAT_BATCH_SIZE', 0, 0, 1024),
@@ -188,6 +256,14 @@ export function loadConfig(env: Env = process.env): Config {
       engineTimeoutSeconds: r.int('DEEPFEAT_ENGINE_TIMEOUT', 600, 1, 86_400),
       onnxProvider: r.oneOf('DEEPFEAT_ONNX_PROVIDER', ['auto', 'cuda', 'cpu'] as const, 'auto'),
       cacheDir: env.DEEPFEAT_CACHE_DIR !== undefined ? env.DEEPFEAT_CACHE_DIR.trim() : defaultCacheDir(env),
+      modelDirs: r.dirList('DEEPFEAT_MODEL_DIRS'),
+      maxModelBytes: r.int('DEEPFEAT_MAX_MODEL_BYTES', 1024 * 1024 * 1024, 1, 2 ** 40),
+      imageFormats: r.subsetOf('DEEPFEAT_IMAGE_FORMATS', IMAGE_FORMATS, DEFAULT_IMAGE_FORMATS),
+      decodeTimeoutSeconds: r.int('DEEPFEAT_DECODE_TIMEOUT', 20, 1, 3600),
+      decodeMemoryMiB: r.int('DEEPFEAT_DECODE_MEMORY', 1024, 256, 1024 * 1024),
+    },
+    trainer: {
+      fitTimeoutSeconds: r.int('DEEPFEAT_FIT_TIMEOUT', 3600, 1, 7 * 86_400),
     },
   };
   if (r.problems.length > 0) throw new ConfigError(r.problems);

@@ -33,9 +33,30 @@ test('defaults from an empty env', (t) => {
       engineTimeoutSeconds: 600,
       onnxProvider: 'auto',
       cacheDir: path.join(os.tmpdir(), 'deepfeat'),
+      modelDirs: [],
+      maxModelBytes: 1024 * 1024 * 1024,
+      imageFormats: ['jpeg', 'png', 'webp', 'gif', 'tiff', 'avif'],
+      decodeTimeoutSeconds: 20,
+      decodeMemoryMiB: 1024,
     },
+    trainer: { fitTimeoutSeconds: 3600 },
     workerConcurrency: 1,
+    maxManifestBytes: 32 * 1024 * 1024,
   });
+});
+
+test('DEEPFEAT_MODEL_DIRS: absolute folders separated by colons; a relative one is reported', (t) => {
+  t.deepEqual(loadConfig({ DEEPFEAT_MODEL_DIRS: '/srv/models: /opt/m ::' }).extractor.modelDirs, ['/srv/models', '/opt/m']);
+  const err = t.throws(() => loadConfig({ DEEPFEAT_MODEL_DIRS: '/srv/models:models' }), { instanceOf: ConfigError });
+  t.regex(err.message, /DEEPFEAT_MODEL_DIRS=.*: "models" is not an absolute path/);
+});
+
+test('DEEPFEAT_IMAGE_FORMATS: a subset of the known formats; SVG only when asked for', (t) => {
+  t.false(loadConfig({}).extractor.imageFormats.includes('svg'));
+  t.deepEqual(loadConfig({ DEEPFEAT_IMAGE_FORMATS: 'PNG, jpeg,svg,png' }).extractor.imageFormats, ['png', 'jpeg', 'svg']);
+  const err = t.throws(() => loadConfig({ DEEPFEAT_IMAGE_FORMATS: 'png,bmp' }), { instanceOf: ConfigError });
+  t.regex(err.message, /DEEPFEAT_IMAGE_FORMATS="png,bmp": expected a comma-separated list of jpeg, png/);
+  t.throws(() => loadConfig({ DEEPFEAT_IMAGE_FORMATS: ' , ' }), { instanceOf: ConfigError });
 });
 
 test('the ONNX cache goes under XDG_CACHE_HOME, else ~/.cache; an empty DEEPFEAT_CACHE_DIR turns it off', (t) => {
@@ -75,6 +96,13 @@ test('values are read, trimmed and typed', (t) => {
     DEEPFEAT_ENGINE_TIMEOUT: '90',
     DEEPFEAT_ONNX_PROVIDER: 'cpu',
     DEEPFEAT_CACHE_DIR: '/var/cache/df',
+    DEEPFEAT_MODEL_DIRS: '/srv/models',
+    DEEPFEAT_MAX_MODEL_BYTES: '5000',
+    DEEPFEAT_IMAGE_FORMATS: 'png,jpeg',
+    DEEPFEAT_DECODE_TIMEOUT: '3',
+    DEEPFEAT_DECODE_MEMORY: '512',
+    DEEPFEAT_FIT_TIMEOUT: '60',
+    DEEPFEAT_MAX_MANIFEST_BYTES: '4096',
     LOG_LEVEL: 'debug',
   });
   t.is(c.redisUrl, 'redis://:pw@redis:6380/1');
@@ -94,7 +122,14 @@ test('values are read, trimmed and typed', (t) => {
     engineTimeoutSeconds: 90,
     onnxProvider: 'cpu',
     cacheDir: '/var/cache/df',
+    modelDirs: ['/srv/models'],
+    maxModelBytes: 5000,
+    imageFormats: ['png', 'jpeg'],
+    decodeTimeoutSeconds: 3,
+    decodeMemoryMiB: 512,
   });
+  t.deepEqual(c.trainer, { fitTimeoutSeconds: 60 });
+  t.is(c.maxManifestBytes, 4096);
   t.is(c.logLevel, 'debug');
 });
 
