@@ -13,7 +13,7 @@ import { connectionFromUrl, makeQueue, QUEUE_NAMES, runRequestSchema, type Queue
 import { RUN_ID_PATTERN, RunStore, newRunId, type RunStatus } from '../shared/run-state.js';
 import { createS3Client, getObjectJson, parseS3Url, s3Url } from '../shared/s3.js';
 import { latestKey, modelKey, type LatestPointer, type ModelArtifact } from '../shared/model-format.js';
-import { jobOptions } from '../shared/worker-kit.js';
+import { WORKER_KIND, jobOptions, type WorkerKind } from '../shared/worker-kit.js';
 
 export interface Client {
   readonly config: Config;
@@ -117,7 +117,10 @@ export async function waitForRun(client: Client, runId: string, onUpdate?: (s: R
 }
 
 export interface WorkerInfo {
+  /** planner, extractor, trainer or evaluator. */
+  kind: WorkerKind;
   queue: QueueName;
+  /** kind@host:pid */
   name: string;
   addr: string;
   age: number;
@@ -133,7 +136,8 @@ export async function listWorkers(client: Client): Promise<WorkerInfo[]> {
       for (const w of await queue.getWorkers()) {
         // BullMQ names worker connections <prefix>:<queue>:w:<worker name>.
         const raw = String(w.rawname ?? w.name ?? '');
-        out.push({ queue: q, name: raw.includes(':w:') ? raw.slice(raw.indexOf(':w:') + 3) : raw, addr: String(w.addr ?? ''), age: Number(w.age ?? 0) });
+        const name = raw.includes(':w:') ? raw.slice(raw.indexOf(':w:') + 3) : raw;
+        out.push({ kind: WORKER_KIND[q], queue: q, name, addr: String(w.addr ?? ''), age: Number(w.age ?? 0) });
       }
     } finally {
       await queue.close();

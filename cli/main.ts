@@ -1,17 +1,21 @@
 /**
  * deepfeat — the command line. Producer and reader of the pipeline (run, status, download,
  * workers), launcher of workers (worker), and the one-command demo. Errors print one clear line
- * and exit non-zero: 2 for a bad request or configuration, 1 for a failed run or a fault.
+ * and exit non-zero: 2 when the request, configuration, dataset or model must change, 1 for a
+ * fault (exit-codes.ts decides, the same way for an error here and for a failed run).
  */
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { Command, Option } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import { ENV_DOC, loadConfig } from '../shared/config.js';
-import { BadRequestError, ConfigError, DeepfeatError, errorMessage } from '../shared/errors.js';
+import { BadRequestError, errorMessage } from '../shared/errors.js';
 import { DEFAULT_FEATURES, RAW_PIXELS, type FeatureSpec } from '../shared/features.js';
 import { createClient, downloadModel, enqueueRun, getQueueCounts, getStatus, isTerminal, listWorkers, waitForRun, type Client } from './client.js';
-import { formatStatus, table } from './format.js';
-import { startWorkers } from './workers.js';
+import { formatError, formatStatus, table } from './format.js';
+import { EXIT_BAD_INPUT, exitCodeForError, exitCodeForRun } from './exit-codes.js';
+import { runProgress } from './progress.js';
+import { KIND_NAMES, startWorkers } from './workers.js';
+import { WORKER_KIND } from '../shared/worker-kit.js';
 import { DEFAULT_DEMO, runDemo } from './demo.js';
 import { startS3Server } from './local-stack.js';
 
@@ -68,6 +72,9 @@ const program = new Command()
   .name('deepfeat')
   .description('Labelled images in S3 -> deep features -> logistic regression -> published classifier')
   .showHelpAfterError()
+  // Commander's own usage errors (unknown option, missing argument) are bad requests too: exit 2.
+  // Set before the subcommands are declared, which copy it.
+  .exitOverride()
   .addHelpText('after', `\nEnvironment:\n${Object.entries(ENV_DOC).map(([k, v]) => `  ${k.padEnd(26)} ${v}`).join('\n')}`);
 
 program
@@ -83,7 +90,7 @@ program
   .option('--seed <n>', 'seed of the stratified split', '42')
   .option('--split <fractions>', 'train,val,test fractions when the data has no split folders', '0.7,0.1,0.2')
   .option('--shard-size <n>', 'images per extract job')
-  .option('--wait', 'wait for the run to finish, with progress; exit 1 if it fails')
+  .option('--wait', 'wait for the run to finish, with progress; if it fails, exit 2 (bad dataset, model or bucket) or 1 (a fault)')
   .option('--json', 'print JSON')
   .action(async (source: string, o) => {
     await withClient(async (client) => {
@@ -96,7 +103,7 @@ program
         ...(o.shardSize ? { shardSize: Number(o.shardSize) } : {}),
       });
       const live = await listWorkers(client);
-      for (const [queue, kind] of [['plan', 'planner'], ['extract', 'extractor'], ['train', 'trainer'], ['evaluate', 'evaluator']] as const) {
+      for (const [queue, kind] of Object.entries(WORKER_KIND)) {
         if (!live.some((w) => w.queue === queue)) {
           console.error(`warning: no ${kind} worker is running on this Redis (${client.config.queuePrefix}); the run waits until one starts: deepfeat worker ${kind} (or all)`);
         }
@@ -106,36 +113,39 @@ program
         return;
       }
       if (!o.json) console.error(`run ${runId} queued; waiting (Ctrl-C stops waiting, not the run)`);
-      let last = '';
-      const s = await waitForRun(client, runId, (st) => {
-        const line = `${st.stage} ${st.done + st.failed}/${st.total}`;
-        if (!o.json && line !== last) {
-          process.stderr.write(`\r${line}${st.imagesPerSecond ? ` ${st.imagesPerSecond.toFixed(1)} img/s` : ''}   `);
-          last = line;
-        }
-      });
-      if (!o.json) process.stderr.write('\n');
+      const progress = o.json ? undefined : runProgress(process.stderr);
+      let s;
+      try {
+        s = await waitForRun(client, runId, (st) => progress?.update(st));
+      } finally {
+        progress?.stop();
+      }
       console.log(o.json ? JSON.stringify(s, null, 2) : formatStatus(s));
-      if (s.stage === 'failed') process.exitCode = exitCodeFor(s.error?.code);
+      process.exitCode = exitCodeForRun(s);
     });
   });
 
 program
   .command('status')
-  .description('stage, progress, failures, throughput, ETA and metrics of a run')
+  .description('stage, progress, failures, throughput, ETA and metrics of a run; a failed run exits 2 (bad dataset, model or bucket) or 1')
   .argument('<run>', 'run id')
   .option('--watch', 'refresh until the run ends')
   .option('--json', 'print JSON')
   .action(async (runId: string, o) => {
     await withClient(async (client) => {
       let s = await getStatus(client, runId);
+      // A terminal gets the whole status redrawn in place; anything else (a log, a pipe) gets
+      // plain progress lines, never screen-clearing escapes.
+      const redraw = !o.json && process.stdout.isTTY;
+      const progress = o.watch && !o.json && !redraw ? runProgress(process.stdout) : undefined;
       while (o.watch && !isTerminal(s)) {
-        if (!o.json) process.stdout.write('\x1b[2J\x1b[H' + formatStatus(s) + '\n');
+        if (redraw) process.stdout.write('\x1b[2J\x1b[H' + formatStatus(s) + '\n');
+        progress?.update(s);
         await new Promise((r) => setTimeout(r, 1000));
         s = await getStatus(client, runId);
       }
       console.log(o.json ? JSON.stringify(s, null, 2) : formatStatus(s));
-      if (s.stage === 'failed') process.exitCode = 1;
+      process.exitCode = exitCodeForRun(s);
     });
   });
 
@@ -159,7 +169,7 @@ program
     await withClient(async (client) => {
       const [workers, counts] = await Promise.all([listWorkers(client), getQueueCounts(client)]);
       if (o.json) return console.log(JSON.stringify({ workers, counts }, null, 2));
-      console.log(table([['queue', 'worker', 'address', 'age'], ...workers.map((w) => [w.queue, w.name, w.addr, `${w.age}s`])]));
+      console.log(table([['kind', 'worker', 'queue', 'address', 'age'], ...workers.map((w) => [w.kind, w.name, w.queue, w.addr, `${w.age}s`])]));
       console.log('\n' + table([['queue', 'waiting', 'active', 'delayed', 'waiting-children', 'completed', 'failed'], ...Object.entries(counts).map(([q, c]) => [q, ...['waiting', 'active', 'delayed', 'waiting-children', 'completed', 'failed'].map((k) => String(c[k] ?? 0))])]));
     });
   });
@@ -167,7 +177,7 @@ program
 program
   .command('worker')
   .description('run pipeline workers in this process until SIGTERM (start more processes, on more hosts, to scale)')
-  .argument('<kind>', 'planner | extractor | trainer | evaluator | all')
+  .argument('<kind>', KIND_NAMES.join(' | '))
   .option('--concurrency <n>', 'jobs at once per worker', '1')
   .action(async (kind: string, o) => {
     const n = Number(o.concurrency);
@@ -185,13 +195,14 @@ program
     process.exitCode = await runDemo({ perClass: Number(o.perClass), extractors: Number(o.extractors), dataDir: LOCAL_DIR });
   });
 
-function exitCodeFor(code: string | undefined): number {
-  return code === 'BAD_REQUEST' || code === 'CONFIG_INVALID' || code === 'DATASET_INVALID' || code === 'NOT_FOUND' ? 2 : 1;
-}
-
 try {
   await program.parseAsync(process.argv);
 } catch (err) {
-  console.error(`deepfeat: ${errorMessage(err)}`);
-  process.exitCode = err instanceof ConfigError || err instanceof BadRequestError ? 2 : err instanceof DeepfeatError ? exitCodeFor(err.code) : 1;
+  if (err instanceof CommanderError) {
+    // Commander has printed its message (and the help); --help and --version exit 0.
+    process.exitCode = err.exitCode === 0 ? 0 : EXIT_BAD_INPUT;
+  } else {
+    console.error(formatError(errorMessage(err)));
+    process.exitCode = exitCodeForError(err);
+  }
 }

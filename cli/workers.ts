@@ -2,7 +2,7 @@
 import type { Worker } from 'bullmq';
 import type { Config } from '../shared/config.js';
 import { QUEUE_NAMES, type QueueName } from '../shared/queues.js';
-import { closeOnSignal, createContext, type ServiceContext } from '../shared/worker-kit.js';
+import { WORKER_KIND, closeOnSignal, createContext, type ServiceContext } from '../shared/worker-kit.js';
 import { startPlannerWorker } from '../services/planner/worker.js';
 import { startExtractorWorker } from '../services/extractor/worker.js';
 import { startTrainerWorker } from '../services/trainer/worker.js';
@@ -17,18 +17,16 @@ const STARTERS = {
   evaluate: startEvaluatorWorker,
 } satisfies Record<QueueName, (ctx: ServiceContext, concurrency: number) => Worker>;
 
-/** Kind names users type, mapped to queues. */
+/** Kind names users type, mapped to queues: one kind per queue (WORKER_KIND), and `all`. */
 export const KINDS: Record<string, QueueName[]> = {
-  planner: ['plan'],
-  extractor: ['extract'],
-  trainer: ['train'],
-  evaluator: ['evaluate'],
+  ...Object.fromEntries(QUEUE_NAMES.map((q) => [WORKER_KIND[q], [q]])),
   all: [...QUEUE_NAMES],
 };
+export const KIND_NAMES = Object.keys(KINDS);
 
 export function startWorkers(config: Config, kind: string, concurrency: number): { ctx: ServiceContext; workers: Worker[] } {
   const queues = KINDS[kind];
-  if (!queues) throw new BadRequestError(`unknown worker kind ${JSON.stringify(kind)}: use one of ${Object.keys(KINDS).join(', ')}`);
+  if (!queues) throw new BadRequestError(`unknown worker kind ${JSON.stringify(kind)}: use one of ${KIND_NAMES.join(', ')}`);
   const ctx = createContext(config, kind);
   const workers = queues.map((q) => STARTERS[q](ctx, q === 'extract' ? concurrency : Math.max(1, concurrency)));
   closeOnSignal(ctx, workers);

@@ -3,16 +3,22 @@
  * deciding retry behaviour without parsing message text) and keeps its `cause`.
  * Messages name the object at fault and the way out.
  */
-export type ErrorCode =
-  | 'CONFIG_INVALID'
-  | 'BAD_REQUEST'
-  | 'DATASET_INVALID'
-  | 'NOT_FOUND'
-  | 'STORAGE_PERMANENT'
-  | 'STORAGE_TRANSIENT'
-  | 'IMAGE_INVALID'
-  | 'MODEL_INVALID'
-  | 'INTERNAL';
+export const ERROR_CODES = [
+  'CONFIG_INVALID',
+  'BAD_REQUEST',
+  'DATASET_INVALID',
+  'NOT_FOUND',
+  /** The bucket a run or the configuration names does not exist (a bad request, never retried). */
+  'BUCKET_NOT_FOUND',
+  /** Storage refused our credentials or the bucket policy refused access (never retried). */
+  'ACCESS_DENIED',
+  'STORAGE_PERMANENT',
+  'STORAGE_TRANSIENT',
+  'IMAGE_INVALID',
+  'MODEL_INVALID',
+  'INTERNAL',
+] as const;
+export type ErrorCode = (typeof ERROR_CODES)[number];
 
 export class DeepfeatError extends Error {
   readonly code: ErrorCode;
@@ -57,10 +63,17 @@ export class NotFoundError extends DeepfeatError {
   }
 }
 
-/** Object storage failed. `permanent` distinguishes "no such bucket" from "connection refused". */
+/** Codes a StorageError may carry besides the generic permanent/transient pair. */
+export type StorageErrorCode = 'BUCKET_NOT_FOUND' | 'ACCESS_DENIED' | 'STORAGE_PERMANENT' | 'STORAGE_TRANSIENT';
+
+/**
+ * Object storage failed. `permanent` distinguishes "no such bucket" from "connection refused";
+ * `code` names the two permanent cases a user fixes (a missing bucket, refused access), so the
+ * CLI can tell a bad request from a fault without reading the message.
+ */
 export class StorageError extends DeepfeatError {
-  constructor(message: string, options: { cause?: unknown; permanent: boolean }) {
-    super(options.permanent ? 'STORAGE_PERMANENT' : 'STORAGE_TRANSIENT', message, options);
+  constructor(message: string, options: { cause?: unknown; permanent: boolean; code?: StorageErrorCode }) {
+    super(options.code ?? (options.permanent ? 'STORAGE_PERMANENT' : 'STORAGE_TRANSIENT'), message, options);
   }
 }
 
@@ -76,6 +89,81 @@ export class ModelError extends DeepfeatError {
   constructor(message: string, options: { cause?: unknown } = {}) {
     super('MODEL_INVALID', message, options);
   }
+}
+
+/**
+ * A broken invariant inside deepfeat (a bug, not the user's input): users see "internal error",
+ * never "bad request". Permanent by default, since the same input fails the same way again; a
+ * thread that died (crash, out of memory, timeout) is the retryable kind (`permanent: false`).
+ */
+export class InternalError extends DeepfeatError {
+  constructor(message: string, options: { cause?: unknown; permanent?: boolean } = {}) {
+    super('INTERNAL', message, options);
+  }
+}
+
+/** An error as plain data, to cross a thread boundary (structured clone drops classes and fields). */
+export interface WireError {
+  name: string;
+  message: string;
+  code?: ErrorCode;
+  permanent?: boolean;
+  stack?: string;
+  cause?: WireError;
+}
+
+/** `err` as plain data, its cause chain kept a few levels deep (for logs on the other side). */
+export function toWireError(err: unknown, depth = 0): WireError {
+  const e = err instanceof Error ? err : undefined;
+  const wire: WireError = { name: e?.name ?? 'Error', message: errorMessage(err) };
+  if (err instanceof DeepfeatError) Object.assign(wire, { code: err.code, permanent: err.permanent });
+  if (e?.stack !== undefined) wire.stack = e.stack;
+  if (e?.cause !== undefined && depth < 3) wire.cause = toWireError(e.cause, depth + 1);
+  return wire;
+}
+
+/**
+ * The error class `toWireError` started from, rebuilt on this side of the boundary, so retry
+ * decisions (`permanent`), exit codes (`code`) and `instanceof` checks stay right. An error
+ * without a code (a plain Error, a TypeError) comes back as a plain Error with its name.
+ */
+export function fromWireError(w: WireError): Error {
+  const options = w.cause === undefined ? {} : { cause: fromWireError(w.cause) };
+  let err: Error;
+  switch (w.code) {
+    case undefined:
+      err = Object.assign(new Error(w.message, options), { name: w.name });
+      break;
+    case 'BAD_REQUEST':
+      err = new BadRequestError(w.message, options);
+      break;
+    case 'DATASET_INVALID':
+      err = new DatasetError(w.message, options);
+      break;
+    case 'NOT_FOUND':
+      err = new NotFoundError(w.message, options);
+      break;
+    case 'IMAGE_INVALID':
+      err = new ImageError(w.message, options);
+      break;
+    case 'MODEL_INVALID':
+      err = new ModelError(w.message, options);
+      break;
+    case 'INTERNAL':
+      err = new InternalError(w.message, { ...options, permanent: w.permanent });
+      break;
+    case 'BUCKET_NOT_FOUND':
+    case 'ACCESS_DENIED':
+    case 'STORAGE_PERMANENT':
+    case 'STORAGE_TRANSIENT':
+      err = new StorageError(w.message, { ...options, permanent: w.permanent ?? w.code !== 'STORAGE_TRANSIENT', code: w.code });
+      break;
+    default:
+      err = new DeepfeatError(w.code, w.message, { ...options, permanent: w.permanent });
+  }
+  // The stack of the thread where it was thrown says more than that of the message handler.
+  if (w.stack !== undefined) err.stack = w.stack;
+  return err;
 }
 
 /** Short text of any thrown value, for logs and status. */

@@ -11,8 +11,6 @@ import { SPLITS } from './dataset.js';
 
 export const QUEUE_NAMES = ['plan', 'extract', 'train', 'evaluate'] as const;
 export type QueueName = (typeof QUEUE_NAMES)[number];
-/** The worker kinds a user starts: one per queue. */
-export const WORKER_KINDS: readonly QueueName[] = QUEUE_NAMES;
 
 const featureSpecSchema: z.ZodType<FeatureSpec> = z.union([
   z.object({ kind: z.literal('raw-pixels'), size: z.number().int().min(1).max(1024) }),

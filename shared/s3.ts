@@ -57,18 +57,10 @@ export function s3Url(bucket: string, key: string): string {
   return `s3://${bucket}/${key}`;
 }
 
-const PERMANENT_CODES = new Set([
-  'NoSuchBucket',
-  'AccessDenied',
-  'InvalidAccessKeyId',
-  'SignatureDoesNotMatch',
-  'AllAccessDisabled',
-  'InvalidBucketName',
-  'NotFound',
-  'NoSuchKey',
-  'Forbidden',
-  'PermanentRedirect',
-]);
+/** Refusals of our credentials or of access to the bucket (ACCESS_DENIED). */
+const ACCESS_CODES = new Set(['AccessDenied', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'AllAccessDisabled', 'Forbidden']);
+/** Other answers that no retry changes (STORAGE_PERMANENT). */
+const PERMANENT_CODES = new Set(['InvalidBucketName', 'NotFound', 'NoSuchKey', 'PermanentRedirect']);
 
 /** Maps an SDK failure to a StorageError (or NotFoundError) naming the object and the fix. */
 export function storageError(err: unknown, what: string): StorageError | NotFoundError {
@@ -79,15 +71,23 @@ export function storageError(err: unknown, what: string): StorageError | NotFoun
     return new NotFoundError(`${what} does not exist`, { cause: err });
   }
   if (name === 'NoSuchBucket' || (status === 404 && what.endsWith('/'))) {
-    return new StorageError(`no such bucket for ${what}: create it or fix the bucket name`, { cause: err, permanent: true });
+    // Its own code: a bucket that does not exist is a bad request (CLI exit code 2), not a fault.
+    return new StorageError(`no such bucket for ${what}: create it or fix the bucket name`, { cause: err, permanent: true, code: 'BUCKET_NOT_FOUND' });
   }
-  if (PERMANENT_CODES.has(name) || status === 403 || status === 400) {
+  const denied = ACCESS_CODES.has(name) || status === 403;
+  if (denied || PERMANENT_CODES.has(name) || status === 400) {
     // A HEAD request's error has no body, so the SDK names it 'Unknown': show the status instead.
     const code = name === 'Unknown' || name === 'Error' ? `HTTP ${status ?? '?'}` : name;
-    return new StorageError(`access to ${what} refused (${code}): check S3 credentials and the bucket policy`, { cause: err, permanent: true });
+    return new StorageError(`access to ${what} refused (${code}): check S3 credentials and the bucket policy`, {
+      cause: err,
+      permanent: true,
+      ...(denied ? { code: 'ACCESS_DENIED' as const } : {}),
+    });
   }
+  // No "will retry" here: this text becomes the run's error after the last attempt too, and the
+  // worker that records it says how many attempts were made.
   const detail = err instanceof Error ? err.message : String(err);
-  return new StorageError(`storage unavailable for ${what} (${name}: ${detail}); will retry`, { cause: err, permanent: false });
+  return new StorageError(`storage unavailable for ${what} (${name}: ${detail}): check that the S3 endpoint is up and reachable`, { cause: err, permanent: false });
 }
 
 /** Reads a whole object. `maxBytes` refuses larger objects before reading their body. */

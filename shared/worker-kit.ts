@@ -8,7 +8,7 @@ import { UnrecoverableError, type Job, type JobsOptions, type Worker } from 'bul
 import { Redis } from 'ioredis';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { requireRedisUrl, type Config } from './config.js';
-import { DeepfeatError, errorMessage } from './errors.js';
+import { DeepfeatError } from './errors.js';
 import { createLogger, type Logger } from './logger.js';
 import { connectionFromUrl, makeWorker, parseJobData, type JobData, type JobResult, type QueueContext, type QueueName } from './queues.js';
 import { RunStore } from './run-state.js';
@@ -55,6 +55,20 @@ export function jobOptions(config: Config, jobId: string): JobsOptions {
 
 export type Handler<N extends QueueName> = (data: JobData<N>, job: Job<JobData<N>, JobResult<N>>, log: Logger) => Promise<JobResult<N>>;
 
+/** The kind of worker that serves each queue: what users start (`deepfeat worker KIND`) and see. */
+export const WORKER_KIND = {
+  plan: 'planner',
+  extract: 'extractor',
+  train: 'trainer',
+  evaluate: 'evaluator',
+} as const satisfies Record<QueueName, string>;
+export type WorkerKind = (typeof WORKER_KIND)[QueueName];
+
+/** A worker's name as `deepfeat workers` shows it: `kind@host:pid`. */
+export function workerName(queue: QueueName, host = hostname(), pid = process.pid): string {
+  return `${WORKER_KIND[queue]}@${host}:${pid}`;
+}
+
 /**
  * Starts a worker for one queue. The lock is short and renewed often so a crashed worker's job
  * is picked up again within seconds; the worker's name (kind@host:pid) shows in `deepfeat workers`.
@@ -65,6 +79,7 @@ export function startWorker<N extends QueueName>(ctx: ServiceContext, name: N, h
     ctx.queues,
     name,
     async (job) => {
+      const attempts = job.opts.attempts ?? 1;
       const jlog = log.child({ jobId: job.id, attempt: job.attemptsMade + 1 });
       try {
         const data = parseJobData(name, job.data);
@@ -74,7 +89,9 @@ export function startWorker<N extends QueueName>(ctx: ServiceContext, name: N, h
         jlog.info({ ms: Math.round(performance.now() - t0) }, 'job done');
         return result;
       } catch (err) {
-        jlog.error({ err: errorMessage(err), code: err instanceof DeepfeatError ? err.code : undefined }, 'job failed');
+        // pino's error serializer keeps the stack, the cause chain and the code.
+        const retried = !(err instanceof DeepfeatError && err.permanent) && job.attemptsMade + 1 < attempts;
+        jlog.error({ err, retried, attemptsLeft: retried ? attempts - job.attemptsMade - 1 : 0 }, 'job failed');
         if (err instanceof DeepfeatError && err.permanent) {
           const u = new UnrecoverableError(err.message);
           (u as Error & { code?: string }).code = err.code;
@@ -86,7 +103,7 @@ export function startWorker<N extends QueueName>(ctx: ServiceContext, name: N, h
     },
     {
       concurrency,
-      name: `${name}@${hostname()}:${process.pid}`,
+      name: workerName(name),
       lockDuration: 15_000,
       stalledInterval: 5_000,
       maxStalledCount: 2,
@@ -94,14 +111,17 @@ export function startWorker<N extends QueueName>(ctx: ServiceContext, name: N, h
   );
   worker.on('failed', (job, err) => {
     if (!job) return;
-    const final = err instanceof UnrecoverableError || job.attemptsMade >= (job.opts.attempts ?? 1);
+    const permanent = err instanceof UnrecoverableError;
+    const final = permanent || job.attemptsMade >= (job.opts.attempts ?? 1);
     const runId = (job.data as { runId?: unknown }).runId;
     if (final && typeof runId === 'string') {
       const code = (err as Error & { code?: string }).code ?? 'INTERNAL';
-      ctx.runs.fail(runId, code, `${name} failed: ${err.message}`).catch((e) => log.error({ err: errorMessage(e) }, 'could not record run failure'));
+      // The run's last word: say that the retries are over, never that one is coming.
+      const tries = !permanent && job.attemptsMade > 1 ? ` after ${job.attemptsMade} attempts` : '';
+      ctx.runs.fail(runId, code, `${name} failed${tries}: ${err.message}`).catch((e) => log.error({ err: e, runId }, 'could not record run failure'));
     }
   });
-  worker.on('error', (err) => log.error({ err: errorMessage(err) }, 'worker error'));
+  worker.on('error', (err) => log.error({ err }, 'worker error'));
   return worker;
 }
 

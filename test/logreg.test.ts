@@ -11,8 +11,9 @@ import {
   selectLambdaAndFit,
   type LogisticProblem,
 } from '../services/trainer/logreg.js';
+import { fitInThread } from '../services/trainer/fit-thread.js';
 import { ObjectivePool } from '../services/trainer/objective-pool.js';
-import { BadRequestError } from '../shared/errors.js';
+import { InternalError } from '../shared/errors.js';
 import { mulberry32 as rng } from '../shared/random.js';
 
 
@@ -222,12 +223,12 @@ test('predictProbaMatrix rows are probability distributions consistent with pred
 test('rejects labels out of range and mismatched sizes', (t) => {
   const X = new Float32Array(4);
   t.throws(() => fitLogisticRegression({ X, n: 2, d: 2, y: new Int32Array([0, 3]), k: 3, lambda: 0 }), {
-    instanceOf: BadRequestError,
+    instanceOf: InternalError,
     message: /y\[1\]=3 is outside \[0, 3\)/,
   });
   t.throws(() => fitLogisticRegression({ X, n: 3, d: 2, y: new Int32Array(3), k: 2, lambda: 0 }), { message: /X has 4 values/ });
   t.throws(() => fitLogisticRegression({ X: new Float32Array([0, 1, Number.NaN, 0]), n: 2, d: 2, y: new Int32Array(2), k: 2, lambda: 0 }), {
-    instanceOf: BadRequestError,
+    instanceOf: InternalError,
     message: /X\[1\]\[0\] is not finite/,
   });
 });
@@ -295,7 +296,7 @@ test('selectLambdaAndFit without validation data uses the default lambda', (t) =
   const direct = fitLogisticRegression({ X, n: 40, d, y, k, lambda: 1e-2 });
   t.deepEqual(Array.from(r.model.W), Array.from(direct.W));
   t.is(selectLambdaAndFit({ train: { X, n: 40, y }, val: empty, d, k, lambdas: [0.5] }).lambda, 0.5);
-  t.throws(() => selectLambdaAndFit({ train: { X, n: 40, y }, val: empty, d, k, lambdas: [] }), { instanceOf: BadRequestError });
+  t.throws(() => selectLambdaAndFit({ train: { X, n: 40, y }, val: empty, d, k, lambdas: [] }), { instanceOf: InternalError });
 });
 
 test('objective chunks depend on n only and cover every row once', (t) => {
@@ -337,4 +338,59 @@ test.serial('fits on the objective thread pool give the same bits as on one thre
   } finally {
     await pool.close();
   }
+});
+
+test.serial('fitInThread gives the same model as a fit on this thread, with its own helper threads', async (t) => {
+  const n = 6000;
+  const d = 24;
+  const k = 4;
+  const train = clusters(21, n, d, k, 0.4);
+  const val = clusters(22, 1500, d, k, 0.4);
+  const input = { train: { X: train.X, n, y: train.y }, val: { X: val.X, n: 1500, y: val.y }, d, k, lambdas: [1e-2, 1e-3] };
+  const here = selectLambdaAndFit(input);
+  const pool = await ObjectivePool.create(1);
+  try {
+    const there = await fitInThread({ ...input, train: { ...input.train, X: train.X.slice() }, val: { ...input.val, X: val.X.slice() } }, { pool });
+    t.is(there.lambda, here.lambda);
+    t.deepEqual(Array.from(there.model.W), Array.from(here.model.W));
+    t.true(pool.evaluations > 0, 'the fit used the helper thread');
+  } finally {
+    await pool.close();
+  }
+});
+
+/** A fit that takes many seconds on any machine: thousands of rows, hundreds of features, many classes. */
+function slowFitInput() {
+  const n = 40_000;
+  const d = 200;
+  const k = 10;
+  const { X, y } = clusters(31, n, d, k, 0.05);
+  const val = clusters(32, 2000, d, k, 0.05);
+  return { train: { X, n, y }, val: { X: val.X, n: 2000, y: val.y }, d, k, lambdas: [1e-1, 1e-2, 1e-3, 1e-4], maxIterations: 1000 };
+}
+
+test.serial('a helper thread dying mid-fit fails the fit at once with a retryable error', async (t) => {
+  t.timeout(120_000);
+  const pool = await ObjectivePool.create(1);
+  try {
+    const t0 = Date.now();
+    const fit = fitInThread(slowFitInput(), { pool });
+    fit.catch(() => undefined);
+    // Mid-fit: the fit thread has bound the pool and evaluations are under way.
+    while (pool.evaluations < 3) await new Promise((r) => setTimeout(r, 20));
+    pool.helpers[0]!.kill('killed by the test'); // as a crash or running out of memory would end it
+    const err = await t.throwsAsync(fit, { instanceOf: InternalError });
+    t.log(`the fit failed ${Date.now() - t0} ms after it started: ${err!.message}`);
+    t.false(err!.permanent, 'retried by BullMQ, not a failed run');
+    t.regex(err!.message, /the fit lost a helper thread: objective pool thread 1 ended \(killed by the test\)$/);
+  } finally {
+    await pool.close();
+  }
+});
+
+test.serial('a fit with no answer within its timeout is ended with a retryable error naming the setting', async (t) => {
+  t.timeout(120_000);
+  const err = await t.throwsAsync(fitInThread(slowFitInput(), { timeoutMs: 300, timeoutSetting: 'DEEPFEAT_FIT_TIMEOUT' }), { instanceOf: InternalError });
+  t.false(err!.permanent);
+  t.regex(err!.message, /^fit thread ended: no answer to the fit \(40000 \+ 2000 rows × 200 features, 10 classes\) within 0\.3 s \(DEEPFEAT_FIT_TIMEOUT\)$/);
 });

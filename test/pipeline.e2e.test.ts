@@ -102,7 +102,7 @@ test.serial('workers are listed by queue', async (t) => {
   const list = await listWorkers(dep.client);
   t.is(list.filter((w) => w.queue === 'extract').length, 2);
   for (const q of ['plan', 'train', 'evaluate'] as const) t.is(list.filter((w) => w.queue === q).length, 1);
-  t.true(list.every((w) => /^(plan|extract|train|evaluate)@/.test(w.name)));
+  t.true(list.every((w) => /^(planner|extractor|trainer|evaluator)@/.test(w.name) && w.name.startsWith(`${w.kind}@`)));
 });
 
 test.serial('an unknown run id is a clear error with exit code 2', async (t) => {

@@ -142,7 +142,7 @@ test.serial('a source bucket that does not exist fails the run quickly, naming t
   t.log(`failed after ${ms} ms: ${s.error?.message}`);
   t.is(s.stage, 'failed');
   t.true(ms < 10_000, `took ${ms} ms`);
-  t.is(s.error?.code, 'STORAGE_PERMANENT');
+  t.is(s.error?.code, 'BUCKET_NOT_FOUND');
   t.regex(s.error?.message ?? '', new RegExp(`no such bucket for s3://${missing}/`));
   t.regex(s.error?.message ?? '', /create it or fix the bucket name/);
 });
@@ -172,7 +172,7 @@ test.serial('an unknown access key fails the run quickly with a message to check
   t.log(`failed after ${ms} ms: ${s.error?.message}`);
   t.is(s.stage, 'failed');
   t.true(ms < 10_000, `took ${ms} ms`);
-  t.is(s.error?.code, 'STORAGE_PERMANENT');
+  t.is(s.error?.code, 'ACCESS_DENIED');
   t.regex(s.error?.message ?? '', new RegExp(`access to s3://${dep.dataBucket}/ refused \\(HTTP 403\\)`));
   t.regex(s.error?.message ?? '', /check S3 credentials/);
 });
@@ -187,7 +187,7 @@ test.serial('an unknown access key in the extractor fails the run quickly with a
   t.log(`failed after ${ms} ms: ${s.error?.message}`);
   t.is(s.stage, 'failed');
   t.true(ms < 10_000, `took ${ms} ms`);
-  t.is(s.error?.code, 'STORAGE_PERMANENT');
+  t.is(s.error?.code, 'ACCESS_DENIED');
   t.regex(s.error?.message ?? '', /^extract failed: /);
   t.regex(s.error?.message ?? '', /InvalidAccessKeyId/);
   t.regex(s.error?.message ?? '', /check S3 credentials/);

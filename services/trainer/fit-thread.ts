@@ -3,36 +3,37 @@
  * on the main thread it would stop BullMQ from renewing the job's lock, and the job would be
  * taken for stalled and run again elsewhere. Large fits spread each objective evaluation over
  * all cores (ObjectivePool), with the same result as on one.
+ *
+ * Bounded like the extractor's engine: if the fit thread or one of its helpers dies (a crash,
+ * out of memory) the fit fails at once, and if it has no answer within `timeoutMs`
+ * (DEEPFEAT_FIT_TIMEOUT) its threads are ended; either way with a retryable error, so BullMQ
+ * runs the job again instead of it holding its lock forever. The pool's helpers are started
+ * here, on the caller's thread, whose event loop stays free to see them die (objective-pool.ts).
+ * The fit thread's side is fit-thread-main.ts.
  */
 import { availableParallelism } from 'node:os';
-import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
-import { BadRequestError } from '../../shared/errors.js';
-import { objectiveChunks, selectLambdaAndFit, type SelectInput, type SelectResult } from './logreg.js';
-import { ObjectivePool } from './objective-pool.js';
+import type { Transferable } from 'node:worker_threads';
+import { startThread, type ThreadClient } from '../../shared/thread-call.js';
+import { objectiveChunks, type SelectInput, type SelectResult } from './logreg.js';
+import { ObjectivePool, type PoolHandle } from './objective-pool.js';
 
-/** Runs selectLambdaAndFit in a new thread. Feature buffers are shared (SharedArrayBuffer) or transferred (ArrayBuffer): do not change them meanwhile, nor use transferred ones after. */
-export function fitInThread(input: SelectInput): Promise<SelectResult> {
-  return new Promise((resolve, reject) => {
-    // The entry registers tsx in the thread, then loads this module, which runs the fit below.
-    // The feature matrices reach the thread without a copy: shared, or transferred (then the
-    // caller must not use them afterwards).
-    const buffers = [...new Set([input.train.X.buffer, input.val.X.buffer])].filter((b): b is ArrayBuffer => b instanceof ArrayBuffer);
-    const w = new Worker(new URL('./fit-thread-entry.mjs', import.meta.url), { workerData: { role: ROLE, input }, transferList: buffers });
-    w.once('message', (m: { ok: true; result: SelectResult } | { ok: false; error: { message: string; name: string } }) => {
-      if (m.ok === true) resolve(m.result);
-      else if (m.ok !== false) reject(new Error(`fit thread sent an unexpected message: ${JSON.stringify(m).slice(0, 200)}`));
-      // Errors cross the thread as plain data; keep "bad input" permanent (no retry).
-      else reject(m.error.name === 'BadRequestError' ? new BadRequestError(m.error.message) : new Error(m.error.message));
-    });
-    w.once('error', reject);
-    w.once('exit', (code) => {
-      if (code !== 0) reject(new Error(`fit thread exited with code ${code}`));
-    });
-  });
+/** Calls the fit thread serves. */
+export interface FitThreadApi {
+  /** selectLambdaAndFit, its objective spread over the pool's helpers when `pool` is given. */
+  fit(req: { input: Omit<SelectInput, 'runner'>; pool?: PoolHandle }): SelectResult;
 }
 
-/** Marks the fit thread, so other threads importing this module do nothing. */
-const ROLE = 'deepfeat-fit';
+export interface FitOptions {
+  /** Longest time the fit may take, in milliseconds; past it its threads are ended. Default: no limit. */
+  timeoutMs?: number;
+  /** Named in the timeout message (DEEPFEAT_FIT_TIMEOUT). */
+  timeoutSetting?: string;
+  /**
+   * Helpers to use instead of the ones this function would start (and close) for a large fit;
+   * the caller closes it. The pool is handed over to the fit thread, so it serves one fit.
+   */
+  pool?: ObjectivePool;
+}
 
 /**
  * Below this much work per objective evaluation (rows × features × classes; 2·10⁶ is about 2 ms
@@ -40,22 +41,38 @@ const ROLE = 'deepfeat-fit';
  */
 const POOL_MIN_WORK = 2_000_000;
 
-if (!isMainThread && parentPort && (workerData as { role?: string } | null)?.role === ROLE) {
-  const port = parentPort;
-  const input = (workerData as { input: SelectInput }).input;
-  let pool: ObjectivePool | undefined;
+/** Helpers for a fit of this size: cores - 1 (the fit thread computes chunks too), at most 7 (8 chunks). */
+function helpersFor(input: SelectInput): number {
+  const cores = availableParallelism();
+  const worthIt = input.train.n * input.d * input.k >= POOL_MIN_WORK && objectiveChunks(input.train.n).length > 1;
+  return cores > 1 && worthIt ? Math.min(cores - 1, 7) : 0;
+}
+
+/**
+ * Runs selectLambdaAndFit in a new thread. Feature buffers are shared (SharedArrayBuffer) or
+ * transferred (ArrayBuffer): do not change them meanwhile, nor use transferred ones after.
+ */
+export async function fitInThread(input: SelectInput, options: FitOptions = {}): Promise<SelectResult> {
+  const helpers = options.pool ? 0 : helpersFor(input);
+  // Started alongside the fit thread. Without its helpers a fit still runs, on one thread:
+  // slower, never wrong.
+  const ownPoolStart = helpers > 0 ? ObjectivePool.create(helpers).catch(() => undefined) : Promise.resolve(undefined);
+  let thread: ThreadClient<FitThreadApi> | undefined;
   try {
-    const cores = availableParallelism();
-    if (cores > 1 && input.train.n * input.d * input.k >= POOL_MIN_WORK && objectiveChunks(input.train.n).length > 1) {
-      // The caller computes chunks too: cores - 1 helpers (at most 7: there are at most 8 chunks).
-      pool = await ObjectivePool.create(Math.min(cores - 1, 7)).catch(() => undefined);
-    }
-    const result = selectLambdaAndFit({ ...input, runner: pool?.bind });
-    port.postMessage({ ok: true, result, threads: 1 + (pool?.threads ?? 0) });
-  } catch (err) {
-    const e = err instanceof Error ? err : new Error(String(err));
-    port.postMessage({ ok: false, error: { message: e.message, name: e.name } });
+    thread = await startThread<FitThreadApi>({ name: 'fit thread', module: new URL('./fit-thread-main.ts', import.meta.url) });
+    const pool = options.pool ?? (await ownPoolStart);
+    const handed = pool?.handOver();
+    // The feature matrices reach the thread without a copy: shared, or transferred.
+    const buffers = [...new Set([input.train.X.buffer, input.val.X.buffer])].filter((b): b is ArrayBuffer => b instanceof ArrayBuffer);
+    const { runner: _local, ...plain } = input;
+    return await thread.call('fit', { input: plain, pool: handed?.handle }, {
+      transfer: [...buffers, ...(handed?.transfer ?? [])] as Transferable[],
+      timeoutMs: options.timeoutMs,
+      timeoutSetting: options.timeoutSetting,
+      what: `the fit (${input.train.n} + ${input.val.n} rows × ${input.d} features, ${input.k} classes)`,
+    });
   } finally {
-    await pool?.close();
+    await thread?.close();
+    await (await ownPoolStart)?.close();
   }
 }

@@ -3,7 +3,7 @@
  * "Numerical Optimization", algorithms 7.4, 3.5 and 3.6). Pure sequential arithmetic
  * on Float64Arrays, so identical inputs give bit-identical results.
  */
-import { BadRequestError } from '../../shared/errors.js';
+import { InternalError } from '../../shared/errors.js';
 
 /** Objective: writes the gradient at `x` into `grad` and returns the value at `x`. */
 export type ObjectiveWithGradient = (x: Float64Array, grad: Float64Array) => number;
@@ -153,7 +153,7 @@ export function minimizeLbfgs(fg: ObjectiveWithGradient, x0: Float64Array, opts:
   let x = Float64Array.from(x0);
   let g = new Float64Array(n);
   let f = fg(x, g);
-  if (!Number.isFinite(f)) throw new BadRequestError(`L-BFGS: objective is not finite at the starting point (${f})`);
+  if (!Number.isFinite(f)) throw new InternalError(`L-BFGS: objective is not finite at the starting point (${f})`);
 
   // Correction pairs, oldest first. m is small (~10), so shift/push is cheap.
   const S: Float64Array[] = [];

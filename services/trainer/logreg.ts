@@ -8,7 +8,7 @@
  * Float64 arithmetic in a fixed order (rows in fixed chunks summed in chunk order) with zero
  * initial parameters, so a fit is bit-for-bit reproducible, on one thread or several.
  */
-import { BadRequestError } from '../../shared/errors.js';
+import { InternalError } from '../../shared/errors.js';
 import { minimizeLbfgs } from './lbfgs.js';
 
 /** Fitted linear softmax parameters. W is k×d row-major. */
@@ -27,21 +27,26 @@ export interface LogisticProblem {
   lambda: number;
 }
 
+/**
+ * Invariants, not input checks: user data is checked before it gets here (labels come from the
+ * plan, lambdas from the run request schema, non-finite features are refused by the train job
+ * with a ModelError), so a failure here is a bug: InternalError, never "bad request".
+ */
 function checkProblem(p: LogisticProblem): void {
   const { X, n, d, y, k, lambda } = p;
-  if (!Number.isInteger(n) || n < 1) throw new BadRequestError(`logistic regression: need at least one sample, got n=${n}`);
-  if (!Number.isInteger(d) || d < 1) throw new BadRequestError(`logistic regression: feature dimension must be >= 1, got d=${d}`);
-  if (!Number.isInteger(k) || k < 2) throw new BadRequestError(`logistic regression: need at least 2 classes, got k=${k}`);
-  if (X.length !== n * d) throw new BadRequestError(`logistic regression: X has ${X.length} values, expected n*d = ${n}*${d} = ${n * d}`);
-  if (y.length !== n) throw new BadRequestError(`logistic regression: y has ${y.length} labels, expected n = ${n}`);
-  if (!(lambda >= 0) || !Number.isFinite(lambda)) throw new BadRequestError(`logistic regression: lambda must be a finite number >= 0, got ${lambda}`);
+  if (!Number.isInteger(n) || n < 1) throw new InternalError(`logistic regression: need at least one sample, got n=${n}`);
+  if (!Number.isInteger(d) || d < 1) throw new InternalError(`logistic regression: feature dimension must be >= 1, got d=${d}`);
+  if (!Number.isInteger(k) || k < 2) throw new InternalError(`logistic regression: need at least 2 classes, got k=${k}`);
+  if (X.length !== n * d) throw new InternalError(`logistic regression: X has ${X.length} values, expected n*d = ${n}*${d} = ${n * d}`);
+  if (y.length !== n) throw new InternalError(`logistic regression: y has ${y.length} labels, expected n = ${n}`);
+  if (!(lambda >= 0) || !Number.isFinite(lambda)) throw new InternalError(`logistic regression: lambda must be a finite number >= 0, got ${lambda}`);
   for (let i = 0; i < n; i++) {
-    if (y[i] < 0 || y[i] >= k) throw new BadRequestError(`logistic regression: label y[${i}]=${y[i]} is outside [0, ${k})`);
+    if (y[i] < 0 || y[i] >= k) throw new InternalError(`logistic regression: label y[${i}]=${y[i]} is outside [0, ${k})`);
   }
   // One NaN/Infinity would silently poison every gradient; name it instead (O(nd), cheap next to a fit).
   for (let i = 0; i < X.length; i++) {
     if (!Number.isFinite(X[i])) {
-      throw new BadRequestError(`logistic regression: feature X[${Math.floor(i / d)}][${i % d}] is not finite (${X[i]})`);
+      throw new InternalError(`logistic regression: feature X[${Math.floor(i / d)}][${i % d}] is not finite (${X[i]})`);
     }
   }
 }
@@ -280,7 +285,7 @@ export interface Standardizer {
  * dividing by zero. Two passes in Float64 for accuracy on float32 input.
  */
 export function fitStandardizer(X: Float32Array, n: number, d: number): Standardizer {
-  if (X.length !== n * d) throw new BadRequestError(`standardizer: X has ${X.length} values, expected ${n}*${d}`);
+  if (X.length !== n * d) throw new InternalError(`standardizer: X has ${X.length} values, expected ${n}*${d}`);
   const mean = new Float64Array(d);
   const std = new Float64Array(d);
   if (n === 0) {
@@ -309,9 +314,9 @@ export function fitStandardizer(X: Float32Array, n: number, d: number): Standard
 
 /** Returns (X - mean) / std as a new n×d Float32Array, or writes it into `out` (which may be X itself). */
 export function applyStandardizer(X: Float32Array, n: number, d: number, s: Standardizer, out: Float32Array = new Float32Array(n * d)): Float32Array {
-  if (X.length !== n * d) throw new BadRequestError(`standardizer: X has ${X.length} values, expected ${n}*${d}`);
-  if (s.mean.length !== d || s.std.length !== d) throw new BadRequestError(`standardizer: fitted for ${s.mean.length} features, data has ${d}`);
-  if (out.length !== n * d) throw new BadRequestError(`standardizer: output has ${out.length} values, expected ${n}*${d}`);
+  if (X.length !== n * d) throw new InternalError(`standardizer: X has ${X.length} values, expected ${n}*${d}`);
+  if (s.mean.length !== d || s.std.length !== d) throw new InternalError(`standardizer: fitted for ${s.mean.length} features, data has ${d}`);
+  if (out.length !== n * d) throw new InternalError(`standardizer: output has ${out.length} values, expected ${n}*${d}`);
   const inv = new Float64Array(d);
   for (let j = 0; j < d; j++) inv[j] = 1 / s.std[j];
   for (let i = 0; i < n; i++) {
@@ -354,7 +359,7 @@ export function fitLogisticRegression(input: FitInput): FitResult {
   const theta0 = new Float64Array(kd + k);
   if (input.init) {
     if (input.init.W.length !== kd || input.init.b.length !== k) {
-      throw new BadRequestError(`logistic regression: init has W of ${input.init.W.length} and b of ${input.init.b.length} values, expected ${kd} and ${k}`);
+      throw new InternalError(`logistic regression: init has W of ${input.init.W.length} and b of ${input.init.b.length} values, expected ${kd} and ${k}`);
     }
     theta0.set(input.init.W, 0);
     theta0.set(input.init.b, kd);
@@ -378,8 +383,8 @@ export function fitLogisticRegression(input: FitInput): FitResult {
 /** Class probabilities for each row of a standardised n×d matrix; returns n×k row-major. */
 export function predictProbaMatrix(model: SoftmaxParams, X: Float32Array, n: number, d: number): Float64Array {
   const k = model.b.length;
-  if (model.W.length !== k * d) throw new BadRequestError(`predict: model has ${model.W.length / k} features, data has ${d}`);
-  if (X.length !== n * d) throw new BadRequestError(`predict: X has ${X.length} values, expected ${n}*${d}`);
+  if (model.W.length !== k * d) throw new InternalError(`predict: model has ${model.W.length / k} features, data has ${d}`);
+  if (X.length !== n * d) throw new InternalError(`predict: X has ${X.length} values, expected ${n}*${d}`);
   const theta = new Float64Array(k * d + k);
   theta.set(model.W, 0);
   theta.set(model.b, k * d);
@@ -493,12 +498,12 @@ function scoreOn(model: SoftmaxParams, data: LabelledMatrix, d: number, k: numbe
 export function selectLambdaAndFit(input: SelectInput): SelectResult {
   const { train, val, d, k } = input;
   const grid = [...(input.lambdas ?? DEFAULT_LAMBDAS)];
-  if (grid.length === 0) throw new BadRequestError('lambda selection: the lambda grid is empty');
+  if (grid.length === 0) throw new InternalError('lambda selection: the lambda grid is empty');
   for (const l of grid) {
-    if (!Number.isFinite(l) || l < 0) throw new BadRequestError(`lambda selection: lambda ${l} is not a finite number >= 0`);
+    if (!Number.isFinite(l) || l < 0) throw new InternalError(`lambda selection: lambda ${l} is not a finite number >= 0`);
   }
   if (val.X.length !== val.n * d || val.y.length !== val.n) {
-    throw new BadRequestError(`lambda selection: validation set has ${val.X.length} values and ${val.y.length} labels, expected ${val.n}*${d} and ${val.n}`);
+    throw new InternalError(`lambda selection: validation set has ${val.X.length} values and ${val.y.length} labels, expected ${val.n}*${d} and ${val.n}`);
   }
   const descending = [...new Set(grid)].sort((a, b) => b - a);
   const maxIterations = input.maxIterations;

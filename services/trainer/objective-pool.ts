@@ -6,10 +6,20 @@
  *
  * The caller is synchronous (L-BFGS), so it hands out work and waits with Atomics on a small
  * shared control array, never through the event loop. Threads are told about a problem by a
- * message (bind), acknowledge it through the control array, then serve evaluations until the
- * caller binds another problem or closes the pool.
+ * message (bind) on their own port, acknowledge it through the control array, then serve
+ * evaluations until the caller binds another problem or lets them go.
+ *
+ * A helper thread can die (out of memory, a crash); a caller waiting on it would wait forever.
+ * So the pool's owner — the thread that created it, whose event loop must stay free — watches
+ * its helpers, and on a death marks the control array dead and wakes the caller, which throws a
+ * retryable InternalError. That is why fitInThread creates the pool on the trainer's main thread
+ * and binds it in the fit thread (`handOver`). A pool bound on the thread that owns it (tests,
+ * the benchmark) works the same, but cannot hear of a death while it waits.
+ * The helpers' side is objective-pool-thread.ts.
  */
-import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
+import { MessageChannel, type MessagePort, type Transferable } from 'node:worker_threads';
+import { InternalError } from '../../shared/errors.js';
+import { connect, startThread, type Channel, type ThreadClient } from '../../shared/thread-call.js';
 import { objectiveChunk, type ChunkRunner, type LogisticProblem } from './logreg.js';
 
 /** Slots of the shared control array. */
@@ -18,13 +28,16 @@ const NEXT = 1; // next chunk index to take
 const DONE = 2; // chunks finished in this evaluation
 const CMD = 3; // RUN or LEAVE
 const ACK = 4; // threads that have taken the latest bind
-/** Marks this module's own threads: other threads that import it (the fit thread) must not serve. */
-const ROLE = 'deepfeat-objective-pool';
-const RUN = 1;
-const LEAVE = 2;
+const DEAD = 5; // 1 once a helper has died; the reason is in the reason buffer
+const REASON_LENGTH = 6; // bytes of the reason
+const CTRL_SLOTS = 8;
+const REASON_BYTES = 256;
+export const RUN = 1;
+export const LEAVE = 2;
+export const SLOTS = { GEN, NEXT, DONE, CMD, ACK } as const;
 
-interface BindMessage {
-  type: 'bind';
+/** What a helper gets for one problem; its arrays are views of shared memory. */
+export interface BindMessage {
   ctrl: SharedArrayBuffer;
   X: { buffer: SharedArrayBuffer; offset: number; length: number };
   y: SharedArrayBuffer;
@@ -37,6 +50,18 @@ interface BindMessage {
   partials: SharedArrayBuffer;
 }
 
+/** Calls a helper serves on its port (one-way: it answers through the control array). */
+export interface PoolThreadApi {
+  bind(req: BindMessage): void;
+}
+
+/** Everything a thread needs to bind the pool: shared control memory and a port per helper. */
+export interface PoolHandle {
+  ctrl: SharedArrayBuffer;
+  reason: SharedArrayBuffer;
+  ports: MessagePort[];
+}
+
 function sharedCopy<T extends Float32Array | Int32Array>(a: T): T {
   if (a.buffer instanceof SharedArrayBuffer) return a;
   const ctor = a.constructor as { new (b: SharedArrayBuffer): T; BYTES_PER_ELEMENT: number };
@@ -45,42 +70,24 @@ function sharedCopy<T extends Float32Array | Int32Array>(a: T): T {
   return out;
 }
 
-export class ObjectivePool {
+/** The binding side of a pool, in whichever thread runs the fit. */
+export class PoolBinder {
   readonly threads: number;
-  readonly #workers: Worker[];
-  readonly #ctrl = new Int32Array(new SharedArrayBuffer(8 * Int32Array.BYTES_PER_ELEMENT));
+  readonly #ctrl: Int32Array;
+  readonly #reason: Uint8Array;
+  readonly #helpers: Array<Channel<PoolThreadApi>>;
   #bound = false;
 
-  private constructor(workers: Worker[]) {
-    this.#workers = workers;
-    this.threads = workers.length;
-  }
-
-  /** Starts `threads` helper threads (the caller computes chunks too). */
-  static async create(threads: number): Promise<ObjectivePool> {
-    const workers = Array.from({ length: threads }, () => new Worker(new URL('./objective-pool-entry.mjs', import.meta.url), { workerData: { role: ROLE } }));
-    try {
-      await Promise.all(
-        workers.map(
-          (w) =>
-            new Promise<void>((resolve, reject) => {
-              w.once('message', (m: { type?: string }) => (m.type === 'ready' ? resolve() : reject(new Error('objective thread sent no ready'))));
-              w.once('error', reject);
-              w.once('exit', (code) => reject(new Error(`objective thread exited with code ${code}`)));
-            }),
-        ),
-      );
-    } catch (err) {
-      await Promise.all(workers.map((w) => w.terminate()));
-      throw err;
-    }
-    for (const w of workers) w.removeAllListeners('exit');
-    return new ObjectivePool(workers);
+  constructor(handle: PoolHandle) {
+    this.#ctrl = new Int32Array(handle.ctrl);
+    this.#reason = new Uint8Array(handle.reason);
+    this.#helpers = handle.ports.map((p) => connect<PoolThreadApi>(p));
+    this.threads = handle.ports.length;
   }
 
   /** A ChunkRunner for this problem: usable as FitInput.runner / SelectInput.runner. */
   bind = (problem: LogisticProblem, chunks: Array<[number, number]>): ChunkRunner => {
-    this.#leave();
+    this.release();
     const { n, d, k } = problem;
     const len = k * d + k;
     const X = sharedCopy(problem.X);
@@ -91,7 +98,6 @@ export class ObjectivePool {
     const ctrl = this.#ctrl;
     Atomics.store(ctrl, ACK, 0);
     const msg: BindMessage = {
-      type: 'bind',
       ctrl: ctrl.buffer as SharedArrayBuffer,
       X: { buffer: X.buffer as SharedArrayBuffer, offset: X.byteOffset, length: X.length },
       y: y.buffer as SharedArrayBuffer,
@@ -103,8 +109,8 @@ export class ObjectivePool {
       losses: losses.buffer as SharedArrayBuffer,
       partials: partials.buffer as SharedArrayBuffer,
     };
-    for (const w of this.#workers) w.postMessage(msg);
-    for (let a = Atomics.load(ctrl, ACK); a < this.threads; a = Atomics.load(ctrl, ACK)) Atomics.wait(ctrl, ACK, a, 30_000);
+    for (const h of this.#helpers) h.notify('bind', msg);
+    this.#waitFor(ACK, this.threads);
     this.#bound = true;
     const Z = new Float64Array(Math.max(...chunks.map(([s, e]) => e - s)) * k);
     return {
@@ -121,15 +127,15 @@ export class ObjectivePool {
           losses[c] = objectiveChunk(X, y, s, e, d, k, theta, 1 / n, Z, partials.subarray(c * len, (c + 1) * len));
           Atomics.add(ctrl, DONE, 1);
         }
-        for (let done = Atomics.load(ctrl, DONE); done < chunks.length; done = Atomics.load(ctrl, DONE)) Atomics.wait(ctrl, DONE, done, 1_000);
+        this.#waitFor(DONE, chunks.length);
         lossesOut.set(losses);
         partialsOut.set(partials);
       },
     };
   };
 
-  /** Makes bound threads leave their evaluation loop (so they can take a new bind). */
-  #leave(): void {
+  /** Lets bound helpers leave their evaluation loop (to take a new bind, or to be closed). */
+  release(): void {
     if (!this.#bound) return;
     Atomics.store(this.#ctrl, CMD, LEAVE);
     Atomics.add(this.#ctrl, GEN, 1);
@@ -137,44 +143,102 @@ export class ObjectivePool {
     this.#bound = false;
   }
 
-  async close(): Promise<void> {
-    this.#leave();
-    await Promise.all(this.#workers.map((w) => w.terminate()));
-  }
-}
-
-// ───────────────────────────── the thread side ─────────────────────────────
-
-function serveBind(m: BindMessage): void {
-  const ctrl = new Int32Array(m.ctrl);
-  const X = new Float32Array(m.X.buffer, m.X.offset, m.X.length);
-  const y = new Int32Array(m.y);
-  const theta = new Float64Array(m.theta);
-  const losses = new Float64Array(m.losses);
-  const partials = new Float64Array(m.partials);
-  const { n, d, k, chunks } = m;
-  const len = k * d + k;
-  const Z = new Float64Array(Math.max(...chunks.map(([s, e]) => e - s)) * k);
-  let gen = Atomics.load(ctrl, GEN);
-  Atomics.add(ctrl, ACK, 1);
-  Atomics.notify(ctrl, ACK);
-  for (;;) {
-    Atomics.wait(ctrl, GEN, gen);
-    gen = Atomics.load(ctrl, GEN);
-    if (Atomics.load(ctrl, CMD) === LEAVE) return;
-    for (let c = Atomics.add(ctrl, NEXT, 1); c < chunks.length; c = Atomics.add(ctrl, NEXT, 1)) {
-      const [s, e] = chunks[c]!;
-      losses[c] = objectiveChunk(X, y, s, e, d, k, theta, 1 / n, Z, partials.subarray(c * len, (c + 1) * len));
-      Atomics.add(ctrl, DONE, 1);
-      Atomics.notify(ctrl, DONE);
+  /** Waits until ctrl[slot] reaches `target`; throws (retryable) if a helper died meanwhile. */
+  #waitFor(slot: number, target: number): void {
+    const ctrl = this.#ctrl;
+    for (let v = Atomics.load(ctrl, slot); v < target; v = Atomics.load(ctrl, slot)) {
+      if (Atomics.load(ctrl, DEAD) === 1) {
+        const reason = new TextDecoder().decode(this.#reason.slice(0, Atomics.load(ctrl, REASON_LENGTH)));
+        throw new InternalError(`the fit lost a helper thread: ${reason}`, { permanent: false });
+      }
+      // The owner notifies this slot on a death; the timeout is only a second line of defence.
+      Atomics.wait(ctrl, slot, v, 1_000);
     }
   }
 }
 
-if (!isMainThread && parentPort && (workerData as { role?: string } | null)?.role === ROLE) {
-  const port = parentPort;
-  port.on('message', (m: BindMessage) => {
-    if (m.type === 'bind') serveBind(m);
-  });
-  port.postMessage({ type: 'ready' });
+export class ObjectivePool {
+  readonly threads: number;
+  /** The helper threads (their owner's handles). */
+  readonly helpers: ReadonlyArray<ThreadClient<object>>;
+  readonly #ctrl: Int32Array;
+  readonly #reason: Uint8Array;
+  #ports: MessagePort[] | undefined;
+  #binder: PoolBinder | undefined;
+
+  private constructor(helpers: Array<ThreadClient<object>>, ports: MessagePort[], ctrl: Int32Array, reason: Uint8Array) {
+    this.helpers = helpers;
+    this.threads = helpers.length;
+    this.#ports = ports;
+    this.#ctrl = ctrl;
+    this.#reason = reason;
+    for (const h of helpers) h.onExit((why) => this.#markDead(`${h.name} ended (${why})`));
+  }
+
+  /** Starts `threads` helper threads (the caller computes chunks too). */
+  static async create(threads: number): Promise<ObjectivePool> {
+    const ctrl = new Int32Array(new SharedArrayBuffer(CTRL_SLOTS * Int32Array.BYTES_PER_ELEMENT));
+    const reason = new Uint8Array(new SharedArrayBuffer(REASON_BYTES));
+    const channels = Array.from({ length: threads }, () => new MessageChannel());
+    const started = await Promise.allSettled(
+      channels.map((ch, i) =>
+        startThread<object>({
+          name: `objective pool thread ${i + 1}`,
+          module: new URL('./objective-pool-thread.ts', import.meta.url),
+          data: { port: ch.port2 },
+          transferList: [ch.port2],
+        }),
+      ),
+    );
+    const helpers = started.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
+    const failed = started.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+    if (failed) {
+      await Promise.all(helpers.map((h) => h.close()));
+      throw failed.reason;
+    }
+    return new ObjectivePool(helpers, channels.map((ch) => ch.port1), ctrl, reason);
+  }
+
+  /** Objective evaluations started on this pool so far (progress, tests). */
+  get evaluations(): number {
+    return Atomics.load(this.#ctrl, GEN);
+  }
+
+  /** A ChunkRunner for this problem, bound on this thread (see the file comment about deaths). */
+  bind = (problem: LogisticProblem, chunks: Array<[number, number]>): ChunkRunner => {
+    if (!this.#ports) throw new InternalError('objective pool: bind() after handOver(); bind in the thread it was handed to');
+    this.#binder ??= new PoolBinder(this.#handle(this.#ports));
+    return this.#binder.bind(problem, chunks);
+  };
+
+  /**
+   * The pool for another thread to bind (pass `handle` with `transfer` in its transfer list);
+   * this object keeps watching the helpers and can no longer bind.
+   */
+  handOver(): { handle: PoolHandle; transfer: Transferable[] } {
+    const ports = this.#ports;
+    if (!ports || this.#binder) throw new InternalError('objective pool: handOver() after bind() or a first handOver()');
+    this.#ports = undefined;
+    return { handle: this.#handle(ports), transfer: ports };
+  }
+
+  async close(): Promise<void> {
+    this.#binder?.release();
+    await Promise.all(this.helpers.map((h) => h.close()));
+  }
+
+  #handle(ports: MessagePort[]): PoolHandle {
+    return { ctrl: this.#ctrl.buffer as SharedArrayBuffer, reason: this.#reason.buffer as SharedArrayBuffer, ports };
+  }
+
+  /** Tells a waiting binder, in any thread, that a helper is gone: its wait ends with an error. */
+  #markDead(reason: string): void {
+    if (Atomics.load(this.#ctrl, DEAD) === 1) return;
+    const bytes = new TextEncoder().encode(reason).subarray(0, REASON_BYTES);
+    this.#reason.set(bytes);
+    Atomics.store(this.#ctrl, REASON_LENGTH, bytes.length);
+    Atomics.store(this.#ctrl, DEAD, 1);
+    Atomics.notify(this.#ctrl, ACK);
+    Atomics.notify(this.#ctrl, DONE);
+  }
 }
