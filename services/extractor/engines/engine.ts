@@ -52,8 +52,13 @@ export type OnnxProvider = 'auto' | 'cuda' | 'cpu';
 
 /** What `loadEngine` needs from its caller. */
 export interface EngineDeps {
-  /** Reads a whole object: a local path or an s3:// URL. The engines never touch storage themselves. */
-  readObject(url: string): Promise<Uint8Array>;
+  /**
+   * Reads a whole model file: a local path or an s3:// URL. The engines never touch storage
+   * themselves. A file over `maxBytes` is refused (ModelError) without being read whole.
+   */
+  readObject(url: string, maxBytes?: number): Promise<Uint8Array>;
+  /** Most bytes a user's model may hold: each file, and its weight files together; default 1 GiB. */
+  maxModelBytes?: number;
   /** Structured log line (pino-style message + fields). */
   log?: (msg: string, extra?: object) => void;
   /** TensorFlow.js backend; default 'auto'. Process-wide: TensorFlow.js has one active backend. */

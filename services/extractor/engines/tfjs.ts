@@ -311,6 +311,9 @@ function inputSide(shape: readonly (number | null)[], asked: number | undefined,
     throw new ModelError(`model ${modelName} does not fix its input size ([${shape.join(', ')}]); set inputSize`);
   }
   if (h !== w) throw new ModelError(`model ${modelName} takes non-square ${w}×${h} input; only square inputs are supported`);
+  // The model file sets this size, and the warm-up and every batch allocate side² × 3 per image:
+  // a model.json declaring a 100000×100000 input must not get that far.
+  if (!Number.isInteger(h) || h < 8 || h > 2048) throw new ModelError(`model ${modelName} takes ${w}×${h} input; input sides from 8 to 2048 are supported`);
   return h;
 }
 
