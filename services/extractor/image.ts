@@ -1,78 +1,148 @@
 /**
  * Image decoding for the extractor: the only module that runs sharp on pipeline images.
  *
- * Any input sharp can read (JPEG, PNG, WebP, GIF, TIFF, AVIF, ...) becomes interleaved 8-bit sRGB
- * (HWC, exactly width × height × 3 bytes) at the backbone's input size, or an `ImageError` whose
- * message says what is wrong with the file in words a person can act on. Those messages are
- * recorded per image in the run's row metadata, so they are kept short and stable.
+ * Accepted input (the formats the operator allows, JPEG, PNG, WebP, GIF, TIFF and AVIF by default)
+ * becomes interleaved 8-bit sRGB (HWC, exactly width × height × 3 bytes) at the backbone's input
+ * size, or an `ImageError` whose message says what is wrong with the file in words a person can
+ * act on. Those messages are recorded per image in the run's row metadata.
+ *
+ * Image bytes are untrusted. Before any decoder sees them: the real format is read from the
+ * signature (image-format.ts) and must be allowed; the header's size must be within the pixel
+ * limit, and an SVG's embedded images too (svg-check.ts). Decoding itself is bounded in time and
+ * memory by running it in a decoder process (decoder-pool.ts). sharp's own `.timeout()` is not
+ * used: it is checked as output tiles complete, and a 224×224 output is one tile, so it stopped
+ * neither a 9 s SVG render nor a 1.6 s 100-megapixel PNG decode when set to 1-2 s (measured).
+ *
+ * Reasons are deterministic: they are built from the bytes (signature, header, structure) and
+ * from which step failed, never from libvips's error text. libvips keeps one error buffer per
+ * process, so under concurrent decodes its text can belong to another image, or be empty; it is
+ * kept as the error's `cause`, for logs.
  */
 import sharp from 'sharp';
+import { DEFAULT_IMAGE_FORMATS, type ImageFormat } from '../../shared/config.js';
 import { ImageError } from '../../shared/errors.js';
+import { outOfMemoryReason } from './decode-limits.js';
+import { sniffImageFormat } from './image-format.js';
+import { checkSvg, checkSvgPixels } from './svg-check.js';
 
 export interface DecodeOptions {
   /** Output width in pixels (the engine's input width). */
   width: number;
   /** Output height in pixels (the engine's input height). */
   height: number;
-  /** Largest input width × height accepted (decompression-bomb guard; MAX_IMAGE_PIXELS). */
+  /** Largest input width × height accepted (decompression-bomb guard; DEEPFEAT_MAX_IMAGE_PIXELS). */
   maxPixels: number;
+  /** Formats decoded (DEEPFEAT_IMAGE_FORMATS); default DEFAULT_IMAGE_FORMATS (no SVG, no HEIF). */
+  formats?: readonly string[];
+  /** The decoder process's memory limit in MiB (DEEPFEAT_DECODE_MEMORY), named when decoding runs out. */
+  memoryLimitMiB?: number;
 }
+
+/**
+ * sharp's prebuilt libvips (the npm package's; it reports its bundled libraries, AV1's 'aom'
+ * among them) has no HEVC decoder, so HEIC cannot be read there whatever the settings. A libvips
+ * built by the operator may have one (libde265): then HEIC is decoded as 'heif'.
+ */
+const HEVC_DECODER = !('aom' in sharp.versions) || 'de265' in sharp.versions;
+
+/**
+ * Largest side of the cover-scaled image before cropping. Past it, the crop is taken from the
+ * source first: libvips coordinates stop at 10 million, and a 100000×1 strip scaled to cover
+ * 224×224 would be 22.4 million pixels wide.
+ */
+const MAX_SCALED_SIDE = 65_535;
 
 /**
  * Decode `bytes` to RGB uint8 HWC at `width` × `height`.
  *
- * EXIF orientation is applied, animated images give their first frame, alpha is flattened onto
- * white, grey / CMYK / 16-bit / ICC-tagged inputs become 8-bit sRGB, and the image is resized to
- * cover the target and centre-cropped (the aspect ratio is kept, nothing is letterboxed).
+ * EXIF orientation is applied, animated and multi-page images give their first frame (only that
+ * frame is decoded), alpha is flattened onto white, grey / CMYK / 16-bit / ICC-tagged inputs
+ * become 8-bit sRGB, and the image is resized to cover the target and centre-cropped (the aspect
+ * ratio is kept, nothing is letterboxed), however extreme its aspect ratio.
  *
  * @throws ImageError for every problem with the bytes themselves.
  */
 export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promise<Uint8Array> {
   const { width, height, maxPixels } = opts;
+  const formats: readonly string[] = opts.formats ?? DEFAULT_IMAGE_FORMATS;
   if (!(Number.isInteger(width) && width > 0 && Number.isInteger(height) && height > 0)) {
     // A caller bug, not a property of the image: fail loudly with a plain error.
     throw new RangeError(`decodeImage: width and height must be positive integers, got ${width}×${height}`);
   }
   if (bytes.byteLength === 0) throw new ImageError('empty file (0 bytes)');
 
-  // Read the header first: it is cheap, and it lets the reasons below name the format and size.
+  const sniffed = sniffImageFormat(bytes);
+  if (sniffed.kind === 'unknown') {
+    throw new ImageError(`not an image: unrecognised format${sniffed.hint ? ` (${sniffed.hint})` : ''}`);
+  }
+  const convert = 'convert it to PNG or JPEG';
+  if (sniffed.kind === 'unsupported') {
+    throw new ImageError(`unsupported format: ${sniffed.name}${sniffed.note ? ` (${sniffed.note})` : ''}: ${convert}`);
+  }
+  if (sniffed.heic && !HEVC_DECODER) throw new ImageError(`unsupported format: HEIC (no decoder installed): ${convert}`);
+  const { format } = sniffed;
+  if (!formats.includes(format)) {
+    throw new ImageError(`format ${format} is not accepted here (DEEPFEAT_IMAGE_FORMATS=${formats.join(',')}): ${convert}`);
+  }
+
+  // libspng decodes a PNG that stops inside its pixel data, filling the rest, and calls it good:
+  // a broken upload would become a feature row of mostly nothing. No IEND anywhere: it stopped.
+  if (format === 'png' && Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).indexOf('IEND', 8, 'latin1') < 0) {
+    throw new ImageError(`truncated png image: the file ends (at ${bytes.byteLength} bytes) before its IEND chunk`);
+  }
+  // An SVG's references are checked from its text before any parser reads it (svg-check.ts).
+  const svg = format === 'svg' ? await checkSvg(bytes, { probe: probeEmbedded }) : undefined;
+
+  // The header only: cheap, and it gives the size the limits are checked against.
   let meta: sharp.Metadata;
   try {
-    meta = await sharp(bytes, { limitInputPixels: false }).metadata();
+    meta = await sharp(bytes, { limitInputPixels: false, pages: 1, page: 0 }).metadata();
   } catch (err) {
-    throw imageErrorFrom(err, bytes);
+    const cut = truncation(format, bytes);
+    if (cut) throw new ImageError(`truncated ${format} image: ${cut}`, { cause: err });
+    const why = "the decoder cannot read its header (damaged, or past the decoder's limits)";
+    throw new ImageError(`unreadable ${format} image: ${why}`, { cause: err });
   }
+  // libvips picks its loader from the bytes too; both must agree, or the allow-list means nothing.
+  const loader = format === 'avif' ? 'heif' : format;
+  if (meta.format !== loader) {
+    const as = String(meta.format);
+    throw new ImageError(`unreadable ${format} image: its signature says ${format} but the decoder reads it as ${as}`);
+  }
+  // With pages: 1, height is the first page's (a GIF's canvas, a TIFF's first directory).
   const w = meta.width ?? 0;
   const h = meta.pageHeight ?? meta.height ?? 0;
-  if (w > 0 && h > 0 && w * h > maxPixels) {
-    throw new ImageError(
-      `image too large: ${w}×${h} pixels exceeds the limit of ${maxPixels} (MAX_IMAGE_PIXELS)`,
-    );
+  if (!(w > 0 && h > 0)) throw new ImageError(`unreadable ${format} image: its header gives no size`);
+  if (w * h > maxPixels) {
+    throw new ImageError(`image too large: ${w}×${h} pixels exceeds the limit of ${maxPixels} (DEEPFEAT_MAX_IMAGE_PIXELS)`);
   }
+  if (svg) checkSvgPixels({ width: w, height: h }, svg, maxPixels);
 
   let out: { data: Buffer; info: sharp.OutputInfo };
   try {
-    out = await sharp(bytes, {
-      limitInputPixels: maxPixels, // enforced again by libvips while decoding
-      pages: 1, // first frame of an animated GIF/WebP, first page of a TIFF
+    let pipeline = sharp(bytes, {
+      limitInputPixels: maxPixels, // checked again by libvips itself
+      pages: 1, // first frame of an animated GIF/WebP, first page of a TIFF: the others are never decoded
       page: 0,
-    })
-      .rotate() // apply EXIF orientation, then drop the tag
+    }).rotate(); // apply EXIF orientation, then drop the tag
+    const crop = extremeCrop(meta, w, h, width, height);
+    if (crop) pipeline = pipeline.extract(crop);
+    pipeline = pipeline
       .flatten({ background: { r: 255, g: 255, b: 255 } })
       .toColourspace('srgb')
       .resize(width, height, { fit: 'cover', position: 'centre' })
       .removeAlpha()
-      .raw({ depth: 'uchar' })
-      .toBuffer({ resolveWithObject: true });
+      .raw({ depth: 'uchar' });
+    out = await pipeline.toBuffer({ resolveWithObject: true });
   } catch (err) {
-    throw imageErrorFrom(err, bytes, { format: meta.format, width: w, height: h, maxPixels });
+    throw decodeFailure(err, bytes, format, opts);
   }
 
   const { info, data } = out;
   const expected = width * height * 3;
   if (info.channels !== 3 || info.width !== width || info.height !== height || data.byteLength !== expected) {
     throw new ImageError(
-      `could not convert ${meta.format ?? 'image'} to RGB: got ${info.width}×${info.height}×${info.channels} ` +
+      `could not convert ${format} to RGB: got ${info.width}×${info.height}×${info.channels} ` +
         `(${data.byteLength} bytes), expected ${width}×${height}×3`,
     );
   }
@@ -80,54 +150,92 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
 }
 
 /**
- * Turn a sharp/libvips failure into an ImageError with a reason a person can act on.
- *
- * sharp throws plain `Error`s with no code, so the only way to tell "not an image at all" and
- * "over the pixel limit" from damage is the message text. This function is the one place that
- * reads it; anything unrecognised is reported as damage with sharp's own words attached.
+ * The source region that cover-resizing would keep, when the scaled image in between would be
+ * too large to address (a 100000×1 strip); undefined for every ordinary shape, which libvips
+ * crops itself. Sizes are after EXIF orientation, which the pipeline applies before extracting.
  */
-function imageErrorFrom(
+function extremeCrop(meta: sharp.Metadata, w: number, h: number, width: number, height: number) {
+  const [ow, oh] = (meta.orientation ?? 1) >= 5 ? [h, w] : [w, h];
+  const scale = Math.max(width / ow, height / oh);
+  if (Math.max(ow, oh) * scale <= MAX_SCALED_SIDE) return undefined;
+  const cw = Math.min(ow, Math.max(1, Math.round(width / scale)));
+  const ch = Math.min(oh, Math.max(1, Math.round(height / scale)));
+  return { left: Math.floor((ow - cw) / 2), top: Math.floor((oh - ch) / 2), width: cw, height: ch };
+}
+
+/** Size of an image embedded in an SVG, from its header; throws ImageError if that cannot be read. */
+async function probeEmbedded(bytes: Uint8Array, format: 'png' | 'jpeg' | 'svg') {
+  try {
+    const m = await sharp(bytes, { limitInputPixels: false }).metadata();
+    if (m.format === format && (m.width ?? 0) > 0 && (m.height ?? 0) > 0) return { width: m.width!, height: m.height! };
+  } catch (err) {
+    throw new ImageError(`svg refused: the header of an embedded ${format} image cannot be read`, { cause: err });
+  }
+  throw new ImageError(`svg refused: an embedded image is not the ${format} its signature says, or gives no size`);
+}
+
+/**
+ * The reason for a failed decode, from facts about the bytes, never from libvips's text (see the
+ * file comment): out of memory, cut short, or a decoder that rejected the data.
+ */
+function decodeFailure(
   err: unknown,
   bytes: Uint8Array,
-  known: { format?: string; width?: number; height?: number; maxPixels?: number } = {},
+  format: ImageFormat,
+  opts: DecodeOptions,
 ): ImageError {
   const msg = err instanceof Error ? err.message : String(err);
-  if (/unsupported image format/i.test(msg)) {
-    const known = unsupportedImageFormat(bytes);
-    if (known) return new ImageError(`unsupported image format: ${known} (convert it to PNG or JPEG)`, { cause: err });
-    const hint = describeNonImage(bytes);
-    return new ImageError(`not an image: unrecognised format${hint ? ` (${hint})` : ''}`, { cause: err });
+  // sharp's own words, not libvips's buffer: safe to read. Unexpected after the header check, but
+  // a loader may see a larger size than the header said.
+  if (/^Input image exceeds pixel limit$/.test(msg)) {
+    const why = `decoding found more than ${opts.maxPixels} pixels (DEEPFEAT_MAX_IMAGE_PIXELS)`;
+    return new ImageError(`image too large: ${why}`, { cause: err });
   }
-  if (/exceeds pixel limit/i.test(msg)) {
-    const size = known.width && known.height ? `${known.width}×${known.height} pixels` : 'pixel count';
-    const limit = known.maxPixels === undefined ? '' : ` of ${known.maxPixels}`;
-    return new ImageError(`image too large: ${size} exceeds the limit${limit} (MAX_IMAGE_PIXELS)`, { cause: err });
+  // The one guess from text: running out of memory fails an allocation somewhere in a codec, and
+  // each says so in its own words. In a decoder process (one image at a time) the text is this
+  // image's; the worst a mixed-up buffer can do elsewhere is call a damaged file out of memory.
+  if (/out of memory|memory allocation|insufficient memory|failed to allocate|cannot allocate/i.test(msg)) {
+    return new ImageError(outOfMemoryReason(opts.memoryLimitMiB), { cause: err });
   }
-  const what = known.format ? `${known.format} image` : 'image';
-  // libvips keeps one error buffer per process; under concurrent decodes sharp sometimes gets it
-  // empty and says only "Unknown error", which is no use to anyone reading the run's failures.
-  const detail = /^unknown error$/i.test(msg.trim()) ? 'the decoder gave no details' : msg;
-  return new ImageError(`corrupt or truncated ${what}: ${detail}`, { cause: err });
+  const cut = truncation(format, bytes);
+  if (cut) return new ImageError(`truncated ${format} image: ${cut}`, { cause: err });
+  const why = 'the decoder rejected its data (damaged, or a variant it does not support)';
+  return new ImageError(`unreadable ${format} image: ${why}`, { cause: err });
 }
 
-/** Image formats sharp's prebuilt libvips cannot read, recognised by their magic bytes. */
-function unsupportedImageFormat(bytes: Uint8Array): string | undefined {
-  const b = Buffer.from(bytes.subarray(0, 4));
-  if (b.length >= 2 && b[0] === 0x42 && b[1] === 0x4d) return 'BMP';
-  return undefined;
-}
-
-/** A short guess at what a non-image file is, from its first bytes; '' when there is nothing useful to say. */
-function describeNonImage(bytes: Uint8Array): string {
-  const head = Buffer.from(bytes.subarray(0, 64));
-  if (head.subarray(0, 5).toString('latin1') === '%PDF-') return 'looks like a PDF document';
-  if (head[0] === 0x50 && head[1] === 0x4b) return 'looks like a ZIP archive';
-  const text = head.toString('utf8');
-  const printable = [...text].filter((c) => (c >= ' ' && c !== '\uFFFD') || c === '\n' || c === '\r' || c === '\t').length;
-  if (text.length > 0 && printable / text.length > 0.95) {
-    const start = text.replace(/\s+/g, ' ').trim().slice(0, 24);
-    if (/^<(!doctype html|html)/i.test(start)) return 'looks like an HTML page';
-    return `looks like text: "${start}${start.length === 24 ? '…' : ''}"`;
+/** How the file is cut short, if its structure shows that; undefined when it looks whole. */
+export function truncation(format: ImageFormat, b: Uint8Array): string | undefined {
+  const tail = Buffer.from(b.buffer, b.byteOffset + Math.max(0, b.byteLength - 64), Math.min(64, b.byteLength));
+  const endsBefore = (what: string) => `the file ends (at ${b.byteLength} bytes) before its ${what}`;
+  switch (format) {
+    case 'jpeg':
+      // Writers may pad after the marker; anything else in the last bytes means it never came.
+      return tail.includes(Buffer.from([0xff, 0xd9])) ? undefined : endsBefore('end-of-image marker');
+    case 'png':
+      return tail.includes(Buffer.from('IEND', 'latin1')) ? undefined : endsBefore('IEND chunk');
+    case 'gif':
+      return b[b.byteLength - 1] === 0x3b ? undefined : endsBefore('trailer');
+    case 'webp': {
+      const declared = Buffer.from(b.buffer, b.byteOffset, b.byteLength).readUInt32LE(4) + 8;
+      if (declared <= b.byteLength) return undefined;
+      return `the file has ${b.byteLength} of the ${declared} bytes its header declares`;
+    }
+    case 'avif':
+    case 'heif': {
+      // Top-level boxes (ftyp, meta, mdat...) must all fit in the file.
+      const v = Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+      let off = 0;
+      while (off + 8 <= v.length) {
+        let size = v.readUInt32BE(off);
+        if (size === 1 && off + 16 <= v.length) size = Number(v.readBigUInt64BE(off + 8));
+        if (size === 0) return undefined; // runs to the end of the file
+        if (size < 8) return undefined; // not boxes at all: damage, not truncation
+        if (off + size > v.length) return `the file ends (at ${v.length} bytes) inside a box running to byte ${off + size}`;
+        off += size;
+      }
+      return undefined;
+    }
+    default:
+      return undefined;
   }
-  return `first bytes ${head.subarray(0, 8).toString('hex')}`;
 }

@@ -4,17 +4,18 @@
  * decodes), so I/O overlaps inference. Bad images become failure rows with their reason; storage
  * faults fail the job (transient ones are retried by BullMQ, permanent ones end the run).
  */
-import { readFile } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { mapLimit } from '../../shared/concurrency.js';
 import type { ShardRow } from '../../shared/dataset.js';
 import { ImageError, NotFoundError } from '../../shared/errors.js';
 import { writeShard } from '../../shared/feature-store.js';
-import { ObjectTooLargeError, getObjectBytes, parseS3Url } from '../../shared/s3.js';
+import { ObjectTooLargeError, getObjectBytes } from '../../shared/s3.js';
 import type { ImageFailure } from '../../shared/run-state.js';
 import { startWorker, type ServiceContext } from '../../shared/worker-kit.js';
 import { createEngineCache } from './engine-cache.js';
 import { loadEngineInThread } from './engines/thread.js';
-import { decodeImage } from './image.js';
+import { DecoderPool } from './decoder-pool.js';
+import { createModelSource } from './model-source.js';
 
 type Decoded = { ok: true; pixels: Uint8Array } | { ok: false; reason: string };
 
@@ -32,24 +33,34 @@ export function startExtractorWorker(ctx: ServiceContext, concurrency = 1) {
           onnxProvider: cfg.onnxProvider,
           cacheDir: cfg.cacheDir,
           log: (msg, extra) => ctx.log.info(extra ?? {}, msg),
-          readObject: async (url) => {
-            if (!url.startsWith('s3://')) return new Uint8Array(await readFile(url));
-            const { bucket, key: objectKey } = parseS3Url(url);
-            return getObjectBytes(ctx.s3, bucket, objectKey);
-          },
+          // A run request names the model: only s3:// and DEEPFEAT_MODEL_DIRS folders, size-bounded.
+          readObject: createModelSource({ s3: ctx.s3, modelDirs: cfg.modelDirs, maxModelBytes: cfg.maxModelBytes }),
+          maxModelBytes: cfg.maxModelBytes,
         },
         { timeoutMs: cfg.engineTimeoutSeconds * 1000, timeoutSetting: 'DEEPFEAT_ENGINE_TIMEOUT' },
       ),
     (reason) => ctx.log.error({ reason }, 'feature engine thread ended; a new one starts with the next job'),
   );
 
+  // Images are decoded in separate processes, each bounded in time and memory (decoder-pool.ts).
+  // More of them than cores would only queue for the CPU; each holds at most DEEPFEAT_DECODE_MEMORY.
+  const decoders = new DecoderPool({
+    processes: Math.max(1, Math.min(cfg.fetchConcurrency, availableParallelism())),
+    timeoutSeconds: cfg.decodeTimeoutSeconds,
+    memoryLimitMiB: cfg.decodeMemoryMiB,
+    log: (msg, extra) => ctx.log.warn(extra ?? {}, msg),
+  });
+
   const worker = startWorker(ctx, 'extract', async (data, _job, log) => {
     const { runId, shard, items, sourceBucket } = data;
-    const engine = await engines.get(data.features);
+    // Held until the job ends, so a concurrent job for another spec cannot dispose it (engine-cache.ts).
+    using lease = await engines.acquire(data.features);
+    const engine = lease.engine;
     const fetchAndDecode = async (key: string): Promise<Decoded> => {
       try {
         const bytes = await getObjectBytes(ctx.s3, sourceBucket, key, cfg.maxImageBytes);
-        const pixels = await decodeImage(bytes, { width: engine.input.width, height: engine.input.height, maxPixels: cfg.maxImagePixels });
+        const size = { width: engine.input.width, height: engine.input.height };
+        const pixels = await decoders.decode(bytes, { ...size, maxPixels: cfg.maxImagePixels, formats: cfg.imageFormats });
         return { ok: true, pixels };
       } catch (err) {
         if (err instanceof ImageError || err instanceof ObjectTooLargeError) return { ok: false, reason: err.message };
@@ -101,7 +112,10 @@ export function startExtractorWorker(ctx: ServiceContext, concurrency = 1) {
     if (failures.length > 0) log.warn({ runId, shard, failed: failures.length, first: failures[0] }, 'images failed');
     return { shard, rows: nRows, failed: failures.length, engine: engine.id, backend: engine.backend, input: `${engine.input.width}x${engine.input.height}` };
   }, concurrency);
-  worker.on('closed', () => engines.close());
+  worker.on('closed', () => {
+    engines.close();
+    void decoders.close();
+  });
   return worker;
 }
 
