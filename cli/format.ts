@@ -1,8 +1,19 @@
-/** Human-readable output for the CLI (tables, status); the JSON forms are the objects themselves. */
+/**
+ * Human-readable output for the CLI (tables, status, progress); the JSON forms are the objects
+ * themselves, exact. Every piece of user data (keys, labels, reasons, the source, model names,
+ * error messages) goes through `field` here: capped, and with its control characters escaped, so
+ * a key holding an ANSI escape cannot recolour, clear or rewrite a user's terminal.
+ */
 import type { RunStatus } from '../shared/run-state.js';
 import { describeFeatures } from '../shared/features.js';
+import { MAX_MESSAGE_CHARS, MAX_QUOTED_CHARS, capText, terminalSafe, terminalSafeLines } from '../shared/text.js';
 
 const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+
+/** One field of user data, for a terminal: at most `max` characters, control characters escaped. */
+export function field(s: string, max = MAX_MESSAGE_CHARS): string {
+  return terminalSafe(capText(String(s), max));
+}
 
 export function formatDuration(s: number | null): string {
   if (s === null || !Number.isFinite(s)) return '-';
@@ -10,25 +21,37 @@ export function formatDuration(s: number | null): string {
   return `${Math.floor(s / 60)}m${String(Math.round(s % 60)).padStart(2, '0')}s`;
 }
 
+/** Columns padded to their widest cell; every cell is a `field` (capped, escaped) first. */
 export function table(rows: ReadonlyArray<ReadonlyArray<string>>): string {
-  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => (r[c] ?? '').length)));
-  return rows.map((r) => r.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd()).join('\n');
+  const safe = rows.map((r) => r.map((cell) => field(cell, MAX_QUOTED_CHARS)));
+  const widths = safe[0]!.map((_, c) => Math.max(...safe.map((r) => (r[c] ?? '').length)));
+  return safe.map((r) => r.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd()).join('\n');
 }
 
-export function formatStatus(s: RunStatus, maxFailures = 10): string {
+export function formatStatus(s: RunStatus, maxFailures = 10, maxSkipped = 10): string {
+  const engine = s.engine ? `  (engine ${field(s.engine)} on ${field(String(s.backend))})` : '';
   const lines = [
-    `run       ${s.runId}`,
-    `source    ${s.request.source}`,
-    `features  ${describeFeatures(s.request.features)}${s.engine ? `  (engine ${s.engine} on ${s.backend})` : ''}`,
-    `stage     ${s.stage}`,
+    `run       ${field(s.runId)}`,
+    `source    ${field(s.request.source)}`,
+    `features  ${field(describeFeatures(s.request.features))}${engine}`,
+    `stage     ${field(s.stage)}`,
     `images    ${s.done + s.failed}/${s.total} processed, ${s.failed} failed, shards ${s.shardsDone}/${s.shards}`,
     `speed     ${s.imagesPerSecond ? `${s.imagesPerSecond.toFixed(1)} images/s` : '-'}   eta ${formatDuration(s.etaSeconds)}`,
   ];
-  if (s.error) lines.push(`error     ${s.error.message}`);
+  if (s.error) lines.push(`error     ${field(s.error.message)}`);
   if (s.failures.length > 0) {
     lines.push(`failures  (${s.failures.length})`);
-    for (const f of s.failures.slice(0, maxFailures)) lines.push(`  ${f.key}: ${f.reason}`);
+    for (const f of s.failures.slice(0, maxFailures)) lines.push(`  ${field(f.key)}: ${field(f.reason)}`);
     if (s.failures.length > maxFailures) lines.push(`  ... ${s.failures.length - maxFailures} more (--json for all)`);
+  }
+  // A run.json written before skipped objects were recorded has neither field.
+  const skipped = s.skipped ?? [];
+  const skippedTotal = s.skippedTotal ?? skipped.length;
+  if (skippedTotal > 0) {
+    lines.push(`skipped   (${skippedTotal}) objects under the source that are not part of the dataset`);
+    for (const o of skipped.slice(0, maxSkipped)) lines.push(`  ${field(o.key)}: ${field(o.reason)}`);
+    const more = skippedTotal - Math.min(maxSkipped, skipped.length);
+    if (more > 0) lines.push(`  ... ${more} more (--json lists ${skipped.length === skippedTotal ? 'all' : `the first ${skipped.length}`})`);
   }
   if (s.metrics) {
     const m = s.metrics;
@@ -44,6 +67,22 @@ export function formatStatus(s: RunStatus, maxFailures = 10): string {
     );
     lines.push('  confusion (rows true, cols predicted): ' + m.confusion.map((r) => `[${r.join(' ')}]`).join(' '));
   }
-  if (s.model) lines.push(`model     ${s.model.uri}  (deepfeat download ${s.runId} -o DIR)`);
+  if (s.model) lines.push(`model     ${field(s.model.uri)}  (deepfeat download ${field(s.runId)} -o DIR)`);
   return lines.join('\n');
+}
+
+/** What `download` wrote (the model name is the run request's, user data). */
+export function formatDownloaded(
+  path: string,
+  a: { name: string; version: string; classes: readonly string[]; metrics: { accuracy: number } },
+): string {
+  return `${field(path)}: ${field(a.name)}@${field(a.version)}, ${a.classes.length} classes, test accuracy ${pct(a.metrics.accuracy)}`;
+}
+
+/**
+ * An error for stderr: `deepfeat: MESSAGE`. Newlines the message was laid out with (a list of
+ * configuration problems) stay; every other control character is escaped.
+ */
+export function formatError(message: string): string {
+  return `deepfeat: ${terminalSafeLines(capText(message, 4 * MAX_MESSAGE_CHARS))}`;
 }

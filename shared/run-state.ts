@@ -7,10 +7,23 @@
 import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { RunRequest } from './queues.js';
+import { capText, MAX_MESSAGE_CHARS } from './text.js';
 
-export type Stage = 'queued' | 'planning' | 'extracting' | 'training' | 'evaluating' | 'published' | 'failed';
+/** A run's stages in the order it moves through them; 'failed' can follow any of them. */
+export const STAGE_ORDER = ['queued', 'planning', 'extracting', 'training', 'evaluating', 'published'] as const;
+export type ActiveStage = (typeof STAGE_ORDER)[number];
+export type Stage = ActiveStage | 'failed';
+
+/** At most this many skipped objects are listed in a run's state; the rest are only counted. */
+export const MAX_SKIPPED_LISTED = 1000;
 
 export interface ImageFailure {
+  readonly key: string;
+  readonly reason: string;
+}
+
+/** An object under the run's source that planning did not use, and why. */
+export interface SkippedObject {
   readonly key: string;
   readonly reason: string;
 }
@@ -44,6 +57,10 @@ export interface RunStatus {
   readonly done: number;
   readonly failed: number;
   readonly failures: readonly ImageFailure[];
+  /** Objects planning did not use (first MAX_SKIPPED_LISTED by key), with why. */
+  readonly skipped: readonly SkippedObject[];
+  /** How many objects planning skipped in all (can be more than `skipped` lists). */
+  readonly skippedTotal: number;
   readonly classes: readonly string[];
   readonly counts: Readonly<Record<string, Readonly<Record<string, number>>>>;
   readonly imagesPerSecond: number | null;
@@ -55,6 +72,18 @@ export interface RunStatus {
   readonly metrics: RunMetrics | null;
   readonly model: PublishedModel | null;
   readonly error: { code: string; message: string } | null;
+}
+
+/**
+ * Skipped objects as a run keeps them: the first MAX_SKIPPED_LISTED by key, reasons capped, and
+ * the total count.
+ */
+export function boundSkipped(all: readonly SkippedObject[]): { skipped: SkippedObject[]; skippedTotal: number } {
+  const skipped = [...all]
+    .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
+    .slice(0, MAX_SKIPPED_LISTED)
+    .map((o) => ({ key: o.key, reason: capText(o.reason, MAX_MESSAGE_CHARS) }));
+  return { skipped, skippedTotal: all.length };
 }
 
 /** Sortable, unique run ids: r<yyyymmddhhmmss>-<6 hex>. */
@@ -89,6 +118,45 @@ redis.call('HSET', KEYS[1], 'stage', 'failed', 'error', ARGV[2], 'updatedAt', AR
 return 1
 `;
 
+/**
+ * Lua: moveStage(key, to, updatedAt, extra) moves the run forward along STAGE_ORDER and writes
+ * the `extra` field/value pairs with it; a move backwards, sideways, or out of 'failed' or
+ * 'published' changes nothing. Returns 1 when it moved.
+ */
+const MOVE_STAGE_LUA = `
+local rank = {${STAGE_ORDER.map((s, i) => `${s} = ${i}`).join(', ')}}
+local function moveStage(key, to, now, extra)
+  local cur = redis.call('HGET', key, 'stage')
+  if cur == 'failed' or cur == 'published' then return 0 end
+  local from = (cur and rank[cur]) or 0
+  local target = rank[to]
+  if target == nil or target <= from then return 0 end
+  redis.call('HSET', key, 'stage', to, 'updatedAt', now, unpack(extra))
+  return 1
+end
+local function rest(from)
+  local t = {}
+  for i = from, #ARGV do t[#t + 1] = ARGV[i] end
+  return t
+end
+`;
+
+/** RunStore.setStage. KEYS[1] the run hash; ARGV: stage, updatedAt, then field/value pairs. */
+const STAGE_SCRIPT = `${MOVE_STAGE_LUA}
+return moveStage(KEYS[1], ARGV[1], ARGV[2], rest(3))
+`;
+
+/**
+ * RunStore.setPlan. KEYS[1] the run hash; ARGV: updatedAt, extractStartedAt (ms), then the plan's
+ * field/value pairs. The first extractStartedAt stays: a re-run plan job must not restart the
+ * throughput clock of a run that is already extracting.
+ */
+const PLAN_SCRIPT = `${MOVE_STAGE_LUA}
+redis.call('HSET', KEYS[1], unpack(rest(3)))
+redis.call('HSETNX', KEYS[1], 'extractStartedAt', ARGV[2])
+return moveStage(KEYS[1], 'extracting', ARGV[1], {})
+`;
+
 export class RunStore {
   constructor(
     private readonly redis: Redis,
@@ -112,27 +180,52 @@ export class RunStore {
     return (await this.redis.exists(this.key(runId))) === 1;
   }
 
-  /** Moves the run forward; never out of 'failed' or 'published' (a late retry must not undo them). */
-  async setStage(runId: string, stage: Stage, fields: Record<string, string | number> = {}): Promise<void> {
-    const current = await this.redis.hget(this.key(runId), 'stage');
-    if ((current === 'failed' || current === 'published') && stage !== current) return;
-    await this.redis.hset(this.key(runId), { ...fields, stage, updatedAt: new Date().toISOString() });
+  /**
+   * Moves the run forward along STAGE_ORDER, with `fields`; never backwards and never out of
+   * 'failed' or 'published'. One script, so the check and the write are atomic: a retried or
+   * re-run job (a plan job after its run reached extraction, a late stage move racing fail())
+   * can neither move a live run back nor bring a failed one back to life. Returns whether it moved.
+   */
+  async setStage(runId: string, stage: ActiveStage, fields: Record<string, string | number> = {}): Promise<boolean> {
+    const pairs = Object.entries(fields).flatMap(([k, v]) => [k, String(v)]);
+    return (await this.redis.eval(STAGE_SCRIPT, 1, this.key(runId), stage, new Date().toISOString(), ...pairs)) === 1;
   }
 
-  async setPlan(runId: string, plan: { total: number; shards: number; classes: string[]; counts: Record<string, Record<string, number>> }): Promise<void> {
-    await this.redis.hset(this.key(runId), {
-      total: plan.total,
-      shards: plan.shards,
+  /**
+   * Records the plan and moves the run to 'extracting' (if it is not further on). Keeps the first
+   * extractStartedAt. Skipped objects: the first MAX_SKIPPED_LISTED (by key) are listed, the
+   * others only counted, so a prefix with a million stray files cannot blow up the run's state.
+   */
+  async setPlan(
+    runId: string,
+    plan: {
+      total: number;
+      shards: number;
+      classes: readonly string[];
+      counts: Readonly<Record<string, Readonly<Record<string, number>>>>;
+      skipped?: readonly SkippedObject[];
+    },
+  ): Promise<void> {
+    const { skipped, skippedTotal } = boundSkipped(plan.skipped ?? []);
+    const fields: Record<string, string> = {
+      total: String(plan.total),
+      shards: String(plan.shards),
       classes: JSON.stringify(plan.classes),
       counts: JSON.stringify(plan.counts),
-      extractStartedAt: Date.now(),
-    });
-    await this.setStage(runId, 'extracting');
+      skipped: JSON.stringify(skipped),
+      skippedTotal: String(skippedTotal),
+    };
+    const pairs = Object.entries(fields).flat();
+    await this.redis.eval(PLAN_SCRIPT, 1, this.key(runId), new Date().toISOString(), String(Date.now()), ...pairs);
   }
 
+  /** One shard's progress; its failures' reasons are capped (they may quote image data). */
   async setShardProgress(runId: string, shard: number, p: ShardProgress, failures?: readonly ImageFailure[]): Promise<void> {
     const fields: Record<string, string> = { [`shard:${shard}`]: JSON.stringify(p) };
-    if (failures) fields[`failures:${shard}`] = JSON.stringify(failures);
+    if (failures) {
+      const capped = failures.map((f) => ({ key: f.key, reason: capText(f.reason, MAX_MESSAGE_CHARS) }));
+      fields[`failures:${shard}`] = JSON.stringify(capped);
+    }
     if (p.engine) fields.engine = p.engine;
     if (p.backend) fields.backend = p.backend;
     if (p.input) fields.engineInput = p.input;
@@ -149,7 +242,10 @@ export class RunStore {
     // One script, so the check and the write are atomic: the child and its parent fail in
     // different processes at nearly the same moment, and a read-then-write from each let the
     // generic report overwrite the specific one.
-    await this.redis.eval(FAIL_SCRIPT, 1, this.key(runId), code, JSON.stringify({ code, message }), new Date().toISOString());
+    // The message is capped here as a last guard: messages are built capped, but a run's error
+    // is read by every status call and must stay small whatever a job threw.
+    const error = JSON.stringify({ code, message: capText(message, MAX_MESSAGE_CHARS) });
+    await this.redis.eval(FAIL_SCRIPT, 1, this.key(runId), code, error, new Date().toISOString());
   }
 
   async setResult(runId: string, metrics: RunMetrics, model: PublishedModel): Promise<void> {
@@ -211,6 +307,8 @@ export function statusFromHash(runId: string, h: Record<string, string>, nowMs: 
     done,
     failed,
     failures,
+    skipped: json(h.skipped, []),
+    skippedTotal: Number(h.skippedTotal ?? 0),
     classes: json(h.classes, []),
     counts: json(h.counts, {}),
     imagesPerSecond: rate,

@@ -8,6 +8,7 @@ import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { enqueueRun, waitForRun } from '../cli/client.js';
 import { startPlannerWorker } from '../services/planner/worker.js';
 import { createContext, closeContext, type ServiceContext } from '../shared/worker-kit.js';
+import { MAX_MESSAGE_CHARS } from '../shared/text.js';
 import { deployment, runCli, type Deployment } from './helpers/pipeline.js';
 
 let dep: Deployment;
@@ -29,6 +30,10 @@ test.before(async () => {
     dep.put('badsplit.csv', 'key,label,split\nx.png,cat,holdout\n'),
     dep.put('dup.jsonl', '{"key":"a.png","label":"cat"}\n{"key":"a.png","label":"dog"}\n'),
     dep.put('outside.csv', 'key,label\ns3://other-bucket/a.png,cat\nb.png,dog\n'),
+    dep.put('header-only.csv', 'key,label,split\r\n'),
+    dep.put('comma.csv', 'key,label\na.png,cat\nb.png,big, dog\nc.png,dog\n'),
+    dep.put('one-label.jsonl', '{"key":"a.png","label":"cat"}\n{"key":"b.png","label":"cat"}\n'),
+    dep.put('junk-header.csv', `${'\u001b[2J'.repeat(1 << 18)},label\na.png,cat\n`),
   ]);
 });
 
@@ -47,6 +52,9 @@ const cases: Array<[string, (bucket: string) => string, RegExp]> = [
   ['manifest with unknown split', (b) => `s3://${b}/badsplit.csv`, /unknown split "holdout"; use train, val or test/],
   ['manifest with duplicate key', (b) => `s3://${b}/dup.jsonl`, /duplicate key "a.png"/],
   ['manifest key outside the bucket', (b) => `s3://${b}/outside.csv`, /outside the bucket/],
+  ['manifest with only a header', (b) => `s3://${b}/header-only.csv`, /manifest s3:\/\/.*\/header-only\.csv has a header but no rows/],
+  ['manifest row with an unquoted comma', (b) => `s3://${b}/comma.csv`, /comma\.csv line 3: 3 values, expected 2/],
+  ['manifest with one label', (b) => `s3://${b}/one-label.jsonl`, /only one class \(cat\).*give the images at least two different labels/],
 ];
 
 for (const [title, source, message] of cases) {
@@ -65,6 +73,20 @@ test('CLI: `run --wait` on a bad dataset exits 2 with the message', async (t) =>
   const r = await runCli(dep.env, ['run', `s3://${dep.dataBucket}/one-class/`, '--wait']);
   t.is(r.code, 2, r.stdout + r.stderr);
   t.regex(r.stdout, /only one class/);
+});
+
+test('a 1 MB junk manifest header gives a short error in Redis, `run --wait` and `status`, with no escape byte on the terminal', async (t) => {
+  const r = await runCli(dep.env, ['run', `s3://${dep.dataBucket}/junk-header.csv`, '--wait']);
+  t.is(r.code, 2, r.stderr.slice(0, 500));
+  t.regex(r.stdout, /junk-header\.csv: the header has no "key" column/);
+  t.true(r.stdout.length + r.stderr.length < 4 * MAX_MESSAGE_CHARS, `${r.stdout.length + r.stderr.length} characters`);
+  t.false(r.stdout.includes('\u001b'));
+  const runId = /run\s+(r\d{14}-[0-9a-f]{6})/.exec(r.stdout)![1]!;
+  const s = await dep.client.runs!.get(runId);
+  t.true(s!.error!.message.length <= MAX_MESSAGE_CHARS, `${s!.error!.message.length} characters`);
+  const status = await runCli(dep.env, ['status', runId]);
+  t.true(status.stdout.length < 4 * MAX_MESSAGE_CHARS);
+  t.false(status.stdout.includes('\u001b'));
 });
 
 test('CLI: a malformed source URL fails before anything is queued', async (t) => {
@@ -90,8 +112,17 @@ test('CLI: download of an unknown model name is a clear error', async (t) => {
 test('good layouts are planned: a CSV manifest and split folders reach extraction with every image', async (t) => {
   const manifest = ['key,label,split', ...['a', 'b', 'c'].flatMap((x) => [`imgs/${x}-1.png,"cat, tabby",`, `s3://${dep.dataBucket}/imgs/${x}-2.png,dog,`])].join('\n');
   await dep.put('good.csv', manifest + '\n');
+  // A byte order mark, CRLF, numeric labels; and a CSV value spanning two lines.
+  await dep.put('good.jsonl', '\uFEFF{"key":"n/1.png","label":1}\r\n{"key":"n/2.png","label":1}\r\n{"key":"n/3.png","label":2}\r\n{"key":"n/4.png","label":2}\r\n');
+  await dep.put('multiline.csv', 'key,label\n"m/1.png","two\nlines"\nm/2.png,"two\nlines"\nm/3.png,one\nm/4.png,one\n');
   await Promise.all(['train/cat/1.png', 'train/dog/1.png', 'test/cat/2.png', 'test/dog/2.png', 'train/cat/3.png'].map((k) => dep.put(`good-split/${k}`, 'x')));
-  for (const [source, total] of [[`s3://${dep.dataBucket}/good.csv`, 6], [`s3://${dep.dataBucket}/good-split/`, 5]] as const) {
+  const sources = [
+    [`s3://${dep.dataBucket}/good.csv`, 6],
+    [`s3://${dep.dataBucket}/good-split/`, 5],
+    [`s3://${dep.dataBucket}/good.jsonl`, 4],
+    [`s3://${dep.dataBucket}/multiline.csv`, 4],
+  ] as const;
+  for (const [source, total] of sources) {
     const runId = await enqueueRun(dep.client, { source });
     let s = await dep.client.runs!.get(runId);
     for (let i = 0; i < 100 && (s?.stage === 'queued' || s?.stage === 'planning'); i++) {

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { assignSplits, checkAndCount, labelsFromListing, labelsFromManifest, shardItems } from '../services/planner/plan.js';
+import { assignSplits, checkAndCount, labelsFromListing, shardItems, splitNamed } from '../services/planner/plan.js';
 import { DatasetError } from '../shared/errors.js';
 import type { ManifestItem, Split } from '../shared/dataset.js';
 
@@ -75,91 +75,6 @@ test('listing: nothing usable is a DatasetError that says which layout is expect
     t.regex(err!.message, /train\|val\|test/);
     t.regex(err!.message, /manifest/);
   }
-});
-
-// ---------- labelsFromManifest: CSV ----------
-
-test('csv: quoted fields with commas and "" escapes; split optional and case-insensitive', (t) => {
-  const csv = ['key,label,split', '"imgs/a,b.jpg","big, cat",TRAIN', 'imgs/c.jpg,"say ""hi""",', 'imgs/d.jpg,dog,validation', ''].join('\r\n');
-  const items = labelsFromManifest(csv, 'csv', 's3://b/labels.csv', 'b');
-  t.deepEqual(items, [
-    { key: 'imgs/a,b.jpg', label: 'big, cat', split: 'train' },
-    { key: 'imgs/c.jpg', label: 'say "hi"' },
-    { key: 'imgs/d.jpg', label: 'dog', split: 'val' },
-  ]);
-});
-
-test('csv: header columns in any order, s3:// URLs in the same bucket and leading / become plain keys', (t) => {
-  const csv = 'Label , Key\ncat,s3://b/x/1.jpg\ndog,/x/2.jpg\n';
-  t.deepEqual(labelsFromManifest(csv, 'csv', 'm', 'b'), [
-    { key: 'x/1.jpg', label: 'cat' },
-    { key: 'x/2.jpg', label: 'dog' },
-  ]);
-});
-
-test('csv: missing label column is an error naming the column', (t) => {
-  const err = t.throws(() => labelsFromManifest('key,class\na.jpg,cat\n', 'csv', 's3://b/m.csv', 'b'), { instanceOf: DatasetError });
-  t.regex(err!.message, /"label" column/);
-  t.regex(err!.message, /found: key, class/);
-  const err2 = t.throws(() => labelsFromManifest('path,label\na.jpg,cat\n', 'csv', 's3://b/m.csv', 'b'), { instanceOf: DatasetError });
-  t.regex(err2!.message, /"key" column/);
-});
-
-test('csv: unknown split is an error naming the line and the value', (t) => {
-  const err = t.throws(() => labelsFromManifest('key,label,split\na.jpg,cat,train\nb.jpg,dog,holdout\n', 'csv', 's3://b/m.csv', 'b'), {
-    instanceOf: DatasetError,
-  });
-  t.regex(err!.message, /line 3/);
-  t.regex(err!.message, /unknown split "holdout"/);
-});
-
-test('csv: duplicate key (also via its s3:// form) is an error', (t) => {
-  const err = t.throws(() => labelsFromManifest('key,label\na.jpg,cat\na.jpg,dog\n', 'csv', 'm', 'b'), { instanceOf: DatasetError });
-  t.regex(err!.message, /line 3: duplicate key "a.jpg"/);
-  const err2 = t.throws(() => labelsFromManifest('key,label\na.jpg,cat\ns3://b/a.jpg,dog\n', 'csv', 'm', 'b'), { instanceOf: DatasetError });
-  t.regex(err2!.message, /duplicate key/);
-});
-
-test('csv: a key in another bucket is an error naming both', (t) => {
-  const err = t.throws(() => labelsFromManifest('key,label\ns3://other/a.jpg,cat\n', 'csv', 'm', 'b'), { instanceOf: DatasetError });
-  t.regex(err!.message, /s3:\/\/other\/a\.jpg/);
-  t.regex(err!.message, /outside the bucket b/);
-});
-
-test('csv: keys with .. or . segments are errors', (t) => {
-  for (const k of ['../secret.jpg', 'imgs/../../x.jpg', 's3://b/a/../b.jpg', './a.jpg']) {
-    const err = t.throws(() => labelsFromManifest(`key,label\n${k},cat\n`, 'csv', 'm', 'b'), { instanceOf: DatasetError }, k);
-    t.regex(err!.message, /'\.' or '\.\.' segments/, k);
-  }
-  // A dot inside a name is fine.
-  t.is(labelsFromManifest('key,label\na..b/c.d.jpg,cat\n', 'csv', 'm', 'b')[0]!.key, 'a..b/c.d.jpg');
-});
-
-test('csv: missing key or label cell is an error naming the line', (t) => {
-  t.throws(() => labelsFromManifest('key,label\na.jpg,\n', 'csv', 'm', 'b'), { instanceOf: DatasetError, message: /line 2: missing label/ });
-  t.throws(() => labelsFromManifest('key,label\n  ,cat\n', 'csv', 'm', 'b'), { instanceOf: DatasetError, message: /line 2: missing key/ });
-});
-
-// ---------- labelsFromManifest: JSON lines ----------
-
-test('jsonl: parses objects, skips blank lines, maps split names', (t) => {
-  const text = ['{"key":"a.jpg","label":"cat","split":"test"}', '', '{"key":"b.jpg","label":"dog"}', '{"key":"c.jpg","label":"dog","split":"valid"}'].join('\n');
-  t.deepEqual(labelsFromManifest(text, 'jsonl', 'm', 'b'), [
-    { key: 'a.jpg', label: 'cat', split: 'test' },
-    { key: 'b.jpg', label: 'dog' },
-    { key: 'c.jpg', label: 'dog', split: 'val' },
-  ]);
-});
-
-test('jsonl: a bad JSON line is an error naming the line', (t) => {
-  const text = '{"key":"a.jpg","label":"cat"}\n{"key": "b.jpg", label: dog}\n';
-  const err = t.throws(() => labelsFromManifest(text, 'jsonl', 's3://b/m.jsonl', 'b'), { instanceOf: DatasetError });
-  t.regex(err!.message, /s3:\/\/b\/m\.jsonl line 2: not valid JSON/);
-});
-
-test('jsonl: a non-object line and a non-string label are errors naming the line', (t) => {
-  t.throws(() => labelsFromManifest('{"key":"a","label":"c"}\n42\n', 'jsonl', 'm', 'b'), { instanceOf: DatasetError, message: /line 2: expected a JSON object/ });
-  t.throws(() => labelsFromManifest('{"key":"a","label":7}\n', 'jsonl', 'm', 'b'), { instanceOf: DatasetError, message: /line 1: missing label/ });
 });
 
 // ---------- assignSplits ----------
@@ -380,4 +295,103 @@ test('labelsFromListing: a stray file directly in a split folder is ignored, not
   // Without split folders, a class may be called "test".
   const plain = labelsFromListing(['p/test/1.png', 'p/cat/2.png'], 'p/', 's3://b/p/');
   t.deepEqual(plain.items.map((i) => i.label).sort(), ['cat', 'test']);
+});
+
+test('listing: a folder with an empty name (// or a leading /) is not a class folder: ignored with a reason', (t) => {
+  const { items, ignored } = labelsFromListing([`${P}cat/1.jpg`, `${P}cat//2.jpg`, `${P}/3.jpg`, `${P}dog/4.jpg`, `${P}//5.jpg`], P, WHERE);
+  t.deepEqual(items.map((i) => i.key), [`${P}cat/1.jpg`, `${P}dog/4.jpg`]);
+  t.deepEqual(ignored.map((i) => i.key), [`${P}cat//2.jpg`, `${P}/3.jpg`, `${P}//5.jpg`]);
+  for (const i of ignored) t.regex(i.reason, /empty name/);
+});
+
+test('listing: every object not used is in ignored with a reason that says which rule it broke', (t) => {
+  const { ignored } = labelsFromListing([`${P}notes.txt`, `${P}cat/1.jpg`, `${P}cat/raw/2.jpg`, `${P}cat/a/b/3.jpg`, `${P}dog/4.jpg`], P, WHERE);
+  t.deepEqual(ignored, [
+    { key: `${P}notes.txt`, reason: 'at the top of the prefix, not in a <label>/ folder' },
+    { key: `${P}cat/raw/2.jpg`, reason: 'in a subfolder 1 deep; only files directly in <label>/ or <split>/<label>/ are used' },
+    { key: `${P}cat/a/b/3.jpg`, reason: 'in a subfolder 2 deep; only files directly in <label>/ or <split>/<label>/ are used' },
+  ]);
+});
+
+test('split names are looked up exactly: Object.prototype members are neither split folders nor splits', (t) => {
+  for (const name of ['constructor', '__proto__', 'toString', 'hasOwnProperty']) t.is(splitNamed(name), undefined, name);
+  t.is(splitNamed('validation'), 'val');
+  // A class folder called "constructor" under a split layout is a class, not a split.
+  const { items } = labelsFromListing(['p/train/constructor/1.png', 'p/test/constructor/2.png', 'p/constructor/x/3.png'], 'p/', 's3://b/p/');
+  t.deepEqual(items.map((i) => [i.label, i.split]), [['constructor', 'train'], ['constructor', 'test']]);
+});
+
+test('checkAndCount: labels named like Object.prototype members count like any other', (t) => {
+  const labels = ['__proto__', 'constructor', 'toString'];
+  const items: ManifestItem[] = labels.flatMap((label) => [
+    { key: `${label}/1`, label, split: 'train' as Split },
+    { key: `${label}/2`, label, split: 'test' as Split },
+  ]);
+  const r = checkAndCount(items, 'w');
+  t.deepEqual(r.classes, [...labels].sort());
+  for (const l of labels) t.deepEqual(r.counts[l], { train: 1, val: 0, test: 1 }, l);
+  t.is((Object.prototype as Record<string, unknown>).train, undefined);
+  t.is((Object as unknown as Record<string, unknown>).train, undefined);
+  // And they survive a JSON round trip (run state, run.json).
+  t.deepEqual(Object.keys(JSON.parse(JSON.stringify(r.counts))).sort(), [...labels].sort());
+});
+
+test('checkAndCount: the fix for one class fits the layout (folders or a manifest)', (t) => {
+  const one: ManifestItem[] = [
+    { key: '1', label: 'cat', split: 'train' },
+    { key: '2', label: 'cat', split: 'test' },
+  ];
+  t.throws(() => checkAndCount(one, 'w'), { message: /add a folder per class/ });
+  const err = t.throws(() => checkAndCount(one, 's3://b/m.csv', 'manifest'), { message: /give the images at least two different labels/ });
+  t.notRegex(err!.message, /folder/);
+});
+
+test('messages quoting a label stay small', (t) => {
+  const label = 'x'.repeat(1 << 20);
+  const items: ManifestItem[] = [
+    { key: '1', label, split: 'train' },
+    { key: '2', label: 'b', split: 'train' },
+    { key: '3', label: 'b', split: 'test' },
+  ];
+  const err = t.throws(() => checkAndCount(items, 'w'), { instanceOf: DatasetError });
+  t.true(err!.message.length < 1000, `${err!.message.length} characters`);
+  const one = t.throws(() => checkAndCount([{ key: '1', label, split: 'train' }], 'w'), { instanceOf: DatasetError });
+  t.true(one!.message.length < 1000, `${one!.message.length} characters`);
+});
+
+// ---------- Scale ----------
+
+test('planning 200,000 images (2 classes x 100,000): every image once, stratified, sharded', (t) => {
+  const n = 100_000;
+  const keys: string[] = [];
+  for (const label of ['cat', 'dog']) for (let i = 0; i < n; i++) keys.push(`${P}${label}/${String(i).padStart(6, '0')}.jpg`);
+  keys.push(`${P}README.md`);
+  const t0 = performance.now();
+  const { items: labelled, ignored } = labelsFromListing(keys, P, WHERE);
+  const items = assignSplits(labelled, FR, 42);
+  const { classes, counts } = checkAndCount(items, WHERE);
+  const shards = shardItems(items, 256);
+  const ms = performance.now() - t0;
+  t.log(`planned ${items.length} images in ${ms.toFixed(0)} ms`);
+  t.is(items.length, 2 * n);
+  t.deepEqual(ignored.map((i) => i.key), [`${P}README.md`]);
+  t.deepEqual(classes, ['cat', 'dog']);
+  for (const c of classes) t.deepEqual(counts[c], { train: 70_000, val: 10_000, test: 20_000 }, c);
+  t.is(shards.length, Math.ceil((2 * n) / 256));
+  t.is(shards.reduce((a, s) => a + s.length, 0), 2 * n);
+  // Every key exactly once, sorted, with the label of its folder.
+  t.is(new Set(items.map((i) => i.key)).size, 2 * n);
+  for (let i = 1; i < items.length; i++) if (!(items[i - 1]!.key < items[i]!.key)) return t.fail(`not sorted at ${i}`);
+  for (const it of items) if (!it.key.startsWith(`${P}${it.label}/`)) return t.fail(`${it.key} labelled ${it.label}`);
+});
+
+test('planning 200,000 images in classes named like split folders (train/, test/ without a split layout)', (t) => {
+  // These land in the "directly in a split folder" list first; moving 200,000 of them into the
+  // items with push(...list) overflowed the call stack.
+  const keys: string[] = [];
+  for (const label of ['test', 'train']) for (let i = 0; i < 100_000; i++) keys.push(`p/${label}/${i}.jpg`);
+  const { items, ignored } = labelsFromListing(keys, 'p/', 's3://b/p/');
+  t.is(items.length, 200_000);
+  t.deepEqual(ignored, []);
+  t.deepEqual(checkAndCount(assignSplits(items, FR, 1), 'w').classes, ['test', 'train']);
 });

@@ -1,6 +1,9 @@
 import test from 'ava';
-import { RUN_ID_PATTERN, newRunId, statusFromHash } from '../shared/run-state.js';
+import { Redis } from 'ioredis';
+import { MAX_SKIPPED_LISTED, RUN_ID_PATTERN, RunStore, STAGE_ORDER, newRunId, statusFromHash, type ActiveStage } from '../shared/run-state.js';
 import type { RunRequest } from '../shared/queues.js';
+import { MAX_MESSAGE_CHARS } from '../shared/text.js';
+import { getRedis, uniqueName, type TestRedis } from './helpers/services.js';
 
 const request: RunRequest = {
   source: 's3://b/data/',
@@ -165,4 +168,138 @@ test('RUN_ID_PATTERN rejects path-like and malformed ids', (t) => {
   for (const bad of ['', 'r2024-abc', 'r20240101000000-ABCDEF', '../r20240101000000-abcdef', 'r20240101000000-abcdef/x', 'r20240101000000-abcde']) {
     t.false(RUN_ID_PATTERN.test(bad), bad);
   }
+});
+
+test('statusFromHash: skipped objects and their total; absent on older runs', (t) => {
+  const h = { ...extractingHash(), skipped: JSON.stringify([{ key: 'p/README.md', reason: 'at the top' }]), skippedTotal: '3' };
+  const s = statusFromHash('r1', h, NOW);
+  t.deepEqual(s.skipped, [{ key: 'p/README.md', reason: 'at the top' }]);
+  t.is(s.skippedTotal, 3);
+  const old = statusFromHash('r1', extractingHash(), NOW);
+  t.deepEqual(old.skipped, []);
+  t.is(old.skippedTotal, 0);
+});
+
+// ---------- RunStore against a real Redis ----------
+
+let redis: Promise<TestRedis> | undefined; // started by the first test that needs it, once
+const conns: Redis[] = [];
+test.after.always(async () => {
+  await Promise.all(conns.map((c) => c.quit()));
+  await (await redis)?.stop();
+});
+
+/** Two stores on one prefix over separate connections, as two worker processes have. */
+async function stores(): Promise<[RunStore, RunStore, Redis, string]> {
+  const { url } = await (redis ??= getRedis());
+  const prefix = uniqueName('stage');
+  const a = new Redis(url);
+  const b = new Redis(url);
+  conns.push(a, b);
+  return [new RunStore(a, prefix), new RunStore(b, prefix), a, prefix];
+}
+
+const plan = { total: 10, shards: 1, classes: ['cat', 'dog'], counts: {} };
+
+test('setStage: moves only forward along queued < planning < extracting < training < evaluating < published', async (t) => {
+  const [store] = await stores();
+  await store.create('r1', request);
+  const seen: string[] = [];
+  const steps: Array<[ActiveStage, boolean]> = [
+    ['extracting', true],
+    ['planning', false], // a re-run plan job
+    ['queued', false],
+    ['extracting', false], // sideways: no write, updatedAt unchanged
+    ['training', true],
+    ['extracting', false],
+    ['evaluating', true],
+    ['training', false], // a stalled train job picked up again
+    ['published', true],
+    ['evaluating', false],
+  ];
+  for (const [stage, moves] of steps) {
+    t.is(await store.setStage('r1', stage), moves, `to ${stage}`);
+    seen.push((await store.get('r1'))!.stage);
+  }
+  t.deepEqual(seen, ['extracting', 'extracting', 'extracting', 'extracting', 'training', 'training', 'evaluating', 'evaluating', 'published', 'published']);
+  t.deepEqual([...STAGE_ORDER], ['queued', 'planning', 'extracting', 'training', 'evaluating', 'published']);
+});
+
+test('setStage: never out of failed', async (t) => {
+  const [store] = await stores();
+  await store.create('r1', request);
+  await store.setStage('r1', 'extracting');
+  await store.fail('r1', 'DATASET_INVALID', 'bad');
+  for (const stage of STAGE_ORDER) t.false(await store.setStage('r1', stage), stage);
+  const s = await store.get('r1');
+  t.is(s?.stage, 'failed');
+  t.deepEqual(s?.error, { code: 'DATASET_INVALID', message: 'bad' });
+});
+
+test('setStage racing fail() from another connection: the run stays failed', async (t) => {
+  const [worker, other] = await stores();
+  for (let i = 0; i < 40; i++) {
+    const runId = `r${i}`;
+    await worker.create(runId, request);
+    await worker.setStage(runId, 'extracting');
+    const move = () => worker.setStage(runId, i % 2 === 0 ? 'training' : 'evaluating');
+    const fail = () => other.fail(runId, 'STORAGE_PERMANENT', 'extract failed');
+    await (i % 4 < 2 ? Promise.all([move(), fail()]) : Promise.all([fail(), move()]));
+    t.is((await other.get(runId))?.stage, 'failed', `run ${i}`);
+  }
+});
+
+test('setStage racing a late backward move from another connection: the run ends at the furthest stage', async (t) => {
+  const [evaluator, planner] = await stores();
+  for (let i = 0; i < 40; i++) {
+    const runId = `r${i}`;
+    await evaluator.create(runId, request);
+    await evaluator.setStage(runId, 'training');
+    await Promise.all([evaluator.setStage(runId, 'evaluating'), planner.setStage(runId, 'planning'), planner.setStage(runId, 'extracting')]);
+    t.is((await planner.get(runId))?.stage, 'evaluating', `run ${i}`);
+  }
+});
+
+test('setPlan: moves a planning run to extracting; a second setPlan keeps the first extractStartedAt and the stage', async (t) => {
+  const [store, , conn, prefix] = await stores();
+  await store.create('r1', request);
+  await store.setStage('r1', 'planning');
+  await store.setPlan('r1', plan);
+  t.is((await store.get('r1'))?.stage, 'extracting');
+  const key = `${prefix}:run:r1`;
+  const first = await conn.hget(key, 'extractStartedAt');
+  t.truthy(first);
+  await new Promise((r) => setTimeout(r, 20));
+  await store.setStage('r1', 'training');
+  await store.setPlan('r1', plan); // a re-run plan job
+  t.is(await conn.hget(key, 'extractStartedAt'), first);
+  t.is((await store.get('r1'))?.stage, 'training');
+});
+
+test('setPlan: skipped objects are listed up to MAX_SKIPPED_LISTED (first by key) and counted in full', async (t) => {
+  const [store] = await stores();
+  await store.create('r1', request);
+  const n = MAX_SKIPPED_LISTED + 2500;
+  const skipped = Array.from({ length: n }, (_, i) => ({ key: `p/${String(n - i).padStart(6, '0')}.txt`, reason: 'r'.repeat(i === n - 1 ? 1 << 20 : 3) }));
+  await store.setPlan('r1', { ...plan, skipped });
+  const s = await store.get('r1');
+  t.is(s?.skippedTotal, n);
+  t.is(s?.skipped.length, MAX_SKIPPED_LISTED);
+  t.is(s?.skipped[0]!.key, 'p/000001.txt');
+  t.is(s?.skipped.at(-1)!.key, `p/${String(MAX_SKIPPED_LISTED).padStart(6, '0')}.txt`);
+  // The 1 MB reason belonged to p/000001.txt: capped.
+  t.true(s!.skipped[0]!.reason.length <= MAX_MESSAGE_CHARS + 40);
+});
+
+test('fail and setShardProgress cap what they store: a 1 MB message or reason stays small in Redis', async (t) => {
+  const [store] = await stores();
+  const huge = 'y'.repeat(1 << 20);
+  await store.create('r1', request);
+  await store.setShardProgress('r1', 0, { done: 0, failed: 1, complete: true }, [{ key: 'a.jpg', reason: huge }]);
+  await store.fail('r1', 'DATASET_INVALID', huge);
+  const s = await store.get('r1');
+  t.true(s!.error!.message.length <= MAX_MESSAGE_CHARS + 40, `${s!.error!.message.length}`);
+  t.regex(s!.error!.message, /more characters\)$/);
+  t.is(s!.failures[0]!.key, 'a.jpg');
+  t.true(s!.failures[0]!.reason.length <= MAX_MESSAGE_CHARS + 40);
 });

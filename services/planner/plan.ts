@@ -1,12 +1,28 @@
 /**
- * Dataset planning, pure: from a listing or a manifest to the labelled, split, sharded list of
- * images. Labels are data — they never become part of a key we write.
+ * Dataset planning, pure: from a listing (or a manifest's rows, see manifest.ts) to the labelled,
+ * split, sharded list of images. Labels are data — they never become part of a key we write.
  */
 import { DatasetError } from '../../shared/errors.js';
+import { capText, quote } from '../../shared/text.js';
 import { type ManifestItem, type Split } from '../../shared/dataset.js';
 import { mulberry32 } from '../../shared/random.js';
 
-const SPLIT_FOLDERS: Readonly<Record<string, Split>> = { train: 'train', val: 'val', validation: 'val', valid: 'val', test: 'test' };
+/** Split folder names (and manifest split values, lower-cased) → split. */
+const SPLIT_NAMES: ReadonlyMap<string, Split> = new Map([
+  ['train', 'train'],
+  ['val', 'val'],
+  ['validation', 'val'],
+  ['valid', 'val'],
+  ['test', 'test'],
+]);
+
+/**
+ * The split a folder or manifest value names, if any. A Map, not an object literal: a folder
+ * called `constructor` or `__proto__` must not find Object.prototype's members.
+ */
+export function splitNamed(name: string): Split | undefined {
+  return SPLIT_NAMES.get(name);
+}
 
 export interface SplitFractions {
   readonly train: number;
@@ -23,13 +39,18 @@ export interface Plan {
   readonly ignored: Array<{ key: string; reason: string }>;
 }
 
-interface Labelled {
+/** An image with its label, and its split when the dataset gives one. */
+export interface Labelled {
   key: string;
   label: string;
   split?: Split;
 }
 
-/** Folder-per-class listing: `prefix/<label>/<file>` or `prefix/<split>/<label>/<file>`. */
+/**
+ * Folder-per-class listing: `prefix/<label>/<file>` or `prefix/<split>/<label>/<file>`. Every
+ * object that is not used is returned in `ignored` with why, so `status` can show it: a stray
+ * file is never dropped without a word.
+ */
 export function labelsFromListing(keys: readonly string[], prefix: string, where: string): { items: Labelled[]; ignored: Plan['ignored'] } {
   const items: Labelled[] = [];
   const ignored: Plan['ignored'] = [];
@@ -40,23 +61,29 @@ export function labelsFromListing(keys: readonly string[], prefix: string, where
   const inSplitFolder: Labelled[] = [];
   for (const key of keys) {
     if (key.endsWith('/')) continue; // folder marker objects
-    const parts = key.slice(prefix.length).split('/').filter((p) => p !== '');
-    if (parts.length === 3 && SPLIT_FOLDERS[parts[0]!] !== undefined) {
-      items.push({ key, label: parts[1]!, split: SPLIT_FOLDERS[parts[0]!] });
+    const parts = key.slice(prefix.length).split('/');
+    if (parts.some((p) => p === '')) {
+      // `cat//1.jpg` is not in folder `cat`: S3 keys are plain strings, '' is a folder name too.
+      ignored.push({ key, reason: "a folder with an empty name ('//' or a leading '/') in its key; expected <label>/<file>" });
+    } else if (parts.length === 3 && splitNamed(parts[0]!) !== undefined) {
+      items.push({ key, label: parts[1]!, split: splitNamed(parts[0]!)! });
       withSplit++;
-    } else if (parts.length === 2 && SPLIT_FOLDERS[parts[0]!] !== undefined) {
+    } else if (parts.length === 2 && splitNamed(parts[0]!) !== undefined) {
       inSplitFolder.push({ key, label: parts[0]! });
     } else if (parts.length === 2) {
       items.push({ key, label: parts[0]! });
       withoutSplit++;
+    } else if (parts.length === 1) {
+      ignored.push({ key, reason: 'at the top of the prefix, not in a <label>/ folder' });
     } else {
-      ignored.push({ key, reason: 'not in a <label>/ or <split>/<label>/ folder' });
+      ignored.push({ key, reason: `in a subfolder ${parts.length - 2} deep; only files directly in <label>/ or <split>/<label>/ are used` });
     }
   }
   if (withSplit > 0) {
     for (const it of inSplitFolder) ignored.push({ key: it.key, reason: 'directly in a split folder, not in <split>/<label>/' });
   } else {
-    items.push(...inSplitFolder);
+    // A loop, not push(...spread): a spread of 100,000+ items overflows the call stack.
+    for (const it of inSplitFolder) items.push(it);
     withoutSplit += inSplitFolder.length;
   }
   if (withSplit > 0 && withoutSplit > 0) {
@@ -69,93 +96,6 @@ export function labelsFromListing(keys: readonly string[], prefix: string, where
   }
   return { items, ignored };
 }
-
-/** A manifest of key,label[,split] as CSV (with header) or JSON lines. */
-export function labelsFromManifest(text: string, format: 'csv' | 'jsonl', where: string, bucket: string): Labelled[] {
-  const rows: Array<{ key?: unknown; label?: unknown; split?: unknown; line: number }> = [];
-  const lines = text.split(/\r?\n/);
-  if (format === 'jsonl') {
-    lines.forEach((l, i) => {
-      if (l.trim() === '') return;
-      let v: unknown;
-      try {
-        v = JSON.parse(l);
-      } catch {
-        throw new DatasetError(`${where} line ${i + 1}: not valid JSON; expected {"key": ..., "label": ..., "split"?: ...}`);
-      }
-      if (v === null || typeof v !== 'object') throw new DatasetError(`${where} line ${i + 1}: expected a JSON object`);
-      rows.push({ ...(v as object), line: i + 1 });
-    });
-  } else {
-    const header = parseCsvLine(lines[0] ?? '').map((h) => h.trim().toLowerCase());
-    for (const col of ['key', 'label']) {
-      if (!header.includes(col)) {
-        throw new DatasetError(`${where}: the header has no "${col}" column (found: ${header.join(', ') || 'nothing'}); expected key,label[,split]`);
-      }
-    }
-    lines.slice(1).forEach((l, i) => {
-      if (l.trim() === '') return;
-      const cells = parseCsvLine(l);
-      const row: Record<string, unknown> = { line: i + 2 };
-      header.forEach((h, j) => (row[h] = cells[j]));
-      rows.push(row as (typeof rows)[number]);
-    });
-  }
-  const seen = new Set<string>();
-  return rows.map((r) => {
-    const at = `${where} line ${r.line}`;
-    if (typeof r.key !== 'string' || r.key.trim() === '') throw new DatasetError(`${at}: missing key`);
-    if (typeof r.label !== 'string' || r.label.trim() === '') throw new DatasetError(`${at}: missing label`);
-    const key = manifestKey(r.key.trim(), bucket, at);
-    if (seen.has(key)) throw new DatasetError(`${at}: duplicate key ${JSON.stringify(key)}; each image may appear once`);
-    seen.add(key);
-    let split: Split | undefined;
-    if (r.split !== undefined && r.split !== null && String(r.split).trim() !== '') {
-      split = SPLIT_FOLDERS[String(r.split).trim().toLowerCase()];
-      if (!split) throw new DatasetError(`${at}: unknown split ${JSON.stringify(r.split)}; use train, val or test (or leave it empty)`);
-    }
-    return { key, label: r.label.trim(), ...(split ? { split } : {}) };
-  });
-}
-
-/** Keys are relative to the manifest's bucket; an s3:// URL must name the same bucket. */
-function manifestKey(raw: string, bucket: string, at: string): string {
-  let key = raw;
-  if (raw.startsWith('s3://')) {
-    const m = /^s3:\/\/([^/]+)\/(.+)$/.exec(raw);
-    if (!m || m[1] !== bucket) throw new DatasetError(`${at}: key ${JSON.stringify(raw)} is outside the bucket ${bucket}; images must be in the manifest's bucket`);
-    key = m[2]!;
-  }
-  key = key.replace(/^\/+/, '');
-  if (key.split('/').some((p) => p === '..' || p === '.')) {
-    throw new DatasetError(`${at}: key ${JSON.stringify(raw)} contains '.' or '..' segments; give the object key as stored`);
-  }
-  return key;
-}
-
-/** Minimal RFC 4180 line parser: commas, double quotes, "" escapes. */
-export function parseCsvLine(line: string): string[] {
-  const out: string[] = [];
-  let cur = '';
-  let quoted = false;
-  for (let i = 0; i < line.length; i++) {
-    const c = line[i]!;
-    if (quoted) {
-      if (c === '"' && line[i + 1] === '"') {
-        cur += '"';
-        i++;
-      } else if (c === '"') quoted = false;
-      else cur += c;
-    } else if (c === '"') quoted = true;
-    else if (c === ',') {
-      out.push(cur);
-      cur = '';
-    } else cur += c;
-  }
-  out.push(cur);
-  return out;
-}
-
 
 function hashString(s: string): number {
   let h = 2166136261;
@@ -178,7 +118,11 @@ function shuffled<T>(xs: readonly T[], rand: () => number): T[] {
  */
 export function assignSplits(items: readonly Labelled[], fractions: SplitFractions, seed: number): ManifestItem[] {
   const byLabel = new Map<string, Labelled[]>();
-  for (const it of items) byLabel.set(it.label, [...(byLabel.get(it.label) ?? []), it]);
+  for (const it of items) {
+    const group = byLabel.get(it.label);
+    if (group) group.push(it);
+    else byLabel.set(it.label, [it]);
+  }
   const anySplit = items.some((i) => i.split !== undefined);
   const allSplit = items.every((i) => i.split !== undefined);
   if (anySplit && !allSplit) throw new DatasetError('some images have a split and some do not: give every image a split, or none');
@@ -211,22 +155,31 @@ export function assignSplits(items: readonly Labelled[], fractions: SplitFractio
   return out;
 }
 
-/** Checks the dataset can be trained and tested on; messages name the class and the fix. */
-export function checkAndCount(items: readonly ManifestItem[], where: string): Pick<Plan, 'classes' | 'counts'> {
-  const counts: Record<string, Record<Split, number>> = {};
+/**
+ * Checks the dataset can be trained and tested on; messages name the class and the fix.
+ * `layout` picks the fix to suggest for too few classes.
+ */
+export function checkAndCount(
+  items: readonly ManifestItem[],
+  where: string,
+  layout: 'folders' | 'manifest' = 'folders',
+): Pick<Plan, 'classes' | 'counts'> {
+  // No prototype: labels are data, and a class called "__proto__" or "constructor" must count
+  // like any other (on a plain object it would find, and write to, Object.prototype's members).
+  const counts: Record<string, Record<Split, number>> = Object.create(null);
   for (const it of items) {
     const c = (counts[it.label] ??= { train: 0, val: 0, test: 0 });
     c[it.split]++;
   }
   const classes = Object.keys(counts).sort();
   if (classes.length < 2) {
-    throw new DatasetError(
-      `only one class (${classes[0] ?? 'none'}) under ${where}: a classifier needs at least two labels; add a folder per class`,
-    );
+    const fix = layout === 'manifest' ? 'give the images at least two different labels' : 'add a folder per class';
+    const only = classes[0] === undefined ? 'none' : capText(classes[0]);
+    throw new DatasetError(`only one class (${only}) under ${where}: a classifier needs at least two labels; ${fix}`);
   }
   for (const c of classes) {
-    if (counts[c]!.train === 0) throw new DatasetError(`class ${JSON.stringify(c)} has no training images under ${where}: add some or remove the class`);
-    if (counts[c]!.test === 0) throw new DatasetError(`class ${JSON.stringify(c)} has no test images under ${where}: add some to its test split, or let deepfeat split (no split folders)`);
+    if (counts[c]!.train === 0) throw new DatasetError(`class ${quote(c)} has no training images under ${where}: add some or remove the class`);
+    if (counts[c]!.test === 0) throw new DatasetError(`class ${quote(c)} has no test images under ${where}: add some to its test split, or let deepfeat split (no split folders)`);
   }
   return { classes, counts };
 }

@@ -3,38 +3,59 @@
  * run's flow evaluate ← train ← extract(shard 0..n). Runs in a worker, never in the client.
  */
 import type { FlowChildJob } from 'bullmq';
-import { parseS3Url, listObjects, getObjectText, assertBucket, putObject, putJson, s3Url } from '../../shared/s3.js';
+import { parseS3Url, listObjects, getObjectBytes, assertBucket, putObject, putJson, s3Url, ObjectTooLargeError } from '../../shared/s3.js';
 import { makeFlowProducer, type JobData } from '../../shared/queues.js';
+import { DatasetError } from '../../shared/errors.js';
+import { boundSkipped } from '../../shared/run-state.js';
+import { capText } from '../../shared/text.js';
 import { jobOptions, startWorker, type ServiceContext } from '../../shared/worker-kit.js';
-import { assignSplits, checkAndCount, labelsFromListing, labelsFromManifest, shardItems } from './plan.js';
+import { assignSplits, checkAndCount, labelsFromListing, shardItems, type Labelled, type Plan } from './plan.js';
+import { labelsFromManifest, manifestFormat } from './manifest.js';
+
+/** The source as messages name it: a run request is untrusted, and its URL has no length limit. */
+const MAX_WHERE_CHARS = 300;
 
 export function startPlannerWorker(ctx: ServiceContext, concurrency = 1) {
   const flows = makeFlowProducer(ctx.queues);
   const worker = startWorker(ctx, 'plan', async (data, _job, log) => {
     const { runId, request } = data;
+    // A plan job whose first attempt already added the run's flow (it died before it could
+    // report done) must not plan again: the listing may have changed since, and the extract
+    // jobs already hold the first plan. The flow is added atomically, so its root tells.
+    const existing = await flows.getFlow({ id: `${runId}-evaluate`, queueName: 'evaluate', depth: 1, maxChildren: 1 });
+    if (existing?.job) {
+      const s = await ctx.runs.get(runId);
+      log.info({ runId }, 'already planned by an earlier attempt; nothing to do');
+      return { images: s?.total ?? 0, shards: s?.shards ?? 0, classes: [...(s?.classes ?? [])] };
+    }
     await ctx.runs.setStage(runId, 'planning');
     const src = parseS3Url(request.source);
     await assertBucket(ctx.s3, src.bucket);
-    const manifest = /\.(csv|jsonl|ndjson)$/i.exec(src.key);
-    let labelled;
-    let ignored: Array<{ key: string; reason: string }> = [];
-    if (manifest) {
-      const text = await getObjectText(ctx.s3, src.bucket, src.key);
-      labelled = labelsFromManifest(text, manifest[1]!.toLowerCase() === 'csv' ? 'csv' : 'jsonl', request.source, src.bucket);
+    const where = capText(request.source, MAX_WHERE_CHARS);
+    const format = manifestFormat(src.key);
+    let labelled: Labelled[];
+    let ignored: Plan['ignored'] = [];
+    if (format) {
+      const text = await readManifest(ctx, src.bucket, src.key, where);
+      labelled = labelsFromManifest(text, format, where, src.bucket);
     } else {
       const prefix = src.key === '' || src.key.endsWith('/') ? src.key : `${src.key}/`;
       const keys: string[] = [];
       for await (const o of listObjects(ctx.s3, src.bucket, prefix)) keys.push(o.key);
-      ({ items: labelled, ignored } = labelsFromListing(keys, prefix, s3Url(src.bucket, prefix)));
+      ({ items: labelled, ignored } = labelsFromListing(keys, prefix, capText(s3Url(src.bucket, prefix), MAX_WHERE_CHARS)));
     }
     const items = assignSplits(labelled, request.split, request.seed);
-    const { classes, counts } = checkAndCount(items, request.source);
+    const { classes, counts } = checkAndCount(items, where, format ? 'manifest' : 'folders');
     const shards = shardItems(items, request.shardSize);
     const bucket = ctx.config.bucket;
     await putObject(ctx.s3, bucket, `runs/${runId}/manifest.jsonl`, items.map((i) => JSON.stringify(i)).join('\n') + '\n', 'application/x-ndjson');
-    await putJson(ctx.s3, bucket, `runs/${runId}/run.json`, { runId, request, stage: 'extracting', classes, counts, ignored, images: items.length, shards: shards.length });
-    await ctx.runs.setPlan(runId, { total: items.length, shards: shards.length, classes, counts });
-    log.info({ runId, images: items.length, shards: shards.length, classes: classes.length, ignored: ignored.length }, 'planned');
+    // Skipped objects as the run state keeps them (bounded); the evaluator's final run.json is
+    // a copy of the run state, so it has the same two fields.
+    await putJson(ctx.s3, bucket, `runs/${runId}/run.json`, {
+      runId, request, stage: 'extracting', classes, counts, ...boundSkipped(ignored), images: items.length, shards: shards.length,
+    });
+    await ctx.runs.setPlan(runId, { total: items.length, shards: shards.length, classes, counts, skipped: ignored });
+    log.info({ runId, images: items.length, shards: shards.length, classes: classes.length, skipped: ignored.length }, 'planned');
 
     const extractChildren: FlowChildJob[] = shards.map((shardItemsList, shard) => {
       const payload: JobData<'extract'> = { runId, shard, sourceBucket: src.bucket, features: request.features, items: shardItemsList };
@@ -61,4 +82,18 @@ export function startPlannerWorker(ctx: ServiceContext, concurrency = 1) {
   }, concurrency);
   worker.on('closed', () => void flows.close());
   return worker;
+}
+
+/** The manifest's text; one larger than DEEPFEAT_MAX_MANIFEST_BYTES is refused before its body is read. */
+async function readManifest(ctx: ServiceContext, bucket: string, key: string, where: string): Promise<string> {
+  const max = ctx.config.maxManifestBytes;
+  try {
+    return Buffer.from(await getObjectBytes(ctx.s3, bucket, key, max)).toString('utf8');
+  } catch (err) {
+    if (!(err instanceof ObjectTooLargeError)) throw err;
+    throw new DatasetError(
+      `manifest ${where} is ${err.size} bytes, over the limit of ${max} (DEEPFEAT_MAX_MANIFEST_BYTES): split the dataset into several runs, or raise the limit`,
+      { cause: err },
+    );
+  }
 }
