@@ -1,7 +1,8 @@
 // Child process for cli/local-stack.ts. Plain ESM JavaScript on purpose: it is started with
-// `process.execPath --openssl-legacy-provider <this file>` and so needs no TypeScript loader.
+// `process.execPath --openssl-legacy-provider <this file>`, without the parent's loader flags. The
+// S3 server itself is TypeScript (embedded-s3.ts), loaded through tsx's API as bin/deepfeat.mjs does.
 //
-//   node --openssl-legacy-provider local-stack-child.mjs s3 '<json>'      run s3rver
+//   node --openssl-legacy-provider local-stack-child.mjs s3 '<json>'      run s3rver behind its guard
 //   node local-stack-child.mjs redis '<json>'                             supervise redis-server
 //
 // Either way the child dies with its parent: it exits when its stdin closes (the parent holds the
@@ -40,31 +41,34 @@ function watchParent() {
 }
 
 async function runS3() {
-  const { default: S3rver } = await import('s3rver');
-  // s3rver accepts unsigned requests and does not verify SigV4 signatures, but refuses access key
-  // ids it does not know (only S3RVER by default). Register the ones our clients are configured with.
-  const { default: AWSAccount } = await import('s3rver/lib/models/account.js');
-  for (const accessKeyId of options.accessKeyIds ?? []) {
-    AWSAccount.DUMMY_ACCOUNT.createKeyPair(accessKeyId, accessKeyId);
-  }
-  const server = new S3rver({
-    address: '127.0.0.1', // s3rver checks no signatures: never listen beyond loopback
+  const { register } = await import('tsx/esm/api');
+  register();
+  const { startEmbeddedS3 } = await import('./embedded-s3.ts');
+  // One request must never end the server. s3rver is unmaintained; an error it does not expect
+  // (thrown from a stream or timer callback) is reported and the process keeps serving: the
+  // request it broke ends when its socket goes idle. If the process dies anyway, the parent
+  // starts it again (local-stack.ts).
+  process.stderr.on('error', () => undefined); // a parent gone mid-write: never an error loop
+  const report = (what) => (err) => {
+    if (!process.stderr.writable) return;
+    const text = err instanceof Error ? (err.stack ?? err.message) : String(err);
+    process.stderr.write(`embedded S3: ${what} (server keeps running): ${text}\n`);
+  };
+  process.on('uncaughtException', report('uncaught exception'));
+  process.on('unhandledRejection', report('unhandled rejection'));
+  const server = await startEmbeddedS3({
+    dir: options.dir,
     port: Number(options.port ?? 0),
-    directory: options.dir,
-    silent: true,
-    configureBuckets: (options.buckets ?? []).map((name) => ({ name })),
+    buckets: options.buckets ?? [],
+    accessKeyIds: options.accessKeyIds ?? [],
+    ...(options.maxObjectBytes !== undefined ? { maxObjectBytes: Number(options.maxObjectBytes) } : {}),
   });
   shutdown = (code) => {
-    const http = server.httpServer;
-    // Keep-alive sockets from S3 clients would hold close() open; an outage test wants them cut.
-    http?.closeAllConnections?.();
     const force = setTimeout(() => process.exit(code), 2000);
     force.unref();
-    if (http) http.close(() => process.exit(code));
-    else process.exit(code);
+    server.close().then(() => process.exit(code), () => process.exit(code));
   };
-  const address = await server.run();
-  process.stdout.write(`${JSON.stringify({ event: 'listening', port: address.port })}\n`);
+  process.stdout.write(`${JSON.stringify({ event: 'listening', port: server.port })}\n`);
 }
 
 function runRedis() {

@@ -1,8 +1,9 @@
 /**
  * Real services on one machine, for the single-machine default and for tests: a `redis-server`
- * from PATH and an s3rver S3 endpoint, each on 127.0.0.1 and a free port, each in a child process
- * that dies with this one. Both can be stopped and restarted on the same port and data folder, so
- * tests can simulate an outage.
+ * from PATH and the embedded S3 server (s3rver behind a guard, see embedded-s3.ts), each on
+ * 127.0.0.1 and a free port, each in a child process that dies with this one. Both can be stopped
+ * and restarted on the same port and data folder, so tests can simulate an outage; the S3 server
+ * is also restarted by itself if its process dies.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { constants as fsConstants } from 'node:fs';
@@ -30,6 +31,8 @@ export interface LocalS3 {
   stop(): Promise<void>;
   /** Stop, then start again on the same port and folder; stored objects survive. */
   restart(): Promise<void>;
+  /** The server process's id while one runs (for diagnostics, and for tests that kill it). */
+  readonly pid: number | undefined;
 }
 
 export interface StartRedisOptions {
@@ -53,6 +56,13 @@ export interface StartS3Options {
    * signatures (any secret passes) but answers InvalidAccessKeyId for an id it does not know.
    */
   accessKeyIds?: string[];
+  /** Largest PutObject / UploadPart body, refused from its Content-Length; default 5 GiB (S3's limit). */
+  maxObjectBytes?: number;
+  /**
+   * Told when the server process died unexpectedly and is being started again (or, after too many
+   * deaths in a row, is not). Default: one line on stderr.
+   */
+  onUnexpectedExit?: (message: string) => void;
 }
 
 /** How long a server may take to answer before start fails. */
@@ -61,6 +71,9 @@ const START_TIMEOUT_MS = 10_000;
 const STOP_TIMEOUT_MS = 10_000;
 /** Child output kept for error messages. */
 const MAX_LOG_CHARS = 8_000;
+/** An S3 server that dies more often than this within RESTART_WINDOW_MS is left down. */
+const MAX_RESTARTS = 5;
+const RESTART_WINDOW_MS = 60_000;
 
 const CHILD_SCRIPT = fileURLToPath(new URL('./local-stack-child.mjs', import.meta.url));
 
@@ -171,21 +184,30 @@ export async function startRedis(opts: StartRedisOptions = {}): Promise<LocalRed
 }
 
 /**
- * Start s3rver in a child node process on 127.0.0.1. The child runs with
- * `--openssl-legacy-provider`: s3rver encrypts ListObjectsV2 continuation tokens with a cipher
- * OpenSSL 3 only offers there, so without it listing past 1000 keys fails. s3rver accepts
- * unsigned requests: never expose it beyond loopback.
+ * Start the embedded S3 server (s3rver behind the guard of embedded-s3.ts) in a child node process
+ * on 127.0.0.1. The child runs with `--openssl-legacy-provider`: s3rver encrypts ListObjectsV2
+ * continuation tokens with a cipher OpenSSL 3 only offers there, so without it listing past 1000
+ * keys fails. s3rver accepts unsigned requests: never expose it beyond loopback.
+ *
+ * If the child dies unexpectedly it is started again on the same port and folder (clients see a
+ * short outage, which they retry), at most MAX_RESTARTS times within RESTART_WINDOW_MS.
  */
 export async function startS3Server(opts: StartS3Options): Promise<LocalS3> {
   const dir = path.resolve(opts.dir);
   await mkdir(dir, { recursive: true });
   const buckets = opts.buckets ?? [];
   const accessKeyIds = opts.accessKeyIds ?? [];
+  const maxObjectBytes = opts.maxObjectBytes;
+  const report = opts.onUnexpectedExit ?? ((message: string) => process.stderr.write(`deepfeat: ${message}\n`));
   let port = opts.port ?? 0;
 
   let child: ManagedChild | undefined;
+  let relaunching: Promise<void> | undefined;
+  let deaths: number[] = [];
+  const what = `s3rver (data in ${dir})`;
+
   const launch = async (): Promise<void> => {
-    const started = startChild('s3', { dir, port, buckets, accessKeyIds }, `s3rver (data in ${dir})`);
+    const started = startChild('s3', { dir, port, buckets, accessKeyIds, maxObjectBytes }, what);
     child = started;
     try {
       const message = await Promise.race([started.startFailed, started.firstMessage]);
@@ -195,11 +217,31 @@ export async function startS3Server(opts: StartS3Options): Promise<LocalS3> {
       port = message.port as number;
       started.markReady();
     } catch (err) {
+      if (child === started) child = undefined;
       await started.stop();
       throw err;
     }
+    void started.exited.then((status) => {
+      if (child !== started) return; // stopped on purpose
+      child = undefined;
+      const now = Date.now();
+      deaths = [...deaths.filter((t) => now - t < RESTART_WINDOW_MS), now];
+      if (deaths.length > MAX_RESTARTS) {
+        report(`${what} died ${deaths.length} times within ${RESTART_WINDOW_MS / 1000} s (last: ${status}); not restarting it`);
+        return;
+      }
+      report(`${what} died unexpectedly (${status}); starting it again on 127.0.0.1:${port}`);
+      relaunching = launch()
+        .catch((err: unknown) => {
+          report(`${what} could not be started again: ${err instanceof Error ? err.message : String(err)}`);
+        })
+        .finally(() => {
+          relaunching = undefined;
+        });
+    });
   };
   const halt = async (): Promise<void> => {
+    await relaunching;
     const current = child;
     child = undefined;
     await current?.stop();
@@ -209,6 +251,9 @@ export async function startS3Server(opts: StartS3Options): Promise<LocalS3> {
   return {
     endpoint: `http://127.0.0.1:${port}`,
     port,
+    get pid() {
+      return child?.pid;
+    },
     stop: halt,
     async restart() {
       await halt();
@@ -226,8 +271,11 @@ interface ChildMessage {
 }
 
 interface ManagedChild {
+  readonly pid: number | undefined;
   /** First JSON line the child printed on stdout. */
   readonly firstMessage: Promise<ChildMessage>;
+  /** Resolves when the child has gone, with how it ended ("exit code 1", "signal SIGKILL"). */
+  readonly exited: Promise<string>;
   /**
    * Rejects with a LocalStackError (quoting the child's output) if the child exits, or cannot be
    * spawned, before markReady(), or if START_TIMEOUT_MS pass first (the child is then killed).
@@ -276,15 +324,15 @@ function startChild(mode: 's3' | 'redis', options: Record<string, unknown>, what
   };
 
   let spawnError: Error | undefined;
-  const exited = new Promise<void>((resolve) => {
+  const exited = new Promise<string>((resolve) => {
     proc.on('error', (err) => {
       spawnError = err;
       liveChildren.delete(proc);
-      resolve();
+      resolve(`could not start: ${err.message}`);
     });
-    proc.on('exit', () => {
+    proc.on('exit', (code, signal) => {
       liveChildren.delete(proc);
-      resolve();
+      resolve(signal ? `signal ${signal}` : `exit code ${code}`);
     });
   });
 
@@ -329,7 +377,9 @@ function startChild(mode: 's3' | 'redis', options: Record<string, unknown>, what
   });
 
   return {
+    pid: proc.pid,
     firstMessage,
+    exited,
     startFailed,
     startAborted: abort.signal,
     failStart(reason) {

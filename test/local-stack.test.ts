@@ -173,6 +173,30 @@ test('s3 server: >1000 keys list with pagination, data survives stop/restart, st
   t.is(await body.Body!.transformToString(), keys[0]);
 });
 
+test('s3 server process is started again on the same port and folder if it dies; stop() is not a death', async (t) => {
+  const dir = await tempDir(t, 'deepfeat-s3-revive');
+  const bucket = uniqueName('bucket');
+  const reports: string[] = [];
+  const s3 = await startS3Server({ dir, buckets: [bucket], accessKeyIds: ['minioadmin'], onUnexpectedExit: (m) => reports.push(m) });
+  t.teardown(() => s3.stop());
+  const client = makeS3Client(s3.endpoint);
+  t.teardown(() => client.destroy());
+  await client.send(new PutObjectCommand({ Bucket: bucket, Key: 'kept', Body: 'before the crash' }));
+
+  const first = s3.pid!;
+  process.kill(first, 'SIGKILL');
+  t.true(await waitUntil(async () => s3.pid !== undefined && s3.pid !== first && (await isListening(s3.port)), 10_000));
+  t.is(reports.length, 1);
+  t.regex(reports[0]!, /s3rver \(data in .*\) died unexpectedly \(signal SIGKILL\); starting it again on 127\.0\.0\.1:\d+/);
+  const got = await client.send(new GetObjectCommand({ Bucket: bucket, Key: 'kept' }));
+  t.is(await got.Body!.transformToString(), 'before the crash');
+
+  await s3.restart();
+  await s3.stop();
+  t.is(reports.length, 1, 'restart() and stop() are not reported as deaths');
+  t.false(await isListening(s3.port));
+});
+
 test('s3 server start failure reports the child output (port in use)', async (t) => {
   const dir = await tempDir(t, 'deepfeat-s3-busy');
   const port = await findFreePort();
