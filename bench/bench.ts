@@ -15,6 +15,7 @@
  * 5. The trainer: one L-BFGS fit in-process, and a real train job (trainer process reading
  *    shards from S3, choosing L2, refitting) with its peak RSS, on 20,000 × 816 × 10 classes.
  *
+ * --scale: instead of the above, the control plane at a million images (bench/scale.ts).
  * --quick: the same code paths on small inputs with one repetition, for the test suite's smoke
  * check (figures from it are not meaningful). --out FILE: write the JSON there instead.
  */
@@ -32,6 +33,13 @@ import { loadConfig } from '../shared/config.js';
 import { DEFAULT_FEATURES } from '../shared/features.js';
 import { mulberry32 } from '../shared/random.js';
 import { bullmqOverhead, machineCpuSeconds, s3GetCost, startStack, startWorkers, timeExtraction, trainerJob, type Stack } from './stack.js';
+
+if (process.argv.includes('--scale')) {
+  // The control plane at a million images: its own script (minutes, gigabytes; see scale.ts).
+  const { runScaleBench } = await import('./scale.js');
+  await runScaleBench();
+  process.exit(0);
+}
 
 const quick = process.argv.includes('--quick');
 const outArg = process.argv.indexOf('--out');
