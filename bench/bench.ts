@@ -32,7 +32,16 @@ import { ObjectivePool } from '../services/trainer/objective-pool.js';
 import { loadConfig } from '../shared/config.js';
 import { DEFAULT_FEATURES } from '../shared/features.js';
 import { mulberry32 } from '../shared/random.js';
-import { bullmqOverhead, machineCpuSeconds, s3GetCost, startStack, startWorkers, timeExtraction, trainerJob, type Stack } from './stack.js';
+import {
+  bullmqOverhead,
+  machineCpuSeconds,
+  s3GetCost,
+  startStack,
+  startWorkers,
+  timeExtraction,
+  trainerJob,
+  type Stack,
+} from './stack.js';
 
 if (process.argv.includes('--scale')) {
   // The control plane at a million images: its own script (minutes, gigabytes; see scale.ts).
@@ -43,7 +52,10 @@ if (process.argv.includes('--scale')) {
 
 const quick = process.argv.includes('--quick');
 const outArg = process.argv.indexOf('--out');
-const outFile = outArg > 0 && process.argv[outArg + 1] ? path.resolve(process.argv[outArg + 1]!) : fileURLToPath(new URL('./results.json', import.meta.url));
+const outFile =
+  outArg > 0 && process.argv[outArg + 1]
+    ? path.resolve(process.argv[outArg + 1]!)
+    : fileURLToPath(new URL('./results.json', import.meta.url));
 const reps = quick ? 1 : 5;
 const pipelineReps = quick ? 1 : 3;
 const cores = availableParallelism();
@@ -84,18 +96,28 @@ const fig: Record<string, number> = {};
 function record(key: string, stage: string, figure: number, unit: string, detail: string): void {
   rows.push({ key, stage, figure, unit, detail });
   fig[key] = figure;
-  const shown = Number.isNaN(figure) ? '-' : figure >= 100 ? figure.toFixed(0) : figure >= 0.01 ? figure.toFixed(figure >= 10 ? 1 : 3) : figure.toPrecision(2);
+  const shown = Number.isNaN(figure)
+    ? '-'
+    : figure >= 100
+      ? figure.toFixed(0)
+      : figure >= 0.01
+        ? figure.toFixed(figure >= 10 ? 1 : 3)
+        : figure.toPrecision(2);
   console.log(`${stage.padEnd(62)} ${shown.padStart(9)} ${unit.padEnd(9)} ${detail}`);
 }
 const section = (title: string) => console.log(`\n${title}`);
 
-console.log(`deepfeat bench${quick ? ' --quick (smoke check: figures not meaningful)' : ''}: ${cores} cores, median of ${reps} (engines) / ${pipelineReps} (pipeline) after a warm-up`);
+console.log(
+  `deepfeat bench${quick ? ' --quick (smoke check: figures not meaningful)' : ''}: ${cores} cores, median of ${reps} (engines) / ${pipelineReps} (pipeline) after a warm-up`,
+);
 
 // ───────────── 1. decode ─────────────
 section('decode (sharp)');
 const size = { width: 224, height: 224, maxPixels: 1e8 };
 const jpeg = await sharp({ create: { width: 640, height: 480, channels: 3, background: { r: 90, g: 140, b: 200 } } })
-  .composite([{ input: Buffer.from('<svg width="640" height="480"><circle cx="320" cy="240" r="150" fill="orange"/></svg>') }])
+  .composite([
+    { input: Buffer.from('<svg width="640" height="480"><circle cx="320" cy="240" r="150" fill="orange"/></svg>') },
+  ])
   .jpeg()
   .toBuffer();
 const cifar = await loadDemoImages({ perClass: Math.max(batch, 32) });
@@ -103,24 +125,52 @@ const decodeN = quick ? 8 : 64;
 const jpegMs = await timeIt(async () => {
   for (let i = 0; i < decodeN; i++) await decodeImage(jpeg, size);
 });
-record('decode_jpeg_sequential', '640x480 JPEG -> 224x224 RGB, one at a time', (decodeN * 1000) / jpegMs, 'images/s', `${(jpegMs / decodeN).toFixed(2)} ms/image`);
+record(
+  'decode_jpeg_sequential',
+  '640x480 JPEG -> 224x224 RGB, one at a time',
+  (decodeN * 1000) / jpegMs,
+  'images/s',
+  `${(jpegMs / decodeN).toFixed(2)} ms/image`,
+);
 const pngs = cifar.slice(0, decodeN).map((c) => c.png);
 const pngMs = await timeIt(async () => {
   for (const p of pngs) await decodeImage(p, size);
 });
-record('decode_cifar_sequential', '32x32 CIFAR PNG -> 224x224 RGB, one at a time', (pngs.length * 1000) / pngMs, 'images/s', `${(pngMs / pngs.length).toFixed(2)} ms/image`);
+record(
+  'decode_cifar_sequential',
+  '32x32 CIFAR PNG -> 224x224 RGB, one at a time',
+  (pngs.length * 1000) / pngMs,
+  'images/s',
+  `${(pngMs / pngs.length).toFixed(2)} ms/image`,
+);
 const pngParMs = await timeIt(async () => {
   let next = 0;
-  await Promise.all(Array.from({ length: defaults.fetchConcurrency }, async () => {
-    while (next < pngs.length) await decodeImage(pngs[next++]!, size);
-  }));
+  await Promise.all(
+    Array.from({ length: defaults.fetchConcurrency }, async () => {
+      while (next < pngs.length) await decodeImage(pngs[next++]!, size);
+    }),
+  );
 });
-record('decode_cifar_parallel', `32x32 CIFAR PNG -> 224x224 RGB, ${defaults.fetchConcurrency} at once`, (pngs.length * 1000) / pngParMs, 'images/s', 'libuv thread pool, as in the extractor');
+record(
+  'decode_cifar_parallel',
+  `32x32 CIFAR PNG -> 224x224 RGB, ${defaults.fetchConcurrency} at once`,
+  (pngs.length * 1000) / pngParMs,
+  'images/s',
+  'libuv thread pool, as in the extractor',
+);
 
 // ───────────── 2. engines ─────────────
-section(`backbone forward pass (${DEFAULT_FEATURES.kind === 'builtin' ? DEFAULT_FEATURES.id : 'default'}, batch ${batch}, real CIFAR images)`);
+section(
+  `backbone forward pass (${DEFAULT_FEATURES.kind === 'builtin' ? DEFAULT_FEATURES.id : 'default'}, batch ${batch}, real CIFAR images)`,
+);
 const images = await Promise.all(cifar.slice(0, batch).map((c) => decodeImage(c.png, size)));
-const engineConfigs: Array<{ key: string; engine: 'onnx' | 'tfjs'; threads?: number; backend?: 'wasm' | 'cpu'; timed: number }> = [
+const engineConfigs: Array<{
+  key: string;
+  engine: 'onnx' | 'tfjs';
+  threads?: number;
+  backend?: 'wasm' | 'cpu';
+  timed: number;
+}> = [
   { key: 'engine_onnx_1', engine: 'onnx', threads: 1, timed: reps },
   ...(cores > 1 ? [{ key: `engine_onnx_${cores}`, engine: 'onnx' as const, threads: cores, timed: reps }] : []),
   { key: 'engine_tfjs_wasm', engine: 'tfjs', backend: 'wasm', timed: reps },
@@ -130,9 +180,20 @@ const engineConfigs: Array<{ key: string; engine: 'onnx' | 'tfjs'; threads?: num
 for (const c of engineConfigs) {
   let engine: FeatureEngine;
   try {
-    engine = await loadEngine(DEFAULT_FEATURES, { engine: c.engine, threads: c.threads, backend: c.backend, readObject: async () => new Uint8Array() });
+    engine = await loadEngine(DEFAULT_FEATURES, {
+      engine: c.engine,
+      threads: c.threads,
+      backend: c.backend,
+      readObject: async () => new Uint8Array(),
+    });
   } catch (err) {
-    record(c.key, `${c.engine} ${c.backend ?? ''}`, NaN, 'images/s', `not available: ${(err as Error).message.split('\n')[0]}`);
+    record(
+      c.key,
+      `${c.engine} ${c.backend ?? ''}`,
+      NaN,
+      'images/s',
+      `not available: ${(err as Error).message.split('\n')[0]}`,
+    );
     continue;
   }
   // ONNX Runtime needs two full batches to settle (its memory arena grows on the first); a
@@ -142,33 +203,67 @@ for (const c of engineConfigs) {
   engine.dispose();
 }
 const onnxAll = fig[`engine_onnx_${cores}`] ?? fig.engine_onnx_1!;
-record('ratio_onnx_vs_wasm', 'ONNX Runtime (all cores) / TF.js WebAssembly', onnxAll / fig.engine_tfjs_wasm!, 'x', 'target >= 5');
-record('ratio_onnx1_vs_wasm', 'ONNX Runtime (1 thread) / TF.js WebAssembly', fig.engine_onnx_1! / fig.engine_tfjs_wasm!, 'x', 'same single core');
+record(
+  'ratio_onnx_vs_wasm',
+  'ONNX Runtime (all cores) / TF.js WebAssembly',
+  onnxAll / fig.engine_tfjs_wasm!,
+  'x',
+  'target >= 5',
+);
+record(
+  'ratio_onnx1_vs_wasm',
+  'ONNX Runtime (1 thread) / TF.js WebAssembly',
+  fig.engine_onnx_1! / fig.engine_tfjs_wasm!,
+  'x',
+  'same single core',
+);
 
 // ───────────── 3. pipeline ─────────────
 const stack: Stack = await startStack(pipelineImages);
 const stopLater: Array<() => Promise<void>> = [];
 try {
-  section(`pipeline: ${stack.images} CIFAR images in S3, shards of ${shardSize}, batch ${batch}, enqueue -> last shard written`);
+  section(
+    `pipeline: ${stack.images} CIFAR images in S3, shards of ${shardSize}, batch ${batch}, enqueue -> last shard written`,
+  );
   await s3GetCost(stack, defaults.fetchConcurrency); // warm-up: connections, SDK code paths
   const gets = [];
   for (let i = 0; i < pipelineReps; i++) gets.push(await s3GetCost(stack, defaults.fetchConcurrency));
-  record('s3_get_cpu_ms', `S3 GET of one image, client CPU (AWS SDK), ${defaults.fetchConcurrency} at once`, median(gets.map((g) => g.cpuMsPerGet)), 'ms', `wall ${median(gets.map((g) => g.wallMsPerGet)).toFixed(2)} ms per GET with the S3 server on the same cores; ${gets[0]!.gets} GETs`);
+  record(
+    's3_get_cpu_ms',
+    `S3 GET of one image, client CPU (AWS SDK), ${defaults.fetchConcurrency} at once`,
+    median(gets.map((g) => g.cpuMsPerGet)),
+    'ms',
+    `wall ${median(gets.map((g) => g.wallMsPerGet)).toFixed(2)} ms per GET with the S3 server on the same cores; ${gets[0]!.gets} GETs`,
+  );
   const planner = await startWorkers(stack, 'planner', 1);
   stopLater.push(() => planner.stop());
   const configs = [
-    { key: 'pipeline_1x_all', label: `1 extractor, ${cores} threads (default)`, extractors: 1, threads: cores, raw: onnxAll },
+    {
+      key: 'pipeline_1x_all',
+      label: `1 extractor, ${cores} threads (default)`,
+      extractors: 1,
+      threads: cores,
+      raw: onnxAll,
+    },
     ...(cores > 1
       ? [
           { key: 'pipeline_1x_1', label: '1 extractor, 1 thread', extractors: 1, threads: 1, raw: fig.engine_onnx_1! },
-          { key: 'pipeline_2x_1', label: '2 extractors, 1 thread each', extractors: 2, threads: 1, raw: fig.engine_onnx_1! * 2 },
+          {
+            key: 'pipeline_2x_1',
+            label: '2 extractors, 1 thread each',
+            extractors: 2,
+            threads: 1,
+            raw: fig.engine_onnx_1! * 2,
+          },
         ]
       : []),
   ];
   for (const c of configs) {
     // Shards small enough that every extractor gets work: at least 2 per extractor.
     const shard = Math.min(shardSize, Math.ceil(stack.images / (2 * c.extractors)));
-    const workers = await startWorkers(stack, 'extractor', c.extractors, { DEEPFEAT_ENGINE_THREADS: String(c.threads) });
+    const workers = await startWorkers(stack, 'extractor', c.extractors, {
+      DEEPFEAT_ENGINE_THREADS: String(c.threads),
+    });
     try {
       const warm = await timeExtraction(stack, shard); // loads the engine (and converts the model once)
       const rssFirst = await workers.peakRssMiB();
@@ -183,18 +278,60 @@ try {
       const machineBusyMs = ((machineAfter.busy - machineBefore.busy) * 1000) / imagesDone;
       const idleShare = 1 - (machineAfter.busy - machineBefore.busy) / (machineAfter.total - machineBefore.total);
       const rate = stack.images / median(times);
-      record(c.key, c.label, rate, 'images/s', `${median(times).toFixed(2)} s for ${stack.images} images, ${Math.ceil(stack.images / shard)} shards of ${shard}; ${warm.backend}`);
-      record(`${c.key}_vs_raw`, `  pipeline / raw engine (${c.extractors === 1 ? `onnx ${c.threads} thread${c.threads > 1 ? 's' : ''}` : '2 x onnx 1 thread'})`, rate / c.raw, 'ratio', c.key === 'pipeline_1x_all' ? 'target >= 0.9' : '');
-      record(`${c.key}_rss`, '  extractor peak RSS (after first run / after all runs)', await workers.peakRssMiB(), 'MiB', `${rssFirst.toFixed(0)} MiB after the first run of ${stack.images} images`);
-      record(`${c.key}_redis_usec_per_image`, '  Redis CPU per image (all commands: BullMQ, run state)', redisPerImage, 'us', '');
-      record(`${c.key}_extractor_cpu_ms`, '  extractor CPU per image (decode + inference + I/O)', extractorMs, 'ms', `machine: ${machineBusyMs.toFixed(1)} ms busy per image (S3 server, Redis, planner, bench too), ${(100 * idleShare).toFixed(0)}% idle`);
+      record(
+        c.key,
+        c.label,
+        rate,
+        'images/s',
+        `${median(times).toFixed(2)} s for ${stack.images} images, ${Math.ceil(stack.images / shard)} shards of ${shard}; ${warm.backend}`,
+      );
+      record(
+        `${c.key}_vs_raw`,
+        `  pipeline / raw engine (${c.extractors === 1 ? `onnx ${c.threads} thread${c.threads > 1 ? 's' : ''}` : '2 x onnx 1 thread'})`,
+        rate / c.raw,
+        'ratio',
+        c.key === 'pipeline_1x_all' ? 'target >= 0.9' : '',
+      );
+      record(
+        `${c.key}_rss`,
+        '  extractor peak RSS (after first run / after all runs)',
+        await workers.peakRssMiB(),
+        'MiB',
+        `${rssFirst.toFixed(0)} MiB after the first run of ${stack.images} images`,
+      );
+      record(
+        `${c.key}_redis_usec_per_image`,
+        '  Redis CPU per image (all commands: BullMQ, run state)',
+        redisPerImage,
+        'us',
+        '',
+      );
+      record(
+        `${c.key}_extractor_cpu_ms`,
+        '  extractor CPU per image (decode + inference + I/O)',
+        extractorMs,
+        'ms',
+        `machine: ${machineBusyMs.toFixed(1)} ms busy per image (S3 server, Redis, planner, bench too), ${(100 * idleShare).toFixed(0)}% idle`,
+      );
     } finally {
       await workers.stop();
     }
   }
   if (fig.pipeline_2x_1 && fig.pipeline_1x_1) {
-    record('scaling_2x_vs_1x_1thread', '2 extractors / 1 extractor (1 thread each)', fig.pipeline_2x_1 / fig.pipeline_1x_1, 'x', 'target >= 1.6');
-    record('scaling_2x_vs_1x_default', '2 extractors (1 thread) / 1 extractor (all cores)', fig.pipeline_2x_1 / fig.pipeline_1x_all!, 'x', '');
+    record(
+      'scaling_2x_vs_1x_1thread',
+      '2 extractors / 1 extractor (1 thread each)',
+      fig.pipeline_2x_1 / fig.pipeline_1x_1,
+      'x',
+      'target >= 1.6',
+    );
+    record(
+      'scaling_2x_vs_1x_default',
+      '2 extractors (1 thread) / 1 extractor (all cores)',
+      fig.pipeline_2x_1 / fig.pipeline_1x_all!,
+      'x',
+      '',
+    );
   }
 
   // ───────────── 4. BullMQ overhead ─────────────
@@ -203,12 +340,36 @@ try {
   const overheads: Array<Awaited<ReturnType<typeof bullmqOverhead>>> = [];
   await bullmqOverhead(stack, Math.min(20, overheadJobs)); // warm-up
   for (let i = 0; i < (quick ? 1 : 3); i++) overheads.push(await bullmqOverhead(stack, overheadJobs));
-  record('bullmq_ms_per_job', 'wall time per job, add -> completed, 1 worker', median(overheads.map((o) => o.msPerJob)), 'ms', `${overheadJobs} jobs`);
-  record('bullmq_redis_usec_per_job', 'Redis CPU per job', median(overheads.map((o) => o.redisUsecPerJob)), 'us', `${median(overheads.map((o) => o.redisCallsPerJob)).toFixed(0)} Redis commands per job`);
+  record(
+    'bullmq_ms_per_job',
+    'wall time per job, add -> completed, 1 worker',
+    median(overheads.map((o) => o.msPerJob)),
+    'ms',
+    `${overheadJobs} jobs`,
+  );
+  record(
+    'bullmq_redis_usec_per_job',
+    'Redis CPU per job',
+    median(overheads.map((o) => o.redisUsecPerJob)),
+    'us',
+    `${median(overheads.map((o) => o.redisCallsPerJob)).toFixed(0)} Redis commands per job`,
+  );
   const perExtractor = fig.pipeline_1x_all!;
   const redisPerImage = fig.pipeline_1x_all_redis_usec_per_image!;
-  record('redis_extractors_capacity', 'extractors one Redis core can feed (est.)', 1e6 / (redisPerImage * perExtractor), 'extractors', `1e6 us/s / (${redisPerImage.toFixed(0)} us/image x ${perExtractor.toFixed(0)} images/s per extractor)`);
-  record('bullmq_share_of_shard', 'BullMQ wall time / one shard extraction', (100 * fig.bullmq_ms_per_job!) / ((shardSize / perExtractor) * 1000), '%', `per ${shardSize}-image shard`);
+  record(
+    'redis_extractors_capacity',
+    'extractors one Redis core can feed (est.)',
+    1e6 / (redisPerImage * perExtractor),
+    'extractors',
+    `1e6 us/s / (${redisPerImage.toFixed(0)} us/image x ${perExtractor.toFixed(0)} images/s per extractor)`,
+  );
+  record(
+    'bullmq_share_of_shard',
+    'BullMQ wall time / one shard extraction',
+    (100 * fig.bullmq_ms_per_job!) / ((shardSize / perExtractor) * 1000),
+    '%',
+    `per ${shardSize}-image shard`,
+  );
 
   // ───────────── 5. trainer ─────────────
   section(`trainer: ${trainRows} x ${DIM} features, ${CLASSES} classes`);
@@ -219,23 +380,61 @@ try {
     y[i] = i % CLASSES;
     for (let j = 0; j < DIM; j++) X[i * DIM + j] = rand() * 2 - 1 + (j % CLASSES === y[i] ? 0.5 : 0);
   }
-  const fitMs = await timeIt(() => fitLogisticRegression({ X, n: trainRows, d: DIM, y, k: CLASSES, lambda: 1e-2 }), quick ? 1 : 3, quick ? 0 : 1);
+  const fitMs = await timeIt(
+    () => fitLogisticRegression({ X, n: trainRows, d: DIM, y, k: CLASSES, lambda: 1e-2 }),
+    quick ? 1 : 3,
+    quick ? 0 : 1,
+  );
   record('fit_one_lambda', 'one L-BFGS fit (one lambda), in-process, 1 thread', fitMs / 1000, 's', '');
   if (cores > 1) {
     const pool = await ObjectivePool.create(cores - 1);
     try {
-      const poolMs = await timeIt(() => fitLogisticRegression({ X, n: trainRows, d: DIM, y, k: CLASSES, lambda: 1e-2, runner: pool.bind }), quick ? 1 : 3, quick ? 0 : 1);
-      record('fit_one_lambda_pool', `  the same fit on ${cores} threads (objective pool, same result)`, poolMs / 1000, 's', `${(fitMs / poolMs).toFixed(2)}x faster`);
+      const poolMs = await timeIt(
+        () => fitLogisticRegression({ X, n: trainRows, d: DIM, y, k: CLASSES, lambda: 1e-2, runner: pool.bind }),
+        quick ? 1 : 3,
+        quick ? 0 : 1,
+      );
+      record(
+        'fit_one_lambda_pool',
+        `  the same fit on ${cores} threads (objective pool, same result)`,
+        poolMs / 1000,
+        's',
+        `${(fitMs / poolMs).toFixed(2)}x faster`,
+      );
     } finally {
       await pool.close();
     }
   }
   const job = await trainerJob(stack, trainRows, DIM, CLASSES);
-  record('train_job', 'train job in the trainer process (5 lambdas + refit, all cores)', job.seconds, 's', `fit ${job.fitSeconds.toFixed(1)} s, rest is reading ${Math.ceil(trainRows / 256)} shards from S3; one run`);
-  record('train_job_rss', '  trainer peak RSS', job.peakRssMiB, 'MiB', `feature matrix ${job.matrixMiB.toFixed(0)} MiB`);
+  record(
+    'train_job',
+    'train job in the trainer process (5 lambdas + refit, all cores)',
+    job.seconds,
+    's',
+    `fit ${job.fitSeconds.toFixed(1)} s, rest is reading ${Math.ceil(trainRows / 256)} shards from S3; one run`,
+  );
+  record(
+    'train_job_rss',
+    '  trainer peak RSS',
+    job.peakRssMiB,
+    'MiB',
+    `feature matrix ${job.matrixMiB.toFixed(0)} MiB`,
+  );
   const extractSeconds = trainRows / perExtractor;
-  record('ratio_fit_vs_extract', 'trainer fit / extraction of the same images (1 extractor)', job.fitSeconds / extractSeconds, 'ratio', `${extractSeconds.toFixed(0)} s to extract ${trainRows} images; target <= 0.05`);
-  record('ratio_train_vs_extract', 'whole train job / extraction of the same images', job.seconds / extractSeconds, 'ratio', 'includes reading the shards from S3');
+  record(
+    'ratio_fit_vs_extract',
+    'trainer fit / extraction of the same images (1 extractor)',
+    job.fitSeconds / extractSeconds,
+    'ratio',
+    `${extractSeconds.toFixed(0)} s to extract ${trainRows} images; target <= 0.05`,
+  );
+  record(
+    'ratio_train_vs_extract',
+    'whole train job / extraction of the same images',
+    job.seconds / extractSeconds,
+    'ratio',
+    'includes reading the shards from S3',
+  );
 } finally {
   for (const stop of stopLater) await stop().catch(() => undefined);
   await stack.close();
@@ -250,6 +449,7 @@ async function redisUsec(s: Stack): Promise<number> {
 
 await writeFile(
   outFile,
-  JSON.stringify({ date: new Date().toISOString(), quick, cores, batch, shardSize, figures: fig, rows }, null, 2) + '\n',
+  JSON.stringify({ date: new Date().toISOString(), quick, cores, batch, shardSize, figures: fig, rows }, null, 2) +
+    '\n',
 );
 console.log(`\nwritten: ${path.relative(process.cwd(), outFile)}`);

@@ -36,9 +36,16 @@ const SHARD = 16;
 
 /** The hostile kinds, each allowed by the default pixel limit unless said otherwise. */
 async function hostileKinds(): Promise<Array<{ name: string; bytes: Uint8Array; endless?: true }>> {
-  const png4 = await sharp({ create: { width: 4, height: 4, channels: 3, background: '#f00' } }).png().toBuffer();
-  const big = { limitInputPixels: false, create: { width: 10000, height: 10000, channels: 3 as const, background: '#0a0' } };
-  const png6000 = await sharp({ create: { width: 6000, height: 6000, channels: 3, background: '#00a' } }).png().toBuffer();
+  const png4 = await sharp({ create: { width: 4, height: 4, channels: 3, background: '#f00' } })
+    .png()
+    .toBuffer();
+  const big = {
+    limitInputPixels: false,
+    create: { width: 10000, height: 10000, channels: 3 as const, background: '#0a0' },
+  };
+  const png6000 = await sharp({ create: { width: 6000, height: 6000, channels: 3, background: '#00a' } })
+    .png()
+    .toBuffer();
   return [
     // 100 megapixels (at the limit): libjpeg holds every coefficient of a progressive file, ~380 MB.
     { name: 'progressive-100mp.jpg', bytes: await sharp(big).jpeg({ progressive: true }).toBuffer() },
@@ -47,7 +54,10 @@ async function hostileKinds(): Promise<Array<{ name: string; bytes: Uint8Array; 
     // A 6000×6000 PNG in a 100×100 drawing (36 M pixels, under the limit): librsvg decodes it whole.
     { name: 'embedded-6000.svg', bytes: svgDoc(100, 100, svgImage(png6000, 'image/png', 100)) },
     // Refused from headers: a 20000×20000 PNG inside a drawing, and alone.
-    { name: 'embedded-bomb.svg', bytes: svgDoc(100, 100, svgImage(pngDeclaring(png4, 20000, 20000), 'image/png', 100)) },
+    {
+      name: 'embedded-bomb.svg',
+      bytes: svgDoc(100, 100, svgImage(pngDeclaring(png4, 20000, 20000), 'image/png', 100)),
+    },
     { name: 'png-20000.png', bytes: pngDeclaring(png4, 20000, 20000) },
     // Renders for minutes: ended by DEEPFEAT_DECODE_TIMEOUT.
     { name: 'use-bomb.svg', bytes: svgUseBomb(5), endless: true },
@@ -77,13 +87,20 @@ if (IN_PROCESS) {
   const files = kinds.filter((k) => !k.endless).flatMap((k) => Array.from({ length: COPIES }, () => k));
   const before = (await status(process.pid)).hwm;
   const reasons = await mapLimit(files, 8, (k) =>
-    decodeImage(k.bytes, { width: 224, height: 224, maxPixels: 100_000_000, formats: ['jpeg', 'png', 'webp', 'gif', 'tiff', 'avif', 'svg'] }).then(
+    decodeImage(k.bytes, {
+      width: 224,
+      height: 224,
+      maxPixels: 100_000_000,
+      formats: ['jpeg', 'png', 'webp', 'gif', 'tiff', 'avif', 'svg'],
+    }).then(
       () => `${k.name}: decoded`,
       (err: Error) => `${k.name}: ${err.message}`,
     ),
   );
   console.log([...new Set(reasons)].join('\n'));
-  console.log(`in-process decode of ${files.length} hostile files, 8 at a time: peak RSS ${mib((await status(process.pid)).hwm)} (before: ${mib(before)})`);
+  console.log(
+    `in-process decode of ${files.length} hostile files, 8 at a time: peak RSS ${mib((await status(process.pid)).hwm)} (before: ${mib(before)})`,
+  );
   process.exit(0);
 }
 
@@ -92,10 +109,22 @@ const bucket = new URL(stack.source).hostname;
 const prefix = new URL(stack.source).pathname.slice(1);
 let n = 0;
 for (const k of kinds) {
-  for (let c = 0; c < COPIES; c++) await putObject(stack.client.s3, bucket, `${prefix}cat/zz-hostile-${String(n++).padStart(3, '0')}-${k.name}`, k.bytes);
+  for (let c = 0; c < COPIES; c++)
+    await putObject(
+      stack.client.s3,
+      bucket,
+      `${prefix}cat/zz-hostile-${String(n++).padStart(3, '0')}-${k.name}`,
+      k.bytes,
+    );
 }
-const env = { DEEPFEAT_IMAGE_FORMATS: 'jpeg,png,webp,gif,tiff,avif,svg', DEEPFEAT_DECODE_TIMEOUT: '5', DEEPFEAT_SHARD_SIZE: String(SHARD) };
-const groups = await Promise.all(['planner', 'extractor', 'trainer', 'evaluator'].map((kind) => startWorkers(stack, kind, 1, env)));
+const env = {
+  DEEPFEAT_IMAGE_FORMATS: 'jpeg,png,webp,gif,tiff,avif,svg',
+  DEEPFEAT_DECODE_TIMEOUT: '5',
+  DEEPFEAT_SHARD_SIZE: String(SHARD),
+};
+const groups = await Promise.all(
+  ['planner', 'extractor', 'trainer', 'evaluator'].map((kind) => startWorkers(stack, kind, 1, env)),
+);
 const extractorPid = groups[1]!.procs[0]!.pid!;
 
 const peaks = new Map<number, number>();
@@ -116,7 +145,12 @@ const poller = (async () => {
 })();
 
 const started = Date.now();
-const runId = await enqueueRun(stack.client, { source: stack.source, features: DEFAULT_FEATURES, shardSize: SHARD, name: 'hostile' });
+const runId = await enqueueRun(stack.client, {
+  source: stack.source,
+  features: DEFAULT_FEATURES,
+  shardSize: SHARD,
+  name: 'hostile',
+});
 let s = await getStatus(stack.client, runId);
 while (!['published', 'failed'].includes(s.stage)) {
   await new Promise((r) => setTimeout(r, 500));
@@ -127,11 +161,15 @@ await poller;
 
 const reasons = new Map<string, string>();
 for (const f of s.failures) reasons.set(f.key.replace(/.*zz-hostile-\d+-/, ''), f.reason);
-console.log(`run ${runId}: ${s.stage} in ${((Date.now() - started) / 1000).toFixed(0)} s; ${s.done} rows, ${s.failed} failed, ${s.shards} shards`);
+console.log(
+  `run ${runId}: ${s.stage} in ${((Date.now() - started) / 1000).toFixed(0)} s; ${s.done} rows, ${s.failed} failed, ${s.shards} shards`,
+);
 if (COPIES > 0) for (const k of kinds) console.log(`  ${k.name}: ${reasons.get(k.name) ?? 'decoded'}`);
 const decoders = [...peaks].filter(([pid]) => pid !== extractorPid);
 console.log(`extractor peak RSS (VmHWM): ${mib(peaks.get(extractorPid) ?? 0)}`);
-console.log(`decoder processes seen: ${decoders.length}; largest VmHWM ${mib(Math.max(0, ...decoders.map(([, v]) => v)))}`);
+console.log(
+  `decoder processes seen: ${decoders.length}; largest VmHWM ${mib(Math.max(0, ...decoders.map(([, v]) => v)))}`,
+);
 console.log(`largest extractor + decoders RSS at one time: ${mib(maxTotal)}`);
 for (const g of groups) await g.stop();
 await stack.close();

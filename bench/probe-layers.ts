@@ -21,7 +21,13 @@ import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs';
 import sharp from 'sharp';
 import { builtinModelArtifacts } from '../services/extractor/engines/index.js';
-import { graphNodeNames, poolToRows, resolveNode, shortestUniqueSuffix, useBackend } from '../services/extractor/engines/tfjs.js';
+import {
+  graphNodeNames,
+  poolToRows,
+  resolveNode,
+  shortestUniqueSuffix,
+  useBackend,
+} from '../services/extractor/engines/tfjs.js';
 import { decodeImage } from '../services/extractor/image.js';
 import { mulberry32 } from '../shared/random.js';
 
@@ -74,7 +80,9 @@ async function loadCifar(): Promise<{ pixels: Uint8Array[]; labels: number[] }> 
 
 let backendUsed = '';
 
-async function extract(images: Uint8Array[]): Promise<{ nodes: string[]; features: Float32Array[]; dims: number[]; msPerImage: number }> {
+async function extract(
+  images: Uint8Array[],
+): Promise<{ nodes: string[]; features: Float32Array[]; dims: number[]; msPerImage: number }> {
   const backend = await useBackend('auto');
   backendUsed = backend;
   const artifacts = await builtinModelArtifacts();
@@ -91,16 +99,24 @@ async function extract(images: Uint8Array[]): Promise<{ nodes: string[]; feature
     // Through the pipeline's own decoder: lossless PNG of the 32×32 image → 224×224 RGB.
     const decoded = await Promise.all(
       chunk.map(async (px) =>
-        decodeImage(await sharp(px, { raw: { width: SIDE, height: SIDE, channels: 3 } }).png().toBuffer(), {
-          width: side,
-          height: side,
-          maxPixels: 1e8,
-        }),
+        decodeImage(
+          await sharp(px, { raw: { width: SIDE, height: SIDE, channels: 3 } })
+            .png()
+            .toBuffer(),
+          {
+            width: side,
+            height: side,
+            maxPixels: 1e8,
+          },
+        ),
       ),
     );
     const t0 = performance.now();
     const pooled = tf.tidy(() => {
-      const x = tf.tensor4d(Float32Array.from(concat(decoded), (v) => v / 255), [chunk.length, side, side, 3]);
+      const x = tf.tensor4d(
+        Float32Array.from(concat(decoded), (v) => v / 255),
+        [chunk.length, side, side, 3],
+      );
       const outs = model.execute(x, full) as tf.Tensor[];
       return outs.map((o, i) => poolToRows(o, nodes[i]));
     });
@@ -114,7 +130,8 @@ async function extract(images: Uint8Array[]): Promise<{ nodes: string[]; feature
       features[i].set(rows[i], start * dims[i]);
       p.dispose();
     });
-    if ((start / BATCH) % 10 === 0) process.stderr.write(`\r  ${start + chunk.length}/${images.length} images (${backend})`);
+    if ((start / BATCH) % 10 === 0)
+      process.stderr.write(`\r  ${start + chunk.length}/${images.length} images (${backend})`);
   }
   process.stderr.write('\n');
   model.dispose();
@@ -132,7 +149,6 @@ function concat(arrays: Uint8Array[]): Uint8Array {
 }
 
 // ───────────── split and classifiers ─────────────
-
 
 /** Seeded stratified split: indices of train and test, `trainShare` of each class in train. */
 function split(labels: number[], trainShare: number, seed: number): { train: number[]; test: number[] } {
@@ -193,7 +209,9 @@ function nearestMeanAccuracy(k: Float64Array, n: number, labels: number[], train
   });
   let right = 0;
   for (const t of test) {
-    const dist = members.map((m, c) => k[t * n + t] - (2 * m.reduce((s, j) => s + k[t * n + j], 0)) / m.length + self[c]);
+    const dist = members.map(
+      (m, c) => k[t * n + t] - (2 * m.reduce((s, j) => s + k[t * n + j], 0)) / m.length + self[c],
+    );
     if ((dist[1] < dist[0] ? 1 : 0) === labels[t]) right++;
   }
   return right / test.length;
@@ -212,7 +230,11 @@ function ridgeFit(k: Float64Array, n: number, fit: number[], labels: number[], l
     for (let q = 0; q < m; q++) a[p * m + q] = k[fit[p] * n + fit[q]];
     a[p * m + p] += lambda;
   }
-  const alpha = choleskySolve(a, m, Float64Array.from(t, (v) => v - bias));
+  const alpha = choleskySolve(
+    a,
+    m,
+    Float64Array.from(t, (v) => v - bias),
+  );
   return (r) => {
     let s = bias;
     for (let p = 0; p < m; p++) s += alpha[p] * k[r * n + fit[p]];
@@ -255,10 +277,22 @@ function accuracy(predict: (r: number) => number, rows: number[], labels: number
   return rows.filter((r) => predict(r) === labels[r]).length / rows.length;
 }
 
-function scoreSplit(k: Float64Array, n: number, d: number, labels: number[], train: number[], test: number[], seed: number) {
+function scoreSplit(
+  k: Float64Array,
+  n: number,
+  d: number,
+  labels: number[],
+  train: number[],
+  test: number[],
+  seed: number,
+) {
   const ncm = nearestMeanAccuracy(k, n, labels, train, test);
   // Pick λ on a seeded 20% validation slice of train, then refit on all of train.
-  const inner = split(train.map((i) => labels[i]), 0.8, seed + 1000);
+  const inner = split(
+    train.map((i) => labels[i]),
+    0.8,
+    seed + 1000,
+  );
   const [fit, val] = [inner.train.map((i) => train[i]), inner.test.map((i) => train[i])];
   let best = { factor: LAMBDA_FACTORS[0], acc: -1 };
   for (const factor of LAMBDA_FACTORS) {
@@ -287,13 +321,19 @@ function scoreAll(x: Float32Array, d: number) {
   const mean = (f: (r: (typeof runs)[number]) => number) => runs.reduce((s, r) => s + f(r), 0) / runs.length;
   const sd = Math.sqrt(mean((r) => (r.ridge - mean((q) => q.ridge)) ** 2));
   const lambdas = runs.map((r) => r.lambda);
-  const lambda = lambdas.sort((a, b) => lambdas.filter((v) => v === b).length - lambdas.filter((v) => v === a).length)[0];
+  const lambda = lambdas.sort(
+    (a, b) => lambdas.filter((v) => v === b).length - lambdas.filter((v) => v === a).length,
+  )[0];
   return { ncm: mean((r) => r.ncm), ridge: mean((r) => r.ridge), sd, lambda };
 }
 
 const rows: Array<{ node: string; dim: number; ncm: number; ridge: number; sd: number; lambda: number }> = [];
 const raw = new Float32Array(pixels.length * SIDE * SIDE * 3);
-pixels.forEach((p, i) => raw.set(Float32Array.from(p, (v) => v / 255), i * p.length));
+for (const [i, p] of pixels.entries())
+  raw.set(
+    Float32Array.from(p, (v) => v / 255),
+    i * p.length,
+  );
 rows.push({ node: 'raw pixels 32×32 (baseline)', dim: SIDE * SIDE * 3, ...scoreAll(raw, SIDE * SIDE * 3) });
 nodes.forEach((node, i) => {
   rows.push({ node, dim: dims[i], ...scoreAll(features[i], dims[i]) });
@@ -309,7 +349,9 @@ for (const r of rows) {
 }
 const best = rows.slice(1).reduce((a, b) => (b.ridge + b.ncm / 100 > a.ridge + a.ncm / 100 ? b : a));
 const close = rows.slice(1).filter((r) => best.ridge - r.ridge <= 0.01);
-console.log(`\nwithin 1 point of the best ridge accuracy: ${close.map((r) => `${r.node} (${pct(r.ridge)}, ${r.dim}-d)`).join(', ')}`);
+console.log(
+  `\nwithin 1 point of the best ridge accuracy: ${close.map((r) => `${r.node} (${pct(r.ridge)}, ${r.dim}-d)`).join(', ')}`,
+);
 console.log(
   `best by ridge accuracy: ${best.node} (${pct(best.ridge)}); forward pass to all candidates ` +
     `${msPerImage.toFixed(1)} ms/image, batch ${BATCH}, backend ${backendUsed}; total ${((performance.now() - started) / 1000).toFixed(0)} s`,

@@ -131,7 +131,9 @@ export async function runScaleBench(): Promise<void> {
 
     out.statusAfterPlanning = await latency(20, () => getStatus(client, runId));
     out.workersAfterPlanning = await latency(20, () => Promise.all([listWorkers(client), getQueueCounts(client)]));
-    console.error(`status ${JSON.stringify(out.statusAfterPlanning)}; workers ${JSON.stringify(out.workersAfterPlanning)}`);
+    console.error(
+      `status ${JSON.stringify(out.statusAfterPlanning)}; workers ${JSON.stringify(out.workersAfterPlanning)}`,
+    );
 
     // One extractor works through shards (every object is missing, so each image becomes a
     // recorded failure): status must stay fast while failures accumulate.

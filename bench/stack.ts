@@ -116,7 +116,12 @@ export interface WorkerProcs {
 }
 
 /** Starts `count` worker processes of `kind` with extra env; resolves once all are registered with BullMQ. */
-export async function startWorkers(stack: Stack, kind: string, count: number, extraEnv: Record<string, string> = {}): Promise<WorkerProcs> {
+export async function startWorkers(
+  stack: Stack,
+  kind: string,
+  count: number,
+  extraEnv: Record<string, string> = {},
+): Promise<WorkerProcs> {
   const before = (await listWorkers(stack.client)).length;
   const procs = Array.from({ length: count }, () =>
     spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'cli/main.ts'), 'worker', kind], {
@@ -154,7 +159,8 @@ export async function startWorkers(stack: Stack, kind: string, count: number, ex
       await Promise.all(procs.map((p) => (p.exitCode !== null ? undefined : new Promise((r) => p.once('exit', r)))));
       // Let BullMQ forget them before the next group registers.
       const deadline = Date.now() + 10_000;
-      while ((await listWorkers(stack.client)).length > before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+      while ((await listWorkers(stack.client)).length > before && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 100));
     },
   };
 }
@@ -163,9 +169,17 @@ export async function startWorkers(stack: Stack, kind: string, count: number, ex
  * One run of the default backbone over the stack's images: seconds from enqueue until the last
  * extract job finished (its shard written). Needs a planner and extractors running.
  */
-export async function timeExtraction(stack: Stack, shardSize: number): Promise<{ seconds: number; images: number; shards: number; backend: string | null }> {
+export async function timeExtraction(
+  stack: Stack,
+  shardSize: number,
+): Promise<{ seconds: number; images: number; shards: number; backend: string | null }> {
   const started = Date.now();
-  const runId = await enqueueRun(stack.client, { source: stack.source, features: DEFAULT_FEATURES, shardSize, name: 'bench' });
+  const runId = await enqueueRun(stack.client, {
+    source: stack.source,
+    features: DEFAULT_FEATURES,
+    shardSize,
+    name: 'bench',
+  });
   for (;;) {
     const s = await getStatus(stack.client, runId);
     if (s.stage === 'failed') throw new Error(`bench run ${runId} failed: ${s.error?.message}`);
@@ -173,7 +187,8 @@ export async function timeExtraction(stack: Stack, shardSize: number): Promise<{
       const q = makeQueue(stack.client.queues!, 'extract');
       try {
         let last = 0;
-        for (let i = 0; i < s.shards; i++) last = Math.max(last, (await q.getJob(`${runId}-extract-${i}`))?.finishedOn ?? 0);
+        for (let i = 0; i < s.shards; i++)
+          last = Math.max(last, (await q.getJob(`${runId}-extract-${i}`))?.finishedOn ?? 0);
         return { seconds: (last - started) / 1000, images: s.done, shards: s.shards, backend: s.backend };
       } finally {
         await q.close();
@@ -190,11 +205,16 @@ export async function timeExtraction(stack: Stack, shardSize: number): Promise<{
  * `concurrency` at a time, as the extractor fetches them. Client CPU per GET (this process) and
  * wall time per GET (the server's share included, on the same cores here).
  */
-export async function s3GetCost(stack: Stack, concurrency: number): Promise<{ cpuMsPerGet: number; wallMsPerGet: number; gets: number }> {
+export async function s3GetCost(
+  stack: Stack,
+  concurrency: number,
+): Promise<{ cpuMsPerGet: number; wallMsPerGet: number; gets: number }> {
   const keys: string[] = [];
   let token: string | undefined;
   do {
-    const page = await stack.client.s3.send(new ListObjectsV2Command({ Bucket: DATA_BUCKET, Prefix: 'cifar/', ContinuationToken: token }));
+    const page = await stack.client.s3.send(
+      new ListObjectsV2Command({ Bucket: DATA_BUCKET, Prefix: 'cifar/', ContinuationToken: token }),
+    );
     for (const o of page.Contents ?? []) keys.push(o.Key!);
     token = page.NextContinuationToken;
   } while (token);
@@ -203,7 +223,11 @@ export async function s3GetCost(stack: Stack, concurrency: number): Promise<{ cp
   await mapLimit(keys, concurrency, (key) => getObjectBytes(stack.client.s3, DATA_BUCKET, key));
   const wall = performance.now() - t0;
   const cpu = process.cpuUsage(c0);
-  return { cpuMsPerGet: (cpu.user + cpu.system) / 1000 / keys.length, wallMsPerGet: wall / keys.length, gets: keys.length };
+  return {
+    cpuMsPerGet: (cpu.user + cpu.system) / 1000 / keys.length,
+    wallMsPerGet: wall / keys.length,
+    gets: keys.length,
+  };
 }
 
 /**
@@ -212,14 +236,25 @@ export async function s3GetCost(stack: Stack, concurrency: number): Promise<{ cp
  * and Redis's own CPU microseconds per job (INFO commandstats), which bounds how many jobs one
  * Redis can serve.
  */
-export async function bullmqOverhead(stack: Stack, jobs: number): Promise<{ msPerJob: number; redisUsecPerJob: number; redisCallsPerJob: number }> {
+export async function bullmqOverhead(
+  stack: Stack,
+  jobs: number,
+): Promise<{ msPerJob: number; redisUsecPerJob: number; redisCallsPerJob: number }> {
   const connection = stack.client.queues!.connection;
   const name = `overhead-${Date.now()}`;
-  const items = Array.from({ length: 256 }, (_, i) => ({ key: `cifar/cat/cat-${String(i).padStart(4, '0')}.png`, label: 'cat', split: 'train' }));
+  const items = Array.from({ length: 256 }, (_, i) => ({
+    key: `cifar/cat/cat-${String(i).padStart(4, '0')}.png`,
+    label: 'cat',
+    split: 'train',
+  }));
   const queue = new Queue(name, { connection, prefix: 'benchoverhead' });
   const events = new QueueEvents(name, { connection, prefix: 'benchoverhead' });
   await events.waitUntilReady();
-  const worker = new Worker(name, async () => ({ shard: 0, rows: 256 }), { connection, prefix: 'benchoverhead', concurrency: 1 });
+  const worker = new Worker(name, async () => ({ shard: 0, rows: 256 }), {
+    connection,
+    prefix: 'benchoverhead',
+    concurrency: 1,
+  });
   await worker.waitUntilReady();
   const redis = stack.client.redis!;
   const stats = async () => {
@@ -242,11 +277,20 @@ export async function bullmqOverhead(stack: Stack, jobs: number): Promise<{ msPe
       }),
     );
     // Added one at a time, as the planner's flow adds shards (not one bulk call).
-    for (let i = 0; i < jobs; i++) await queue.add('extract', { runId: 'bench', shard: i, items, sourceBucket: DATA_BUCKET }, { removeOnComplete: true });
+    for (let i = 0; i < jobs; i++)
+      await queue.add(
+        'extract',
+        { runId: 'bench', shard: i, items, sourceBucket: DATA_BUCKET },
+        { removeOnComplete: true },
+      );
     await all;
     const ms = performance.now() - t0;
     const s1 = await stats();
-    return { msPerJob: ms / jobs, redisUsecPerJob: (s1.usec - s0.usec) / jobs, redisCallsPerJob: (s1.calls - s0.calls) / jobs };
+    return {
+      msPerJob: ms / jobs,
+      redisUsecPerJob: (s1.usec - s0.usec) / jobs,
+      redisCallsPerJob: (s1.calls - s0.calls) / jobs,
+    };
   } finally {
     await worker.close();
     await events.close();
@@ -260,7 +304,12 @@ export async function bullmqOverhead(stack: Stack, jobs: number): Promise<{ msPe
  * refitting) on synthetic features: n rows × d, k classes, written as 256-row shards. Returns the
  * job's wall time, the fit time the trainer itself reports, and the trainer's peak RSS.
  */
-export async function trainerJob(stack: Stack, n: number, d: number, k: number): Promise<{ seconds: number; fitSeconds: number; peakRssMiB: number; matrixMiB: number }> {
+export async function trainerJob(
+  stack: Stack,
+  n: number,
+  d: number,
+  k: number,
+): Promise<{ seconds: number; fitSeconds: number; peakRssMiB: number; matrixMiB: number }> {
   const runId = `bench-train-${Date.now()}`;
   const rand = mulberry32(7);
   const classes = Array.from({ length: k }, (_, c) => `class${c}`);
@@ -279,23 +328,45 @@ export async function trainerJob(stack: Stack, n: number, d: number, k: number):
       const split = Math.floor(i / k) % 10 < 8 ? 'train' : 'val'; // 80/20 within every class
       meta.push(JSON.stringify({ key: `img-${i}.png`, label: classes[c], split, row: r }));
     }
-    await putObject(stack.client.s3, stack.client.config.bucket, shardKey(runId, s, 'npy'), encodeNpy(X, [rows, d]), 'application/octet-stream');
-    await putObject(stack.client.s3, stack.client.config.bucket, shardKey(runId, s, 'jsonl'), meta.join('\n') + '\n', 'application/x-ndjson');
+    await putObject(
+      stack.client.s3,
+      stack.client.config.bucket,
+      shardKey(runId, s, 'npy'),
+      encodeNpy(X, [rows, d]),
+      'application/octet-stream',
+    );
+    await putObject(
+      stack.client.s3,
+      stack.client.config.bucket,
+      shardKey(runId, s, 'jsonl'),
+      `${meta.join('\n')}\n`,
+      'application/x-ndjson',
+    );
   }
   const queue = makeQueue(stack.client.queues!, 'train');
   // The pipeline figures leave their runs' train jobs waiting (no trainer ran): drop them, or
   // this trainer would work through them first.
   await queue.drain(true);
   const trainer = await startWorkers(stack, 'trainer', 1);
-  const events = new QueueEvents('train', { connection: stack.client.queues!.connection, prefix: stack.client.config.queuePrefix });
+  const events = new QueueEvents('train', {
+    connection: stack.client.queues!.connection,
+    prefix: stack.client.config.queuePrefix,
+  });
   try {
     await events.waitUntilReady();
     const t0 = performance.now();
     const job = await queue.add('train', { runId, shards, classes }, { jobId: runId });
     await job.waitUntilFinished(events, 600_000);
     const seconds = (performance.now() - t0) / 1000;
-    const candidate = JSON.parse(await getObjectText(stack.client.s3, stack.client.config.bucket, candidateKey(runId))) as { fitMs: number };
-    return { seconds, fitSeconds: candidate.fitMs / 1000, peakRssMiB: await trainer.peakRssMiB(), matrixMiB: (n * d * 4) / 2 ** 20 };
+    const candidate = JSON.parse(
+      await getObjectText(stack.client.s3, stack.client.config.bucket, candidateKey(runId)),
+    ) as { fitMs: number };
+    return {
+      seconds,
+      fitSeconds: candidate.fitMs / 1000,
+      peakRssMiB: await trainer.peakRssMiB(),
+      matrixMiB: (n * d * 4) / 2 ** 20,
+    };
   } finally {
     await events.close();
     await queue.close();

@@ -9,7 +9,15 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { requireRedisUrl, type Config } from '../shared/config.js';
 import { BadRequestError, NotFoundError } from '../shared/errors.js';
 import { DEFAULT_FEATURES, type FeatureSpec } from '../shared/features.js';
-import { connectionFromUrl, makeQueue, QUEUE_NAMES, runRequestSchema, type QueueContext, type QueueName, type RunRequest } from '../shared/queues.js';
+import {
+  connectionFromUrl,
+  makeQueue,
+  QUEUE_NAMES,
+  runRequestSchema,
+  type QueueContext,
+  type QueueName,
+  type RunRequest,
+} from '../shared/queues.js';
 import { RUN_ID_PATTERN, RunStore, newRunId, type RunStatus } from '../shared/run-state.js';
 import { createS3Client, getObjectJson, parseS3Url, s3Url } from '../shared/s3.js';
 import { latestKey, modelKey, type LatestPointer, type ModelArtifact } from '../shared/model-format.js';
@@ -26,14 +34,18 @@ export interface Client {
 }
 
 export function createClient(config: Config): Client {
-  const redis = config.redisUrl ? new Redis(config.redisUrl, { maxRetriesPerRequest: 3, lazyConnect: false }) : undefined;
+  const redis = config.redisUrl
+    ? new Redis(config.redisUrl, { maxRetriesPerRequest: 3, lazyConnect: false })
+    : undefined;
   const s3 = createS3Client(config.s3);
   return {
     config,
     s3,
     redis,
     runs: redis ? new RunStore(redis, config.queuePrefix) : undefined,
-    queues: config.redisUrl ? { connection: connectionFromUrl(config.redisUrl), prefix: config.queuePrefix } : undefined,
+    queues: config.redisUrl
+      ? { connection: connectionFromUrl(config.redisUrl), prefix: config.queuePrefix }
+      : undefined,
     async close() {
       s3.destroy();
       await redis?.quit().catch(() => undefined);
@@ -54,7 +66,12 @@ export interface RunOptions {
 /** Model name from the source when none is given: the last path segment, made safe. */
 export function defaultName(source: string): string {
   const { bucket, key } = parseS3Url(source);
-  const last = key.replace(/\.(csv|jsonl|ndjson)$/i, '').split('/').filter(Boolean).pop() ?? bucket;
+  const last =
+    key
+      .replace(/\.(csv|jsonl|ndjson)$/i, '')
+      .split('/')
+      .filter(Boolean)
+      .pop() ?? bucket;
   const safe = last.replace(/[^A-Za-z0-9._-]+/g, '-').replace(/^[^A-Za-z0-9]+/, '');
   return safe === '' ? 'model' : safe.slice(0, 100);
 }
@@ -91,7 +108,9 @@ export async function enqueueRun(client: Client, opts: RunOptions): Promise<stri
 /** Live status from Redis, else the final run.json in the bucket; NotFoundError names the fix. */
 export async function getStatus(client: Client, runId: string): Promise<RunStatus> {
   if (!RUN_ID_PATTERN.test(runId)) {
-    throw new NotFoundError(`unknown run id ${JSON.stringify(runId)}: run ids look like r20261128093000-1a2b3c (printed by \`deepfeat run\`)`);
+    throw new NotFoundError(
+      `unknown run id ${JSON.stringify(runId)}: run ids look like r20261128093000-1a2b3c (printed by \`deepfeat run\`)`,
+    );
   }
   const live = await client.runs?.get(runId);
   if (live) return live;
@@ -101,13 +120,20 @@ export async function getStatus(client: Client, runId: string): Promise<RunStatu
   } catch (err) {
     if (!(err instanceof NotFoundError)) throw err;
   }
-  throw new NotFoundError(`unknown run id ${runId}: no such run in Redis (${client.config.queuePrefix}) or in s3://${client.config.bucket}/runs/`);
+  throw new NotFoundError(
+    `unknown run id ${runId}: no such run in Redis (${client.config.queuePrefix}) or in s3://${client.config.bucket}/runs/`,
+  );
 }
 
 export const isTerminal = (s: RunStatus) => s.stage === 'published' || s.stage === 'failed';
 
 /** Polls until the run is published or failed. */
-export async function waitForRun(client: Client, runId: string, onUpdate?: (s: RunStatus) => void, intervalMs = 500): Promise<RunStatus> {
+export async function waitForRun(
+  client: Client,
+  runId: string,
+  onUpdate?: (s: RunStatus) => void,
+  intervalMs = 500,
+): Promise<RunStatus> {
   for (;;) {
     const s = await getStatus(client, runId);
     onUpdate?.(s);
@@ -168,7 +194,9 @@ export async function fetchModel(client: Client, ref: string): Promise<{ artifac
   if (RUN_ID_PATTERN.test(ref)) {
     const status = await getStatus(client, ref);
     if (!status.model) {
-      throw new NotFoundError(`run ${ref} has not published a model (stage: ${status.stage}${status.error ? `, ${status.error.message}` : ''})`);
+      throw new NotFoundError(
+        `run ${ref} has not published a model (stage: ${status.stage}${status.error ? `, ${status.error.message}` : ''})`,
+      );
     }
     key = modelKey(status.model.name, status.model.version);
   } else {
@@ -181,7 +209,10 @@ export async function fetchModel(client: Client, ref: string): Promise<{ artifac
       try {
         key = (await getObjectJson<LatestPointer>(client.s3, bucket, latestKey(name))).key;
       } catch (err) {
-        if (err instanceof NotFoundError) throw new NotFoundError(`no model named ${name} in s3://${bucket}/models/: check the name (deepfeat run --name sets it)`);
+        if (err instanceof NotFoundError)
+          throw new NotFoundError(
+            `no model named ${name} in s3://${bucket}/models/: check the name (deepfeat run --name sets it)`,
+          );
         throw err;
       }
     }
@@ -195,10 +226,14 @@ export async function fetchModel(client: Client, ref: string): Promise<{ artifac
 }
 
 /** Writes model.json into dir; returns the file path. */
-export async function downloadModel(client: Client, ref: string, dir: string): Promise<{ path: string; artifact: ModelArtifact }> {
+export async function downloadModel(
+  client: Client,
+  ref: string,
+  dir: string,
+): Promise<{ path: string; artifact: ModelArtifact }> {
   const { artifact } = await fetchModel(client, ref);
   await mkdir(dir, { recursive: true });
   const path = join(dir, 'model.json');
-  await writeFile(path, JSON.stringify(artifact, null, 2) + '\n');
+  await writeFile(path, `${JSON.stringify(artifact, null, 2)}\n`);
   return { path, artifact };
 }

@@ -76,7 +76,7 @@ async function encodeImage(raw: Buffer, index: number): Promise<Buffer> {
   const base = index * BYTES_PER_IMAGE;
   for (let i = 0; i < PIXELS_PER_IMAGE; i++) {
     const value = Math.round(raw.readFloatLE(base + i * 4));
-    pixels[i] = value < 0 ? 0 : value > 255 ? 255 : value;
+    pixels[i] = value < 0 ? 0 : Math.min(value, 255);
   }
   return sharp(pixels, {
     raw: { width: DEMO_IMAGE_SIZE, height: DEMO_IMAGE_SIZE, channels: DEMO_CHANNELS },

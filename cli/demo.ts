@@ -32,7 +32,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   const env: Record<string, string | undefined> = { ...process.env };
   const cleanups: Array<() => Promise<void>> = [];
   const children: ChildProcess[] = [];
-  const say = (s: string) => process.stdout.write(s + '\n');
+  const say = (s: string) => process.stdout.write(`${s}\n`);
   try {
     if (!env.REDIS_URL) {
       const redis = await startRedis({ dir: resolve(opts.dataDir, 'redis') });
@@ -63,7 +63,11 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     for (const kind of kinds) {
       const child = spawn(process.execPath, ['--import', 'tsx', resolve(ROOT, 'cli/main.ts'), 'worker', kind], {
         cwd: ROOT,
-        env: { ...env, LOG_LEVEL: env.LOG_LEVEL ?? 'warn', DEEPFEAT_ENGINE_THREADS: env.DEEPFEAT_ENGINE_THREADS ?? String(threadsPerExtractor) },
+        env: {
+          ...env,
+          LOG_LEVEL: env.LOG_LEVEL ?? 'warn',
+          DEEPFEAT_ENGINE_THREADS: env.DEEPFEAT_ENGINE_THREADS ?? String(threadsPerExtractor),
+        },
         stdio: ['ignore', 'inherit', 'inherit'],
       });
       children.push(child);
@@ -72,7 +76,10 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
 
     const images = await loadDemoImages({ perClass: opts.perClass });
     const prefix = `cifar-cats-dogs-${opts.perClass}/`;
-    const bar = new cliProgress.SingleBar({ format: 'upload     [{bar}] {value}/{total} images', hideCursor: true }, cliProgress.Presets.shades_classic);
+    const bar = new cliProgress.SingleBar(
+      { format: 'upload     [{bar}] {value}/{total} images', hideCursor: true },
+      cliProgress.Presets.shades_classic,
+    );
     bar.start(images.length, 0);
     let next = 0;
     await Promise.all(
@@ -103,25 +110,30 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
         return 1;
       }
     }
-    say('\n' + table([
-      ['features', 'test accuracy', 'macro F1', 'images', 'failed', 'time', 'run'],
-      ...results.map((r) => [
-        r.title,
-        `${(100 * r.status.metrics!.accuracy).toFixed(1)}%`,
-        `${(100 * r.status.metrics!.macroF1).toFixed(1)}%`,
-        String(r.status.total),
-        String(r.status.failed),
-        formatDuration(r.seconds),
-        r.status.runId,
-      ]),
-    ]));
+    say(
+      '\n' +
+        table([
+          ['features', 'test accuracy', 'macro F1', 'images', 'failed', 'time', 'run'],
+          ...results.map((r) => [
+            r.title,
+            `${(100 * r.status.metrics!.accuracy).toFixed(1)}%`,
+            `${(100 * r.status.metrics!.macroF1).toFixed(1)}%`,
+            String(r.status.total),
+            String(r.status.failed),
+            formatDuration(r.seconds),
+            r.status.runId,
+          ]),
+        ]),
+    );
     const deep = results[1]!.status;
     say(`\npublished  ${deep.model!.uri}`);
     say(`download   S3_ENDPOINT unset, from this folder: npx deepfeat download ${deep.model!.name} -o ./model`);
     return 0;
   } finally {
     for (const c of children) c.kill('SIGTERM');
-    await Promise.all(children.map((c) => (c.exitCode !== null ? Promise.resolve() : new Promise((r) => c.once('exit', r)))));
+    await Promise.all(
+      children.map((c) => (c.exitCode !== null ? Promise.resolve() : new Promise((r) => c.once('exit', r)))),
+    );
     for (const c of cleanups) await c().catch(() => undefined);
   }
 }
@@ -137,7 +149,11 @@ async function waitForWorkers(client: Client, n: number): Promise<void> {
 
 async function watch(client: Client, runId: string): Promise<RunStatus> {
   const bar = new cliProgress.SingleBar(
-    { format: '           [{bar}] {value}/{total} images | {stage} | {rate} img/s | eta {eta_s}', hideCursor: true, etaBuffer: 50 },
+    {
+      format: '           [{bar}] {value}/{total} images | {stage} | {rate} img/s | eta {eta_s}',
+      hideCursor: true,
+      etaBuffer: 50,
+    },
     cliProgress.Presets.shades_classic,
   );
   let started = false;
@@ -152,4 +168,8 @@ async function watch(client: Client, runId: string): Promise<RunStatus> {
   return s;
 }
 
-export const DEFAULT_DEMO: DemoOptions = { perClass: 1000, extractors: Math.max(1, availableParallelism()), dataDir: '.deepfeat' };
+export const DEFAULT_DEMO: DemoOptions = {
+  perClass: 1000,
+  extractors: Math.max(1, availableParallelism()),
+  dataDir: '.deepfeat',
+};

@@ -120,7 +120,9 @@ export async function startEmbeddedS3(opts: EmbeddedS3Options): Promise<Embedded
   };
   const onRequest = (expectsContinue: boolean) => (req: IncomingMessage, res: ServerResponse) => {
     serve(req, res, expectsContinue).catch((err: unknown) => {
-      process.stderr.write(`embedded S3: request failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+      process.stderr.write(
+        `embedded S3: request failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,
+      );
       res.destroy();
     });
   };

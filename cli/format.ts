@@ -25,7 +25,14 @@ export function formatDuration(s: number | null): string {
 export function table(rows: ReadonlyArray<ReadonlyArray<string>>): string {
   const safe = rows.map((r) => r.map((cell) => field(cell, MAX_QUOTED_CHARS)));
   const widths = safe[0]!.map((_, c) => Math.max(...safe.map((r) => (r[c] ?? '').length)));
-  return safe.map((r) => r.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd()).join('\n');
+  return safe
+    .map((r) =>
+      r
+        .map((cell, c) => cell.padEnd(widths[c]!))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
 }
 
 export function formatStatus(s: RunStatus, maxFailures = 10, maxSkipped = 10): string {
@@ -51,11 +58,16 @@ export function formatStatus(s: RunStatus, maxFailures = 10, maxSkipped = 10): s
     lines.push(`skipped   (${skippedTotal}) objects under the source that are not part of the dataset`);
     for (const o of skipped.slice(0, maxSkipped)) lines.push(`  ${field(o.key)}: ${field(o.reason)}`);
     const more = skippedTotal - Math.min(maxSkipped, skipped.length);
-    if (more > 0) lines.push(`  ... ${more} more (--json lists ${skipped.length === skippedTotal ? 'all' : `the first ${skipped.length}`})`);
+    if (more > 0)
+      lines.push(
+        `  ... ${more} more (--json lists ${skipped.length === skippedTotal ? 'all' : `the first ${skipped.length}`})`,
+      );
   }
   if (s.metrics) {
     const m = s.metrics;
-    lines.push(`accuracy  ${pct(m.accuracy)} on ${m.testImages} test images (macro F1 ${pct(m.macroF1)}, L2 ${m.lambda})`);
+    lines.push(
+      `accuracy  ${pct(m.accuracy)} on ${m.testImages} test images (macro F1 ${pct(m.macroF1)}, L2 ${m.lambda})`,
+    );
     lines.push(
       table([
         ['class', 'precision', 'recall', 'f1', 'support'],
@@ -65,7 +77,7 @@ export function formatStatus(s: RunStatus, maxFailures = 10, maxSkipped = 10): s
         .map((l) => `  ${l}`)
         .join('\n'),
     );
-    lines.push('  confusion (rows true, cols predicted): ' + m.confusion.map((r) => `[${r.join(' ')}]`).join(' '));
+    lines.push(`  confusion (rows true, cols predicted): ${m.confusion.map((r) => `[${r.join(' ')}]`).join(' ')}`);
   }
   if (s.model) lines.push(`model     ${field(s.model.uri)}  (deepfeat download ${field(s.runId)} -o DIR)`);
   return lines.join('\n');

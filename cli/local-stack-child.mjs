@@ -66,7 +66,10 @@ async function runS3() {
   shutdown = (code) => {
     const force = setTimeout(() => process.exit(code), 2000);
     force.unref();
-    server.close().then(() => process.exit(code), () => process.exit(code));
+    server.close().then(
+      () => process.exit(code),
+      () => process.exit(code),
+    );
   };
   process.stdout.write(`${JSON.stringify({ event: 'listening', port: server.port })}\n`);
 }

@@ -122,14 +122,22 @@ export async function startRedis(opts: StartRedisOptions = {}): Promise<LocalRed
   await mkdir(dir, { recursive: true });
   const appendonly = opts.appendonly ?? true;
   const argsFor = (port: number) => [
-    '--port', String(port),
-    '--bind', '127.0.0.1',
-    '--save', '',
-    '--appendonly', appendonly ? 'yes' : 'no',
-    '--appendfsync', 'everysec',
-    '--dir', dir,
-    '--maxmemory-policy', 'noeviction',
-    '--daemonize', 'no',
+    '--port',
+    String(port),
+    '--bind',
+    '127.0.0.1',
+    '--save',
+    '',
+    '--appendonly',
+    appendonly ? 'yes' : 'no',
+    '--appendfsync',
+    'everysec',
+    '--dir',
+    dir,
+    '--maxmemory-policy',
+    'noeviction',
+    '--daemonize',
+    'no',
   ];
 
   let child: ManagedChild | undefined;
@@ -227,7 +235,9 @@ export async function startS3Server(opts: StartS3Options): Promise<LocalS3> {
       const now = Date.now();
       deaths = [...deaths.filter((t) => now - t < RESTART_WINDOW_MS), now];
       if (deaths.length > MAX_RESTARTS) {
-        report(`${what} died ${deaths.length} times within ${RESTART_WINDOW_MS / 1000} s (last: ${status}); not restarting it`);
+        report(
+          `${what} died ${deaths.length} times within ${RESTART_WINDOW_MS / 1000} s (last: ${status}); not restarting it`,
+        );
         return;
       }
       report(`${what} died unexpectedly (${status}); starting it again on 127.0.0.1:${port}`);
@@ -362,8 +372,7 @@ function startChild(mode: 's3' | 'redis', options: Record<string, unknown>, what
     proc.stdout!.on('data', (chunk: Buffer) => {
       keep(chunk);
       buffered += chunk.toString('utf8');
-      let newline: number;
-      while ((newline = buffered.indexOf('\n')) >= 0) {
+      for (let newline = buffered.indexOf('\n'); newline >= 0; newline = buffered.indexOf('\n')) {
         const line = buffered.slice(0, newline);
         buffered = buffered.slice(newline + 1);
         try {

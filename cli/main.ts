@@ -10,7 +10,18 @@ import { Command, CommanderError, Option } from 'commander';
 import { ENV_DOC, loadConfig } from '../shared/config.js';
 import { BadRequestError, errorMessage } from '../shared/errors.js';
 import { DEFAULT_FEATURES, RAW_PIXELS, type FeatureSpec } from '../shared/features.js';
-import { createClient, downloadModel, enqueueRun, getQueueCounts, getStatus, isTerminal, listWorkers, waitForRun, type Client } from './client.js';
+import type { RunStatus } from '../shared/run-state.js';
+import {
+  createClient,
+  downloadModel,
+  enqueueRun,
+  getQueueCounts,
+  getStatus,
+  isTerminal,
+  listWorkers,
+  waitForRun,
+  type Client,
+} from './client.js';
 import { formatError, formatStatus, table } from './format.js';
 import { EXIT_BAD_INPUT, exitCodeForError, exitCodeForRun } from './exit-codes.js';
 import { runProgress } from './progress.js';
@@ -44,9 +55,18 @@ async function withClient<T>(fn: (client: Client) => Promise<T>): Promise<T> {
   }
 }
 
-function featureSpec(opts: { features: string; model?: string; node?: string; inputSize?: string; inputRange?: string }): FeatureSpec {
+function featureSpec(opts: {
+  features: string;
+  model?: string;
+  node?: string;
+  inputSize?: string;
+  inputRange?: string;
+}): FeatureSpec {
   if (opts.model) {
-    if (!opts.node) throw new BadRequestError('--model needs --node: the name of the node (graph model) or layer (layers model) to pool');
+    if (!opts.node)
+      throw new BadRequestError(
+        '--model needs --node: the name of the node (graph model) or layer (layers model) to pool',
+      );
     return {
       kind: 'tfjs',
       model: opts.model,
@@ -56,8 +76,11 @@ function featureSpec(opts: { features: string; model?: string; node?: string; in
     };
   }
   if (opts.features === 'raw-pixels') return RAW_PIXELS;
-  if (opts.features === 'backbone') return opts.node ? { ...DEFAULT_FEATURES, node: opts.node } as FeatureSpec : DEFAULT_FEATURES;
-  throw new BadRequestError(`unknown --features ${JSON.stringify(opts.features)}: use backbone or raw-pixels (or --model PATH --node NAME)`);
+  if (opts.features === 'backbone')
+    return opts.node ? ({ ...DEFAULT_FEATURES, node: opts.node } as FeatureSpec) : DEFAULT_FEATURES;
+  throw new BadRequestError(
+    `unknown --features ${JSON.stringify(opts.features)}: use backbone or raw-pixels (or --model PATH --node NAME)`,
+  );
 }
 
 function parseSplit(s: string): { train: number; val: number; test: number } {
@@ -75,22 +98,32 @@ const program = new Command()
   // Commander's own usage errors (unknown option, missing argument) are bad requests too: exit 2.
   // Set before the subcommands are declared, which copy it.
   .exitOverride()
-  .addHelpText('after', `\nEnvironment:\n${Object.entries(ENV_DOC).map(([k, v]) => `  ${k.padEnd(26)} ${v}`).join('\n')}`);
+  .addHelpText(
+    'after',
+    `\nEnvironment:\n${Object.entries(ENV_DOC)
+      .map(([k, v]) => `  ${k.padEnd(26)} ${v}`)
+      .join('\n')}`,
+  );
 
 program
   .command('run')
   .description('enqueue a dataset job; prints the run id at once')
   .argument('<source>', 's3://bucket/prefix/ (folder per class) or s3://bucket/manifest.csv|.jsonl')
   .option('--name <name>', 'model name to publish under (default: last part of the source)')
-  .addOption(new Option('--features <kind>', 'feature extractor').choices(['backbone', 'raw-pixels']).default('backbone'))
-  .option('--model <path|s3url>', "your own TF.js model.json (graph or layers model) instead of the shipped backbone")
+  .addOption(
+    new Option('--features <kind>', 'feature extractor').choices(['backbone', 'raw-pixels']).default('backbone'),
+  )
+  .option('--model <path|s3url>', 'your own TF.js model.json (graph or layers model) instead of the shipped backbone')
   .option('--node <name>', 'node or layer to pool (with --model; or another node of the shipped backbone)')
   .option('--input-size <n>', 'square input size of --model (default: from the model)')
   .addOption(new Option('--input-range <range>', 'pixel range --model expects').choices(['0,1', '-1,1', '0,255']))
   .option('--seed <n>', 'seed of the stratified split', '42')
   .option('--split <fractions>', 'train,val,test fractions when the data has no split folders', '0.7,0.1,0.2')
   .option('--shard-size <n>', 'images per extract job')
-  .option('--wait', 'wait for the run to finish, with progress; if it fails, exit 2 (bad dataset, model or bucket) or 1 (a fault)')
+  .option(
+    '--wait',
+    'wait for the run to finish, with progress; if it fails, exit 2 (bad dataset, model or bucket) or 1 (a fault)',
+  )
   .option('--json', 'print JSON')
   .action(async (source: string, o) => {
     await withClient(async (client) => {
@@ -105,7 +138,9 @@ program
       const live = await listWorkers(client);
       for (const [queue, kind] of Object.entries(WORKER_KIND)) {
         if (!live.some((w) => w.queue === queue)) {
-          console.error(`warning: no ${kind} worker is running on this Redis (${client.config.queuePrefix}); the run waits until one starts: deepfeat worker ${kind} (or all)`);
+          console.error(
+            `warning: no ${kind} worker is running on this Redis (${client.config.queuePrefix}); the run waits until one starts: deepfeat worker ${kind} (or all)`,
+          );
         }
       }
       if (!o.wait) {
@@ -114,7 +149,7 @@ program
       }
       if (!o.json) console.error(`run ${runId} queued; waiting (Ctrl-C stops waiting, not the run)`);
       const progress = o.json ? undefined : runProgress(process.stderr);
-      let s;
+      let s: RunStatus;
       try {
         s = await waitForRun(client, runId, (st) => progress?.update(st));
       } finally {
@@ -127,7 +162,9 @@ program
 
 program
   .command('status')
-  .description('stage, progress, failures, throughput, ETA and metrics of a run; a failed run exits 2 (bad dataset, model or bucket) or 1')
+  .description(
+    'stage, progress, failures, throughput, ETA and metrics of a run; a failed run exits 2 (bad dataset, model or bucket) or 1',
+  )
   .argument('<run>', 'run id')
   .option('--watch', 'refresh until the run ends')
   .option('--json', 'print JSON')
@@ -139,7 +176,7 @@ program
       const redraw = !o.json && process.stdout.isTTY;
       const progress = o.watch && !o.json && !redraw ? runProgress(process.stdout) : undefined;
       while (o.watch && !isTerminal(s)) {
-        if (redraw) process.stdout.write('\x1b[2J\x1b[H' + formatStatus(s) + '\n');
+        if (redraw) process.stdout.write(`\x1b[2J\x1b[H${formatStatus(s)}\n`);
         progress?.update(s);
         await new Promise((r) => setTimeout(r, 1000));
         s = await getStatus(client, runId);
@@ -157,7 +194,9 @@ program
   .action(async (ref: string, o) => {
     await withClient(async (client) => {
       const { path, artifact } = await downloadModel(client, ref, o.out);
-      console.log(`${path}: ${artifact.name}@${artifact.version}, ${artifact.classes.length} classes, test accuracy ${(100 * artifact.metrics.accuracy).toFixed(1)}%`);
+      console.log(
+        `${path}: ${artifact.name}@${artifact.version}, ${artifact.classes.length} classes, test accuracy ${(100 * artifact.metrics.accuracy).toFixed(1)}%`,
+      );
     });
   });
 
@@ -169,8 +208,24 @@ program
     await withClient(async (client) => {
       const [workers, counts] = await Promise.all([listWorkers(client), getQueueCounts(client)]);
       if (o.json) return console.log(JSON.stringify({ workers, counts }, null, 2));
-      console.log(table([['kind', 'worker', 'queue', 'address', 'age'], ...workers.map((w) => [w.kind, w.name, w.queue, w.addr, `${w.age}s`])]));
-      console.log('\n' + table([['queue', 'waiting', 'active', 'delayed', 'waiting-children', 'completed', 'failed'], ...Object.entries(counts).map(([q, c]) => [q, ...['waiting', 'active', 'delayed', 'waiting-children', 'completed', 'failed'].map((k) => String(c[k] ?? 0))])]));
+      console.log(
+        table([
+          ['kind', 'worker', 'queue', 'address', 'age'],
+          ...workers.map((w) => [w.kind, w.name, w.queue, w.addr, `${w.age}s`]),
+        ]),
+      );
+      console.log(
+        '\n' +
+          table([
+            ['queue', 'waiting', 'active', 'delayed', 'waiting-children', 'completed', 'failed'],
+            ...Object.entries(counts).map(([q, c]) => [
+              q,
+              ...['waiting', 'active', 'delayed', 'waiting-children', 'completed', 'failed'].map((k) =>
+                String(c[k] ?? 0),
+              ),
+            ]),
+          ]),
+      );
     });
   });
 
@@ -181,7 +236,8 @@ program
   .option('--concurrency <n>', 'jobs at once per worker', '1')
   .action(async (kind: string, o) => {
     const n = Number(o.concurrency);
-    if (!Number.isInteger(n) || n < 1) throw new BadRequestError(`--concurrency ${o.concurrency}: expected a whole number >= 1`);
+    if (!Number.isInteger(n) || n < 1)
+      throw new BadRequestError(`--concurrency ${o.concurrency}: expected a whole number >= 1`);
     startWorkers(loadConfig(), kind, n);
     await new Promise(() => undefined); // runs until a signal closes it
   });
@@ -192,7 +248,11 @@ program
   .option('--per-class <n>', 'images per class (max 1000)', String(DEFAULT_DEMO.perClass))
   .option('--extractors <n>', 'extractor processes', String(DEFAULT_DEMO.extractors))
   .action(async (o) => {
-    process.exitCode = await runDemo({ perClass: Number(o.perClass), extractors: Number(o.extractors), dataDir: LOCAL_DIR });
+    process.exitCode = await runDemo({
+      perClass: Number(o.perClass),
+      extractors: Number(o.extractors),
+      dataDir: LOCAL_DIR,
+    });
   });
 
 try {

@@ -29,12 +29,18 @@ export function progressLine(s: RunStatus): string {
   const parts = [`${terminalSafe(s.stage)} ${s.done + s.failed}/${s.total} images`];
   if (s.failed > 0) parts.push(`${s.failed} failed`);
   if (s.imagesPerSecond) parts.push(`${s.imagesPerSecond.toFixed(1)} images/s`);
-  if (s.etaSeconds !== null && Number.isFinite(s.etaSeconds) && s.stage === 'extracting') parts.push(`eta ${formatDuration(s.etaSeconds)}`);
+  if (s.etaSeconds !== null && Number.isFinite(s.etaSeconds) && s.stage === 'extracting')
+    parts.push(`eta ${formatDuration(s.etaSeconds)}`);
   return parts.join(', ');
 }
 
-export function runProgress(stream: ProgressStream, options: { intervalMs?: number; now?: () => number } = {}): RunProgress {
-  return stream.isTTY ? barProgress(stream) : plainProgress(stream, options.intervalMs ?? PLAIN_PROGRESS_INTERVAL_MS, options.now ?? Date.now);
+export function runProgress(
+  stream: ProgressStream,
+  options: { intervalMs?: number; now?: () => number } = {},
+): RunProgress {
+  return stream.isTTY
+    ? barProgress(stream)
+    : plainProgress(stream, options.intervalMs ?? PLAIN_PROGRESS_INTERVAL_MS, options.now ?? Date.now);
 }
 
 function plainProgress(stream: ProgressStream, intervalMs: number, now: () => number): RunProgress {
@@ -72,7 +78,10 @@ function barProgress(stream: ProgressStream): RunProgress {
   return {
     update(s) {
       const extra = progressLine(s).split(', ').slice(1);
-      const payload = { stage: terminalSafe(s.stage).padEnd(10), extra: extra.length > 0 ? ` | ${extra.join(' | ')}` : '' };
+      const payload = {
+        stage: terminalSafe(s.stage).padEnd(10),
+        extra: extra.length > 0 ? ` | ${extra.join(' | ')}` : '',
+      };
       if (!started) {
         bar.start(s.total, s.done + s.failed, payload);
         started = true;

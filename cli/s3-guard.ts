@@ -91,7 +91,10 @@ export function checkRequest(req: GuardRequest, limits: GuardLimits): GuardDecis
     return admit(req, limits);
   } catch (err) {
     if (err instanceof Refused) return { ok: false, refusal: err.refusal };
-    return { ok: false, refusal: { status: 400, code: 'InvalidRequest', message: `request not understood: ${String(err)}` } };
+    return {
+      ok: false,
+      refusal: { status: 400, code: 'InvalidRequest', message: `request not understood: ${String(err)}` },
+    };
   }
 }
 
@@ -100,7 +103,8 @@ function admit(req: GuardRequest, limits: GuardLimits): GuardDecision {
   checkOrigin(req.headers);
   if (req.headers['transfer-encoding'] !== undefined) {
     // As S3 does: a body of unknown length could not be bounded before it is read.
-    const message = 'A header you provided implies functionality that is not implemented: send the body with Content-Length';
+    const message =
+      'A header you provided implies functionality that is not implemented: send the body with Content-Length';
     refuse(501, 'NotImplemented', message, { Header: 'Transfer-Encoding' });
   }
 
@@ -139,7 +143,8 @@ function admit(req: GuardRequest, limits: GuardLimits): GuardDecision {
     locks.set(`${source.bucket}/${source.key}`, 'shared');
   }
 
-  const streamed = method === 'PUT' && copySource === undefined && Object.keys(query).every((p) => STREAMED_PARAMS.has(p));
+  const streamed =
+    method === 'PUT' && copySource === undefined && Object.keys(query).every((p) => STREAMED_PARAMS.has(p));
   checkBodySize(contentLength, streamed ? limits.maxObjectBytes : MAX_XML_BODY_BYTES, streamed);
 
   const isPart = 'uploadId' in query && (method === 'PUT' || method === 'DELETE');
@@ -175,7 +180,9 @@ function parseQuery(rawQuery: string): querystring.ParsedUrlQuery {
   const query = querystring.parse(rawQuery);
   for (const [name, value] of Object.entries(query)) {
     if (Array.isArray(value)) {
-      refuse(400, 'InvalidArgument', `query parameter ${quote(name, 60)} is given more than once`, { ArgumentName: name });
+      refuse(400, 'InvalidArgument', `query parameter ${quote(name, 60)} is given more than once`, {
+        ArgumentName: name,
+      });
     }
   }
   // s3rver joins these into file paths; S3 itself issues upload ids and takes part numbers 1..10000.
@@ -264,7 +271,11 @@ function checkBodySize(contentLength: number, max: number, object = false): void
     const message = `Your proposed upload exceeds the maximum allowed object size of the embedded S3 server (${max} bytes).`;
     refuse(400, 'EntityTooLarge', message, { ProposedSize: contentLength, MaxSizeAllowed: max });
   }
-  refuse(400, 'MaxMessageLengthExceeded', `Your request was too big: ${contentLength} bytes, at most ${max} for this operation.`);
+  refuse(
+    400,
+    'MaxMessageLengthExceeded',
+    `Your request was too big: ${contentLength} bytes, at most ${max} for this operation.`,
+  );
 }
 
 /**
@@ -280,13 +291,19 @@ function checkKey(key: string, limits: GuardLimits): void {
     });
   }
   const cannot = (why: string): never =>
-    refuse(400, 'InvalidArgument', `the embedded S3 server cannot store key ${quote(key, 120)} faithfully: ${why}; ${WAY_OUT}`, {
-      ArgumentName: 'key',
-    });
+    refuse(
+      400,
+      'InvalidArgument',
+      `the embedded S3 server cannot store key ${quote(key, 120)} faithfully: ${why}; ${WAY_OUT}`,
+      {
+        ArgumentName: 'key',
+      },
+    );
   // Control characters (XML 1.0 cannot carry most, and parsers turn \r into \n) and the two
   // non-characters XML forbids would make every listing that includes the key unreadable.
   const bad = /[\u0000-\u001f\ufffe\uffff]/.exec(key);
-  if (bad) cannot(`it contains the control character U+${bad[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, '0')}`);
+  if (bad)
+    cannot(`it contains the control character U+${bad[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, '0')}`);
   const segments = key.split('/');
   segments.forEach((segment, i) => {
     const last = i === segments.length - 1;
@@ -296,7 +313,8 @@ function checkKey(key: string, limits: GuardLimits): void {
       if (last && i > 0) return;
       cannot('it has an empty path segment (a leading "/" or "//")');
     }
-    if (segment === '.' || segment === '..') cannot(`it has a ${quote(segment)} path segment, which a file path resolves away`);
+    if (segment === '.' || segment === '..')
+      cannot(`it has a ${quote(segment)} path segment, which a file path resolves away`);
     if (segment.includes(STORE_MARKER)) {
       cannot(`it contains ${quote(STORE_MARKER)}, which the embedded server uses in its own file names`);
     }
@@ -352,7 +370,8 @@ export function s3ErrorXml(refusal: S3Refusal, resource: string, requestId: stri
 const XML_ENTITIES: Record<string, string> = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&apos;' };
 
 /** Characters XML 1.0 cannot carry at all, even escaped: most C0 controls, U+FFFE/U+FFFF, lone surrogates. */
-const NOT_XML = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\ufffe\uffff]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
+const NOT_XML =
+  /[\u0000-\u0008\u000b\u000c\u000e-\u001f\ufffe\uffff]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
 
 function xmlText(s: string): string {
   return s

@@ -41,7 +41,12 @@ declare module 's3rver/lib/stores/filesystem.js' {
     getResourcePath(bucket: string, key?: string, resource?: string): string;
     putMetadata(bucket: string, key: string, metadata: Record<string, unknown>, md5?: string): Promise<void>;
     putObject(object: StoredObject): Promise<{ size: number; md5: string }>;
-    putPart(bucket: string, uploadId: string, partNumber: number | string, content: Readable): Promise<{ size: number; md5: string }>;
+    putPart(
+      bucket: string,
+      uploadId: string,
+      partNumber: number | string,
+      content: Readable,
+    ): Promise<{ size: number; md5: string }>;
   }
 }
 

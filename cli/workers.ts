@@ -24,9 +24,14 @@ export const KINDS: Record<string, QueueName[]> = {
 };
 export const KIND_NAMES = Object.keys(KINDS);
 
-export function startWorkers(config: Config, kind: string, concurrency: number): { ctx: ServiceContext; workers: Worker[] } {
+export function startWorkers(
+  config: Config,
+  kind: string,
+  concurrency: number,
+): { ctx: ServiceContext; workers: Worker[] } {
   const queues = KINDS[kind];
-  if (!queues) throw new BadRequestError(`unknown worker kind ${JSON.stringify(kind)}: use one of ${KIND_NAMES.join(', ')}`);
+  if (!queues)
+    throw new BadRequestError(`unknown worker kind ${JSON.stringify(kind)}: use one of ${KIND_NAMES.join(', ')}`);
   const ctx = createContext(config, kind);
   const workers = queues.map((q) => STARTERS[q](ctx, q === 'extract' ? concurrency : Math.max(1, concurrency)));
   closeOnSignal(ctx, workers);

@@ -86,31 +86,44 @@ export const ENV_DOC: Readonly<Record<string, string>> = {
   REDIS_URL: 'Redis for queues and run state, e.g. redis://127.0.0.1:6379 (required by workers and `run`)',
   DEEPFEAT_QUEUE_PREFIX: 'prefix of all Redis keys (default deepfeat)',
   DEEPFEAT_BUCKET: 'artifacts bucket for runs/ and models/ (default deepfeat)',
-  S3_ENDPOINT: 'S3 API endpoint for MinIO or the embedded server; unset = AWS S3 (CLI: embedded server over .deepfeat/s3)',
+  S3_ENDPOINT:
+    'S3 API endpoint for MinIO or the embedded server; unset = AWS S3 (CLI: embedded server over .deepfeat/s3)',
   S3_REGION: 'S3 region (default us-east-1)',
   S3_ACCESS_KEY_ID: 'S3 access key (default: the AWS SDK credential chain)',
   S3_SECRET_ACCESS_KEY: 'S3 secret key (required when S3_ACCESS_KEY_ID is set)',
   S3_FORCE_PATH_STYLE: 'true|false; default true when S3_ENDPOINT is set',
   S3_MAX_ATTEMPTS: 'attempts per S3 request for transient faults (default 5)',
-  S3_TIMEOUT: 'seconds an S3 connection may take to open or stay silent mid-request before the request is retried (default 30)',
+  S3_TIMEOUT:
+    'seconds an S3 connection may take to open or stay silent mid-request before the request is retried (default 30)',
   DEEPFEAT_JOB_ATTEMPTS: 'attempts per pipeline job (default 3)',
   DEEPFEAT_SHARD_SIZE: 'images per extract job (default 256)',
-  DEEPFEAT_MAX_MANIFEST_BYTES: 'largest manifest .csv/.jsonl the planner reads (default 33554432 = 32 MiB, about 500,000 images)',
+  DEEPFEAT_MAX_MANIFEST_BYTES:
+    'largest manifest .csv/.jsonl the planner reads (default 33554432 = 32 MiB, about 500,000 images)',
   DEEPFEAT_BATCH_SIZE: "images per forward pass (default 0 = the engine's choice: 8 on CPU, 32 on GPU)",
   DEEPFEAT_FETCH_CONCURRENCY: 'parallel S3 downloads per extractor (default 8)',
   DEEPFEAT_MAX_IMAGE_BYTES: 'larger objects are recorded as failures, not read (default 52428800)',
   DEEPFEAT_MAX_IMAGE_PIXELS: 'decoded-size limit against decompression bombs (default 100000000)',
-  DEEPFEAT_ENGINE: 'auto|onnx|tfjs: engine for graph backbones (default auto: ONNX Runtime, or TF.js where the graph does not convert or tfjs-node-gpu has a GPU that ONNX Runtime cannot use)',
-  DEEPFEAT_ENGINE_THREADS: 'ONNX Runtime CPU threads per extractor process (default 0 = one per core; with N extractors on one host use cores/N)',
-  DEEPFEAT_ENGINE_TIMEOUT: 'seconds one batch may spend in the engine before its thread is restarted and the job retried (default 600)',
+  DEEPFEAT_ENGINE:
+    'auto|onnx|tfjs: engine for graph backbones (default auto: ONNX Runtime, or TF.js where the graph does not convert or tfjs-node-gpu has a GPU that ONNX Runtime cannot use)',
+  DEEPFEAT_ENGINE_THREADS:
+    'ONNX Runtime CPU threads per extractor process (default 0 = one per core; with N extractors on one host use cores/N)',
+  DEEPFEAT_ENGINE_TIMEOUT:
+    'seconds one batch may spend in the engine before its thread is restarted and the job retried (default 600)',
   DEEPFEAT_ONNX_PROVIDER: 'auto|cuda|cpu (default auto: CUDA where onnxruntime-node has its CUDA binaries, else CPU)',
-  DEEPFEAT_CACHE_DIR: 'cache of backbones converted to ONNX (default $XDG_CACHE_HOME/deepfeat or ~/.cache/deepfeat; empty = no cache)',
-  DEEPFEAT_MODEL_DIRS: "folders (':'-separated) a run's local --model path may be in; default none: user models come from s3:// only",
-  DEEPFEAT_MAX_MODEL_BYTES: 'largest model file a worker reads, and the most all weight files of one model may hold together (default 1073741824)',
-  DEEPFEAT_IMAGE_FORMATS: 'comma-separated image formats the extractor decodes (default jpeg,png,webp,gif,tiff,avif; svg and heif can be added)',
-  DEEPFEAT_DECODE_TIMEOUT: 'seconds one image may take to decode and resize before it is recorded as a failure (default 20)',
-  DEEPFEAT_DECODE_MEMORY: 'MiB of memory each image decoder process may use (its data limit); an image needing more is recorded as a failure (default 1024)',
-  DEEPFEAT_FIT_TIMEOUT: "seconds one trainer fit may take before its threads are ended and the job retried (default 3600)",
+  DEEPFEAT_CACHE_DIR:
+    'cache of backbones converted to ONNX (default $XDG_CACHE_HOME/deepfeat or ~/.cache/deepfeat; empty = no cache)',
+  DEEPFEAT_MODEL_DIRS:
+    "folders (':'-separated) a run's local --model path may be in; default none: user models come from s3:// only",
+  DEEPFEAT_MAX_MODEL_BYTES:
+    'largest model file a worker reads, and the most all weight files of one model may hold together (default 1073741824)',
+  DEEPFEAT_IMAGE_FORMATS:
+    'comma-separated image formats the extractor decodes (default jpeg,png,webp,gif,tiff,avif; svg and heif can be added)',
+  DEEPFEAT_DECODE_TIMEOUT:
+    'seconds one image may take to decode and resize before it is recorded as a failure (default 20)',
+  DEEPFEAT_DECODE_MEMORY:
+    'MiB of memory each image decoder process may use (its data limit); an image needing more is recorded as a failure (default 1024)',
+  DEEPFEAT_FIT_TIMEOUT:
+    'seconds one trainer fit may take before its threads are ended and the job retried (default 3600)',
   DEEPFEAT_TFJS_BACKEND: 'auto|tensorflow|wasm|cpu (default auto: tfjs-node-gpu, tfjs-node, then wasm)',
   WORKER_CONCURRENCY: 'jobs at once per worker in services/*/main.ts (default 1; the CLI takes --concurrency)',
   LOG_LEVEL: 'pino level for workers (default info)',
@@ -162,10 +175,15 @@ class Reader {
   dirList(name: string): string[] {
     const raw = this.str(name);
     if (raw === undefined) return [];
-    const dirs = raw.split(':').map((d) => d.trim()).filter((d) => d !== '');
+    const dirs = raw
+      .split(':')
+      .map((d) => d.trim())
+      .filter((d) => d !== '');
     for (const d of dirs) {
       if (!path.isAbsolute(d)) {
-        this.problems.push(`${name}=${JSON.stringify(raw)}: ${JSON.stringify(d)} is not an absolute path; list absolute folders separated by ':'`);
+        this.problems.push(
+          `${name}=${JSON.stringify(raw)}: ${JSON.stringify(d)} is not an absolute path; list absolute folders separated by ':'`,
+        );
       }
     }
     return dirs.filter((d) => path.isAbsolute(d));
@@ -175,7 +193,10 @@ class Reader {
   subsetOf<T extends string>(name: string, allowed: readonly T[], fallback: readonly T[]): T[] {
     const raw = this.str(name);
     if (raw === undefined) return [...fallback];
-    const items = raw.split(',').map((x) => x.trim().toLowerCase()).filter((x) => x !== '');
+    const items = raw
+      .split(',')
+      .map((x) => x.trim().toLowerCase())
+      .filter((x) => x !== '');
     const bad = items.filter((x) => !(allowed as readonly string[]).includes(x));
     if (bad.length > 0 || items.length === 0) {
       this.problems.push(`${name}=${JSON.stringify(raw)}: expected a comma-separated list of ${allowed.join(', ')}`);
@@ -192,7 +213,9 @@ class Reader {
       if (!protocols.includes(u.protocol)) throw new Error('protocol');
       return raw;
     } catch {
-      this.problems.push(`${name}=${JSON.stringify(raw)}: expected a URL starting with ${protocols.map((p) => `${p}//`).join(' or ')}`);
+      this.problems.push(
+        `${name}=${JSON.stringify(raw)}: expected a URL starting with ${protocols.map((p) => `${p}//`).join(' or ')}`,
+      );
       return undefined;
     }
   }
@@ -217,7 +240,9 @@ export function loadConfig(env: Env = process.env): Config {
   const accessKeyId = r.str('S3_ACCESS_KEY_ID');
   const secretAccessKey = r.str('S3_SECRET_ACCESS_KEY');
   if ((accessKeyId === undefined) !== (secretAccessKey === undefined)) {
-    r.problems.push('S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY must be set together (or neither, to use the AWS credential chain)');
+    r.problems.push(
+      'S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY must be set together (or neither, to use the AWS credential chain)',
+    );
   }
   const bucket = r.str('DEEPFEAT_BUCKET', 'deepfeat');
   if (!BUCKET_NAME.test(bucket)) {
@@ -279,7 +304,9 @@ function defaultCacheDir(env: Env): string {
 /** Workers and `run` cannot do without Redis; say so with the fix. */
 export function requireRedisUrl(config: Config): string {
   if (config.redisUrl === undefined) {
-    throw new ConfigError(['REDIS_URL is not set: point it at your Redis, e.g. REDIS_URL=redis://127.0.0.1:6379 (or use `npm run demo`, which starts one)']);
+    throw new ConfigError([
+      'REDIS_URL is not set: point it at your Redis, e.g. REDIS_URL=redis://127.0.0.1:6379 (or use `npm run demo`, which starts one)',
+    ]);
   }
   return config.redisUrl;
 }

@@ -156,7 +156,11 @@ export function fromWireError(w: WireError): Error {
     case 'ACCESS_DENIED':
     case 'STORAGE_PERMANENT':
     case 'STORAGE_TRANSIENT':
-      err = new StorageError(w.message, { ...options, permanent: w.permanent ?? w.code !== 'STORAGE_TRANSIENT', code: w.code });
+      err = new StorageError(w.message, {
+        ...options,
+        permanent: w.permanent ?? w.code !== 'STORAGE_TRANSIENT',
+        code: w.code,
+      });
       break;
     default:
       err = new DeepfeatError(w.code, w.message, { ...options, permanent: w.permanent });

@@ -26,7 +26,13 @@ export async function writeShard(
   // Metadata last: a shard counts as written once its .jsonl exists, and a retry rewrites both
   // with the same bytes (features are deterministic for the same images and engine).
   await putObject(s3, bucket, shardKey(runId, shard, 'npy'), encodeNpy(features, [n, dim]));
-  await putObject(s3, bucket, shardKey(runId, shard, 'jsonl'), rows.map((r) => JSON.stringify(r)).join('\n') + '\n', 'application/x-ndjson');
+  await putObject(
+    s3,
+    bucket,
+    shardKey(runId, shard, 'jsonl'),
+    `${rows.map((r) => JSON.stringify(r)).join('\n')}\n`,
+    'application/x-ndjson',
+  );
 }
 
 export interface LabelledFeatures {
@@ -65,18 +71,22 @@ export async function readFeatureSets(
 ): Promise<LabelledFeatures[]> {
   type Row = { row: number; label: string; key: string };
   // Pass 1: the small JSON-lines metadata of every shard, to size each matrix exactly.
-  const meta = await mapLimit(Array.from({ length: shards }, (_, s) => s), READ_CONCURRENCY, async (s) => {
-    const rows: Row[][] = groups.map(() => []);
-    for (const line of (await getObjectText(s3, bucket, shardKey(runId, s, 'jsonl'))).split('\n')) {
-      if (line === '') continue;
-      const r = JSON.parse(line) as ShardRow;
-      if (!('row' in r)) continue;
-      groups.forEach((g, i) => {
-        if (g.includes(r.split)) rows[i]!.push({ row: r.row, label: r.label, key: r.key });
-      });
-    }
-    return rows;
-  });
+  const meta = await mapLimit(
+    Array.from({ length: shards }, (_, s) => s),
+    READ_CONCURRENCY,
+    async (s) => {
+      const rows: Row[][] = groups.map(() => []);
+      for (const line of (await getObjectText(s3, bucket, shardKey(runId, s, 'jsonl'))).split('\n')) {
+        if (line === '') continue;
+        const r = JSON.parse(line) as ShardRow;
+        if (!('row' in r)) continue;
+        groups.forEach((g, i) => {
+          if (g.includes(r.split)) rows[i]!.push({ row: r.row, label: r.label, key: r.key });
+        });
+      }
+      return rows;
+    },
+  );
   const sizes = groups.map((_, g) => meta.reduce((acc, rows) => acc + rows[g]!.length, 0));
   // Pass 2: shards' float32 rows, fetched a few at a time and copied in shard order straight into
   // the matrices, so memory peaks at the matrices plus READ_CONCURRENCY shards, whatever the
@@ -91,7 +101,10 @@ export async function readFeatureSets(
     (arr, s) => {
       const dim = arr.shape[1] ?? 0;
       if (arr.shape[0]! === 0) return;
-      if (d !== -1 && dim !== d) throw new DatasetError(`shard ${s} of run ${runId} has ${dim} features per row, others ${d}: the run mixed engines; start a new run`);
+      if (d !== -1 && dim !== d)
+        throw new DatasetError(
+          `shard ${s} of run ${runId} has ${dim} features per row, others ${d}: the run mixed engines; start a new run`,
+        );
       d = dim;
       if (!out) {
         // Shared memory: the trainer's fit threads read it in place (no copy per thread).

@@ -44,7 +44,9 @@ function pythonTuple(shape: readonly number[]): string {
 export function encodeNpy(data: Float32Array, shape: readonly number[]): Buffer {
   for (const dim of shape) {
     if (!Number.isSafeInteger(dim) || dim < 0) {
-      throw new BadRequestError(`npy: shape ${JSON.stringify(shape)} has an invalid dimension ${dim}; dimensions must be non-negative integers`);
+      throw new BadRequestError(
+        `npy: shape ${JSON.stringify(shape)} has an invalid dimension ${dim}; dimensions must be non-negative integers`,
+      );
     }
   }
   const size = shapeProduct(shape);
@@ -96,7 +98,10 @@ function parseHeader(text: string): ParsedHeader {
   if (!descr || !fortran || !shape) {
     throw new DatasetError(`npy: header dict lacks descr, fortran_order or shape: ${JSON.stringify(text.trim())}`);
   }
-  const parts = shape[1].split(',').map((s) => s.trim()).filter((s) => s.length > 0);
+  const parts = shape[1]
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0);
   const dims = parts.map((p) => {
     if (!/^\d+$/.test(p)) throw new DatasetError(`npy: shape (${shape[1]}) has a non-integer dimension '${p}'`);
     return Number(p);
@@ -130,11 +135,15 @@ export function decodeNpy(bytes: Uint8Array): NpyArray {
     throw new DatasetError(`npy: unsupported format version ${major}.${bytes[7]}`);
   }
   const dataOffset = headerStart + headerLength;
-  if (dataOffset > bytes.length) throw new DatasetError(`npy: truncated header (needs ${dataOffset} bytes, file has ${bytes.length})`);
-  const headerText = Buffer.from(bytes.buffer, bytes.byteOffset + headerStart, headerLength).toString(major === 3 ? 'utf8' : 'latin1');
+  if (dataOffset > bytes.length)
+    throw new DatasetError(`npy: truncated header (needs ${dataOffset} bytes, file has ${bytes.length})`);
+  const headerText = Buffer.from(bytes.buffer, bytes.byteOffset + headerStart, headerLength).toString(
+    major === 3 ? 'utf8' : 'latin1',
+  );
   const header = parseHeader(headerText);
 
-  if (header.fortranOrder) throw new DatasetError('npy: fortran_order=True is not supported; save the array in C order');
+  if (header.fortranOrder)
+    throw new DatasetError('npy: fortran_order=True is not supported; save the array in C order');
   let itemSize: number;
   if (header.descr === '<f4') itemSize = 4;
   else if (header.descr === '<f8') itemSize = 8;
@@ -144,7 +153,9 @@ export function decodeNpy(bytes: Uint8Array): NpyArray {
   const expected = count * itemSize;
   const actual = bytes.length - dataOffset;
   if (actual !== expected) {
-    throw new DatasetError(`npy: data size mismatch: shape ${pythonTuple(header.shape)} of ${header.descr} needs ${expected} bytes, file has ${actual}`);
+    throw new DatasetError(
+      `npy: data size mismatch: shape ${pythonTuple(header.shape)} of ${header.descr} needs ${expected} bytes, file has ${actual}`,
+    );
   }
 
   const data = new Float32Array(count);

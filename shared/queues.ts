@@ -51,15 +51,26 @@ const schemas = {
     features: featureSpecSchema,
     items: z.array(itemSchema),
   }),
-  train: z.object({ runId: z.string(), shards: z.number().int().min(1), classes: z.array(z.string()).min(2), lambdas: z.array(z.number()).optional() }),
+  train: z.object({
+    runId: z.string(),
+    shards: z.number().int().min(1),
+    classes: z.array(z.string()).min(2),
+    lambdas: z.array(z.number()).optional(),
+  }),
   evaluate: z.object({ runId: z.string(), shards: z.number().int().min(1), name: z.string() }),
 };
 
 /** Queue name → { data, result }. */
 export interface JobMap {
   plan: { data: z.infer<typeof schemas.plan>; result: { images: number; shards: number; classes: string[] } };
-  extract: { data: z.infer<typeof schemas.extract>; result: { shard: number; rows: number; failed: number; engine: string; backend: string } };
-  train: { data: z.infer<typeof schemas.train>; result: { lambda: number; trainImages: number; valImages: number; dim: number } };
+  extract: {
+    data: z.infer<typeof schemas.extract>;
+    result: { shard: number; rows: number; failed: number; engine: string; backend: string };
+  };
+  train: {
+    data: z.infer<typeof schemas.train>;
+    result: { lambda: number; trainImages: number; valImages: number; dim: number };
+  };
   evaluate: { data: z.infer<typeof schemas.evaluate>; result: { model: string; accuracy: number } };
 }
 export type JobData<N extends QueueName> = JobMap[N]['data'];
@@ -94,7 +105,11 @@ export function makeWorker<N extends QueueName>(
   processor: Processor<JobData<N>, JobResult<N>, string>,
   opts: Omit<WorkerOptions, 'connection' | 'prefix'> = {},
 ): Worker<JobData<N>, JobResult<N>, string> {
-  return new Worker<JobData<N>, JobResult<N>, string>(name, processor, { ...opts, connection: ctx.connection, prefix: ctx.prefix });
+  return new Worker<JobData<N>, JobResult<N>, string>(name, processor, {
+    ...opts,
+    connection: ctx.connection,
+    prefix: ctx.prefix,
+  });
 }
 
 /** Connection options from a redis:// URL; workers need maxRetriesPerRequest: null (BullMQ blocks). */

@@ -220,7 +220,12 @@ export class RunStore {
   }
 
   /** One shard's progress; its failures' reasons are capped (they may quote image data). */
-  async setShardProgress(runId: string, shard: number, p: ShardProgress, failures?: readonly ImageFailure[]): Promise<void> {
+  async setShardProgress(
+    runId: string,
+    shard: number,
+    p: ShardProgress,
+    failures?: readonly ImageFailure[],
+  ): Promise<void> {
     const fields: Record<string, string> = { [`shard:${shard}`]: JSON.stringify(p) };
     if (failures) {
       const capped = failures.map((f) => ({ key: f.key, reason: capText(f.reason, MAX_MESSAGE_CHARS) }));

@@ -7,6 +7,7 @@ import {
   GetObjectCommand,
   HeadBucketCommand,
   ListObjectsV2Command,
+  type ListObjectsV2CommandOutput,
   PutObjectCommand,
   S3Client,
   S3ServiceException,
@@ -48,7 +49,9 @@ export interface S3Location {
 export function parseS3Url(url: string): S3Location {
   const m = /^s3:\/\/([^/]+)\/?(.*)$/.exec(url.trim());
   if (!m) {
-    throw new BadRequestError(`not an S3 URL: ${JSON.stringify(url)}: expected s3://bucket/prefix/ or s3://bucket/manifest.csv`);
+    throw new BadRequestError(
+      `not an S3 URL: ${JSON.stringify(url)}: expected s3://bucket/prefix/ or s3://bucket/manifest.csv`,
+    );
   }
   return { bucket: m[1]!, key: m[2]! };
 }
@@ -58,7 +61,13 @@ export function s3Url(bucket: string, key: string): string {
 }
 
 /** Refusals of our credentials or of access to the bucket (ACCESS_DENIED). */
-const ACCESS_CODES = new Set(['AccessDenied', 'InvalidAccessKeyId', 'SignatureDoesNotMatch', 'AllAccessDisabled', 'Forbidden']);
+const ACCESS_CODES = new Set([
+  'AccessDenied',
+  'InvalidAccessKeyId',
+  'SignatureDoesNotMatch',
+  'AllAccessDisabled',
+  'Forbidden',
+]);
 /** Other answers that no retry changes (STORAGE_PERMANENT). */
 const PERMANENT_CODES = new Set(['InvalidBucketName', 'NotFound', 'NoSuchKey', 'PermanentRedirect']);
 
@@ -72,7 +81,11 @@ export function storageError(err: unknown, what: string): StorageError | NotFoun
   }
   if (name === 'NoSuchBucket' || (status === 404 && what.endsWith('/'))) {
     // Its own code: a bucket that does not exist is a bad request (CLI exit code 2), not a fault.
-    return new StorageError(`no such bucket for ${what}: create it or fix the bucket name`, { cause: err, permanent: true, code: 'BUCKET_NOT_FOUND' });
+    return new StorageError(`no such bucket for ${what}: create it or fix the bucket name`, {
+      cause: err,
+      permanent: true,
+      code: 'BUCKET_NOT_FOUND',
+    });
   }
   const denied = ACCESS_CODES.has(name) || status === 403;
   if (denied || PERMANENT_CODES.has(name) || status === 400) {
@@ -87,16 +100,26 @@ export function storageError(err: unknown, what: string): StorageError | NotFoun
   // No "will retry" here: this text becomes the run's error after the last attempt too, and the
   // worker that records it says how many attempts were made.
   const detail = err instanceof Error ? err.message : String(err);
-  return new StorageError(`storage unavailable for ${what} (${name}: ${detail}): check that the S3 endpoint is up and reachable`, { cause: err, permanent: false });
+  return new StorageError(
+    `storage unavailable for ${what} (${name}: ${detail}): check that the S3 endpoint is up and reachable`,
+    { cause: err, permanent: false },
+  );
 }
 
 /** Reads a whole object. `maxBytes` refuses larger objects before reading their body. */
-export async function getObjectBytes(client: S3Client, bucket: string, key: string, maxBytes?: number): Promise<Uint8Array> {
+export async function getObjectBytes(
+  client: S3Client,
+  bucket: string,
+  key: string,
+  maxBytes?: number,
+): Promise<Uint8Array> {
   const what = s3Url(bucket, key);
   try {
     const res = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
     if (maxBytes !== undefined && res.ContentLength !== undefined && res.ContentLength > maxBytes) {
-      res.Body?.transformToWebStream().cancel().catch(() => undefined);
+      res.Body?.transformToWebStream()
+        .cancel()
+        .catch(() => undefined);
       throw new ObjectTooLargeError(what, res.ContentLength, maxBytes);
     }
     if (!res.Body) return new Uint8Array(0);
@@ -109,7 +132,11 @@ export async function getObjectBytes(client: S3Client, bucket: string, key: stri
 
 /** The object is over the configured limit; a per-image failure, not a storage fault. */
 export class ObjectTooLargeError extends Error {
-  constructor(readonly url: string, readonly size: number, readonly limit: number) {
+  constructor(
+    readonly url: string,
+    readonly size: number,
+    readonly limit: number,
+  ) {
     super(`object too large: ${size} bytes exceeds the limit of ${limit} (DEEPFEAT_MAX_IMAGE_BYTES)`);
     this.name = 'ObjectTooLargeError';
   }
@@ -143,14 +170,18 @@ export async function putObject(
 }
 
 export async function putJson(client: S3Client, bucket: string, key: string, value: unknown): Promise<void> {
-  await putObject(client, bucket, key, JSON.stringify(value, null, 2) + '\n', 'application/json');
+  await putObject(client, bucket, key, `${JSON.stringify(value, null, 2)}\n`, 'application/json');
 }
 
 /** Every object under a prefix, page by page. */
-export async function* listObjects(client: S3Client, bucket: string, prefix: string): AsyncGenerator<{ key: string; size: number }> {
+export async function* listObjects(
+  client: S3Client,
+  bucket: string,
+  prefix: string,
+): AsyncGenerator<{ key: string; size: number }> {
   let token: string | undefined;
   do {
-    let page;
+    let page: ListObjectsV2CommandOutput;
     try {
       page = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }));
     } catch (err) {

@@ -31,7 +31,13 @@ export function linearSoftmaxModelFromArrays(
   const d = mean.length;
   const weights: number[][] = [];
   for (let c = 0; c < k; c++) weights.push(Array.from({ length: d }, (_, j) => W[c * d + j]));
-  return assertLinearSoftmaxModel({ classes: [...classes], mean: Array.from(mean), std: Array.from(std), weights, bias: Array.from(b) });
+  return assertLinearSoftmaxModel({
+    classes: [...classes],
+    mean: Array.from(mean),
+    std: Array.from(std),
+    weights,
+    bias: Array.from(b),
+  });
 }
 
 function finiteArray(value: unknown, field: string, length?: number): number[] {
@@ -40,7 +46,8 @@ function finiteArray(value: unknown, field: string, length?: number): number[] {
     throw new ModelError(`softmax model: '${field}' has length ${value.length}, expected ${length}`);
   }
   value.forEach((v, i) => {
-    if (typeof v !== 'number' || !Number.isFinite(v)) throw new ModelError(`softmax model: '${field}[${i}]' is not a finite number (${String(v)})`);
+    if (typeof v !== 'number' || !Number.isFinite(v))
+      throw new ModelError(`softmax model: '${field}[${i}]' is not a finite number (${String(v)})`);
   });
   return value as number[];
 }
@@ -55,11 +62,14 @@ export function assertLinearSoftmaxModel(value: unknown): LinearSoftmaxModel {
   }
   const v = value as Record<string, unknown>;
   const classes = v.classes;
-  if (!Array.isArray(classes) || classes.length < 2) throw new ModelError("softmax model: 'classes' must be an array of at least 2 labels");
+  if (!Array.isArray(classes) || classes.length < 2)
+    throw new ModelError("softmax model: 'classes' must be an array of at least 2 labels");
   classes.forEach((c, i) => {
-    if (typeof c !== 'string' || c.length === 0) throw new ModelError(`softmax model: 'classes[${i}]' must be a non-empty string`);
+    if (typeof c !== 'string' || c.length === 0)
+      throw new ModelError(`softmax model: 'classes[${i}]' must be a non-empty string`);
   });
-  if (new Set(classes).size !== classes.length) throw new ModelError("softmax model: 'classes' contains duplicate labels");
+  if (new Set(classes).size !== classes.length)
+    throw new ModelError("softmax model: 'classes' contains duplicate labels");
   const k = classes.length;
 
   const mean = finiteArray(v.mean, 'mean');
@@ -72,7 +82,7 @@ export function assertLinearSoftmaxModel(value: unknown): LinearSoftmaxModel {
   if (!Array.isArray(v.weights) || v.weights.length !== k) {
     throw new ModelError(`softmax model: 'weights' must have one row per class (${k})`);
   }
-  v.weights.forEach((row: unknown, c: number) => finiteArray(row, `weights[${c}]`, d));
+  for (const [c, row] of (v.weights as unknown[]).entries()) finiteArray(row, `weights[${c}]`, d);
   finiteArray(v.bias, 'bias', k);
   return value as LinearSoftmaxModel;
 }
@@ -110,7 +120,10 @@ export function predictProba(model: LinearSoftmaxModel, features: ArrayLike<numb
 }
 
 /** Most probable class for one raw feature vector (ties go to the earlier class). */
-export function predictLabel(model: LinearSoftmaxModel, features: ArrayLike<number>): { label: string; index: number; probability: number } {
+export function predictLabel(
+  model: LinearSoftmaxModel,
+  features: ArrayLike<number>,
+): { label: string; index: number; probability: number } {
   const p = predictProba(model, features);
   let index = 0;
   for (let c = 1; c < p.length; c++) if (p[c] > p[index]) index = c;

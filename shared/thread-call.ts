@@ -10,7 +10,14 @@
  * `thread-entry.mjs`), so importing a client module starts nothing and serves nothing.
  * Nothing here imports more than node:worker_threads and the error classes.
  */
-import { Worker, parentPort, workerData, type MessagePort, type ResourceLimits, type Transferable } from 'node:worker_threads';
+import {
+  Worker,
+  parentPort,
+  workerData,
+  type MessagePort,
+  type ResourceLimits,
+  type Transferable,
+} from 'node:worker_threads';
 import { InternalError, fromWireError, toWireError, type WireError } from './errors.js';
 
 /**
@@ -23,7 +30,9 @@ type Method<A> = { [M in keyof A]: A[M] extends (req: never) => unknown ? M : ne
 export type Req<A, M extends keyof A> = A[M] extends (req: infer R) => unknown ? R : never;
 export type Res<A, M extends keyof A> = A[M] extends (req: never) => infer R ? Awaited<R> : never;
 export type Handlers<A> = {
-  [M in Method<A>]: (req: Req<A, M>) => Res<A, M> | Transferred<Res<A, M>> | Promise<Res<A, M> | Transferred<Res<A, M>>>;
+  [M in Method<A>]: (
+    req: Req<A, M>,
+  ) => Res<A, M> | Transferred<Res<A, M>> | Promise<Res<A, M> | Transferred<Res<A, M>>>;
 };
 
 /** A result whose buffers move to the other thread instead of being copied. */
@@ -49,7 +58,10 @@ export interface PortLike {
 
 /** What is not marked for transfer is copied (structured clone); one that cannot move is copied too. */
 function post(port: PortLike, message: Wire, list: readonly Transferable[] = []): void {
-  if (list.length === 0) return port.postMessage(message);
+  if (list.length === 0) {
+    port.postMessage(message);
+    return;
+  }
   try {
     port.postMessage(message, list);
   } catch {
@@ -235,7 +247,9 @@ export class ThreadClient<Remote extends Api, Host extends Api = object> {
         resolve();
       };
       worker.on('message', onMessage);
-      this.onExit((reason) => reject(new InternalError(`${this.name} ended before it was ready: ${reason}`, { permanent: false })));
+      this.onExit((reason) =>
+        reject(new InternalError(`${this.name} ended before it was ready: ${reason}`, { permanent: false })),
+      );
     });
     this.ready.catch(() => undefined); // observed by startThread; never an unhandled rejection
   }
@@ -289,7 +303,9 @@ export class ThreadClient<Remote extends Api, Host extends Api = object> {
  * Starts `options.module` in a new worker thread and resolves once it serves (its
  * `serveThread` ran); rejects with a retryable InternalError if the thread ends first.
  */
-export async function startThread<Remote extends Api, Host extends Api = object>(options: StartOptions<Host>): Promise<ThreadClient<Remote, Host>> {
+export async function startThread<Remote extends Api, Host extends Api = object>(
+  options: StartOptions<Host>,
+): Promise<ThreadClient<Remote, Host>> {
   const client = new ThreadClient<Remote, Host>(options);
   await client.ready;
   return client;
@@ -306,7 +322,9 @@ export function threadData<T>(): T {
  * Serves `handlers` to the thread's owner and tells it the thread is ready; returns the channel
  * for calls back to the owner (`Host`). Only for thread modules (it needs a parent port).
  */
-export function serveThread<Local extends Api, Host extends Api = object>(handlers: Handlers<Local>): Channel<Host, Local> {
+export function serveThread<Local extends Api, Host extends Api = object>(
+  handlers: Handlers<Local>,
+): Channel<Host, Local> {
   if (!parentPort) throw new InternalError('serveThread() called outside a worker thread');
   const channel = new Channel<Host, Local>(parentPort, handlers);
   parentPort.postMessage({ t: 'ready' } satisfies Wire);
@@ -314,6 +332,9 @@ export function serveThread<Local extends Api, Host extends Api = object>(handle
 }
 
 /** A channel over one end of a MessageChannel (threads talking to each other, not to their owner). */
-export function connect<Remote extends Api, Local extends Api = object>(port: MessagePort, handlers: Partial<Handlers<Local>> = {}): Channel<Remote, Local> {
+export function connect<Remote extends Api, Local extends Api = object>(
+  port: MessagePort,
+  handlers: Partial<Handlers<Local>> = {},
+): Channel<Remote, Local> {
   return new Channel<Remote, Local>(port, handlers);
 }

@@ -10,7 +10,15 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { requireRedisUrl, type Config } from './config.js';
 import { DeepfeatError } from './errors.js';
 import { createLogger, type Logger } from './logger.js';
-import { connectionFromUrl, makeWorker, parseJobData, type JobData, type JobResult, type QueueContext, type QueueName } from './queues.js';
+import {
+  connectionFromUrl,
+  makeWorker,
+  parseJobData,
+  type JobData,
+  type JobResult,
+  type QueueContext,
+  type QueueName,
+} from './queues.js';
 import { RunStore } from './run-state.js';
 import { createS3Client } from './s3.js';
 
@@ -53,7 +61,11 @@ export function jobOptions(config: Config, jobId: string): JobsOptions {
   };
 }
 
-export type Handler<N extends QueueName> = (data: JobData<N>, job: Job<JobData<N>, JobResult<N>>, log: Logger) => Promise<JobResult<N>>;
+export type Handler<N extends QueueName> = (
+  data: JobData<N>,
+  job: Job<JobData<N>, JobResult<N>>,
+  log: Logger,
+) => Promise<JobResult<N>>;
 
 /** The kind of worker that serves each queue: what users start (`deepfeat worker KIND`) and see. */
 export const WORKER_KIND = {
@@ -73,7 +85,12 @@ export function workerName(queue: QueueName, host = hostname(), pid = process.pi
  * Starts a worker for one queue. The lock is short and renewed often so a crashed worker's job
  * is picked up again within seconds; the worker's name (kind@host:pid) shows in `deepfeat workers`.
  */
-export function startWorker<N extends QueueName>(ctx: ServiceContext, name: N, handler: Handler<N>, concurrency = 1): Worker<JobData<N>, JobResult<N>, string> {
+export function startWorker<N extends QueueName>(
+  ctx: ServiceContext,
+  name: N,
+  handler: Handler<N>,
+  concurrency = 1,
+): Worker<JobData<N>, JobResult<N>, string> {
   const log = ctx.log.child({ queue: name });
   const worker = makeWorker(
     ctx.queues,
@@ -118,7 +135,9 @@ export function startWorker<N extends QueueName>(ctx: ServiceContext, name: N, h
       const code = (err as Error & { code?: string }).code ?? 'INTERNAL';
       // The run's last word: say that the retries are over, never that one is coming.
       const tries = !permanent && job.attemptsMade > 1 ? ` after ${job.attemptsMade} attempts` : '';
-      ctx.runs.fail(runId, code, `${name} failed${tries}: ${err.message}`).catch((e) => log.error({ err: e, runId }, 'could not record run failure'));
+      ctx.runs
+        .fail(runId, code, `${name} failed${tries}: ${err.message}`)
+        .catch((e) => log.error({ err: e, runId }, 'could not record run failure'));
     }
   });
   worker.on('error', (err) => log.error({ err }, 'worker error'));

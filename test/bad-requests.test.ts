@@ -44,22 +44,41 @@ test.after.always(async () => {
 });
 
 const cases: Array<[string, (bucket: string) => string, RegExp]> = [
-  ['missing bucket', () => 's3://no-such-bucket-deepfeat/x/', /no such bucket.*no-such-bucket-deepfeat.*create it or fix the bucket name/],
-  ['empty prefix', (b) => `s3://${b}/nothing-here/`, /no images under s3:\/\/.*nothing-here\/: expected <label>\/<file> folders/],
+  [
+    'missing bucket',
+    () => 's3://no-such-bucket-deepfeat/x/',
+    /no such bucket.*no-such-bucket-deepfeat.*create it or fix the bucket name/,
+  ],
+  [
+    'empty prefix',
+    (b) => `s3://${b}/nothing-here/`,
+    /no images under s3:\/\/.*nothing-here\/: expected <label>\/<file> folders/,
+  ],
   ['one class', (b) => `s3://${b}/one-class/`, /only one class \(cat\).*at least two labels/],
   ['class missing from test', (b) => `s3://${b}/split/`, /class "dog" has no test images/],
   ['manifest without label column', (b) => `s3://${b}/bad.csv`, /no "label" column/],
   ['manifest with unknown split', (b) => `s3://${b}/badsplit.csv`, /unknown split "holdout"; use train, val or test/],
   ['manifest with duplicate key', (b) => `s3://${b}/dup.jsonl`, /duplicate key "a.png"/],
   ['manifest key outside the bucket', (b) => `s3://${b}/outside.csv`, /outside the bucket/],
-  ['manifest with only a header', (b) => `s3://${b}/header-only.csv`, /manifest s3:\/\/.*\/header-only\.csv has a header but no rows/],
+  [
+    'manifest with only a header',
+    (b) => `s3://${b}/header-only.csv`,
+    /manifest s3:\/\/.*\/header-only\.csv has a header but no rows/,
+  ],
   ['manifest row with an unquoted comma', (b) => `s3://${b}/comma.csv`, /comma\.csv line 3: 3 values, expected 2/],
-  ['manifest with one label', (b) => `s3://${b}/one-label.jsonl`, /only one class \(cat\).*give the images at least two different labels/],
+  [
+    'manifest with one label',
+    (b) => `s3://${b}/one-label.jsonl`,
+    /only one class \(cat\).*give the images at least two different labels/,
+  ],
 ];
 
 for (const [title, source, message] of cases) {
   test(`${title}: the run fails with a clear message and publishes nothing`, async (t) => {
-    const runId = await enqueueRun(dep.client, { source: source(dep.dataBucket), name: `m-${title.replace(/\W+/g, '-')}` });
+    const runId = await enqueueRun(dep.client, {
+      source: source(dep.dataBucket),
+      name: `m-${title.replace(/\W+/g, '-')}`,
+    });
     const s = await waitForRun(dep.client, runId, undefined, 100);
     t.is(s.stage, 'failed');
     t.regex(s.error?.message ?? '', message);
@@ -96,7 +115,10 @@ test('CLI: a malformed source URL fails before anything is queued', async (t) =>
 });
 
 test('CLI: every configuration problem is reported at once, exit 2', async (t) => {
-  const r = await runCli({ ...dep.env, REDIS_URL: 'http://x', DEEPFEAT_SHARD_SIZE: 'many', S3_ENDPOINT: 'not a url' }, ['run', 's3://b/p/']);
+  const r = await runCli({ ...dep.env, REDIS_URL: 'http://x', DEEPFEAT_SHARD_SIZE: 'many', S3_ENDPOINT: 'not a url' }, [
+    'run',
+    's3://b/p/',
+  ]);
   t.is(r.code, 2);
   t.regex(r.stderr, /REDIS_URL/);
   t.regex(r.stderr, /DEEPFEAT_SHARD_SIZE/);
@@ -110,12 +132,22 @@ test('CLI: download of an unknown model name is a clear error', async (t) => {
 });
 
 test('good layouts are planned: a CSV manifest and split folders reach extraction with every image', async (t) => {
-  const manifest = ['key,label,split', ...['a', 'b', 'c'].flatMap((x) => [`imgs/${x}-1.png,"cat, tabby",`, `s3://${dep.dataBucket}/imgs/${x}-2.png,dog,`])].join('\n');
-  await dep.put('good.csv', manifest + '\n');
+  const manifest = [
+    'key,label,split',
+    ...['a', 'b', 'c'].flatMap((x) => [`imgs/${x}-1.png,"cat, tabby",`, `s3://${dep.dataBucket}/imgs/${x}-2.png,dog,`]),
+  ].join('\n');
+  await dep.put('good.csv', `${manifest}\n`);
   // A byte order mark, CRLF, numeric labels; and a CSV value spanning two lines.
-  await dep.put('good.jsonl', '\uFEFF{"key":"n/1.png","label":1}\r\n{"key":"n/2.png","label":1}\r\n{"key":"n/3.png","label":2}\r\n{"key":"n/4.png","label":2}\r\n');
+  await dep.put(
+    'good.jsonl',
+    '\uFEFF{"key":"n/1.png","label":1}\r\n{"key":"n/2.png","label":1}\r\n{"key":"n/3.png","label":2}\r\n{"key":"n/4.png","label":2}\r\n',
+  );
   await dep.put('multiline.csv', 'key,label\n"m/1.png","two\nlines"\nm/2.png,"two\nlines"\nm/3.png,one\nm/4.png,one\n');
-  await Promise.all(['train/cat/1.png', 'train/dog/1.png', 'test/cat/2.png', 'test/dog/2.png', 'train/cat/3.png'].map((k) => dep.put(`good-split/${k}`, 'x')));
+  await Promise.all(
+    ['train/cat/1.png', 'train/dog/1.png', 'test/cat/2.png', 'test/dog/2.png', 'train/cat/3.png'].map((k) =>
+      dep.put(`good-split/${k}`, 'x'),
+    ),
+  );
   const sources = [
     [`s3://${dep.dataBucket}/good.csv`, 6],
     [`s3://${dep.dataBucket}/good-split/`, 5],

@@ -12,16 +12,24 @@ test('bench --quick measures every stage and writes them as JSON', async (t) => 
   const dir = await mkdtemp(path.join(tmpdir(), 'deepfeat-bench-test-'));
   try {
     const out = path.join(dir, 'results.json');
-    const { code, stdout, stderr } = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-      const child = spawn(process.execPath, ['--import', 'tsx', 'bench/bench.ts', '--quick', '--out', out], { stdio: ['ignore', 'pipe', 'pipe'] });
-      let so = '';
-      let se = '';
-      child.stdout.on('data', (d) => (so += d));
-      child.stderr.on('data', (d) => (se += d));
-      child.on('exit', (c) => resolve({ code: c, stdout: so, stderr: se }));
-    });
+    const { code, stdout, stderr } = await new Promise<{ code: number | null; stdout: string; stderr: string }>(
+      (resolve) => {
+        const child = spawn(process.execPath, ['--import', 'tsx', 'bench/bench.ts', '--quick', '--out', out], {
+          stdio: ['ignore', 'pipe', 'pipe'],
+        });
+        let so = '';
+        let se = '';
+        child.stdout.on('data', (d) => (so += d));
+        child.stderr.on('data', (d) => (se += d));
+        child.on('exit', (c) => resolve({ code: c, stdout: so, stderr: se }));
+      },
+    );
     t.is(code, 0, stderr.slice(-2000));
-    const results = JSON.parse(await readFile(out, 'utf8')) as { quick: boolean; figures: Record<string, number>; rows: Array<{ stage: string; figure: number }> };
+    const results = JSON.parse(await readFile(out, 'utf8')) as {
+      quick: boolean;
+      figures: Record<string, number>;
+      rows: Array<{ stage: string; figure: number }>;
+    };
     t.true(results.quick);
     const expected = [
       'decode_jpeg_sequential',

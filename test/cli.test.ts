@@ -57,7 +57,11 @@ test('`run --wait` off a terminal writes progress as plain lines, then the statu
 });
 
 test('`status` of a run that failed on a bad dataset exits 2, like `run --wait`', async (t) => {
-  const runId = await enqueueRun(dep.client, { source: `s3://${dep.dataBucket}/one-class/`, name: 'cli-one-class', features: RAW_PIXELS });
+  const runId = await enqueueRun(dep.client, {
+    source: `s3://${dep.dataBucket}/one-class/`,
+    name: 'cli-one-class',
+    features: RAW_PIXELS,
+  });
   const s = await waitForRun(dep.client, runId, undefined, 100);
   t.is(s.error?.code, 'DATASET_INVALID');
   const r = await runCli(dep.env, ['status', runId]);
@@ -73,7 +77,12 @@ const badRequests: Array<[string, string[], string, RegExp]> = [
     'MODEL_INVALID',
     /model\.json/,
   ],
-  ['an unknown --node of the shipped backbone', ['run', 'PETS', '--node', 'no/such/node'], 'MODEL_INVALID', /node "no\/such\/node" not found/],
+  [
+    'an unknown --node of the shipped backbone',
+    ['run', 'PETS', '--node', 'no/such/node'],
+    'MODEL_INVALID',
+    /node "no\/such\/node" not found/,
+  ],
 ];
 
 for (const [what, args, code, message] of badRequests) {
@@ -99,11 +108,15 @@ test('`status --watch` off a terminal prints progress lines, never screen-cleari
   const client = createClient(loadConfig(env));
   try {
     const runId = await enqueueRun(client, { source: pets(), name: 'cli-watch', features: RAW_PIXELS });
-    const child = spawn(process.execPath, ['--import', 'tsx', resolve(ROOT, 'cli/main.ts'), 'status', runId, '--watch'], {
-      cwd: ROOT,
-      env: { ...process.env, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', resolve(ROOT, 'cli/main.ts'), 'status', runId, '--watch'],
+      {
+        cwd: ROOT,
+        env: { ...process.env, ...env },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
@@ -126,15 +139,12 @@ test('`deepfeat workers` names workers kind@host:pid and shows their kind', asyn
   t.is(r.code, 0, r.stderr);
   const { workers: live } = JSON.parse(r.stdout) as { workers: Array<{ kind: string; queue: string; name: string }> };
   const mine = live.filter((w) => w.name.endsWith(`@${hostname()}:${process.pid}`));
-  t.deepEqual(
-    mine.map((w) => [w.kind, w.queue, w.name]).sort(),
-    [
-      ['evaluator', 'evaluate', `evaluator@${hostname()}:${process.pid}`],
-      ['extractor', 'extract', `extractor@${hostname()}:${process.pid}`],
-      ['planner', 'plan', `planner@${hostname()}:${process.pid}`],
-      ['trainer', 'train', `trainer@${hostname()}:${process.pid}`],
-    ],
-  );
+  t.deepEqual(mine.map((w) => [w.kind, w.queue, w.name]).sort(), [
+    ['evaluator', 'evaluate', `evaluator@${hostname()}:${process.pid}`],
+    ['extractor', 'extract', `extractor@${hostname()}:${process.pid}`],
+    ['planner', 'plan', `planner@${hostname()}:${process.pid}`],
+    ['trainer', 'train', `trainer@${hostname()}:${process.pid}`],
+  ]);
   const table = await runCli(dep.env, ['workers']);
   t.regex(table.stdout, /^kind\s+worker\s+queue\s+address\s+age$/m);
   t.regex(table.stdout, new RegExp(`^extractor\\s+extractor@${hostname()}:${process.pid}\\s+extract\\s`, 'm'));

@@ -61,6 +61,11 @@ test('forEachOrdered rejects with the first failure in order and stops consuming
 
 test('forEachOrdered with nothing to do calls nothing', async (t) => {
   let calls = 0;
-  await forEachOrdered(0, 4, async () => calls++, () => calls++);
+  await forEachOrdered(
+    0,
+    4,
+    async () => calls++,
+    () => calls++,
+  );
   t.is(calls, 0);
 });

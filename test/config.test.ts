@@ -46,14 +46,21 @@ test('defaults from an empty env', (t) => {
 });
 
 test('DEEPFEAT_MODEL_DIRS: absolute folders separated by colons; a relative one is reported', (t) => {
-  t.deepEqual(loadConfig({ DEEPFEAT_MODEL_DIRS: '/srv/models: /opt/m ::' }).extractor.modelDirs, ['/srv/models', '/opt/m']);
+  t.deepEqual(loadConfig({ DEEPFEAT_MODEL_DIRS: '/srv/models: /opt/m ::' }).extractor.modelDirs, [
+    '/srv/models',
+    '/opt/m',
+  ]);
   const err = t.throws(() => loadConfig({ DEEPFEAT_MODEL_DIRS: '/srv/models:models' }), { instanceOf: ConfigError });
   t.regex(err.message, /DEEPFEAT_MODEL_DIRS=.*: "models" is not an absolute path/);
 });
 
 test('DEEPFEAT_IMAGE_FORMATS: a subset of the known formats; SVG only when asked for', (t) => {
   t.false(loadConfig({}).extractor.imageFormats.includes('svg'));
-  t.deepEqual(loadConfig({ DEEPFEAT_IMAGE_FORMATS: 'PNG, jpeg,svg,png' }).extractor.imageFormats, ['png', 'jpeg', 'svg']);
+  t.deepEqual(loadConfig({ DEEPFEAT_IMAGE_FORMATS: 'PNG, jpeg,svg,png' }).extractor.imageFormats, [
+    'png',
+    'jpeg',
+    'svg',
+  ]);
   const err = t.throws(() => loadConfig({ DEEPFEAT_IMAGE_FORMATS: 'png,bmp' }), { instanceOf: ConfigError });
   t.regex(err.message, /DEEPFEAT_IMAGE_FORMATS="png,bmp": expected a comma-separated list of jpeg, png/);
   t.throws(() => loadConfig({ DEEPFEAT_IMAGE_FORMATS: ' , ' }), { instanceOf: ConfigError });
@@ -108,7 +115,15 @@ test('values are read, trimmed and typed', (t) => {
   t.is(c.redisUrl, 'redis://:pw@redis:6380/1');
   t.is(c.queuePrefix, 'test_1');
   t.is(c.bucket, 'my.bucket-1');
-  t.deepEqual(c.s3, { endpoint: 'http://127.0.0.1:9000', region: 'eu-west-1', accessKeyId: 'AK', secretAccessKey: 'SK', forcePathStyle: true, maxAttempts: 2, timeoutSeconds: 7 });
+  t.deepEqual(c.s3, {
+    endpoint: 'http://127.0.0.1:9000',
+    region: 'eu-west-1',
+    accessKeyId: 'AK',
+    secretAccessKey: 'SK',
+    forcePathStyle: true,
+    maxAttempts: 2,
+    timeoutSeconds: 7,
+  });
   t.is(c.jobAttempts, 7);
   t.deepEqual(c.extractor, {
     shardSize: 64,
@@ -134,9 +149,12 @@ test('values are read, trimmed and typed', (t) => {
 });
 
 test('all problems are reported at once in one ConfigError', (t) => {
-  const err = t.throws(() => loadConfig({ REDIS_URL: 'http://localhost:6379', DEEPFEAT_SHARD_SIZE: '0', S3_ACCESS_KEY_ID: 'AKIA' }), {
-    instanceOf: ConfigError,
-  });
+  const err = t.throws(
+    () => loadConfig({ REDIS_URL: 'http://localhost:6379', DEEPFEAT_SHARD_SIZE: '0', S3_ACCESS_KEY_ID: 'AKIA' }),
+    {
+      instanceOf: ConfigError,
+    },
+  );
   t.is(err!.code, 'CONFIG_INVALID');
   t.is(err!.problems.length, 3);
   t.true(err!.problems.some((p) => p.startsWith('REDIS_URL=') && p.includes('redis://')));
@@ -177,15 +195,24 @@ test('the returned config is deeply frozen', (t) => {
   t.true(Object.isFrozen(c));
   t.true(Object.isFrozen(c.s3));
   t.true(Object.isFrozen(c.extractor));
-  t.throws(() => {
-    (c as { bucket: string }).bucket = 'x';
-  }, { instanceOf: TypeError });
-  t.throws(() => {
-    (c.s3 as { region: string }).region = 'x';
-  }, { instanceOf: TypeError });
-  t.throws(() => {
-    (c.extractor as { shardSize: number }).shardSize = 1;
-  }, { instanceOf: TypeError });
+  t.throws(
+    () => {
+      (c as { bucket: string }).bucket = 'x';
+    },
+    { instanceOf: TypeError },
+  );
+  t.throws(
+    () => {
+      (c.s3 as { region: string }).region = 'x';
+    },
+    { instanceOf: TypeError },
+  );
+  t.throws(
+    () => {
+      (c.extractor as { shardSize: number }).shardSize = 1;
+    },
+    { instanceOf: TypeError },
+  );
   t.is(c.s3.region, 'us-east-1');
   t.is(c.extractor.shardSize, 256);
 });
@@ -213,6 +240,9 @@ test('every variable in ENV_DOC (except free-text ones) is validated by loadConf
   for (const name of Object.keys(ENV_DOC)) {
     if (free.has(name)) continue;
     const err = t.throws(() => loadConfig({ [name]: '!!bad!!' }), { instanceOf: ConfigError }, name);
-    t.true(err!.problems.some((p) => p.startsWith(`${name}=`)), name);
+    t.true(
+      err!.problems.some((p) => p.startsWith(`${name}=`)),
+      name,
+    );
   }
 });

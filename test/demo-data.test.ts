@@ -12,7 +12,16 @@ test('two classes, cats then dogs, perClass honoured, unique names', async (t) =
   );
   t.deepEqual(
     images.map((image) => image.name),
-    ['cat-0000.png', 'cat-0001.png', 'cat-0002.png', 'cat-0003.png', 'dog-0000.png', 'dog-0001.png', 'dog-0002.png', 'dog-0003.png'],
+    [
+      'cat-0000.png',
+      'cat-0001.png',
+      'cat-0002.png',
+      'cat-0003.png',
+      'dog-0000.png',
+      'dog-0001.png',
+      'dog-0002.png',
+      'dog-0003.png',
+    ],
   );
 });
 

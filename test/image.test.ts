@@ -23,13 +23,20 @@ function meanRgb(px: Uint8Array): [number, number, number] {
   return [s[0] / n, s[1] / n, s[2] / n];
 }
 
-function solid(width: number, height: number, colour: { r: number; g: number; b: number; alpha?: number }, channels: 3 | 4 = 3) {
+function solid(
+  width: number,
+  height: number,
+  colour: { r: number; g: number; b: number; alpha?: number },
+  channels: 3 | 4 = 3,
+) {
   return sharp({ create: { width, height, channels, background: colour } });
 }
 
 /** The asymmetric test picture as PNG, so rotations are visible. */
 function asymmetric(width: number, height: number): Promise<Buffer> {
-  return sharp(asymmetricRaw(width, height), { raw: { width, height, channels: 3 } }).png().toBuffer();
+  return sharp(asymmetricRaw(width, height), { raw: { width, height, channels: 3 } })
+    .png()
+    .toBuffer();
 }
 
 async function expectImageError(t: import('ava').ExecutionContext, bytes: Uint8Array, pattern: RegExp, opts = SIZE) {
@@ -38,7 +45,6 @@ async function expectImageError(t: import('ava').ExecutionContext, bytes: Uint8A
   t.is((err as ImageError).code, 'IMAGE_INVALID');
   return err!;
 }
-
 
 test('a plain JPEG decodes to exactly width*height*3 RGB bytes', async (t) => {
   const jpeg = await solid(100, 80, { r: 200, g: 40, b: 90 }).jpeg().toBuffer();
@@ -67,7 +73,8 @@ test('a one-channel greyscale PNG becomes three equal channels', async (t) => {
   const px = await decodeImage(grey, SIZE);
   t.is(px.length, OUT_BYTES);
   for (let i = 0; i < px.length; i += 3) {
-    if (px[i] !== 100 || px[i + 1] !== 100 || px[i + 2] !== 100) return t.fail(`pixel ${i / 3}: ${px.subarray(i, i + 3)}`);
+    if (px[i] !== 100 || px[i + 1] !== 100 || px[i + 2] !== 100)
+      return t.fail(`pixel ${i / 3}: ${px.subarray(i, i + 3)}`);
   }
   t.pass();
 });
@@ -112,7 +119,9 @@ test('resize covers the target and crops the centre', async (t) => {
   const h = 100;
   const px = Buffer.alloc(w * h * 3);
   for (let i = 0; i < w * h; i++) px[i * 3 + Math.floor(((i % w) * 3) / w)] = 255;
-  const png = await sharp(px, { raw: { width: w, height: h, channels: 3 } }).png().toBuffer();
+  const png = await sharp(px, { raw: { width: w, height: h, channels: 3 } })
+    .png()
+    .toBuffer();
   const out = await decodeImage(png, { width: 10, height: 10, maxPixels: 1e6 });
   t.is(out.length, 300);
   const [r, g, b] = meanRgb(out);
@@ -148,34 +157,66 @@ test('a zero-byte file is reported as empty', async (t) => {
 });
 
 test('a text file is reported as not an image, with a hint', async (t) => {
-  const err = await expectImageError(t, Buffer.from('label,key\ncat,cats/1.jpg\n'), /^not an image: unrecognised format/);
+  const err = await expectImageError(
+    t,
+    Buffer.from('label,key\ncat,cats/1.jpg\n'),
+    /^not an image: unrecognised format/,
+  );
   t.regex(err.message, /looks like text: "label,key cat/);
   await expectImageError(t, Buffer.from('<!DOCTYPE html><html><body>Access denied</body></html>'), /HTML page/);
-  await expectImageError(t, Buffer.from([1, 2, 3, 4, 5, 250, 251, 252, 0, 0, 9]), /^not an image: unrecognised format \(first bytes 0102030405fafbfc\)$/);
+  await expectImageError(
+    t,
+    Buffer.from([1, 2, 3, 4, 5, 250, 251, 252, 0, 0, 9]),
+    /^not an image: unrecognised format \(first bytes 0102030405fafbfc\)$/,
+  );
 });
 
 test('a truncated file is reported as truncated, from its structure', async (t) => {
   const noise = Buffer.alloc(200 * 150 * 3);
   for (let i = 0; i < noise.length; i++) noise[i] = (i * 7919) % 251;
-  const jpeg = await sharp(noise, { raw: { width: 200, height: 150, channels: 3 } }).jpeg().toBuffer();
+  const jpeg = await sharp(noise, { raw: { width: 200, height: 150, channels: 3 } })
+    .jpeg()
+    .toBuffer();
   const half = Math.floor(jpeg.length / 2);
   // (Not libvips's text, "Premature end of input file": that is lost under concurrent decodes.)
-  await expectImageError(t, jpeg.subarray(0, half), new RegExp(`^truncated jpeg image: the file ends \\(at ${half} bytes\\) before its end-of-image marker$`));
+  await expectImageError(
+    t,
+    jpeg.subarray(0, half),
+    new RegExp(`^truncated jpeg image: the file ends \\(at ${half} bytes\\) before its end-of-image marker$`),
+  );
   // Cut inside the header: sharp cannot even read the size, but the cut still shows.
-  await expectImageError(t, jpeg.subarray(0, 40), /^truncated jpeg image: the file ends \(at 40 bytes\) before its end-of-image marker$/);
+  await expectImageError(
+    t,
+    jpeg.subarray(0, 40),
+    /^truncated jpeg image: the file ends \(at 40 bytes\) before its end-of-image marker$/,
+  );
   // A truncated PNG, too.
-  const png = await sharp(noise, { raw: { width: 200, height: 150, channels: 3 } }).png().toBuffer();
-  await expectImageError(t, png.subarray(0, Math.floor(png.length / 2)), /^truncated png image: the file ends \(at \d+ bytes\) before its IEND chunk$/);
+  const png = await sharp(noise, { raw: { width: 200, height: 150, channels: 3 } })
+    .png()
+    .toBuffer();
+  await expectImageError(
+    t,
+    png.subarray(0, Math.floor(png.length / 2)),
+    /^truncated png image: the file ends \(at \d+ bytes\) before its IEND chunk$/,
+  );
 });
 
 test('a whole file with damaged data is reported as unreadable, not truncated', async (t) => {
   const noise = Buffer.alloc(200 * 150 * 3);
   for (let i = 0; i < noise.length; i++) noise[i] = (i * 7919) % 251;
-  const jpeg = Buffer.from(await sharp(noise, { raw: { width: 200, height: 150, channels: 3 } }).jpeg().toBuffer());
+  const jpeg = Buffer.from(
+    await sharp(noise, { raw: { width: 200, height: 150, channels: 3 } })
+      .jpeg()
+      .toBuffer(),
+  );
   // Overwrite the middle of the entropy-coded data with marker bytes the decoder must reject.
   jpeg.fill(0xff, Math.floor(jpeg.length / 2), Math.floor(jpeg.length / 2) + 64);
   jpeg.writeUInt8(0xd0, Math.floor(jpeg.length / 2) + 64);
-  await expectImageError(t, jpeg, /^unreadable jpeg image: the decoder rejected its data \(damaged, or a variant it does not support\)$/);
+  await expectImageError(
+    t,
+    jpeg,
+    /^unreadable jpeg image: the decoder rejected its data \(damaged, or a variant it does not support\)$/,
+  );
 });
 
 test('a decompression bomb is refused before decoding', async (t) => {

@@ -33,13 +33,25 @@ test.after.always(async () => {
 
 test('after the last attempt the run says how many attempts failed, not that it will retry', async (t) => {
   t.timeout(90_000);
-  const env = { ...dep.env, S3_ENDPOINT: `http://127.0.0.1:${await closedPort()}`, S3_MAX_ATTEMPTS: '1', LOG_LEVEL: 'info' };
+  const env = {
+    ...dep.env,
+    S3_ENDPOINT: `http://127.0.0.1:${await closedPort()}`,
+    S3_MAX_ATTEMPTS: '1',
+    LOG_LEVEL: 'info',
+  };
   planner = spawnWorker(env, 'planner');
-  const runId = await enqueueRun(dep.client, { source: `s3://${dep.dataBucket}/pets/`, name: 'refused', features: RAW_PIXELS });
+  const runId = await enqueueRun(dep.client, {
+    source: `s3://${dep.dataBucket}/pets/`,
+    name: 'refused',
+    features: RAW_PIXELS,
+  });
   const s = await waitForRun(dep.client, runId, undefined, 100);
   t.is(s.stage, 'failed');
   t.is(s.error?.code, 'STORAGE_TRANSIENT');
-  t.regex(s.error?.message ?? '', /^plan failed after 2 attempts: storage unavailable for s3:\/\/[^ ]+ \(.*ECONNREFUSED.*\): check that the S3 endpoint is up/);
+  t.regex(
+    s.error?.message ?? '',
+    /^plan failed after 2 attempts: storage unavailable for s3:\/\/[^ ]+ \(.*ECONNREFUSED.*\): check that the S3 endpoint is up/,
+  );
   t.notRegex(s.error?.message ?? '', /will retry/);
 
   // The worker's log lines for the two failures: structured errors, the first one retried.

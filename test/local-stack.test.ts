@@ -56,7 +56,10 @@ test.serial('startRedis names the way out when redis-server is not on PATH', asy
   process.env.PATH = '/nonexistent';
   try {
     const err = await t.throwsAsync(startRedis(), { instanceOf: LocalStackError });
-    t.regex(err!.message, /redis-server not found on PATH: install it \(apt-get install redis-server\) or set REDIS_URL/);
+    t.regex(
+      err!.message,
+      /redis-server not found on PATH: install it \(apt-get install redis-server\) or set REDIS_URL/,
+    );
   } finally {
     process.env.PATH = saved;
   }
@@ -131,9 +134,9 @@ test('s3 server: >1000 keys list with pagination, data survives stop/restart, st
   const concurrency = 32;
   for (let i = 0; i < keys.length; i += concurrency) {
     await Promise.all(
-      keys.slice(i, i + concurrency).map((Key) =>
-        client.send(new PutObjectCommand({ Bucket: bucket, Key, Body: Buffer.from(Key) })),
-      ),
+      keys
+        .slice(i, i + concurrency)
+        .map((Key) => client.send(new PutObjectCommand({ Bucket: bucket, Key, Body: Buffer.from(Key) }))),
     );
   }
 
@@ -177,7 +180,12 @@ test('s3 server process is started again on the same port and folder if it dies;
   const dir = await tempDir(t, 'deepfeat-s3-revive');
   const bucket = uniqueName('bucket');
   const reports: string[] = [];
-  const s3 = await startS3Server({ dir, buckets: [bucket], accessKeyIds: ['minioadmin'], onUnexpectedExit: (m) => reports.push(m) });
+  const s3 = await startS3Server({
+    dir,
+    buckets: [bucket],
+    accessKeyIds: ['minioadmin'],
+    onUnexpectedExit: (m) => reports.push(m),
+  });
   t.teardown(() => s3.stop());
   const client = makeS3Client(s3.endpoint);
   t.teardown(() => client.destroy());
@@ -187,7 +195,10 @@ test('s3 server process is started again on the same port and folder if it dies;
   process.kill(first, 'SIGKILL');
   t.true(await waitUntil(async () => s3.pid !== undefined && s3.pid !== first && (await isListening(s3.port)), 10_000));
   t.is(reports.length, 1);
-  t.regex(reports[0]!, /s3rver \(data in .*\) died unexpectedly \(signal SIGKILL\); starting it again on 127\.0\.0\.1:\d+/);
+  t.regex(
+    reports[0]!,
+    /s3rver \(data in .*\) died unexpectedly \(signal SIGKILL\); starting it again on 127\.0\.0\.1:\d+/,
+  );
   const got = await client.send(new GetObjectCommand({ Bucket: bucket, Key: 'kept' }));
   t.is(await got.Body!.transformToString(), 'before the crash');
 

@@ -16,7 +16,6 @@ import { ObjectivePool } from '../services/trainer/objective-pool.js';
 import { InternalError } from '../shared/errors.js';
 import { mulberry32 as rng } from '../shared/random.js';
 
-
 function gaussian(rand: () => number): () => number {
   return () => Math.sqrt(-2 * Math.log(1 - rand())) * Math.cos(2 * Math.PI * rand());
 }
@@ -54,7 +53,11 @@ function pack(W: Float64Array, b: Float64Array): Float64Array {
 
 test('objective gradient matches central finite differences', (t) => {
   // Shapes chosen to hit both the 4-sample/2-class blocked kernels and their tails.
-  for (const [n, d, k, lambda] of [[13, 5, 3, 0.1], [8, 3, 4, 0], [6, 1, 2, 0.5]] as const) {
+  for (const [n, d, k, lambda] of [
+    [13, 5, 3, 0.1],
+    [8, 3, 4, 0],
+    [6, 1, 2, 0.5],
+  ] as const) {
     const g = gaussian(rng(n * 100 + d * 10 + k));
     const X = Float32Array.from({ length: n * d }, g);
     const y = Int32Array.from({ length: n }, (_, i) => (i * 7) % k);
@@ -70,14 +73,25 @@ test('objective gradient matches central finite differences', (t) => {
       const minus = Float64Array.from(theta);
       plus[p] += h;
       minus[p] -= h;
-      const numeric = (logisticObjective(problem, plus, scratch) - logisticObjective(problem, minus, scratch)) / (2 * h);
-      t.true(Math.abs(numeric - grad[p]) <= 1e-6 * Math.max(1, Math.abs(numeric)), `n=${n} d=${d} k=${k} param ${p}: analytic ${grad[p]} vs numeric ${numeric}`);
+      const numeric =
+        (logisticObjective(problem, plus, scratch) - logisticObjective(problem, minus, scratch)) / (2 * h);
+      t.true(
+        Math.abs(numeric - grad[p]) <= 1e-6 * Math.max(1, Math.abs(numeric)),
+        `n=${n} d=${d} k=${k} param ${p}: analytic ${grad[p]} vs numeric ${numeric}`,
+      );
     }
   }
 });
 
 test('objective is finite for extreme logits (stable softmax)', (t) => {
-  const problem: LogisticProblem = { X: new Float32Array([1, -1]), n: 2, d: 1, y: new Int32Array([0, 0]), k: 2, lambda: 0 };
+  const problem: LogisticProblem = {
+    X: new Float32Array([1, -1]),
+    n: 2,
+    d: 1,
+    y: new Int32Array([0, 0]),
+    k: 2,
+    lambda: 0,
+  };
   const grad = new Float64Array(4);
   // Logit gap of 2000 for a wrong prediction: naive exp overflows / log(0) is -Infinity.
   const f = logisticObjective(problem, new Float64Array([-1000, 1000, 0, 0]), grad);
@@ -92,7 +106,11 @@ test('L-BFGS minimises the Rosenbrock function to (1, 1)', (t) => {
     g[1] = 200 * (b - a * a);
     return (1 - a) ** 2 + 100 * (b - a * a) ** 2;
   };
-  const r = minimizeLbfgs(rosen, new Float64Array([-1.2, 1]), { gradientTolerance: 1e-10, functionTolerance: 0, maxIterations: 500 });
+  const r = minimizeLbfgs(rosen, new Float64Array([-1.2, 1]), {
+    gradientTolerance: 1e-10,
+    functionTolerance: 0,
+    maxIterations: 500,
+  });
   t.true(r.converged, r.reason);
   t.is(r.reason, 'gradient tolerance');
   t.true(Math.abs(r.x[0] - 1) < 1e-8 && Math.abs(r.x[1] - 1) < 1e-8, `x = ${Array.from(r.x)}`);
@@ -125,7 +143,8 @@ test('L-BFGS solves an ill-conditioned quadratic and respects maxIterations', (t
 });
 
 test('standardizer: zero mean, unit std, constant feature maps to 0', (t) => {
-  const n = 4, d = 3;
+  const n = 4,
+    d = 3;
   const X = new Float32Array([1, 5, 10, 2, 5, 20, 3, 5, 30, 4, 5, 40]);
   const s = fitStandardizer(X, n, d);
   t.deepEqual(Array.from(s.mean), [2.5, 5, 25]);
@@ -133,7 +152,8 @@ test('standardizer: zero mean, unit std, constant feature maps to 0', (t) => {
   t.is(s.std[1], 1);
   const Z = applyStandardizer(X, n, d, s);
   for (let j = 0; j < d; j++) {
-    let m = 0, v = 0;
+    let m = 0,
+      v = 0;
     for (let i = 0; i < n; i++) m += Z[i * d + j] / n;
     for (let i = 0; i < n; i++) v += (Z[i * d + j] - m) ** 2 / n;
     t.true(Math.abs(m) < 1e-6);
@@ -143,7 +163,9 @@ test('standardizer: zero mean, unit std, constant feature maps to 0', (t) => {
 });
 
 test('separable data: 100% training accuracy, weights grow as lambda shrinks', (t) => {
-  const n = 90, d = 4, k = 3;
+  const n = 90,
+    d = 4,
+    k = 3;
   const { X, y } = clusters(7, n, d, k, 8);
   const norms: number[] = [];
   for (const lambda of [1e-1, 1e-2, 1e-3]) {
@@ -175,7 +197,9 @@ test('1-D binary problem with lambda=0 matches the closed-form logit solution', 
 });
 
 test('non-separable problem with lambda>0: stationary point, local minimum, W rows sum to zero for k=2', (t) => {
-  const n = 200, d = 6, k = 2;
+  const n = 200,
+    d = 6,
+    k = 2;
   const { X, y } = clusters(11, n, d, k, 0.4); // heavily overlapping classes
   const lambda = 0.05;
   const fit = fitLogisticRegression({ X, n, d, y, k, lambda });
@@ -197,7 +221,9 @@ test('non-separable problem with lambda>0: stationary point, local minimum, W ro
 });
 
 test('fits are bit-for-bit deterministic', (t) => {
-  const n = 150, d = 20, k = 5;
+  const n = 150,
+    d = 20,
+    k = 5;
   const { X, y } = clusters(5, n, d, k, 1);
   const a = fitLogisticRegression({ X, n, d, y, k, lambda: 1e-3 });
   const b = fitLogisticRegression({ X, n, d, y, k, lambda: 1e-3 });
@@ -208,7 +234,9 @@ test('fits are bit-for-bit deterministic', (t) => {
 });
 
 test('predictProbaMatrix rows are probability distributions consistent with predictLabels', (t) => {
-  const n = 21, d = 3, k = 3;
+  const n = 21,
+    d = 3,
+    k = 3;
   const { X, y } = clusters(9, n, d, k, 2);
   const fit = fitLogisticRegression({ X, n, d, y, k, lambda: 0.01 });
   const P = predictProbaMatrix(fit, X, n, d);
@@ -226,17 +254,33 @@ test('rejects labels out of range and mismatched sizes', (t) => {
     instanceOf: InternalError,
     message: /y\[1\]=3 is outside \[0, 3\)/,
   });
-  t.throws(() => fitLogisticRegression({ X, n: 3, d: 2, y: new Int32Array(3), k: 2, lambda: 0 }), { message: /X has 4 values/ });
-  t.throws(() => fitLogisticRegression({ X: new Float32Array([0, 1, Number.NaN, 0]), n: 2, d: 2, y: new Int32Array(2), k: 2, lambda: 0 }), {
-    instanceOf: InternalError,
-    message: /X\[1\]\[0\] is not finite/,
+  t.throws(() => fitLogisticRegression({ X, n: 3, d: 2, y: new Int32Array(3), k: 2, lambda: 0 }), {
+    message: /X has 4 values/,
   });
+  t.throws(
+    () =>
+      fitLogisticRegression({
+        X: new Float32Array([0, 1, Number.NaN, 0]),
+        n: 2,
+        d: 2,
+        y: new Int32Array(2),
+        k: 2,
+        lambda: 0,
+      }),
+    {
+      instanceOf: InternalError,
+      message: /X\[1\]\[0\] is not finite/,
+    },
+  );
 });
 
 test('selectLambdaAndFit prefers regularisation on a noisy high-dimensional problem and refits on train+val', (t) => {
   // 60 noisy copies of one latent signal, fewer training samples than features, 10% label
   // noise. Regularisation averages the copies; a tiny lambda fits the noise between them.
-  const d = 60, k = 2, nTrain = 50, nVal = 1000;
+  const d = 60,
+    k = 2,
+    nTrain = 50,
+    nVal = 1000;
   const g = gaussian(rng(42));
   const rand = rng(43);
   const make = (n: number): { X: Float32Array; n: number; y: Int32Array } => {
@@ -245,14 +289,17 @@ test('selectLambdaAndFit prefers regularisation on a noisy high-dimensional prob
     for (let i = 0; i < n; i++) {
       const s = g();
       for (let j = 0; j < d; j++) X[i * d + j] = s + 3 * g();
-      y[i] = (rand() < 0.1) !== (s > 0) ? 1 : 0;
+      y[i] = rand() < 0.1 !== s > 0 ? 1 : 0;
     }
     return { X, n, y };
   };
   const train = make(nTrain);
   const val = make(nVal);
   const result = selectLambdaAndFit({ train, val, d, k });
-  t.deepEqual(result.validation.map((v) => v.lambda), [1, 1e-1, 1e-2, 1e-3, 1e-4]);
+  t.deepEqual(
+    result.validation.map((v) => v.lambda),
+    [1, 1e-1, 1e-2, 1e-3, 1e-4],
+  );
   const best = Math.max(...result.validation.map((v) => v.accuracy));
   const chosen = result.validation.find((v) => v.lambda === result.lambda);
   t.is(chosen?.accuracy, best);
@@ -275,7 +322,8 @@ test('selectLambdaAndFit prefers regularisation on a noisy high-dimensional prob
 });
 
 test('selectLambdaAndFit breaks accuracy ties by validation log-loss', (t) => {
-  const d = 3, k = 3;
+  const d = 3,
+    k = 3;
   const all = clusters(17, 120, d, k, 10); // well separated: every lambda is 100% accurate
   const train = { X: all.X.subarray(0, 60 * d), n: 60, y: all.y.subarray(0, 60) };
   const val = { X: all.X.subarray(60 * d), n: 60, y: all.y.subarray(60) };
@@ -287,7 +335,8 @@ test('selectLambdaAndFit breaks accuracy ties by validation log-loss', (t) => {
 });
 
 test('selectLambdaAndFit without validation data uses the default lambda', (t) => {
-  const d = 2, k = 2;
+  const d = 2,
+    k = 2;
   const { X, y } = clusters(3, 40, d, k, 2);
   const empty = { X: new Float32Array(0), n: 0, y: new Int32Array(0) };
   const r = selectLambdaAndFit({ train: { X, n: 40, y }, val: empty, d, k });
@@ -296,7 +345,9 @@ test('selectLambdaAndFit without validation data uses the default lambda', (t) =
   const direct = fitLogisticRegression({ X, n: 40, d, y, k, lambda: 1e-2 });
   t.deepEqual(Array.from(r.model.W), Array.from(direct.W));
   t.is(selectLambdaAndFit({ train: { X, n: 40, y }, val: empty, d, k, lambdas: [0.5] }).lambda, 0.5);
-  t.throws(() => selectLambdaAndFit({ train: { X, n: 40, y }, val: empty, d, k, lambdas: [] }), { instanceOf: InternalError });
+  t.throws(() => selectLambdaAndFit({ train: { X, n: 40, y }, val: empty, d, k, lambdas: [] }), {
+    instanceOf: InternalError,
+  });
 });
 
 test('objective chunks depend on n only and cover every row once', (t) => {
@@ -346,11 +397,20 @@ test.serial('fitInThread gives the same model as a fit on this thread, with its 
   const k = 4;
   const train = clusters(21, n, d, k, 0.4);
   const val = clusters(22, 1500, d, k, 0.4);
-  const input = { train: { X: train.X, n, y: train.y }, val: { X: val.X, n: 1500, y: val.y }, d, k, lambdas: [1e-2, 1e-3] };
+  const input = {
+    train: { X: train.X, n, y: train.y },
+    val: { X: val.X, n: 1500, y: val.y },
+    d,
+    k,
+    lambdas: [1e-2, 1e-3],
+  };
   const here = selectLambdaAndFit(input);
   const pool = await ObjectivePool.create(1);
   try {
-    const there = await fitInThread({ ...input, train: { ...input.train, X: train.X.slice() }, val: { ...input.val, X: val.X.slice() } }, { pool });
+    const there = await fitInThread(
+      { ...input, train: { ...input.train, X: train.X.slice() }, val: { ...input.val, X: val.X.slice() } },
+      { pool },
+    );
     t.is(there.lambda, here.lambda);
     t.deepEqual(Array.from(there.model.W), Array.from(here.model.W));
     t.true(pool.evaluations > 0, 'the fit used the helper thread');
@@ -366,7 +426,14 @@ function slowFitInput() {
   const k = 10;
   const { X, y } = clusters(31, n, d, k, 0.05);
   const val = clusters(32, 2000, d, k, 0.05);
-  return { train: { X, n, y }, val: { X: val.X, n: 2000, y: val.y }, d, k, lambdas: [1e-1, 1e-2, 1e-3, 1e-4], maxIterations: 1000 };
+  return {
+    train: { X, n, y },
+    val: { X: val.X, n: 2000, y: val.y },
+    d,
+    k,
+    lambdas: [1e-1, 1e-2, 1e-3, 1e-4],
+    maxIterations: 1000,
+  };
 }
 
 test.serial('a helper thread dying mid-fit fails the fit at once with a retryable error', async (t) => {
@@ -390,7 +457,13 @@ test.serial('a helper thread dying mid-fit fails the fit at once with a retryabl
 
 test.serial('a fit with no answer within its timeout is ended with a retryable error naming the setting', async (t) => {
   t.timeout(120_000);
-  const err = await t.throwsAsync(fitInThread(slowFitInput(), { timeoutMs: 300, timeoutSetting: 'DEEPFEAT_FIT_TIMEOUT' }), { instanceOf: InternalError });
+  const err = await t.throwsAsync(
+    fitInThread(slowFitInput(), { timeoutMs: 300, timeoutSetting: 'DEEPFEAT_FIT_TIMEOUT' }),
+    { instanceOf: InternalError },
+  );
   t.false(err!.permanent);
-  t.regex(err!.message, /^fit thread ended: no answer to the fit \(40000 \+ 2000 rows × 200 features, 10 classes\) within 0\.3 s \(DEEPFEAT_FIT_TIMEOUT\)$/);
+  t.regex(
+    err!.message,
+    /^fit thread ended: no answer to the fit \(40000 \+ 2000 rows × 200 features, 10 classes\) within 0\.3 s \(DEEPFEAT_FIT_TIMEOUT\)$/,
+  );
 });

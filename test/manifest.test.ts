@@ -28,7 +28,13 @@ test('manifestFormat: .csv, .jsonl and .ndjson in any case; anything else is a p
 // ---------- CSV: what is accepted ----------
 
 test('csv: quoted fields with commas and "" escapes; split optional and case-insensitive', (t) => {
-  const text = ['key,label,split', '"imgs/a,b.jpg","big, cat",TRAIN', 'imgs/c.jpg,"say ""hi""",', 'imgs/d.jpg,dog,validation', ''].join('\r\n');
+  const text = [
+    'key,label,split',
+    '"imgs/a,b.jpg","big, cat",TRAIN',
+    'imgs/c.jpg,"say ""hi""",',
+    'imgs/d.jpg,dog,validation',
+    '',
+  ].join('\r\n');
   t.deepEqual(csv(text), [
     { key: 'imgs/a,b.jpg', label: 'big, cat', split: 'train' },
     { key: 'imgs/c.jpg', label: 'say "hi"' },
@@ -96,16 +102,25 @@ test('csv: a row with too few values is an error naming the line', (t) => {
 });
 
 test('csv: a quoted value that is never closed names the line it starts on', (t) => {
-  refused(t, () => csv('key,label\na.jpg,cat\n\nb.jpg,"dog\nc.jpg,cat\n'), /m\.csv line 4: a quoted value starting on this line is never closed/);
+  refused(
+    t,
+    () => csv('key,label\na.jpg,cat\n\nb.jpg,"dog\nc.jpg,cat\n'),
+    /m\.csv line 4: a quoted value starting on this line is never closed/,
+  );
 });
 
 test('csv: stray quotes are errors naming the line and how to quote', (t) => {
-  refused(t, () => csv('key,label\na"b.jpg,cat\n'), /line 2: a double quote inside an unquoted value; quote the whole value/);
+  refused(
+    t,
+    () => csv('key,label\na"b.jpg,cat\n'),
+    /line 2: a double quote inside an unquoted value; quote the whole value/,
+  );
   refused(t, () => csv('key,label\na.jpg,cat\n"b"c.jpg,cat\n'), /line 3: text right after a closing quote/);
 });
 
 test('csv: empty file and header-only file say so', (t) => {
-  for (const text of ['', '\n\n', '\uFEFF', '  \r\n']) refused(t, () => csv(text), /manifest s3:\/\/b\/m\.csv is empty: expected a header line key,label/);
+  for (const text of ['', '\n\n', '\uFEFF', '  \r\n'])
+    refused(t, () => csv(text), /manifest s3:\/\/b\/m\.csv is empty: expected a header line key,label/);
   for (const text of ['key,label', 'key,label\n', 'key,label,split\r\n\r\n']) {
     const m = refused(t, () => csv(text), /manifest s3:\/\/b\/m\.csv has a header but no rows/);
     t.notRegex(m, /folder/);
@@ -123,7 +138,11 @@ test('csv: a column named twice in the header is refused', (t) => {
 });
 
 test('csv: unknown split is an error naming the line and the value', (t) => {
-  refused(t, () => csv('key,label,split\na.jpg,cat,train\nb.jpg,dog,holdout\n'), /line 3: unknown split "holdout"; use train, val or test/);
+  refused(
+    t,
+    () => csv('key,label,split\na.jpg,cat,train\nb.jpg,dog,holdout\n'),
+    /line 3: unknown split "holdout"; use train, val or test/,
+  );
   // Names of Object.prototype members are not splits either.
   refused(t, () => csv('key,label,split\na.jpg,cat,constructor\n'), /line 2: unknown split "constructor"/);
 });
@@ -134,7 +153,11 @@ test('csv: duplicate key (also via its s3:// form) names both lines', (t) => {
 });
 
 test('csv: a key in another bucket is an error naming both', (t) => {
-  refused(t, () => labelsFromManifest('key,label\ns3://other/a.jpg,cat\n', 'csv', 'm', 'b'), /s3:\/\/other\/a\.jpg.*outside the bucket b/);
+  refused(
+    t,
+    () => labelsFromManifest('key,label\ns3://other/a.jpg,cat\n', 'csv', 'm', 'b'),
+    /s3:\/\/other\/a\.jpg.*outside the bucket b/,
+  );
 });
 
 test('csv: keys with .. or . segments, or naming no object, are errors', (t) => {
@@ -146,7 +169,11 @@ test('csv: keys with .. or . segments, or naming no object, are errors', (t) => 
 });
 
 test('csv: a key longer than S3 allows is refused', (t) => {
-  refused(t, () => csv(`key,label\n${'k'.repeat(MAX_KEY_BYTES + 1)},cat\n`), new RegExp(`is ${MAX_KEY_BYTES + 1} bytes; S3 keys are at most ${MAX_KEY_BYTES}`));
+  refused(
+    t,
+    () => csv(`key,label\n${'k'.repeat(MAX_KEY_BYTES + 1)},cat\n`),
+    new RegExp(`is ${MAX_KEY_BYTES + 1} bytes; S3 keys are at most ${MAX_KEY_BYTES}`),
+  );
   t.is(csv(`key,label\n${'k'.repeat(MAX_KEY_BYTES)},cat\n`)[0]!.key.length, MAX_KEY_BYTES);
 });
 
@@ -158,7 +185,12 @@ test('csv: missing key or label cell is an error naming the line', (t) => {
 // ---------- JSON lines ----------
 
 test('jsonl: parses objects, skips blank lines, maps split names, keeps keys exact', (t) => {
-  const text = ['{"key":"a.jpg","label":"cat","split":"test"}', '', '{"key":" b.jpg ","label":" dog "}', '{"key":"c.jpg","label":"dog","split":"valid","note":1}'].join('\n');
+  const text = [
+    '{"key":"a.jpg","label":"cat","split":"test"}',
+    '',
+    '{"key":" b.jpg ","label":" dog "}',
+    '{"key":"c.jpg","label":"dog","split":"valid","note":1}',
+  ].join('\n');
   t.deepEqual(jsonl(text), [
     { key: 'a.jpg', label: 'cat', split: 'test' },
     { key: ' b.jpg ', label: 'dog' },
@@ -182,9 +214,17 @@ test('jsonl: a numeric label is taken as its text', (t) => {
 });
 
 test('jsonl: a label or key of another type is refused with the line', (t) => {
-  refused(t, () => jsonl('{"key":"a","label":"c"}\n{"key":"b","label":true}\n'), /line 2: label must be a string or a number, not a boolean \(true\)/);
+  refused(
+    t,
+    () => jsonl('{"key":"a","label":"c"}\n{"key":"b","label":true}\n'),
+    /line 2: label must be a string or a number, not a boolean \(true\)/,
+  );
   refused(t, () => jsonl('{"key":"a","label":null}\n'), /line 1: missing label \(null\)/);
-  refused(t, () => jsonl('{"key":"a","label":{"name":"cat"}}\n'), /line 1: label must be a string or a number, not an object/);
+  refused(
+    t,
+    () => jsonl('{"key":"a","label":{"name":"cat"}}\n'),
+    /line 1: label must be a string or a number, not an object/,
+  );
   refused(t, () => jsonl('{"key":"a","label":["cat"]}\n'), /line 1: label must be a string or a number, not an array/);
   refused(t, () => jsonl('{"key":12,"label":"cat"}\n'), /line 1: key must be a string, not the number 12/);
   refused(t, () => jsonl('{"key":"a","label":"cat","split":1}\n'), /line 1: split must be a string/);
@@ -192,7 +232,11 @@ test('jsonl: a label or key of another type is refused with the line', (t) => {
 });
 
 test('jsonl: a bad JSON line, or one that is not an object, is an error naming the line', (t) => {
-  refused(t, () => jsonl('{"key":"a.jpg","label":"cat"}\n{"key": "b.jpg", label: dog}\n'), /s3:\/\/b\/m\.jsonl line 2: not valid JSON/);
+  refused(
+    t,
+    () => jsonl('{"key":"a.jpg","label":"cat"}\n{"key": "b.jpg", label: dog}\n'),
+    /s3:\/\/b\/m\.jsonl line 2: not valid JSON/,
+  );
   refused(t, () => jsonl('{"key":"a","label":"c"}\n42\n'), /line 2: expected a JSON object/);
   refused(t, () => jsonl('[{"key":"a","label":"c"}]\n'), /line 1: expected a JSON object .*not an array/);
 });

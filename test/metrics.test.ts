@@ -49,7 +49,10 @@ test('perfect predictions give 1 everywhere; empty input gives zeros', (t) => {
   const empty = classificationReport(new Int32Array(0), new Int32Array(0), ['a', 'b']);
   t.is(empty.accuracy, 0);
   t.is(empty.macroF1, 0);
-  t.deepEqual(empty.confusion, [[0, 0], [0, 0]]);
+  t.deepEqual(empty.confusion, [
+    [0, 0],
+    [0, 0],
+  ]);
 });
 
 test('rejects mismatched lengths and out-of-range labels', (t) => {
@@ -57,6 +60,10 @@ test('rejects mismatched lengths and out-of-range labels', (t) => {
     instanceOf: BadRequestError,
     message: /yTrue has 2 labels but yPred has 3/,
   });
-  t.throws(() => classificationReport(new Int32Array([0, 2]), new Int32Array([0, 1]), ['a', 'b']), { message: /yTrue\[1\]=2/ });
-  t.throws(() => classificationReport(new Int32Array([0]), new Int32Array([-1]), ['a', 'b']), { message: /yPred\[0\]=-1/ });
+  t.throws(() => classificationReport(new Int32Array([0, 2]), new Int32Array([0, 1]), ['a', 'b']), {
+    message: /yTrue\[1\]=2/,
+  });
+  t.throws(() => classificationReport(new Int32Array([0]), new Int32Array([-1]), ['a', 'b']), {
+    message: /yPred\[0\]=-1/,
+  });
 });

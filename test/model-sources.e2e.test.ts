@@ -107,13 +107,20 @@ function assertRevealsNothing(t: import('ava').ExecutionContext, text: string): 
 }
 
 async function failedRun(t: import('ava').ExecutionContext, features: FeatureSpec): Promise<RunStatus> {
-  const runId = await enqueueRun(dep.client, { source: source(), name: `hostile-${randomUUID().slice(0, 8)}`, features });
+  const runId = await enqueueRun(dep.client, {
+    source: source(),
+    name: `hostile-${randomUUID().slice(0, 8)}`,
+    features,
+  });
   const s = await waitForRun(dep.client, runId, undefined, 100);
   t.is(s.stage, 'failed');
   t.is(s.error?.code, 'MODEL_INVALID', s.error?.message);
   t.is(s.model, null);
   const attempts = await extractAttempts(runId);
-  t.true(attempts.length > 0 && attempts.every((a) => a <= 1), `extract attempts ${JSON.stringify(attempts)}: a permanent error is not retried`);
+  t.true(
+    attempts.length > 0 && attempts.every((a) => a <= 1),
+    `extract attempts ${JSON.stringify(attempts)}: a permanent error is not retried`,
+  );
   return s;
 }
 
@@ -122,7 +129,11 @@ test.serial('deepfeat run --model /etc/passwd: refused at once, nothing of the f
   const r = await runCli(dep.env, ['run', source(), '--model', '/etc/passwd', '--node', 'x', '--wait']);
   const out = r.stdout + r.stderr;
   t.not(r.code, 0, out);
-  t.regex(out, /model file "\/etc\/passwd" is not in a folder this worker allows \(DEEPFEAT_MODEL_DIRS\) or does not exist/, out);
+  t.regex(
+    out,
+    /model file "\/etc\/passwd" is not in a folder this worker allows \(DEEPFEAT_MODEL_DIRS\) or does not exist/,
+    out,
+  );
   t.log(out.split('\n').find((l) => l.startsWith('error')));
   assertRevealsNothing(t, out);
   const json = await runCli(dep.env, ['run', source(), '--model', '/etc/passwd', '--node', 'x', '--wait', '--json']);
@@ -151,10 +162,18 @@ test.serial('a weight path climbing out of the model folder is refused without r
 test.serial('symlinks inside the allowed folder that point out of it are refused like any outside path', async (t) => {
   t.timeout(60_000);
   const json = await failedRun(t, { kind: 'tfjs', model: path.join(allowed, 'links', 'model.json'), node: 'gap' });
-  const weights = await failedRun(t, { kind: 'tfjs', model: path.join(allowed, 'link-weights', 'model.json'), node: 'gap' });
+  const weights = await failedRun(t, {
+    kind: 'tfjs',
+    model: path.join(allowed, 'link-weights', 'model.json'),
+    node: 'gap',
+  });
   const missing = await failedRun(t, { kind: 'tfjs', model: path.join(outside, 'no-such-model.json'), node: 'gap' });
   for (const s of [json, weights, missing]) {
-    t.regex(s.error!.message, /not in a folder this worker allows \(DEEPFEAT_MODEL_DIRS\) or does not exist/, s.error!.message);
+    t.regex(
+      s.error!.message,
+      /not in a folder this worker allows \(DEEPFEAT_MODEL_DIRS\) or does not exist/,
+      s.error!.message,
+    );
     assertRevealsNothing(t, JSON.stringify(s));
   }
   // Outside the allowed folders, a file that exists and one that does not get the same words.
@@ -162,13 +181,20 @@ test.serial('symlinks inside the allowed folder that point out of it are refused
   t.is(strip(json.error!.message), strip(missing.error!.message));
 });
 
-test.serial('an unknown --node and a missing model file inside the allowed folder fail at once as MODEL_INVALID', async (t) => {
-  t.timeout(60_000);
-  const node = await failedRun(t, { kind: 'tfjs', model: path.join(allowed, 'tiny', 'model.json'), node: 'no_such_layer' });
-  t.regex(node.error!.message, /layer "no_such_layer" not found/);
-  const missing = await failedRun(t, { kind: 'tfjs', model: path.join(allowed, 'tiny', 'nope.json'), node: 'gap' });
-  t.regex(missing.error!.message, /does not exist/);
-});
+test.serial(
+  'an unknown --node and a missing model file inside the allowed folder fail at once as MODEL_INVALID',
+  async (t) => {
+    t.timeout(60_000);
+    const node = await failedRun(t, {
+      kind: 'tfjs',
+      model: path.join(allowed, 'tiny', 'model.json'),
+      node: 'no_such_layer',
+    });
+    t.regex(node.error!.message, /layer "no_such_layer" not found/);
+    const missing = await failedRun(t, { kind: 'tfjs', model: path.join(allowed, 'tiny', 'nope.json'), node: 'gap' });
+    t.regex(missing.error!.message, /does not exist/);
+  },
+);
 
 test.serial('a malformed s3:// model URL fails at once as MODEL_INVALID, naming the form expected', async (t) => {
   t.timeout(60_000);
@@ -181,7 +207,11 @@ test.serial('a malformed s3:// model URL fails at once as MODEL_INVALID, naming 
 test.serial('a real model inside an allowed DEEPFEAT_MODEL_DIRS folder trains and publishes', async (t) => {
   t.timeout(120_000);
   const model = path.join(allowed, 'tiny', 'model.json');
-  const runId = await enqueueRun(dep.client, { source: source(), name: 'tiny', features: { kind: 'tfjs', model, node: 'conv' } });
+  const runId = await enqueueRun(dep.client, {
+    source: source(),
+    name: 'tiny',
+    features: { kind: 'tfjs', model, node: 'conv' },
+  });
   const s = await waitForRun(dep.client, runId, undefined, 200);
   if (s.stage !== 'published') t.log(workers.map((w) => w.output()).join('\n'));
   t.is(s.stage, 'published', s.error?.message);

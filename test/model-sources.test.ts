@@ -20,8 +20,13 @@ import {
   type EngineDeps,
 } from '../services/extractor/engines/index.js';
 import { loadEngineInThread } from '../services/extractor/engines/thread.js';
-import { createModelSource, isInside, parseModelS3Url, type ReadModelFile } from '../services/extractor/model-source.js';
-import { DeepfeatError, ModelError } from '../shared/errors.js';
+import {
+  createModelSource,
+  isInside,
+  parseModelS3Url,
+  type ReadModelFile,
+} from '../services/extractor/model-source.js';
+import { type DeepfeatError, ModelError } from '../shared/errors.js';
 import { getS3, makeS3Client, uniqueName, type TestS3 } from './helpers/services.js';
 import { tinyGraphModel, tinyLayersModel, withWeightPaths, type ModelFiles } from './helpers/tiny-models.js';
 
@@ -84,7 +89,10 @@ test('with no DEEPFEAT_MODEL_DIRS every local path is refused, and nothing is re
   const read = local({ dirs: [] });
   for (const p of ['/etc/passwd', '/proc/self/environ', path.join(allowed, 'm', 'model.json'), 'relative/model.json']) {
     const err = await refused(t, read(p));
-    t.regex(err.message, /local model paths are not allowed on this worker .*upload the model to s3:\/\/ or have the operator add its folder to DEEPFEAT_MODEL_DIRS/);
+    t.regex(
+      err.message,
+      /local model paths are not allowed on this worker .*upload the model to s3:\/\/ or have the operator add its folder to DEEPFEAT_MODEL_DIRS/,
+    );
     assertRevealsNothing(t, err.message);
   }
 });
@@ -120,12 +128,20 @@ test('host files, ../ escapes and symlinks out of the allowed folder are refused
   const words = new Set<string>();
   for (const p of outsidePaths) {
     const err = await refused(t, read(p));
-    t.regex(err.message, /is not in a folder this worker allows \(DEEPFEAT_MODEL_DIRS\) or does not exist: upload the model to s3:\/\//);
+    t.regex(
+      err.message,
+      /is not in a folder this worker allows \(DEEPFEAT_MODEL_DIRS\) or does not exist: upload the model to s3:\/\//,
+    );
     assertRevealsNothing(t, err.message);
     words.add(err.message.replace(/^model file "[^"]*"/, 'model file …'));
   }
   t.is(words.size, 1, `one message for every outside path: ${[...words].join(' | ')}`);
-  t.true(isInside('/a/b/c', '/a/b') && !isInside('/a/b', '/a/b') && !isInside('/a/bc', '/a/b') && isInside('/a/b/..c', '/a/b'));
+  t.true(
+    isInside('/a/b/c', '/a/b') &&
+      !isInside('/a/b', '/a/b') &&
+      !isInside('/a/bc', '/a/b') &&
+      isInside('/a/b/..c', '/a/b'),
+  );
 });
 
 test('inside an allowed folder: a missing file says so; folders, FIFOs and odd paths are refused without hanging', async (t) => {
@@ -180,42 +196,48 @@ async function s3Reader(max = 1024 * 1024): Promise<ReadModelFile> {
   return createModelSource({ s3: client, modelDirs: [], maxModelBytes: max });
 }
 
-test.serial('s3:// models: read from a real S3 server, bounded, missing and malformed URLs are permanent model errors', async (t) => {
-  const read = await s3Reader(2000);
-  await client!.send(new PutObjectCommand({ Bucket: bucket, Key: 'team/m/model.json', Body: layers.json }));
-  await client!.send(new PutObjectCommand({ Bucket: bucket, Key: 'team/m/big.bin', Body: Buffer.alloc(2001) }));
-  t.is(Buffer.from(await read(`s3://${bucket}/team/m/model.json`)).toString(), layers.json);
+test.serial(
+  's3:// models: read from a real S3 server, bounded, missing and malformed URLs are permanent model errors',
+  async (t) => {
+    const read = await s3Reader(2000);
+    await client!.send(new PutObjectCommand({ Bucket: bucket, Key: 'team/m/model.json', Body: layers.json }));
+    await client!.send(new PutObjectCommand({ Bucket: bucket, Key: 'team/m/big.bin', Body: Buffer.alloc(2001) }));
+    t.is(Buffer.from(await read(`s3://${bucket}/team/m/model.json`)).toString(), layers.json);
 
-  const missing = await refused(t, read(`s3://${bucket}/team/m/nope.json`));
-  t.regex(missing.message, /model file "s3:\/\/.*nope\.json" does not exist: check the URL/);
-  const big = await refused(t, read(`s3://${bucket}/team/m/big.bin`));
-  t.regex(big.message, /is larger than 2000 bytes/);
-  t.notRegex(big.message, /2001/, 'the object size is not shown');
-  const small = await refused(t, read(`s3://${bucket}/team/m/model.json`, 10));
-  t.regex(small.message, /is larger than 10 bytes/);
+    const missing = await refused(t, read(`s3://${bucket}/team/m/nope.json`));
+    t.regex(missing.message, /model file "s3:\/\/.*nope\.json" does not exist: check the URL/);
+    const big = await refused(t, read(`s3://${bucket}/team/m/big.bin`));
+    t.regex(big.message, /is larger than 2000 bytes/);
+    t.notRegex(big.message, /2001/, 'the object size is not shown');
+    const small = await refused(t, read(`s3://${bucket}/team/m/model.json`, 10));
+    t.regex(small.message, /is larger than 10 bytes/);
 
-  for (const url of [
-    's3://',
-    's3:///model.json',
-    `s3://${bucket}`,
-    `s3://${bucket}/`,
-    `s3://${bucket}/team/m/`,
-    's3://Bad_Bucket/model.json',
-    's3://a..b/model.json',
-    `s3://${bucket}/${'k'.repeat(1025)}`,
-    `s3://${bucket}/team/\u0007model.json`,
-  ]) {
-    const err = await refused(t, read(url));
-    t.regex(err.message, /does not name an S3 object: expected s3:\/\/bucket\/path\/model\.json/, url);
-    t.true(err.message.length < 600, `message of ${err.message.length} characters`);
-  }
-  t.deepEqual(parseModelS3Url(`s3://${bucket}/a/b/model.json`), { bucket, key: 'a/b/model.json' });
-});
+    for (const url of [
+      's3://',
+      's3:///model.json',
+      `s3://${bucket}`,
+      `s3://${bucket}/`,
+      `s3://${bucket}/team/m/`,
+      's3://Bad_Bucket/model.json',
+      's3://a..b/model.json',
+      `s3://${bucket}/${'k'.repeat(1025)}`,
+      `s3://${bucket}/team/\u0007model.json`,
+    ]) {
+      const err = await refused(t, read(url));
+      t.regex(err.message, /does not name an S3 object: expected s3:\/\/bucket\/path\/model\.json/, url);
+      t.true(err.message.length < 600, `message of ${err.message.length} characters`);
+    }
+    t.deepEqual(parseModelS3Url(`s3://${bucket}/a/b/model.json`), { bucket, key: 'a/b/model.json' });
+  },
+);
 
 // ───────────────────────────── the TF.js artifact reader ─────────────────────────────
 
 /** A reader over in-memory files that records what was asked for, and with which bound. */
-function memoryReader(files: Record<string, Uint8Array | string>): { read: EngineDeps['readObject']; calls: Array<[string, number | undefined]> } {
+function memoryReader(files: Record<string, Uint8Array | string>): {
+  read: EngineDeps['readObject'];
+  calls: Array<[string, number | undefined]>;
+} {
   const calls: Array<[string, number | undefined]> = [];
   return {
     calls,
@@ -246,14 +268,21 @@ test('weight paths that climb out, are absolute or name another store are refuse
       const { read, calls } = memoryReader({ [modelUrl]: withWeightPaths(layers, [bad]) });
       const err = await refused(t, readTfjsArtifacts(modelUrl, read));
       t.regex(err.message, /weight path .* must name a file in the folder of model\.json or below it/, bad);
-      t.deepEqual(calls.map((c) => c[0]), [modelUrl], 'only model.json was read');
+      t.deepEqual(
+        calls.map((c) => c[0]),
+        [modelUrl],
+        'only model.json was read',
+      );
     }
   }
   // A path that is not a string at all.
   const { read } = memoryReader({ 's3://m/x/model.json': withWeightPaths(layers, [{ evil: true }]) });
   await refused(t, readTfjsArtifacts('s3://m/x/model.json', read));
   // Sub-folders and './' stay allowed: they are below model.json.
-  const ok = memoryReader({ 's3://m/x/model.json': withWeightPaths(layers, ['./shards/w.bin']), 's3://m/x/shards/w.bin': layers.weights });
+  const ok = memoryReader({
+    's3://m/x/model.json': withWeightPaths(layers, ['./shards/w.bin']),
+    's3://m/x/shards/w.bin': layers.weights,
+  });
   const artifacts = await readTfjsArtifacts('s3://m/x/model.json', ok.read);
   t.is(artifacts.weightData && (artifacts.weightData as ArrayBuffer).byteLength, layers.weights.length);
 });
@@ -272,11 +301,16 @@ test('model.json and weights are read with bounds: 64 MiB for model.json, the re
   const ignoring = memoryReader({ 's3://m/x/model.json': layers.json, 's3://m/x/w.bin': layers.weights });
   t.true(layers.json.length > 700 && layers.weights.length <= 700);
   const err = await refused(t, readTfjsArtifacts('s3://m/x/model.json', ignoring.read, 700));
-  t.regex(err.message, /^model\.json at "s3:\/\/m\/x\/model\.json" is larger than 700 bytes, the most a worker reads for it/);
+  t.regex(
+    err.message,
+    /^model\.json at "s3:\/\/m\/x\/model\.json" is larger than 700 bytes, the most a worker reads for it/,
+  );
 });
 
 test('a manifest declaring enormous weights or thousands of files is refused before any weight file is read', async (t) => {
-  const json = JSON.parse(layers.json) as { weightsManifest: Array<{ paths: string[]; weights: Array<{ shape: number[] }> }> };
+  const json = JSON.parse(layers.json) as {
+    weightsManifest: Array<{ paths: string[]; weights: Array<{ shape: number[] }> }>;
+  };
   json.weightsManifest[0]!.weights[0]!.shape = [1e9, 1e9, 1e9, 1e9];
   const huge = memoryReader({ 's3://m/x/model.json': JSON.stringify(json) });
   const err = await refused(t, readTfjsArtifacts('s3://m/x/model.json', huge.read, 1 << 30));
@@ -284,13 +318,19 @@ test('a manifest declaring enormous weights or thousands of files is refused bef
   t.is(huge.calls.length, 1);
 
   json.weightsManifest[0]!.weights[0]!.shape = [-1, 3];
-  await refused(t, readTfjsArtifacts('s3://m/x/model.json', memoryReader({ 's3://m/x/model.json': JSON.stringify(json) }).read));
+  await refused(
+    t,
+    readTfjsArtifacts('s3://m/x/model.json', memoryReader({ 's3://m/x/model.json': JSON.stringify(json) }).read),
+  );
 
   const many = JSON.parse(layers.json) as { weightsManifest: Array<{ paths: string[] }> };
   many.weightsManifest[0]!.paths = Array.from({ length: MAX_WEIGHT_FILES + 1 }, (_, i) => `w${i}.bin`);
   const m = memoryReader({ 's3://m/x/model.json': JSON.stringify(many) });
   const tooMany = await refused(t, readTfjsArtifacts('s3://m/x/model.json', m.read));
-  t.regex(tooMany.message, new RegExp(`names more than ${MAX_WEIGHT_FILES} weight files: re-export the model with larger shards`));
+  t.regex(
+    tooMany.message,
+    new RegExp(`names more than ${MAX_WEIGHT_FILES} weight files: re-export the model with larger shards`),
+  );
   t.is(m.calls.length, 1);
 });
 
@@ -298,7 +338,10 @@ test('messages hold neither the text nor the size of what was read', async (t) =
   // Not JSON, but starting like it: V8's parser message would quote the text around the error.
   const notJson = memoryReader({ 's3://m/x/model.json': `{"modelTopology": ${SECRET}` });
   const parse = await refused(t, readTfjsArtifacts('s3://m/x/model.json', notJson.read));
-  t.regex(parse.message, /^"s3:\/\/m\/x\/model\.json" is not valid JSON; point the spec at a TensorFlow\.js model\.json$/);
+  t.regex(
+    parse.message,
+    /^"s3:\/\/m\/x\/model\.json" is not valid JSON; point the spec at a TensorFlow\.js model\.json$/,
+  );
   t.is(parse.cause, undefined, 'no parser error kept as the cause either');
   // Weights of another size than the manifest says.
   const short = memoryReader({ 's3://m/x/model.json': layers.json, 's3://m/x/w.bin': Buffer.alloc(SECRET_SIZE) });
@@ -319,12 +362,18 @@ test('an unknown, overlong or control-character node is a permanent MODEL_INVALI
   t.true(long.message.length < 600, `message of ${long.message.length} characters`);
   const control = await refused(t, loadEngine({ kind: 'builtin', id: 'mobilenet_v2_mid', node: 'a\u001b[31mb' }, deps));
   t.false(control.message.includes('\u001b'));
-  const longModel = await refused(t, loadEngine({ kind: 'tfjs', model: `/${'m'.repeat(100_000)}`, node: 'conv' }, deps));
+  const longModel = await refused(
+    t,
+    loadEngine({ kind: 'tfjs', model: `/${'m'.repeat(100_000)}`, node: 'conv' }, deps),
+  );
   t.true(longModel.message.length < 600, `message of ${longModel.message.length} characters`);
 });
 
 test('a model inside an allowed folder loads through the model source and gives features', async (t) => {
-  const e = await loadEngine({ kind: 'tfjs', model: path.join(allowed, 'm', 'model.json'), node: 'conv' }, { engine: 'tfjs', backend: 'wasm', readObject: local() });
+  const e = await loadEngine(
+    { kind: 'tfjs', model: path.join(allowed, 'm', 'model.json'), node: 'conv' },
+    { engine: 'tfjs', backend: 'wasm', readObject: local() },
+  );
   try {
     t.deepEqual(e.input, { width: 16, height: 16 });
     t.is(e.dim, 6);
@@ -336,35 +385,44 @@ test('a model inside an allowed folder loads through the model source and gives 
   }
 });
 
-test.serial('through the engine thread: reads keep their bound; /etc/passwd is a permanent MODEL_INVALID, nothing of it shown', async (t) => {
-  const calls: Array<[string, number | undefined]> = [];
-  const read = local();
-  const recording: EngineDeps['readObject'] = (url, maxBytes) => {
-    calls.push([url, maxBytes]);
-    return read(url, maxBytes);
-  };
-  const err = await t.throwsAsync(
-    loadEngineInThread({ kind: 'tfjs', model: '/etc/passwd', node: 'x' }, { readObject: recording, maxModelBytes: 1 << 20 }),
-    { instanceOf: ModelError },
-  );
-  t.true((err as DeepfeatError).permanent);
-  t.regex(err!.message, /is not in a folder this worker allows \(DEEPFEAT_MODEL_DIRS\) or does not exist/);
-  assertRevealsNothing(t, err!.message);
-  t.deepEqual(calls, [['/etc/passwd', 1 << 20]], 'the bound crosses the thread boundary with the read');
+test.serial(
+  'through the engine thread: reads keep their bound; /etc/passwd is a permanent MODEL_INVALID, nothing of it shown',
+  async (t) => {
+    const calls: Array<[string, number | undefined]> = [];
+    const read = local();
+    const recording: EngineDeps['readObject'] = (url, maxBytes) => {
+      calls.push([url, maxBytes]);
+      return read(url, maxBytes);
+    };
+    const err = await t.throwsAsync(
+      loadEngineInThread(
+        { kind: 'tfjs', model: '/etc/passwd', node: 'x' },
+        { readObject: recording, maxModelBytes: 1 << 20 },
+      ),
+      { instanceOf: ModelError },
+    );
+    t.true((err as DeepfeatError).permanent);
+    t.regex(err!.message, /is not in a folder this worker allows \(DEEPFEAT_MODEL_DIRS\) or does not exist/);
+    assertRevealsNothing(t, err!.message);
+    t.deepEqual(calls, [['/etc/passwd', 1 << 20]], 'the bound crosses the thread boundary with the read');
 
-  calls.length = 0;
-  const model = path.join(allowed, 'm', 'model.json');
-  const e = await loadEngineInThread({ kind: 'tfjs', model, node: 'gap' }, { readObject: recording, engine: 'tfjs', backend: 'wasm' });
-  try {
-    t.is(e.dim, 6);
-  } finally {
-    e.dispose();
-  }
-  t.deepEqual(calls, [
-    [model, MAX_MODEL_JSON_BYTES],
-    [path.join(allowed, 'm', 'w.bin'), 1024 ** 3],
-  ]);
-});
+    calls.length = 0;
+    const model = path.join(allowed, 'm', 'model.json');
+    const e = await loadEngineInThread(
+      { kind: 'tfjs', model, node: 'gap' },
+      { readObject: recording, engine: 'tfjs', backend: 'wasm' },
+    );
+    try {
+      t.is(e.dim, 6);
+    } finally {
+      e.dispose();
+    }
+    t.deepEqual(calls, [
+      [model, MAX_MODEL_JSON_BYTES],
+      [path.join(allowed, 'm', 'w.bin'), 1024 ** 3],
+    ]);
+  },
+);
 
 test.serial('the ONNX cache file name comes from the model content, never from its path or node names', async (t) => {
   const cacheDir = path.join(root, 'cache', 'onnx');
@@ -377,7 +435,10 @@ test.serial('the ONNX cache file name comes from the model content, never from i
   }
   const deps: EngineDeps = { engine: 'onnx', threads: 1, cacheDir, readObject: local() };
   for (const dir of ['g1', 'g2']) {
-    const e = await loadEngine({ kind: 'tfjs', model: path.join(allowed, dir, '..', dir, 'model.json'), node: '../../../escaped/relu' }, deps);
+    const e = await loadEngine(
+      { kind: 'tfjs', model: path.join(allowed, dir, '..', dir, 'model.json'), node: '../../../escaped/relu' },
+      deps,
+    );
     t.regex(e.backend, /^onnxruntime/);
     t.is(e.dim, 4);
     e.dispose();
@@ -386,7 +447,10 @@ test.serial('the ONNX cache file name comes from the model content, never from i
   t.is(files.length, 1, `one cached conversion for the same content under two names: ${files.join(', ')}`);
   t.regex(files[0]!, /^onnx-[0-9a-f]{32}\.onnx$/);
   t.deepEqual((await readdir(path.join(root, 'cache'))).sort(), ['onnx']);
-  t.deepEqual((await readdir(root)).filter((f) => f.includes('escaped')), []);
+  t.deepEqual(
+    (await readdir(root)).filter((f) => f.includes('escaped')),
+    [],
+  );
 });
 
 test('a model.json declaring a huge input size is refused before any image-sized buffer is made', async (t) => {
@@ -397,7 +461,13 @@ test('a model.json declaring a huge input size is refused before any image-sized
     t.not(json, files.json);
     const { read } = memoryReader({ 's3://m/g/model.json': json, 's3://m/g/w.bin': files.weights });
     for (const engine of ['onnx', 'tfjs'] as const) {
-      const err = await refused(t, loadEngine({ kind: 'tfjs', model: 's3://m/g/model.json', node: 'relu' }, { engine, backend: 'wasm', threads: 1, readObject: read }));
+      const err = await refused(
+        t,
+        loadEngine(
+          { kind: 'tfjs', model: 's3://m/g/model.json', node: 'relu' },
+          { engine, backend: 'wasm', threads: 1, readObject: read },
+        ),
+      );
       t.regex(err.message, new RegExp(`takes ${side}×${side} input; input sides from 8 to 2048 are supported`), engine);
     }
   }

@@ -70,14 +70,22 @@ test('decodes from a buffer at an odd byteOffset', (t) => {
 test('encode rejects a shape that does not match the data', (t) => {
   const err = t.throws(() => encodeNpy(new Float32Array(5), [2, 3]), { instanceOf: BadRequestError });
   t.regex(err.message, /6 values but data has 5/);
-  t.throws(() => encodeNpy(new Float32Array(0), [-1, 0]), { instanceOf: BadRequestError, message: /invalid dimension/ });
+  t.throws(() => encodeNpy(new Float32Array(0), [-1, 0]), {
+    instanceOf: BadRequestError,
+    message: /invalid dimension/,
+  });
 });
 
 function withHeader(dict: string, payload: Buffer): Buffer {
-  const padded = dict + ' '.repeat(64 - ((10 + dict.length + 1) % 64)) + '\n';
+  const padded = `${dict + ' '.repeat(64 - ((10 + dict.length + 1) % 64))}\n`;
   const len = Buffer.alloc(2);
   len.writeUInt16LE(padded.length);
-  return Buffer.concat([Buffer.from([0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59, 1, 0]), len, Buffer.from(padded, 'latin1'), payload]);
+  return Buffer.concat([
+    Buffer.from([0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59, 1, 0]),
+    len,
+    Buffer.from(padded, 'latin1'),
+    payload,
+  ]);
 }
 
 test('decode converts <f8 to float32', (t) => {
@@ -89,23 +97,35 @@ test('decode converts <f8 to float32', (t) => {
 });
 
 test('decode errors name the problem', (t) => {
-  t.throws(() => decodeNpy(Buffer.from('PK\x03\x04 not an npy file')), { instanceOf: DatasetError, message: /bad magic/ });
+  t.throws(() => decodeNpy(Buffer.from('PK\x03\x04 not an npy file')), {
+    instanceOf: DatasetError,
+    message: /bad magic/,
+  });
   t.throws(() => decodeNpy(withHeader("{'descr': '<i4', 'fortran_order': False, 'shape': (1,), }", Buffer.alloc(4))), {
     instanceOf: DatasetError,
     message: /unsupported dtype '<i4'/,
   });
-  t.throws(() => decodeNpy(withHeader("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,), }", Buffer.alloc(4))), {
-    message: /unsupported dtype \(structured array\)/,
-  });
+  t.throws(
+    () => decodeNpy(withHeader("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,), }", Buffer.alloc(4))),
+    {
+      message: /unsupported dtype \(structured array\)/,
+    },
+  );
   t.throws(() => decodeNpy(withHeader("{'descr': '>f4', 'fortran_order': False, 'shape': (1,), }", Buffer.alloc(4))), {
     message: /unsupported dtype '>f4'/,
   });
-  t.throws(() => decodeNpy(withHeader("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }", Buffer.alloc(16))), {
-    message: /fortran_order/,
-  });
-  t.throws(() => decodeNpy(withHeader("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }", Buffer.alloc(12))), {
-    message: /size mismatch.*needs 16 bytes, file has 12/,
-  });
+  t.throws(
+    () => decodeNpy(withHeader("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }", Buffer.alloc(16))),
+    {
+      message: /fortran_order/,
+    },
+  );
+  t.throws(
+    () => decodeNpy(withHeader("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2), }", Buffer.alloc(12))),
+    {
+      message: /size mismatch.*needs 16 bytes, file has 12/,
+    },
+  );
   const good = encodeNpy(new Float32Array(4), [2, 2]);
   t.throws(() => decodeNpy(good.subarray(0, 9)), { message: /bad magic/ });
   const badVersion = Buffer.from(good);

@@ -10,7 +10,12 @@ import test from 'ava';
 import * as tf from '@tensorflow/tfjs';
 import type * as Ort from 'onnxruntime-node';
 import { loadOrt } from '../services/extractor/engines/onnx.js';
-import { convertGraphToOnnx, ONNX_INPUT, ONNX_OUTPUT, UnsupportedGraphError } from '../services/extractor/engines/onnx/convert.js';
+import {
+  convertGraphToOnnx,
+  ONNX_INPUT,
+  ONNX_OUTPUT,
+  UnsupportedGraphError,
+} from '../services/extractor/engines/onnx/convert.js';
 import { mulberry32 } from '../shared/random.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -31,7 +36,15 @@ const strs = (...v: string[]): Attr => ({ list: { s: v.map(b64) } });
 const T = { type: 'DT_FLOAT' };
 
 /** Attributes of a 2-D convolution (Conv2D, depthwise, fused). */
-function convAttr(o: { stride?: number; padding?: 'SAME' | 'VALID' | 'EXPLICIT'; dilation?: number; explicit?: number[]; format?: string } = {}): Record<string, Attr> {
+function convAttr(
+  o: {
+    stride?: number;
+    padding?: 'SAME' | 'VALID' | 'EXPLICIT';
+    dilation?: number;
+    explicit?: number[];
+    format?: string;
+  } = {},
+): Record<string, Attr> {
   const s = o.stride ?? 1;
   const d = o.dilation ?? 1;
   return {
@@ -66,7 +79,10 @@ class Graph {
     this.nodes.push({
       name: this.input,
       op: 'Placeholder',
-      attr: { dtype: T, shape: { shape: { dim: [{ size: '-1' }, { size: String(h) }, { size: String(w) }, { size: '3' }] } } },
+      attr: {
+        dtype: T,
+        shape: { shape: { dim: [{ size: '-1' }, { size: String(h) }, { size: String(w) }, { size: '3' }] } },
+      },
     });
   }
 
@@ -78,11 +94,17 @@ class Graph {
   #const(name: string, shape: number[], data: Float32Array | Int32Array): string {
     const dtype = data instanceof Int32Array ? 'int32' : 'float32';
     const dt = data instanceof Int32Array ? 'DT_INT32' : 'DT_FLOAT';
-    if (data.length !== shape.reduce((a, b) => a * b, 1)) throw new Error(`constant ${name}: ${data.length} values for shape ${shape}`);
+    if (data.length !== shape.reduce((a, b) => a * b, 1))
+      throw new Error(`constant ${name}: ${data.length} values for shape ${shape}`);
     this.nodes.push({
       name,
       op: 'Const',
-      attr: { value: { tensor: { dtype: dt, tensorShape: shape.length ? { dim: shape.map((s) => ({ size: String(s) })) } : {} } }, dtype: { type: dt } },
+      attr: {
+        value: {
+          tensor: { dtype: dt, tensorShape: shape.length ? { dim: shape.map((s) => ({ size: String(s) })) } : {} },
+        },
+        dtype: { type: dt },
+      },
     });
     this.#specs.push({ name, shape, dtype });
     this.#chunks.push(new Uint8Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength)));
@@ -92,7 +114,11 @@ class Graph {
   /** A float constant of random values in [lo, hi). */
   random(name: string, shape: number[], lo = -1, hi = 1): string {
     const n = shape.reduce((a, b) => a * b, 1);
-    return this.#const(name, shape, Float32Array.from({ length: n }, () => this.uniform(lo, hi)));
+    return this.#const(
+      name,
+      shape,
+      Float32Array.from({ length: n }, () => this.uniform(lo, hi)),
+    );
   }
 
   floats(name: string, shape: number[], values: number[]): string {
@@ -109,7 +135,15 @@ class Graph {
   }
 
   /** Conv2D with a random [k, k, cin, cout] filter (values in ±scale). */
-  conv(name: string, from: string, cin: number, cout: number, k = 3, o: Parameters<typeof convAttr>[0] = {}, scale = 1): string {
+  conv(
+    name: string,
+    from: string,
+    cin: number,
+    cout: number,
+    k = 3,
+    o: Parameters<typeof convAttr>[0] = {},
+    scale = 1,
+  ): string {
     const wgt = this.random(`${name}/filter`, [k, k, cin, cout], -scale, scale);
     return this.op(name, 'Conv2D', [from, wgt], convAttr(o));
   }
@@ -155,7 +189,8 @@ function inputs(g: Graph, seed: number): { nhwc: Float32Array; nchw: Float32Arra
   const nchw = new Float32Array(nhwc.length);
   for (let a = 0; a < n; a++)
     for (let y = 0; y < h; y++)
-      for (let x = 0; x < w; x++) for (let k = 0; k < c; k++) nchw[((a * c + k) * h + y) * w + x] = nhwc[((a * h + y) * w + x) * c + k]!;
+      for (let x = 0; x < w; x++)
+        for (let k = 0; k < c; k++) nchw[((a * c + k) * h + y) * w + x] = nhwc[((a * h + y) * w + x) * c + k]!;
   return { nhwc, nchw };
 }
 
@@ -221,10 +256,25 @@ for (const [size, k] of [
   [16, 3],
   [15, 5],
 ] as const) {
-  add({ title: `Conv2D ${k}×${k} SAME stride 2 on ${size}×${size}`, h: size, w: size, build: (g) => g.conv('conv', g.input, 3, 6, k, { stride: 2 }) });
+  add({
+    title: `Conv2D ${k}×${k} SAME stride 2 on ${size}×${size}`,
+    h: size,
+    w: size,
+    build: (g) => g.conv('conv', g.input, 3, 6, k, { stride: 2 }),
+  });
 }
-add({ title: 'Conv2D 3×3 VALID stride 2 on 15×15', h: 15, w: 15, build: (g) => g.conv('conv', g.input, 3, 6, 3, { stride: 2, padding: 'VALID' }) });
-add({ title: 'Conv2D non-square input 15×12 SAME stride 2', h: 15, w: 12, build: (g) => g.conv('conv', g.input, 3, 6, 4, { stride: 2 }) });
+add({
+  title: 'Conv2D 3×3 VALID stride 2 on 15×15',
+  h: 15,
+  w: 15,
+  build: (g) => g.conv('conv', g.input, 3, 6, 3, { stride: 2, padding: 'VALID' }),
+});
+add({
+  title: 'Conv2D non-square input 15×12 SAME stride 2',
+  h: 15,
+  w: 12,
+  build: (g) => g.conv('conv', g.input, 3, 6, 4, { stride: 2 }),
+});
 add({ title: 'Conv2D 1×1', build: (g) => g.conv('conv', g.input, 3, 5, 1) });
 // SAME pads (k − 1)·d in total: odd (so placed asymmetrically) only for an even kernel and odd dilation.
 for (const padding of ['SAME', 'VALID'] as const) {
@@ -234,7 +284,12 @@ for (const padding of ['SAME', 'VALID'] as const) {
     [2, 3],
     [4, 3],
   ] as const) {
-    add({ title: `Conv2D ${k}×${k} dilations ${d} ${padding} on 15×15`, h: 15, w: 15, build: (g) => g.conv('conv', g.input, 3, 6, k, { dilation: d, padding }) });
+    add({
+      title: `Conv2D ${k}×${k} dilations ${d} ${padding} on 15×15`,
+      h: 15,
+      w: 15,
+      build: (g) => g.conv('conv', g.input, 3, 6, k, { dilation: d, padding }),
+    });
   }
 }
 // TF.js runs EXPLICIT padding for Conv2D (getPadding reads explicit_paddings): NHWC (before, after) pairs.
@@ -242,7 +297,8 @@ add({
   title: 'Conv2D EXPLICIT padding, asymmetric, stride 2',
   h: 15,
   w: 15,
-  build: (g) => g.conv('conv', g.input, 3, 6, 3, { stride: 2, padding: 'EXPLICIT', explicit: [0, 0, 1, 2, 2, 0, 0, 0] }),
+  build: (g) =>
+    g.conv('conv', g.input, 3, 6, 3, { stride: 2, padding: 'EXPLICIT', explicit: [0, 0, 1, 2, 2, 0, 0, 0] }),
 });
 add({
   title: 'Conv2D EXPLICIT padding, stride 1',
@@ -251,20 +307,52 @@ add({
 
 // --- _FusedConv2D ----------------------------------------------------------------------------
 
-function fusedConv(g: Graph, name: string, ops: string[], extra: Record<string, Attr> = {}, o: Parameters<typeof convAttr>[0] = {}, scale = 1): string {
+function fusedConv(
+  g: Graph,
+  name: string,
+  ops: string[],
+  extra: Record<string, Attr> = {},
+  o: Parameters<typeof convAttr>[0] = {},
+  scale = 1,
+): string {
   const wgt = g.random(`${name}/filter`, [3, 3, 3, 8], -scale, scale);
   const bias = g.random(`${name}/bias`, [8]);
-  return g.op(name, '_FusedConv2D', [g.input, wgt, bias], { ...convAttr(o), fused_ops: strs(...ops), num_args: { i: '1' }, epsilon: { f: 0 }, ...extra });
+  return g.op(name, '_FusedConv2D', [g.input, wgt, bias], {
+    ...convAttr(o),
+    fused_ops: strs(...ops),
+    num_args: { i: '1' },
+    epsilon: { f: 0 },
+    ...extra,
+  });
 }
 add({ title: '_FusedConv2D [BiasAdd]', build: (g) => fusedConv(g, 'fused', ['BiasAdd']) });
 add({ title: '_FusedConv2D [BiasAdd, Relu]', build: (g) => fusedConv(g, 'fused', ['BiasAdd', 'Relu']) });
-add({ title: '_FusedConv2D [BiasAdd, Relu6] reaching 6', build: (g) => fusedConv(g, 'fused', ['BiasAdd', 'Relu6'], {}, {}, 3) });
-add({ title: '_FusedConv2D [BiasAdd, LeakyRelu] alpha 0.3', build: (g) => fusedConv(g, 'fused', ['BiasAdd', 'LeakyRelu'], { leakyrelu_alpha: { f: 0.3 } }) });
-add({ title: '_FusedConv2D [BiasAdd, LeakyRelu] default alpha', build: (g) => fusedConv(g, 'fused', ['BiasAdd', 'LeakyRelu']) });
+add({
+  title: '_FusedConv2D [BiasAdd, Relu6] reaching 6',
+  build: (g) => fusedConv(g, 'fused', ['BiasAdd', 'Relu6'], {}, {}, 3),
+});
+add({
+  title: '_FusedConv2D [BiasAdd, LeakyRelu] alpha 0.3',
+  build: (g) => fusedConv(g, 'fused', ['BiasAdd', 'LeakyRelu'], { leakyrelu_alpha: { f: 0.3 } }),
+});
+add({
+  title: '_FusedConv2D [BiasAdd, LeakyRelu] default alpha',
+  build: (g) => fusedConv(g, 'fused', ['BiasAdd', 'LeakyRelu']),
+});
 add({ title: '_FusedConv2D [BiasAdd, Elu]', build: (g) => fusedConv(g, 'fused', ['BiasAdd', 'Elu']) });
 add({ title: '_FusedConv2D [BiasAdd, Sigmoid]', build: (g) => fusedConv(g, 'fused', ['BiasAdd', 'Sigmoid']) });
-add({ title: '_FusedConv2D [BiasAdd, Relu] SAME stride 2 on 15×15', h: 15, w: 15, build: (g) => fusedConv(g, 'fused', ['BiasAdd', 'Relu'], {}, { stride: 2 }) });
-add({ title: '_FusedConv2D [BiasAdd, Relu] dilations 2', h: 15, w: 15, build: (g) => fusedConv(g, 'fused', ['BiasAdd', 'Relu'], {}, { dilation: 2 }) });
+add({
+  title: '_FusedConv2D [BiasAdd, Relu] SAME stride 2 on 15×15',
+  h: 15,
+  w: 15,
+  build: (g) => fusedConv(g, 'fused', ['BiasAdd', 'Relu'], {}, { stride: 2 }),
+});
+add({
+  title: '_FusedConv2D [BiasAdd, Relu] dilations 2',
+  h: 15,
+  w: 15,
+  build: (g) => fusedConv(g, 'fused', ['BiasAdd', 'Relu'], {}, { dilation: 2 }),
+});
 // TF.js has no fused tanh activation ("Unknown fused activation tanh"): the reference is the same
 // convolution unfused.
 add({
@@ -285,12 +373,27 @@ for (const eps of [undefined, 0.01]) {
     build: (g) => {
       const wgt = g.random('fused/filter', [3, 3, 3, 8], -3, 3);
       const bn = ['scale', 'offset', 'mean', 'variance'].map((p) =>
-        p === 'variance' ? g.random(`fused/${p}`, [8], 0.001, 2) : p === 'scale' ? g.random(`fused/${p}`, [8], 0.5, 2) : g.random(`fused/${p}`, [8], -2, 2),
+        p === 'variance'
+          ? g.random(`fused/${p}`, [8], 0.001, 2)
+          : p === 'scale'
+            ? g.random(`fused/${p}`, [8], 0.5, 2)
+            : g.random(`fused/${p}`, [8], -2, 2),
       );
       const epsAttr: Record<string, Attr> = eps === undefined ? {} : { epsilon: { f: eps } };
-      const node = g.op('fused', '_FusedConv2D', [g.input, wgt, ...bn], { ...convAttr(), fused_ops: strs('FusedBatchNorm', 'Relu6'), num_args: { i: '4' }, ...epsAttr });
+      const node = g.op('fused', '_FusedConv2D', [g.input, wgt, ...bn], {
+        ...convAttr(),
+        fused_ops: strs('FusedBatchNorm', 'Relu6'),
+        num_args: { i: '4' },
+        ...epsAttr,
+      });
       const conv = g.op('ref/conv', 'Conv2D', [g.input, wgt], convAttr());
-      const norm = g.op('ref/bn', 'FusedBatchNormV3', [conv, ...bn], { T, U: T, data_format: str('NHWC'), is_training: { b: false }, ...epsAttr });
+      const norm = g.op('ref/bn', 'FusedBatchNormV3', [conv, ...bn], {
+        T,
+        U: T,
+        data_format: str('NHWC'),
+        is_training: { b: false },
+        ...epsAttr,
+      });
       return { node, reference: g.op('ref/relu6', 'Relu6', [norm]) };
     },
   });
@@ -303,16 +406,35 @@ function depthwise(g: Graph, name: string, m: number, o: Parameters<typeof convA
   return g.op(name, 'DepthwiseConv2dNative', [g.input, wgt], convAttr(o));
 }
 add({ title: 'DepthwiseConv2dNative multiplier 2 SAME', build: (g) => depthwise(g, 'dw', 2) });
-add({ title: 'DepthwiseConv2dNative multiplier 2 SAME stride 2 on 15×15 (4×4)', h: 15, w: 15, build: (g) => depthwise(g, 'dw', 2, { stride: 2 }, 4) });
+add({
+  title: 'DepthwiseConv2dNative multiplier 2 SAME stride 2 on 15×15 (4×4)',
+  h: 15,
+  w: 15,
+  build: (g) => depthwise(g, 'dw', 2, { stride: 2 }, 4),
+});
 add({ title: 'DepthwiseConv2dNative multiplier 3 VALID', build: (g) => depthwise(g, 'dw', 3, { padding: 'VALID' }) });
-add({ title: 'DepthwiseConv2dNative multiplier 1 dilations 2 SAME', h: 15, w: 15, build: (g) => depthwise(g, 'dw', 1, { dilation: 2 }) });
-add({ title: 'DepthwiseConv2dNative multiplier 2 4×4 dilations 3 SAME', h: 15, w: 15, build: (g) => depthwise(g, 'dw', 2, { dilation: 3 }, 4) });
+add({
+  title: 'DepthwiseConv2dNative multiplier 1 dilations 2 SAME',
+  h: 15,
+  w: 15,
+  build: (g) => depthwise(g, 'dw', 1, { dilation: 2 }),
+});
+add({
+  title: 'DepthwiseConv2dNative multiplier 2 4×4 dilations 3 SAME',
+  h: 15,
+  w: 15,
+  build: (g) => depthwise(g, 'dw', 2, { dilation: 3 }, 4),
+});
 add({
   title: 'FusedDepthwiseConv2dNative multiplier 2 [BiasAdd, Relu6]',
   build: (g) => {
     const wgt = g.random('dw/filter', [3, 3, 3, 2], -3, 3);
     const bias = g.random('dw/bias', [6]);
-    return g.op('dw', 'FusedDepthwiseConv2dNative', [g.input, wgt, bias], { ...convAttr(), fused_ops: strs('BiasAdd', 'Relu6'), num_args: { i: '1' } });
+    return g.op('dw', 'FusedDepthwiseConv2dNative', [g.input, wgt, bias], {
+      ...convAttr(),
+      fused_ops: strs('BiasAdd', 'Relu6'),
+      num_args: { i: '1' },
+    });
   },
 });
 
@@ -320,7 +442,8 @@ add({
 
 add({
   title: 'BiasAdd standalone',
-  build: (g) => g.op('bias', 'BiasAdd', [g.conv('conv', g.input, 3, 8), g.random('b', [8])], { T, data_format: str('NHWC') }),
+  build: (g) =>
+    g.op('bias', 'BiasAdd', [g.conv('conv', g.input, 3, 8), g.random('b', [8])], { T, data_format: str('NHWC') }),
 });
 
 const BINARY = ['Add', 'AddV2', 'Sub', 'Mul', 'RealDiv', 'Maximum', 'Minimum'] as const;
@@ -328,7 +451,8 @@ const BINARY = ['Add', 'AddV2', 'Sub', 'Mul', 'RealDiv', 'Maximum', 'Minimum'] a
 const divisor = (g: Graph) => (g.uniform(0, 1) < 0.5 ? -1 : 1) * g.uniform(0.5, 1.5);
 for (const op of BINARY) {
   const C = 6;
-  const constValues = (g: Graph, n: number) => Array.from({ length: n }, () => (op === 'RealDiv' ? divisor(g) : g.uniform(-1, 1)));
+  const constValues = (g: Graph, n: number) =>
+    Array.from({ length: n }, () => (op === 'RealDiv' ? divisor(g) : g.uniform(-1, 1)));
   add({
     title: `${op} activation, per-channel const [C]`,
     build: (g) => g.op('out', op, [g.conv('conv', g.input, 3, C), g.floats('c', [C], constValues(g, C))]),
@@ -338,16 +462,21 @@ for (const op of BINARY) {
     build: (g) => {
       const conv = g.conv('conv', g.input, 3, C);
       // Dividing by an activation: keep it away from zero.
-      const den = op === 'RealDiv' ? g.op('den', 'AddV2', [g.op('sig', 'Sigmoid', [conv]), g.floats('half', [], [0.5])]) : conv;
+      const den =
+        op === 'RealDiv' ? g.op('den', 'AddV2', [g.op('sig', 'Sigmoid', [conv]), g.floats('half', [], [0.5])]) : conv;
       return g.op('out', op, [g.floats('c', [C], constValues(g, C)), den]);
     },
   });
-  add({ title: `${op} activation, scalar const`, build: (g) => g.op('out', op, [g.conv('conv', g.input, 3, C), g.floats('c', [], constValues(g, 1))]) });
+  add({
+    title: `${op} activation, scalar const`,
+    build: (g) => g.op('out', op, [g.conv('conv', g.input, 3, C), g.floats('c', [], constValues(g, 1))]),
+  });
   add({
     title: `${op} scalar const, activation (const first)`,
     build: (g) => {
       const conv = g.conv('conv', g.input, 3, C);
-      const den = op === 'RealDiv' ? g.op('den', 'AddV2', [g.op('sig', 'Sigmoid', [conv]), g.floats('half', [], [0.5])]) : conv;
+      const den =
+        op === 'RealDiv' ? g.op('den', 'AddV2', [g.op('sig', 'Sigmoid', [conv]), g.floats('half', [], [0.5])]) : conv;
       return g.op('out', op, [g.floats('c', [], constValues(g, 1)), den]);
     },
   });
@@ -356,7 +485,8 @@ for (const op of BINARY) {
     build: (g) => {
       const a = g.conv('a', g.input, 3, C);
       const b = g.conv('b', g.input, 3, C);
-      const den = op === 'RealDiv' ? g.op('den', 'AddV2', [g.op('sig', 'Sigmoid', [b]), g.floats('half', [], [0.5])]) : b;
+      const den =
+        op === 'RealDiv' ? g.op('den', 'AddV2', [g.op('sig', 'Sigmoid', [b]), g.floats('half', [], [0.5])]) : b;
       return g.op('out', op, [a, den]);
     },
   });
@@ -368,15 +498,24 @@ for (const op of BINARY) {
     },
   });
 }
-add({ title: 'Mul activation, const [1, 1, 1, C]', build: (g) => g.op('out', 'Mul', [g.conv('conv', g.input, 3, 6), g.random('c', [1, 1, 1, 6])]) });
-add({ title: 'Add activation, const [W, C] (broadcast over N and H)', build: (g) => g.op('out', 'Add', [g.conv('conv', g.input, 3, 6), g.random('c', [16, 6], -3, 3)]) });
+add({
+  title: 'Mul activation, const [1, 1, 1, C]',
+  build: (g) => g.op('out', 'Mul', [g.conv('conv', g.input, 3, 6), g.random('c', [1, 1, 1, 6])]),
+});
+add({
+  title: 'Add activation, const [W, C] (broadcast over N and H)',
+  build: (g) => g.op('out', 'Add', [g.conv('conv', g.input, 3, 6), g.random('c', [16, 6], -3, 3)]),
+});
 
 // --- Activations -------------------------------------------------------------------------------
 
 for (const op of ['Relu', 'Relu6', 'Elu', 'LeakyRelu', 'Sigmoid', 'Tanh']) {
   add({ title: `${op} standalone`, build: (g) => g.op('act', op, [g.conv('conv', g.input, 3, 8, 3, {}, 3)]) });
 }
-add({ title: 'LeakyRelu alpha 0.05', build: (g) => g.op('act', 'LeakyRelu', [g.conv('conv', g.input, 3, 8)], { T, alpha: { f: 0.05 } }) });
+add({
+  title: 'LeakyRelu alpha 0.05',
+  build: (g) => g.op('act', 'LeakyRelu', [g.conv('conv', g.input, 3, 8)], { T, alpha: { f: 0.05 } }),
+});
 
 // --- Pools -------------------------------------------------------------------------------------
 
@@ -410,20 +549,31 @@ for (const [axes, keep] of [
 ] as const) {
   add({
     title: `Mean over [${axes.join(', ')}] keep_dims ${keep}`,
-    build: (g) => g.op('mean', 'Mean', [g.conv('conv', g.input, 3, 8), g.int32('axes', [axes.length], [...axes])], { T, Tidx: { type: 'DT_INT32' }, keep_dims: { b: keep } }),
+    build: (g) =>
+      g.op('mean', 'Mean', [g.conv('conv', g.input, 3, 8), g.int32('axes', [axes.length], [...axes])], {
+        T,
+        Tidx: { type: 'DT_INT32' },
+        keep_dims: { b: keep },
+      }),
   });
 }
 add({
   title: 'Mean keep_dims false, then Sigmoid and Mul by a per-channel const on [N, C]',
   build: (g) => {
-    const mean = g.op('mean', 'Mean', [g.conv('conv', g.input, 3, 8, 3, {}, 3), g.int32('axes', [2], [1, 2])], { T, keep_dims: { b: false } });
+    const mean = g.op('mean', 'Mean', [g.conv('conv', g.input, 3, 8, 3, {}, 3), g.int32('axes', [2], [1, 2])], {
+      T,
+      keep_dims: { b: false },
+    });
     return g.op('out', 'Mul', [g.op('sig', 'Sigmoid', [mean]), g.random('c', [8])]);
   },
 });
 add({
   title: 'Squeeze [1, 2] after Mean keep_dims',
   build: (g) => {
-    const mean = g.op('mean', 'Mean', [g.conv('conv', g.input, 3, 8), g.int32('axes', [2], [1, 2])], { T, keep_dims: { b: true } });
+    const mean = g.op('mean', 'Mean', [g.conv('conv', g.input, 3, 8), g.int32('axes', [2], [1, 2])], {
+      T,
+      keep_dims: { b: true },
+    });
     return g.op('squeeze', 'Squeeze', [mean], { T, squeeze_dims: ints(1, 2) });
   },
 });
@@ -442,22 +592,38 @@ for (const axis of [-1, 3]) {
   add({
     title: `ConcatV2 on channels (axis const ${axis}), 3 inputs of different widths`,
     build: (g) => {
-      const parts = [g.conv('a', g.input, 3, 4), g.conv('b', g.input, 3, 2, 1), g.op('c', 'Relu', [g.conv('c/conv', g.input, 3, 5)])];
-      return g.op('concat', 'ConcatV2', [...parts, g.int32('axis', [], [axis])], { T, N: { i: '3' }, Tidx: { type: 'DT_INT32' } });
+      const parts = [
+        g.conv('a', g.input, 3, 4),
+        g.conv('b', g.input, 3, 2, 1),
+        g.op('c', 'Relu', [g.conv('c/conv', g.input, 3, 5)]),
+      ];
+      return g.op('concat', 'ConcatV2', [...parts, g.int32('axis', [], [axis])], {
+        T,
+        N: { i: '3' },
+        Tidx: { type: 'DT_INT32' },
+      });
     },
   });
 }
 add({
   title: 'ConcatV2 then a conv over the concatenated channels',
   build: (g) => {
-    const cat = g.op('concat', 'ConcatV2', [g.conv('a', g.input, 3, 4), g.conv('b', g.input, 3, 2), g.int32('axis', [], [3])], { T, N: { i: '2' } });
+    const cat = g.op(
+      'concat',
+      'ConcatV2',
+      [g.conv('a', g.input, 3, 4), g.conv('b', g.input, 3, 2), g.int32('axis', [], [3])],
+      { T, N: { i: '2' } },
+    );
     return g.conv('after', cat, 6, 5);
   },
 });
 add({
   title: 'Pad (paddings const [4, 2], asymmetric) then VALID conv',
   build: (g) => {
-    const pad = g.op('pad', 'Pad', [g.input, g.int32('paddings', [4, 2], [0, 0, 1, 2, 3, 0, 0, 0])], { T, Tpaddings: { type: 'DT_INT32' } });
+    const pad = g.op('pad', 'Pad', [g.input, g.int32('paddings', [4, 2], [0, 0, 1, 2, 3, 0, 0, 0])], {
+      T,
+      Tpaddings: { type: 'DT_INT32' },
+    });
     return g.conv('conv', pad, 3, 6, 3, { padding: 'VALID', stride: 2 });
   },
 });
@@ -471,7 +637,11 @@ add({
 add({
   title: 'PadV2 with constant value 0.7 then VALID conv',
   build: (g) => {
-    const pad = g.op('pad', 'PadV2', [g.input, g.int32('paddings', [4, 2], [0, 0, 2, 1, 0, 3, 0, 0]), g.floats('value', [], [0.7])]);
+    const pad = g.op('pad', 'PadV2', [
+      g.input,
+      g.int32('paddings', [4, 2], [0, 0, 2, 1, 0, 3, 0, 0]),
+      g.floats('value', [], [0.7]),
+    ]);
     return g.conv('conv', pad, 3, 6, 3, { padding: 'VALID' });
   },
 });
@@ -484,15 +654,25 @@ add({
   w: 15,
   build: (g) => {
     const stem = fusedConv(g, 'stem', ['BiasAdd', 'Relu6'], {}, { stride: 2 }, 2);
-    const dw = g.op('dw', 'FusedDepthwiseConv2dNative', [stem, g.random('dw/filter', [3, 3, 8, 1]), g.random('dw/bias', [8])], {
-      ...convAttr(),
-      fused_ops: strs('BiasAdd', 'Relu'),
-      num_args: { i: '1' },
-    });
+    const dw = g.op(
+      'dw',
+      'FusedDepthwiseConv2dNative',
+      [stem, g.random('dw/filter', [3, 3, 8, 1]), g.random('dw/bias', [8])],
+      {
+        ...convAttr(),
+        fused_ops: strs('BiasAdd', 'Relu'),
+        num_args: { i: '1' },
+      },
+    );
     const proj = g.conv('proj', dw, 8, 8, 1);
     const res = g.op('res', 'AddV2', [proj, stem]);
     const pool = g.op('pool', 'MaxPool', [res], poolAttr(3, 2, 'SAME'));
-    const cat = g.op('cat', 'ConcatV2', [pool, g.op('avg', 'AvgPool', [res], poolAttr(2, 2, 'SAME')), g.int32('axis', [], [-1])], { T, N: { i: '2' } });
+    const cat = g.op(
+      'cat',
+      'ConcatV2',
+      [pool, g.op('avg', 'AvgPool', [res], poolAttr(2, 2, 'SAME')), g.int32('axis', [], [-1])],
+      { T, N: { i: '2' } },
+    );
     return g.op('out', 'Elu', [g.op('scaled', 'Mul', [cat, g.random('scale', [16])])]);
   },
 });
@@ -512,7 +692,7 @@ add({
 // The converter names a fused node's pre-activation output `<node>/conv`; a TF node of that name
 // must not clash with it.
 add({
-  title: 'a TF node named like a fused conv\'s intermediate output (<node>/conv)',
+  title: "a TF node named like a fused conv's intermediate output (<node>/conv)",
   build: (g) => {
     const f = fusedConv(g, 'f', ['BiasAdd', 'Relu']);
     return g.conv('f/conv', f, 8, 4);
@@ -556,7 +736,11 @@ for (const op of ['Softplus', 'ResizeBilinear']) {
     const conv = g.conv('conv', g.input, 3, 4);
     const node =
       op === 'ResizeBilinear'
-        ? g.op('extra', op, [conv, g.int32('size', [2], [8, 8])], { T, align_corners: { b: false }, half_pixel_centers: { b: true } })
+        ? g.op('extra', op, [conv, g.int32('size', [2], [8, 8])], {
+            T,
+            align_corners: { b: false },
+            half_pixel_centers: { b: true },
+          })
         : g.op('extra', op, [conv]);
     const err = t.throws(() => convertGraphToOnnx(g.artifacts(), node, 'test'), { instanceOf: UnsupportedGraphError });
     t.regex(err!.message, new RegExp(`op ${op} \\(node extra\\) is not covered`));
@@ -570,7 +754,8 @@ for (const op of ['Conv2D', '_FusedConv2D', 'DepthwiseConv2dNative', 'AvgPool', 
     const g = new Graph(5);
     let node: string;
     if (op === 'AvgPool' || op === 'MaxPool') node = g.op('n', op, [g.input], poolAttr(2, 2, 'VALID', 'NCHW'));
-    else if (op === 'DepthwiseConv2dNative') node = g.op('n', op, [g.input, g.random('w', [3, 3, 3, 1])], convAttr({ format: 'NCHW' }));
+    else if (op === 'DepthwiseConv2dNative')
+      node = g.op('n', op, [g.input, g.random('w', [3, 3, 3, 1])], convAttr({ format: 'NCHW' }));
     else if (op === '_FusedConv2D') {
       node = g.op('n', op, [g.input, g.random('w', [3, 3, 3, 4]), g.random('b', [4])], {
         ...convAttr({ format: 'NCHW' }),
@@ -592,18 +777,26 @@ test('a SAME conv with both dilations and strides above 1 is rejected (its pads 
 
 test('BiasAdd with data_format NCHW is rejected', (t) => {
   const g = new Graph(6);
-  const node = g.op('n', 'BiasAdd', [g.conv('conv', g.input, 3, 4), g.random('b', [4])], { T, data_format: str('NCHW') });
+  const node = g.op('n', 'BiasAdd', [g.conv('conv', g.input, 3, 4), g.random('b', [4])], {
+    T,
+    data_format: str('NCHW'),
+  });
   const err = t.throws(() => convertGraphToOnnx(g.artifacts(), node, 'test'), { instanceOf: UnsupportedGraphError });
   t.regex(err!.message, /BiasAdd node n uses data format NCHW/);
 });
 
 test('a fused op the converter does not cover is named', (t) => {
   const g = new Graph(7);
-  const node = g.op('n', '_FusedConv2D', [g.input, g.random('w', [3, 3, 3, 4]), g.random('b', [4]), g.random('a', [4])], {
-    ...convAttr(),
-    fused_ops: strs('BiasAdd', 'Prelu'),
-    num_args: { i: '2' },
-  });
+  const node = g.op(
+    'n',
+    '_FusedConv2D',
+    [g.input, g.random('w', [3, 3, 3, 4]), g.random('b', [4]), g.random('a', [4])],
+    {
+      ...convAttr(),
+      fused_ops: strs('BiasAdd', 'Prelu'),
+      num_args: { i: '2' },
+    },
+  );
   const err = t.throws(() => convertGraphToOnnx(g.artifacts(), node, 'test'), { instanceOf: UnsupportedGraphError });
   t.regex(err!.message, /_FusedConv2D node n fuses Prelu/);
 });

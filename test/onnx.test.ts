@@ -11,7 +11,12 @@ import path from 'node:path';
 import test from 'ava';
 import type * as tf from '@tensorflow/tfjs';
 import { loadDemoImages } from '../cli/demo-data.js';
-import { builtinModelArtifacts, loadEngine, type EngineDeps, type FeatureEngine } from '../services/extractor/engines/index.js';
+import {
+  builtinModelArtifacts,
+  loadEngine,
+  type EngineDeps,
+  type FeatureEngine,
+} from '../services/extractor/engines/index.js';
 import { convertGraphToOnnx, UnsupportedGraphError } from '../services/extractor/engines/onnx/convert.js';
 import { loadEngineInThread } from '../services/extractor/engines/thread.js';
 import { graphNodeNames, resolveNode } from '../services/extractor/engines/tfjs.js';
@@ -59,7 +64,10 @@ function maxRowRelErr(a: Float32Array, b: Float32Array, dim: number): number {
   return worst;
 }
 
-async function withEngines<T>(spec: FeatureSpec, fn: (onnx: FeatureEngine, tfjs: FeatureEngine) => Promise<T>): Promise<T> {
+async function withEngines<T>(
+  spec: FeatureSpec,
+  fn: (onnx: FeatureEngine, tfjs: FeatureEngine) => Promise<T>,
+): Promise<T> {
   const onnx = await loadEngine(spec, deps({ engine: 'onnx' }));
   const tfjs = await loadEngine(spec, deps({ engine: 'tfjs', backend: 'wasm' }));
   try {
@@ -70,7 +78,12 @@ async function withEngines<T>(spec: FeatureSpec, fn: (onnx: FeatureEngine, tfjs:
   }
 }
 
-for (const node of [undefined, 'expanded_conv_16/project/BatchNorm/FusedBatchNormV3', 'feature_vector/SpatialSqueeze', 'expanded_conv_2/add']) {
+for (const node of [
+  undefined,
+  'expanded_conv_16/project/BatchNorm/FusedBatchNormV3',
+  'feature_vector/SpatialSqueeze',
+  'expanded_conv_2/add',
+]) {
   test.serial(`ONNX Runtime and TF.js give the same features on real images (node ${node ?? 'default'})`, async (t) => {
     await withEngines({ kind: 'builtin', id: 'mobilenet_v2_mid', ...(node ? { node } : {}) }, async (onnx, tfjs) => {
       t.regex(onnx.backend, /^onnxruntime \(CPU, 1 thread\)$/);
@@ -122,7 +135,10 @@ test.serial('the converted model is cached on disk and read back by the next loa
   t.false(logs.some((l) => l.msg === 'TF.js graph converted to ONNX'));
   t.is(rows.length, 2 * 816);
   // Another node is another model: a second file.
-  const other = await loadEngine({ kind: 'builtin', id: 'mobilenet_v2_mid', node: 'expanded_conv_12/expand/Relu6' }, deps({ cacheDir: dir }));
+  const other = await loadEngine(
+    { kind: 'builtin', id: 'mobilenet_v2_mid', node: 'expanded_conv_12/expand/Relu6' },
+    deps({ cacheDir: dir }),
+  );
   other.dispose();
   t.is((await readdir(dir)).filter((f) => f.endsWith('.onnx')).length, 2);
 });
@@ -130,7 +146,9 @@ test.serial('the converted model is cached on disk and read back by the next loa
 /** The builtin graph with one extra node after `expanded_conv_13/expand/Relu6`, of an op TF.js has but the converter does not. */
 async function builtinWithExtraOp(op: string): Promise<{ artifacts: tf.io.ModelArtifacts; node: string }> {
   const a = await builtinModelArtifacts();
-  const topo = structuredClone(a.modelTopology) as { node: Array<{ name: string; op: string; input?: string[]; attr?: object }> };
+  const topo = structuredClone(a.modelTopology) as {
+    node: Array<{ name: string; op: string; input?: string[]; attr?: object }>;
+  };
   const from = resolveNode(graphNodeNames(a), 'expanded_conv_13/expand/Relu6', 'builtin');
   topo.node.push({ name: `extra/${op}`, op, input: [from], attr: { T: { type: 'DT_FLOAT' } } });
   return { artifacts: { ...a, modelTopology: topo }, node: `extra/${op}` };
@@ -151,7 +169,11 @@ test.serial('auto falls back to TF.js for such a graph; onnx refuses it with the
   await writeFile(path.join(dir, 'weights.bin'), weights);
   await writeFile(
     path.join(dir, 'model.json'),
-    JSON.stringify({ format: 'graph-model', modelTopology: artifacts.modelTopology, weightsManifest: [{ paths: ['weights.bin'], weights: artifacts.weightSpecs }] }),
+    JSON.stringify({
+      format: 'graph-model',
+      modelTopology: artifacts.modelTopology,
+      weightsManifest: [{ paths: ['weights.bin'], weights: artifacts.weightSpecs }],
+    }),
   );
   const spec: FeatureSpec = { kind: 'tfjs', model: path.join(dir, 'model.json'), node: 'extra/Softplus' };
   const read = async (url: string) => new Uint8Array(await readFile(url));
@@ -160,18 +182,31 @@ test.serial('auto falls back to TF.js for such a graph; onnx refuses it with the
   try {
     t.regex(auto.backend, /^tfjs /);
     t.is(auto.dim, 816);
-    t.true(logs.some((l) => l.msg === 'ONNX conversion not possible; using TensorFlow.js' && /Softplus/.test(JSON.stringify(l.extra))));
+    t.true(
+      logs.some(
+        (l) =>
+          l.msg === 'ONNX conversion not possible; using TensorFlow.js' && /Softplus/.test(JSON.stringify(l.extra)),
+      ),
+    );
   } finally {
     auto.dispose();
   }
-  const err = await t.throwsAsync(loadEngine(spec, deps({ readObject: read, engine: 'onnx' })), { instanceOf: ModelError });
+  const err = await t.throwsAsync(loadEngine(spec, deps({ readObject: read, engine: 'onnx' })), {
+    instanceOf: ModelError,
+  });
   t.regex(err!.message, /cannot run on ONNX Runtime: op Softplus .*use DEEPFEAT_ENGINE=tfjs or auto/);
 });
 
 test.serial('an engine in a worker thread gives the same rows and leaves the event loop free', async (t) => {
   // TF.js WebAssembly: the engine that would block the loop for the whole batch on the main thread.
-  const threaded = await loadEngineInThread({ kind: 'builtin', id: 'mobilenet_v2_mid' }, deps({ engine: 'tfjs', backend: 'wasm' }));
-  const local = await loadEngine({ kind: 'builtin', id: 'mobilenet_v2_mid' }, deps({ engine: 'tfjs', backend: 'wasm' }));
+  const threaded = await loadEngineInThread(
+    { kind: 'builtin', id: 'mobilenet_v2_mid' },
+    deps({ engine: 'tfjs', backend: 'wasm' }),
+  );
+  const local = await loadEngine(
+    { kind: 'builtin', id: 'mobilenet_v2_mid' },
+    deps({ engine: 'tfjs', backend: 'wasm' }),
+  );
   try {
     t.is(threaded.id, local.id);
     t.regex(threaded.backend, /^tfjs wasm$/);
@@ -200,7 +235,10 @@ test.serial('a batch with no answer in time ends the engine thread with a retrya
   try {
     const err = await t.throwsAsync(engine.embed(images), { instanceOf: DeepfeatError });
     t.false(err!.permanent, 'a timeout is retried by BullMQ, not a failed run');
-    t.regex(err!.message, /feature engine thread ended: no answer to a batch of 24 within 0\.01 s \(DEEPFEAT_ENGINE_TIMEOUT\)/);
+    t.regex(
+      err!.message,
+      /feature engine thread ended: no answer to a batch of 24 within 0\.01 s \(DEEPFEAT_ENGINE_TIMEOUT\)/,
+    );
     t.deepEqual(exits, ['no answer to a batch of 24 within 0.01 s (DEEPFEAT_ENGINE_TIMEOUT)']);
     // The engine stays dead: later calls fail at once instead of waiting on a terminated thread.
     const again = await t.throwsAsync(engine.embed(images.slice(0, 1)), { instanceOf: DeepfeatError });
@@ -209,7 +247,9 @@ test.serial('a batch with no answer in time ends the engine thread with a retrya
     engine.dispose();
   }
   // Within the limit the same engine answers normally.
-  const ok = await loadEngineInThread({ kind: 'builtin', id: 'mobilenet_v2_mid' }, deps({ engine: 'onnx' }), { timeoutMs: 60_000 });
+  const ok = await loadEngineInThread({ kind: 'builtin', id: 'mobilenet_v2_mid' }, deps({ engine: 'onnx' }), {
+    timeoutMs: 60_000,
+  });
   try {
     t.is((await ok.embed(images.slice(0, 2))).length, 2 * ok.dim);
   } finally {
@@ -218,13 +258,19 @@ test.serial('a batch with no answer in time ends the engine thread with a retrya
 });
 
 test.serial('errors from the engine thread keep their class and message', async (t) => {
-  const err = await t.throwsAsync(loadEngineInThread({ kind: 'builtin', id: 'mobilenet_v2_mid', node: 'no/such/node' }, deps()), {
-    instanceOf: ModelError,
-  });
+  const err = await t.throwsAsync(
+    loadEngineInThread({ kind: 'builtin', id: 'mobilenet_v2_mid', node: 'no/such/node' }, deps()),
+    {
+      instanceOf: ModelError,
+    },
+  );
   t.regex(err!.message, /node "no\/such\/node" not found in mobilenet_v2_mid/);
   // A model the thread reads through the caller's storage, which fails.
   const missing = await t.throwsAsync(
-    loadEngineInThread({ kind: 'tfjs', model: '/nonexistent/model.json', node: 'x' }, deps({ readObject: () => Promise.reject(new Error('ENOENT: no such file')) })),
+    loadEngineInThread(
+      { kind: 'tfjs', model: '/nonexistent/model.json', node: 'x' },
+      deps({ readObject: () => Promise.reject(new Error('ENOENT: no such file')) }),
+    ),
     { instanceOf: ModelError },
   );
   t.regex(missing!.message, /cannot read model\.json at \/nonexistent\/model\.json: ENOENT/);

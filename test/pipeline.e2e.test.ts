@@ -54,7 +54,10 @@ test.serial('deep features beat raw pixels; the published model is complete and 
     t.is(s.total, 2 * PER_CLASS + 2);
     t.is(s.done, 2 * PER_CLASS);
     t.is(s.failed, 2);
-    t.deepEqual(s.failures.map((f) => f.key), ['pets/cat/empty.jpg', 'pets/dog/notes.jpg']);
+    t.deepEqual(
+      s.failures.map((f) => f.key),
+      ['pets/cat/empty.jpg', 'pets/dog/notes.jpg'],
+    );
     t.regex(s.failures[0]!.reason, /empty file/);
     t.regex(s.failures[1]!.reason, /not an image/);
   }
@@ -64,7 +67,9 @@ test.serial('deep features beat raw pixels; the published model is complete and 
 
   const rawAcc = raw.metrics!.accuracy;
   const deepAcc = deep.metrics!.accuracy;
-  t.log(`test accuracy: raw pixels ${(100 * rawAcc).toFixed(1)}%, deep features ${(100 * deepAcc).toFixed(1)}% on ${deep.metrics!.testImages} images`);
+  t.log(
+    `test accuracy: raw pixels ${(100 * rawAcc).toFixed(1)}%, deep features ${(100 * deepAcc).toFixed(1)}% on ${deep.metrics!.testImages} images`,
+  );
   t.true(deepAcc >= 0.65, `deep-feature accuracy ${deepAcc} should be well above chance (0.5)`);
   t.true(deepAcc > rawAcc, `deep ${deepAcc} should beat raw pixels ${rawAcc}`);
 
@@ -82,7 +87,8 @@ test.serial('deep features beat raw pixels; the published model is complete and 
   const testSet = await readFeatures(dep.client.s3, dep.config.bucket, deepId, deep.shards, ['test']);
   let correct = 0;
   for (let i = 0; i < testSet.n; i++) {
-    if (predictLabel(artifact, testSet.X.subarray(i * testSet.d, (i + 1) * testSet.d)).label === testSet.labels[i]) correct++;
+    if (predictLabel(artifact, testSet.X.subarray(i * testSet.d, (i + 1) * testSet.d)).label === testSet.labels[i])
+      correct++;
   }
   t.is(correct / testSet.n, artifact.metrics.accuracy);
 

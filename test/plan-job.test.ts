@@ -24,14 +24,20 @@ let evaluateQueue: Queue<JobData<'evaluate'>>;
 let redis: Redis;
 
 test.before(async () => {
-  dep = await deployment({ DEEPFEAT_JOB_ATTEMPTS: '1', LOG_LEVEL: 'silent', DEEPFEAT_MAX_MANIFEST_BYTES: String(MAX_MANIFEST_BYTES) });
+  dep = await deployment({
+    DEEPFEAT_JOB_ATTEMPTS: '1',
+    LOG_LEVEL: 'silent',
+    DEEPFEAT_MAX_MANIFEST_BYTES: String(MAX_MANIFEST_BYTES),
+  });
   ctx = createContext(dep.config, 'planner-test');
   planner = startPlannerWorker(ctx);
   planQueue = makeQueue(ctx.queues, 'plan');
   evaluateQueue = makeQueue(ctx.queues, 'evaluate');
   redis = new Redis(dep.redis.url);
   const put = (k: string) => dep.put(k, 'x');
-  await Promise.all(['cat/1.png', 'cat/2.png', 'cat/3.png', 'dog/1.png', 'dog/2.png', 'dog/3.png'].map((k) => put(`pets/${k}`)));
+  await Promise.all(
+    ['cat/1.png', 'cat/2.png', 'cat/3.png', 'dog/1.png', 'dog/2.png', 'dog/3.png'].map((k) => put(`pets/${k}`)),
+  );
 });
 
 test.after.always(async () => {
@@ -81,7 +87,14 @@ test('a re-run of the plan job on a run already past planning moves nothing back
 
 test('a plan job whose earlier attempt recorded the plan but died before adding the flow adds it, keeping the clock', async (t) => {
   const runId = 'r20260101000000-00aa01';
-  const request = { source: `s3://${dep.dataBucket}/pets/`, name: 'pets', features: { kind: 'raw-pixels' as const, size: 32 }, seed: 42, split: { train: 0.7, val: 0.1, test: 0.2 }, shardSize: 4 };
+  const request = {
+    source: `s3://${dep.dataBucket}/pets/`,
+    name: 'pets',
+    features: { kind: 'raw-pixels' as const, size: 32 },
+    seed: 42,
+    split: { train: 0.7, val: 0.1, test: 0.2 },
+    shardSize: 4,
+  };
   await dep.client.runs!.create(runId, request);
   await ctx.runs.setPlan(runId, { total: 6, shards: 2, classes: ['cat', 'dog'], counts: {} });
   const startedAt = await redis.hget(runHash(runId), 'extractStartedAt');
@@ -96,18 +109,29 @@ test('a plan job whose earlier attempt recorded the plan but died before adding 
 test('objects the plan does not use are in status and run.json with why', async (t) => {
   // (s3rver refuses keys with '//', so the empty-folder-name case is a unit test in plan.test.ts.)
   const strays = ['mixed/notes.txt', 'mixed/cat/raw/4.png', 'mixed/dog/a/b/5.png'];
-  await Promise.all([...['cat/1.png', 'cat/2.png', 'dog/1.png', 'dog/2.png'].map((k) => `mixed/${k}`), ...strays].map((k) => dep.put(k, 'x')));
+  await Promise.all(
+    [...['cat/1.png', 'cat/2.png', 'dog/1.png', 'dog/2.png'].map((k) => `mixed/${k}`), ...strays].map((k) =>
+      dep.put(k, 'x'),
+    ),
+  );
   const runId = await enqueueRun(dep.client, { source: `s3://${dep.dataBucket}/mixed/` });
   const s = await waitForStage(runId, ['extracting', 'failed']);
   t.is(s.stage, 'extracting', s.error?.message);
   t.is(s.total, 4);
   t.is(s.skippedTotal, 3);
-  t.deepEqual(s.skipped.map((o) => o.key), [...strays].sort());
+  t.deepEqual(
+    s.skipped.map((o) => o.key),
+    [...strays].sort(),
+  );
   const byKey = Object.fromEntries(s.skipped.map((o) => [o.key, o.reason]));
   t.regex(byKey['mixed/notes.txt']!, /top of the prefix/);
   t.regex(byKey['mixed/cat/raw/4.png']!, /subfolder/);
   t.regex(byKey['mixed/dog/a/b/5.png']!, /subfolder 2 deep/);
-  const runJson = await getObjectJson<{ skipped: unknown; skippedTotal: number }>(ctx.s3, dep.config.bucket, `runs/${runId}/run.json`);
+  const runJson = await getObjectJson<{ skipped: unknown; skippedTotal: number }>(
+    ctx.s3,
+    dep.config.bucket,
+    `runs/${runId}/run.json`,
+  );
   t.deepEqual(runJson.skipped, s.skipped);
   t.is(runJson.skippedTotal, 3);
 });
@@ -119,5 +143,10 @@ test('a manifest over DEEPFEAT_MAX_MANIFEST_BYTES fails the run, naming the limi
   const s = await waitForRun(dep.client, runId, undefined, 100);
   t.is(s.stage, 'failed');
   t.is(s.error?.code, 'DATASET_INVALID');
-  t.regex(s.error?.message ?? '', new RegExp(`manifest s3://.*/big\\.csv is \\d+ bytes, over the limit of ${MAX_MANIFEST_BYTES} \\(DEEPFEAT_MAX_MANIFEST_BYTES\\)`));
+  t.regex(
+    s.error?.message ?? '',
+    new RegExp(
+      `manifest s3://.*/big\\.csv is \\d+ bytes, over the limit of ${MAX_MANIFEST_BYTES} \\(DEEPFEAT_MAX_MANIFEST_BYTES\\)`,
+    ),
+  );
 });

@@ -20,7 +20,13 @@ test('listing: folder-per-class gives one label per folder and no split', (t) =>
 });
 
 test('listing: split folders train/val/validation/valid/test map to splits', (t) => {
-  const keys = [`${P}train/cat/1.jpg`, `${P}val/cat/2.jpg`, `${P}validation/dog/3.jpg`, `${P}valid/dog/4.jpg`, `${P}test/dog/5.jpg`];
+  const keys = [
+    `${P}train/cat/1.jpg`,
+    `${P}val/cat/2.jpg`,
+    `${P}validation/dog/3.jpg`,
+    `${P}valid/dog/4.jpg`,
+    `${P}test/dog/5.jpg`,
+  ];
   const { items } = labelsFromListing(keys, P, WHERE);
   t.deepEqual(
     items.map((i) => [i.label, i.split]),
@@ -39,14 +45,20 @@ test('listing: split folders train/val/validation/valid/test map to splits', (t)
 });
 
 test('listing: mixing split folders with plain label folders is a DatasetError', (t) => {
-  const err = t.throws(() => labelsFromListing([`${P}train/cat/1.jpg`, `${P}dog/2.jpg`], P, WHERE), { instanceOf: DatasetError });
+  const err = t.throws(() => labelsFromListing([`${P}train/cat/1.jpg`, `${P}dog/2.jpg`], P, WHERE), {
+    instanceOf: DatasetError,
+  });
   t.is(err?.code, 'DATASET_INVALID');
   t.regex(err!.message, /mixes split folders/);
   t.true(err!.message.includes(WHERE));
 });
 
 test('listing: files at the prefix root and too-deep files are ignored with a reason', (t) => {
-  const { items, ignored } = labelsFromListing([`${P}README.md`, `${P}cat/1.jpg`, `${P}dog/2.jpg`, `${P}cat/sub/3.jpg`], P, WHERE);
+  const { items, ignored } = labelsFromListing(
+    [`${P}README.md`, `${P}cat/1.jpg`, `${P}dog/2.jpg`, `${P}cat/sub/3.jpg`],
+    P,
+    WHERE,
+  );
   t.deepEqual(
     items.map((i) => i.key),
     [`${P}cat/1.jpg`, `${P}dog/2.jpg`],
@@ -59,7 +71,11 @@ test('listing: files at the prefix root and too-deep files are ignored with a re
 });
 
 test('listing: folder-marker keys ending in / are skipped (neither items nor ignored)', (t) => {
-  const { items, ignored } = labelsFromListing([P, `${P}cat/`, `${P}cat/1.jpg`, `${P}dog/`, `${P}dog/x/`, `${P}dog/2.jpg`], P, WHERE);
+  const { items, ignored } = labelsFromListing(
+    [P, `${P}cat/`, `${P}cat/1.jpg`, `${P}dog/`, `${P}dog/x/`, `${P}dog/2.jpg`],
+    P,
+    WHERE,
+  );
   t.deepEqual(
     items.map((i) => i.label),
     ['cat', 'dog'],
@@ -81,13 +97,17 @@ test('listing: nothing usable is a DatasetError that says which layout is expect
 
 function dataset(sizes: Record<string, number>): Array<{ key: string; label: string }> {
   const out: Array<{ key: string; label: string }> = [];
-  for (const [label, n] of Object.entries(sizes)) for (let i = 0; i < n; i++) out.push({ key: `img/${label}/${String(i).padStart(4, '0')}.jpg`, label });
+  for (const [label, n] of Object.entries(sizes))
+    for (let i = 0; i < n; i++) out.push({ key: `img/${label}/${String(i).padStart(4, '0')}.jpg`, label });
   return out;
 }
 
 function countBy(items: readonly ManifestItem[]): Record<string, Record<Split, number>> {
   const c: Record<string, Record<Split, number>> = {};
-  for (const i of items) (c[i.label] ??= { train: 0, val: 0, test: 0 })[i.split]++;
+  for (const i of items) {
+    c[i.label] ??= { train: 0, val: 0, test: 0 };
+    c[i.label]![i.split]++;
+  }
   return c;
 }
 
@@ -185,10 +205,21 @@ test('assignSplits: given splits including val are kept as they are', (t) => {
 });
 
 test('assignSplits: some with and some without a split is a DatasetError', (t) => {
-  t.throws(() => assignSplits([{ key: 'a', label: 'x', split: 'train' }, { key: 'b', label: 'y' }], FR, 1), {
-    instanceOf: DatasetError,
-    message: /some images have a split and some do not/,
-  });
+  t.throws(
+    () =>
+      assignSplits(
+        [
+          { key: 'a', label: 'x', split: 'train' },
+          { key: 'b', label: 'y' },
+        ],
+        FR,
+        1,
+      ),
+    {
+      instanceOf: DatasetError,
+      message: /some images have a split and some do not/,
+    },
+  );
 });
 
 test('assignSplits: labels like ../../etc stay labels and keys are unchanged', (t) => {
@@ -289,8 +320,15 @@ test('shardItems: splits in order into shards of at most shardSize', (t) => {
 });
 
 test('labelsFromListing: a stray file directly in a split folder is ignored, not a mixed layout', (t) => {
-  const { items, ignored } = labelsFromListing(['p/train/README.md', 'p/train/cat/1.png', 'p/test/dog/2.png'], 'p/', 's3://b/p/');
-  t.deepEqual(items.map((i) => i.key), ['p/train/cat/1.png', 'p/test/dog/2.png']);
+  const { items, ignored } = labelsFromListing(
+    ['p/train/README.md', 'p/train/cat/1.png', 'p/test/dog/2.png'],
+    'p/',
+    's3://b/p/',
+  );
+  t.deepEqual(
+    items.map((i) => i.key),
+    ['p/train/cat/1.png', 'p/test/dog/2.png'],
+  );
   t.deepEqual(ignored, [{ key: 'p/train/README.md', reason: 'directly in a split folder, not in <split>/<label>/' }]);
   // Without split folders, a class may be called "test".
   const plain = labelsFromListing(['p/test/1.png', 'p/cat/2.png'], 'p/', 's3://b/p/');
@@ -298,27 +336,58 @@ test('labelsFromListing: a stray file directly in a split folder is ignored, not
 });
 
 test('listing: a folder with an empty name (// or a leading /) is not a class folder: ignored with a reason', (t) => {
-  const { items, ignored } = labelsFromListing([`${P}cat/1.jpg`, `${P}cat//2.jpg`, `${P}/3.jpg`, `${P}dog/4.jpg`, `${P}//5.jpg`], P, WHERE);
-  t.deepEqual(items.map((i) => i.key), [`${P}cat/1.jpg`, `${P}dog/4.jpg`]);
-  t.deepEqual(ignored.map((i) => i.key), [`${P}cat//2.jpg`, `${P}/3.jpg`, `${P}//5.jpg`]);
+  const { items, ignored } = labelsFromListing(
+    [`${P}cat/1.jpg`, `${P}cat//2.jpg`, `${P}/3.jpg`, `${P}dog/4.jpg`, `${P}//5.jpg`],
+    P,
+    WHERE,
+  );
+  t.deepEqual(
+    items.map((i) => i.key),
+    [`${P}cat/1.jpg`, `${P}dog/4.jpg`],
+  );
+  t.deepEqual(
+    ignored.map((i) => i.key),
+    [`${P}cat//2.jpg`, `${P}/3.jpg`, `${P}//5.jpg`],
+  );
   for (const i of ignored) t.regex(i.reason, /empty name/);
 });
 
 test('listing: every object not used is in ignored with a reason that says which rule it broke', (t) => {
-  const { ignored } = labelsFromListing([`${P}notes.txt`, `${P}cat/1.jpg`, `${P}cat/raw/2.jpg`, `${P}cat/a/b/3.jpg`, `${P}dog/4.jpg`], P, WHERE);
+  const { ignored } = labelsFromListing(
+    [`${P}notes.txt`, `${P}cat/1.jpg`, `${P}cat/raw/2.jpg`, `${P}cat/a/b/3.jpg`, `${P}dog/4.jpg`],
+    P,
+    WHERE,
+  );
   t.deepEqual(ignored, [
     { key: `${P}notes.txt`, reason: 'at the top of the prefix, not in a <label>/ folder' },
-    { key: `${P}cat/raw/2.jpg`, reason: 'in a subfolder 1 deep; only files directly in <label>/ or <split>/<label>/ are used' },
-    { key: `${P}cat/a/b/3.jpg`, reason: 'in a subfolder 2 deep; only files directly in <label>/ or <split>/<label>/ are used' },
+    {
+      key: `${P}cat/raw/2.jpg`,
+      reason: 'in a subfolder 1 deep; only files directly in <label>/ or <split>/<label>/ are used',
+    },
+    {
+      key: `${P}cat/a/b/3.jpg`,
+      reason: 'in a subfolder 2 deep; only files directly in <label>/ or <split>/<label>/ are used',
+    },
   ]);
 });
 
 test('split names are looked up exactly: Object.prototype members are neither split folders nor splits', (t) => {
-  for (const name of ['constructor', '__proto__', 'toString', 'hasOwnProperty']) t.is(splitNamed(name), undefined, name);
+  for (const name of ['constructor', '__proto__', 'toString', 'hasOwnProperty'])
+    t.is(splitNamed(name), undefined, name);
   t.is(splitNamed('validation'), 'val');
   // A class folder called "constructor" under a split layout is a class, not a split.
-  const { items } = labelsFromListing(['p/train/constructor/1.png', 'p/test/constructor/2.png', 'p/constructor/x/3.png'], 'p/', 's3://b/p/');
-  t.deepEqual(items.map((i) => [i.label, i.split]), [['constructor', 'train'], ['constructor', 'test']]);
+  const { items } = labelsFromListing(
+    ['p/train/constructor/1.png', 'p/test/constructor/2.png', 'p/constructor/x/3.png'],
+    'p/',
+    's3://b/p/',
+  );
+  t.deepEqual(
+    items.map((i) => [i.label, i.split]),
+    [
+      ['constructor', 'train'],
+      ['constructor', 'test'],
+    ],
+  );
 });
 
 test('checkAndCount: labels named like Object.prototype members count like any other', (t) => {
@@ -342,7 +411,9 @@ test('checkAndCount: the fix for one class fits the layout (folders or a manifes
     { key: '2', label: 'cat', split: 'test' },
   ];
   t.throws(() => checkAndCount(one, 'w'), { message: /add a folder per class/ });
-  const err = t.throws(() => checkAndCount(one, 's3://b/m.csv', 'manifest'), { message: /give the images at least two different labels/ });
+  const err = t.throws(() => checkAndCount(one, 's3://b/m.csv', 'manifest'), {
+    message: /give the images at least two different labels/,
+  });
   t.notRegex(err!.message, /folder/);
 });
 
@@ -364,7 +435,8 @@ test('messages quoting a label stay small', (t) => {
 test('planning 200,000 images (2 classes x 100,000): every image once, stratified, sharded', (t) => {
   const n = 100_000;
   const keys: string[] = [];
-  for (const label of ['cat', 'dog']) for (let i = 0; i < n; i++) keys.push(`${P}${label}/${String(i).padStart(6, '0')}.jpg`);
+  for (const label of ['cat', 'dog'])
+    for (let i = 0; i < n; i++) keys.push(`${P}${label}/${String(i).padStart(6, '0')}.jpg`);
   keys.push(`${P}README.md`);
   const t0 = performance.now();
   const { items: labelled, ignored } = labelsFromListing(keys, P, WHERE);
@@ -374,11 +446,17 @@ test('planning 200,000 images (2 classes x 100,000): every image once, stratifie
   const ms = performance.now() - t0;
   t.log(`planned ${items.length} images in ${ms.toFixed(0)} ms`);
   t.is(items.length, 2 * n);
-  t.deepEqual(ignored.map((i) => i.key), [`${P}README.md`]);
+  t.deepEqual(
+    ignored.map((i) => i.key),
+    [`${P}README.md`],
+  );
   t.deepEqual(classes, ['cat', 'dog']);
   for (const c of classes) t.deepEqual(counts[c], { train: 70_000, val: 10_000, test: 20_000 }, c);
   t.is(shards.length, Math.ceil((2 * n) / 256));
-  t.is(shards.reduce((a, s) => a + s.length, 0), 2 * n);
+  t.is(
+    shards.reduce((a, s) => a + s.length, 0),
+    2 * n,
+  );
   // Every key exactly once, sorted, with the label of its folder.
   t.is(new Set(items.map((i) => i.key)).size, 2 * n);
   for (let i = 1; i < items.length; i++) if (!(items[i - 1]!.key < items[i]!.key)) return t.fail(`not sorted at ${i}`);

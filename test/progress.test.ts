@@ -36,7 +36,19 @@ test('off a terminal: a line per stage change, and at most one per interval with
 
 test('on a terminal: a progress bar with the stage and counts', (t) => {
   let out = '';
-  const tty = { isTTY: true, columns: 120, write: (s: string) => ((out += s), true), cursorTo: () => true, clearLine: () => true, moveCursor: () => true, on: () => tty, removeListener: () => tty };
+  const tty = {
+    isTTY: true,
+    columns: 120,
+    write: (s: string) => {
+      out += s;
+      return true;
+    },
+    cursorTo: () => true,
+    clearLine: () => true,
+    moveCursor: () => true,
+    on: () => tty,
+    removeListener: () => tty,
+  };
   const p = runProgress(tty);
   p.update(status('extracting', 10, 40));
   p.update(status('extracting', 30, 40));

@@ -67,7 +67,11 @@ test('parseJobData: plan request checks source, name and feature spec', (t) => {
     [{ ...request, lambdas: [] }, 'request.lambdas'],
   ];
   for (const [req, path] of cases) {
-    const err = t.throws(() => parseJobData('plan', { runId: 'r1', request: req }), { instanceOf: BadRequestError }, path);
+    const err = t.throws(
+      () => parseJobData('plan', { runId: 'r1', request: req }),
+      { instanceOf: BadRequestError },
+      path,
+    );
     t.true(err!.message.includes(path), err!.message);
   }
 });
@@ -84,7 +88,11 @@ test('connectionFromUrl: host, port, password, db and maxRetriesPerRequest null'
 
 test('connectionFromUrl: defaults, username and TLS', (t) => {
   t.deepEqual(connectionFromUrl('redis://127.0.0.1'), { host: '127.0.0.1', port: 6379, maxRetriesPerRequest: null });
-  t.deepEqual(connectionFromUrl('redis://localhost:6379/'), { host: 'localhost', port: 6379, maxRetriesPerRequest: null });
+  t.deepEqual(connectionFromUrl('redis://localhost:6379/'), {
+    host: 'localhost',
+    port: 6379,
+    maxRetriesPerRequest: null,
+  });
   t.deepEqual(connectionFromUrl('rediss://user:pw@h:6390/0'), {
     host: 'h',
     port: 6390,

@@ -41,7 +41,12 @@ test.after.always(async () => {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Polls the run until `done(status)`; errors while Redis is down are retried, not thrown. */
-async function poll(runId: string, done: (s: RunStatus) => boolean, timeoutMs: number, errors: string[]): Promise<RunStatus> {
+async function poll(
+  runId: string,
+  done: (s: RunStatus) => boolean,
+  timeoutMs: number,
+  errors: string[],
+): Promise<RunStatus> {
   const deadline = Date.now() + timeoutMs;
   let last: RunStatus | undefined;
   while (Date.now() < deadline) {
@@ -53,7 +58,9 @@ async function poll(runId: string, done: (s: RunStatus) => boolean, timeoutMs: n
     }
     await sleep(50);
   }
-  throw new Error(`run ${runId} timed out after ${timeoutMs} ms at stage ${last?.stage ?? '?'} (${last?.done ?? 0}/${last?.total ?? 0} done)`);
+  throw new Error(
+    `run ${runId} timed out after ${timeoutMs} ms at stage ${last?.stage ?? '?'} (${last?.done ?? 0}/${last?.total ?? 0} done)`,
+  );
 }
 
 const OUTAGE_MS = 20_000;
@@ -63,7 +70,8 @@ const restartTest = cannotRestart ? test.skip : test.serial;
 restartTest(cannotRestart ? `${title} (skipped: ${cannotRestart})` : title, async (t) => {
   t.timeout(200_000);
   const restart = dep.redis.restart;
-  if (!restart) return t.fail('the test Redis cannot be restarted here, though no TEST_REDIS_URL or container was expected');
+  if (!restart)
+    return t.fail('the test Redis cannot be restarted here, though no TEST_REDIS_URL or container was expected');
   workers.push(
     spawnWorker(dep.env, 'planner'),
     spawnWorker(dep.env, 'extractor'),
@@ -92,7 +100,12 @@ restartTest(cannotRestart ? `${title} (skipped: ${cannotRestart})` : title, asyn
 
   // Every worker process is still alive and working: a second run completes with the same workers.
   for (const w of workers) t.is(w.child.exitCode, null, `a worker exited:\n${w.output()}`);
-  const second = await enqueueRun(dep.client, { source: source(), name: 'after-outage', features: DEFAULT_FEATURES, seed: 5 });
+  const second = await enqueueRun(dep.client, {
+    source: source(),
+    name: 'after-outage',
+    features: DEFAULT_FEATURES,
+    seed: 5,
+  });
   const s2 = await poll(second, isTerminal, 30_000, errors);
   t.is(s2.stage, 'published', s2.error?.message ?? '');
   t.is(s2.done + s2.failed, 2 * PER_CLASS);

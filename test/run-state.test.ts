@@ -1,6 +1,14 @@
 import test from 'ava';
 import { Redis } from 'ioredis';
-import { MAX_SKIPPED_LISTED, RUN_ID_PATTERN, RunStore, STAGE_ORDER, newRunId, statusFromHash, type ActiveStage } from '../shared/run-state.js';
+import {
+  MAX_SKIPPED_LISTED,
+  RUN_ID_PATTERN,
+  RunStore,
+  STAGE_ORDER,
+  newRunId,
+  statusFromHash,
+  type ActiveStage,
+} from '../shared/run-state.js';
 import type { RunRequest } from '../shared/queues.js';
 import { MAX_MESSAGE_CHARS } from '../shared/text.js';
 import { getRedis, uniqueName, type TestRedis } from './helpers/services.js';
@@ -107,7 +115,11 @@ test('statusFromHash: no rate before anything is processed', (t) => {
 });
 
 test('statusFromHash: a fresh run with no shards', (t) => {
-  const s = statusFromHash('r2', { request: JSON.stringify(request), stage: 'queued', createdAt: 'c', updatedAt: 'u' }, NOW);
+  const s = statusFromHash(
+    'r2',
+    { request: JSON.stringify(request), stage: 'queued', createdAt: 'c', updatedAt: 'u' },
+    NOW,
+  );
   t.like(s, {
     runId: 'r2',
     stage: 'queued',
@@ -157,7 +169,13 @@ test('newRunId matches RUN_ID_PATTERN and encodes the UTC time', (t) => {
 });
 
 test('newRunId: ids sort by time and are unique within a second', (t) => {
-  const times = ['2023-12-31T23:59:59Z', '2024-01-01T00:00:00Z', '2024-01-01T00:00:01Z', '2024-10-01T00:00:00Z', '2025-02-01T00:00:00Z'];
+  const times = [
+    '2023-12-31T23:59:59Z',
+    '2024-01-01T00:00:00Z',
+    '2024-01-01T00:00:01Z',
+    '2024-10-01T00:00:00Z',
+    '2025-02-01T00:00:00Z',
+  ];
   const ids = times.map((s) => newRunId(new Date(s)));
   t.deepEqual([...ids].reverse().sort(), ids);
   const same = new Set(Array.from({ length: 50 }, () => newRunId(new Date('2024-01-01T00:00:00Z'))));
@@ -165,13 +183,24 @@ test('newRunId: ids sort by time and are unique within a second', (t) => {
 });
 
 test('RUN_ID_PATTERN rejects path-like and malformed ids', (t) => {
-  for (const bad of ['', 'r2024-abc', 'r20240101000000-ABCDEF', '../r20240101000000-abcdef', 'r20240101000000-abcdef/x', 'r20240101000000-abcde']) {
+  for (const bad of [
+    '',
+    'r2024-abc',
+    'r20240101000000-ABCDEF',
+    '../r20240101000000-abcdef',
+    'r20240101000000-abcdef/x',
+    'r20240101000000-abcde',
+  ]) {
     t.false(RUN_ID_PATTERN.test(bad), bad);
   }
 });
 
 test('statusFromHash: skipped objects and their total; absent on older runs', (t) => {
-  const h = { ...extractingHash(), skipped: JSON.stringify([{ key: 'p/README.md', reason: 'at the top' }]), skippedTotal: '3' };
+  const h = {
+    ...extractingHash(),
+    skipped: JSON.stringify([{ key: 'p/README.md', reason: 'at the top' }]),
+    skippedTotal: '3',
+  };
   const s = statusFromHash('r1', h, NOW);
   t.deepEqual(s.skipped, [{ key: 'p/README.md', reason: 'at the top' }]);
   t.is(s.skippedTotal, 3);
@@ -191,7 +220,8 @@ test.after.always(async () => {
 
 /** Two stores on one prefix over separate connections, as two worker processes have. */
 async function stores(): Promise<[RunStore, RunStore, Redis, string]> {
-  const { url } = await (redis ??= getRedis());
+  redis ??= getRedis();
+  const { url } = await redis;
   const prefix = uniqueName('stage');
   const a = new Redis(url);
   const b = new Redis(url);
@@ -221,7 +251,18 @@ test('setStage: moves only forward along queued < planning < extracting < traini
     t.is(await store.setStage('r1', stage), moves, `to ${stage}`);
     seen.push((await store.get('r1'))!.stage);
   }
-  t.deepEqual(seen, ['extracting', 'extracting', 'extracting', 'extracting', 'training', 'training', 'evaluating', 'evaluating', 'published', 'published']);
+  t.deepEqual(seen, [
+    'extracting',
+    'extracting',
+    'extracting',
+    'extracting',
+    'training',
+    'training',
+    'evaluating',
+    'evaluating',
+    'published',
+    'published',
+  ]);
   t.deepEqual([...STAGE_ORDER], ['queued', 'planning', 'extracting', 'training', 'evaluating', 'published']);
 });
 
@@ -255,7 +296,11 @@ test('setStage racing a late backward move from another connection: the run ends
     const runId = `r${i}`;
     await evaluator.create(runId, request);
     await evaluator.setStage(runId, 'training');
-    await Promise.all([evaluator.setStage(runId, 'evaluating'), planner.setStage(runId, 'planning'), planner.setStage(runId, 'extracting')]);
+    await Promise.all([
+      evaluator.setStage(runId, 'evaluating'),
+      planner.setStage(runId, 'planning'),
+      planner.setStage(runId, 'extracting'),
+    ]);
     t.is((await planner.get(runId))?.stage, 'evaluating', `run ${i}`);
   }
 });
@@ -280,13 +325,16 @@ test('setPlan: skipped objects are listed up to MAX_SKIPPED_LISTED (first by key
   const [store] = await stores();
   await store.create('r1', request);
   const n = MAX_SKIPPED_LISTED + 2500;
-  const skipped = Array.from({ length: n }, (_, i) => ({ key: `p/${String(n - i).padStart(6, '0')}.txt`, reason: 'r'.repeat(i === n - 1 ? 1 << 20 : 3) }));
+  const skipped = Array.from({ length: n }, (_, i) => ({
+    key: `p/${String(n - i).padStart(6, '0')}.txt`,
+    reason: 'r'.repeat(i === n - 1 ? 1 << 20 : 3),
+  }));
   await store.setPlan('r1', { ...plan, skipped });
   const s = await store.get('r1');
   t.is(s?.skippedTotal, n);
   t.is(s?.skipped.length, MAX_SKIPPED_LISTED);
-  t.is(s?.skipped[0]!.key, 'p/000001.txt');
-  t.is(s?.skipped.at(-1)!.key, `p/${String(MAX_SKIPPED_LISTED).padStart(6, '0')}.txt`);
+  t.is(s!.skipped[0]!.key, 'p/000001.txt');
+  t.is(s!.skipped.at(-1)!.key, `p/${String(MAX_SKIPPED_LISTED).padStart(6, '0')}.txt`);
   // The 1 MB reason belonged to p/000001.txt: capped.
   t.true(s!.skipped[0]!.reason.length <= MAX_MESSAGE_CHARS + 40);
 });

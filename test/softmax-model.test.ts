@@ -6,7 +6,12 @@ import {
   predictProba,
   type LinearSoftmaxModel,
 } from '../shared/softmax-model.js';
-import { applyStandardizer, fitLogisticRegression, fitStandardizer, predictProbaMatrix } from '../services/trainer/logreg.js';
+import {
+  applyStandardizer,
+  fitLogisticRegression,
+  fitStandardizer,
+  predictProbaMatrix,
+} from '../services/trainer/logreg.js';
 import { BadRequestError, ModelError } from '../shared/errors.js';
 
 const model: LinearSoftmaxModel = {
@@ -58,9 +63,35 @@ test('assertLinearSoftmaxModel accepts a JSON round trip and names bad fields', 
     [bad({ mean: [] }), /'mean' is empty/],
     [bad({ std: [2] }), /'std' has length 1, expected 2/],
     [bad({ std: [2, 0] }), /'std\[1\]' must be > 0/],
-    [bad({ weights: [[1, 0], [0, 1]] }), /'weights' must have one row per class \(3\)/],
-    [bad({ weights: [[1, 0], [0, 1, 2], [0, 0]] }), /'weights\[1\]' has length 3, expected 2/],
-    [bad({ weights: [[1, 0], [0, 'x'], [0, 0]] }), /'weights\[1\]\[1\]'/],
+    [
+      bad({
+        weights: [
+          [1, 0],
+          [0, 1],
+        ],
+      }),
+      /'weights' must have one row per class \(3\)/,
+    ],
+    [
+      bad({
+        weights: [
+          [1, 0],
+          [0, 1, 2],
+          [0, 0],
+        ],
+      }),
+      /'weights\[1\]' has length 3, expected 2/,
+    ],
+    [
+      bad({
+        weights: [
+          [1, 0],
+          [0, 'x'],
+          [0, 0],
+        ],
+      }),
+      /'weights\[1\]\[1\]'/,
+    ],
     [bad({ bias: [0, 0] }), /'bias' has length 2, expected 3/],
     [bad({ bias: 'nope' }), /'bias' must be an array/],
   ];
@@ -70,8 +101,13 @@ test('assertLinearSoftmaxModel accepts a JSON round trip and names bad fields', 
 });
 
 test('an artifact built from a trainer fit reproduces the trainer probabilities on raw features', (t) => {
-  const n = 40, d = 3, k = 3;
-  const X = Float32Array.from({ length: n * d }, (_, i) => Math.sin(i * 1.7) * 5 + (i % d) * 10 + ((Math.floor(i / d) % k) * 2));
+  const n = 40,
+    d = 3,
+    k = 3;
+  const X = Float32Array.from(
+    { length: n * d },
+    (_, i) => Math.sin(i * 1.7) * 5 + (i % d) * 10 + (Math.floor(i / d) % k) * 2,
+  );
   const y = Int32Array.from({ length: n }, (_, i) => i % k);
   const std = fitStandardizer(X, n, d);
   const Xs = applyStandardizer(X, n, d, std);

@@ -27,7 +27,8 @@ let evaluator: WorkerProcess;
 /** In front of the test S3 server, for the evaluators that must be caught mid-publish. */
 let proxy: FaultProxy;
 const source = () => `s3://${dep.dataBucket}/pets/`;
-const run = (name: string) => enqueueRun(dep.client, { source: source(), name, features: RAW_PIXELS, seed: SEED, lambdas: LAMBDAS });
+const run = (name: string) =>
+  enqueueRun(dep.client, { source: source(), name, features: RAW_PIXELS, seed: SEED, lambdas: LAMBDAS });
 
 test.before(async () => {
   dep = await deployment({ DEEPFEAT_SHARD_SIZE: '64' });
@@ -46,7 +47,12 @@ test.after.always(async () => {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function poll(runId: string, done: (s: RunStatus) => boolean, timeoutMs: number, intervalMs = 50): Promise<RunStatus> {
+async function poll(
+  runId: string,
+  done: (s: RunStatus) => boolean,
+  timeoutMs: number,
+  intervalMs = 50,
+): Promise<RunStatus> {
   const deadline = Date.now() + timeoutMs;
   let last: RunStatus | undefined;
   while (Date.now() < deadline) {
@@ -59,7 +65,9 @@ async function poll(runId: string, done: (s: RunStatus) => boolean, timeoutMs: n
 
 async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms)));
+  const timeout = new Promise<never>(
+    (_, reject) => (timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms)),
+  );
   try {
     return await Promise.race([p, timeout]);
   } finally {
@@ -97,104 +105,117 @@ async function sameModel(t: import('ava').ExecutionContext, a: string, b: string
   t.deepEqual(m1.artifact.training, m2.artifact.training);
 }
 
-test.serial('trainer SIGKILLed while training: a new trainer completes the run with the undisturbed model', async (t) => {
-  t.timeout(110_000);
-  const t1 = spawnWorker(dep.env, 'trainer');
-  workers.push(t1);
-  const crashed = await run('crash-train');
-  await poll(crashed, (s) => s.stage === 'training' || isTerminal(s), 60_000, 20);
-  await sleep(300); // inside the fit (features are read in well under this)
-  const atKill = await getStatus(dep.client, crashed);
-  await t1.stop('SIGKILL');
-  t.is(atKill.stage, 'training');
-  t.false(await exists(candidateKey(crashed)), 'the trainer was killed before it wrote its candidate');
+test.serial(
+  'trainer SIGKILLed while training: a new trainer completes the run with the undisturbed model',
+  async (t) => {
+    t.timeout(110_000);
+    const t1 = spawnWorker(dep.env, 'trainer');
+    workers.push(t1);
+    const crashed = await run('crash-train');
+    await poll(crashed, (s) => s.stage === 'training' || isTerminal(s), 60_000, 20);
+    await sleep(300); // inside the fit (features are read in well under this)
+    const atKill = await getStatus(dep.client, crashed);
+    await t1.stop('SIGKILL');
+    t.is(atKill.stage, 'training');
+    t.false(await exists(candidateKey(crashed)), 'the trainer was killed before it wrote its candidate');
 
-  const t0 = Date.now();
-  const t2 = spawnWorker(dep.env, 'trainer');
-  workers.push(t2);
-  const s = await poll(crashed, isTerminal, 60_000);
-  t.log(`run published ${Date.now() - t0} ms after the new trainer started (the killed job's lock must expire first)`);
-  t.is(s.stage, 'published', s.error?.message ?? '');
-  t.is(s.done + s.failed, 2 * PER_CLASS);
-  const candidate = await getObjectJson<{ fitMs: number }>(dep.client.s3, dep.config.bucket, candidateKey(crashed));
-  t.log(`fit took ${candidate.fitMs} ms`);
+    const t0 = Date.now();
+    const t2 = spawnWorker(dep.env, 'trainer');
+    workers.push(t2);
+    const s = await poll(crashed, isTerminal, 60_000);
+    t.log(
+      `run published ${Date.now() - t0} ms after the new trainer started (the killed job's lock must expire first)`,
+    );
+    t.is(s.stage, 'published', s.error?.message ?? '');
+    t.is(s.done + s.failed, 2 * PER_CLASS);
+    const candidate = await getObjectJson<{ fitMs: number }>(dep.client.s3, dep.config.bucket, candidateKey(crashed));
+    t.log(`fit took ${candidate.fitMs} ms`);
 
-  const calm = await run('calm');
-  const c = await poll(calm, isTerminal, 60_000);
-  t.is(c.stage, 'published', c.error?.message ?? '');
-  await sameModel(t, 'crash-train', 'calm');
-  await assertOneVersion(t, 'crash-train', crashed);
-  await assertOneVersion(t, 'calm', calm);
-});
+    const calm = await run('calm');
+    const c = await poll(calm, isTerminal, 60_000);
+    t.is(c.stage, 'published', c.error?.message ?? '');
+    await sameModel(t, 'crash-train', 'calm');
+    await assertOneVersion(t, 'crash-train', crashed);
+    await assertOneVersion(t, 'calm', calm);
+  },
+);
 
-test.serial('evaluator killed before evaluation: a new evaluator publishes once, latest points at a complete version', async (t) => {
-  t.timeout(110_000);
-  const runId = await run('crash-eval');
-  await poll(runId, (s) => s.stage === 'extracting' || isTerminal(s), 30_000, 20);
-  await evaluator.stop('SIGKILL');
-  // Training completes, but with no evaluator the run waits in 'training'.
-  const deadline = Date.now() + 60_000;
-  while (!(await exists(candidateKey(runId)))) {
-    if (Date.now() > deadline) throw new Error('the trainer never wrote its candidate');
-    await sleep(100);
-  }
-  await sleep(1500);
-  const waiting = await getStatus(dep.client, runId);
-  t.is(waiting.stage, 'training');
-  t.false(await exists(latestKey('crash-eval')));
+test.serial(
+  'evaluator killed before evaluation: a new evaluator publishes once, latest points at a complete version',
+  async (t) => {
+    t.timeout(110_000);
+    const runId = await run('crash-eval');
+    await poll(runId, (s) => s.stage === 'extracting' || isTerminal(s), 30_000, 20);
+    await evaluator.stop('SIGKILL');
+    // Training completes, but with no evaluator the run waits in 'training'.
+    const deadline = Date.now() + 60_000;
+    while (!(await exists(candidateKey(runId)))) {
+      if (Date.now() > deadline) throw new Error('the trainer never wrote its candidate');
+      await sleep(100);
+    }
+    await sleep(1500);
+    const waiting = await getStatus(dep.client, runId);
+    t.is(waiting.stage, 'training');
+    t.false(await exists(latestKey('crash-eval')));
 
-  evaluator = spawnWorker(dep.env, 'evaluator');
-  workers.push(evaluator);
-  const s = await poll(runId, isTerminal, 30_000);
-  t.is(s.stage, 'published', s.error?.message ?? '');
-  t.is(s.model?.version, runId);
-  await assertOneVersion(t, 'crash-eval', runId);
-  await sameModel(t, 'crash-eval', 'calm');
-});
+    evaluator = spawnWorker(dep.env, 'evaluator');
+    workers.push(evaluator);
+    const s = await poll(runId, isTerminal, 30_000);
+    t.is(s.stage, 'published', s.error?.message ?? '');
+    t.is(s.model?.version, runId);
+    await assertOneVersion(t, 'crash-eval', runId);
+    await sameModel(t, 'crash-eval', 'calm');
+  },
+);
 
-test.serial('evaluator SIGKILLed mid-evaluation (while publishing): model.json written, latest.json not; a new evaluator publishes once', async (t) => {
-  t.timeout(110_000);
-  const name = 'crash-publish';
-  const latestPath = `/${dep.config.bucket}/${latestKey(name)}`;
-  // The evaluator reaches S3 through the proxy, which parks its PUT of latest.json: the job is
-  // then inside the publish step, model.json written (the evaluator writes it first), latest not.
-  const hold = proxy.holdRequests((method, path) => method === 'PUT' && path === latestPath);
-  const viaProxy = { ...dep.env, S3_ENDPOINT: proxy.endpoint };
-  await evaluator.stop('SIGTERM'); // idle: the previous runs are published
-  const e1 = spawnWorker(viaProxy, 'evaluator');
-  workers.push(e1);
-  const runId = await run(name);
-  await within(hold.hit, 90_000, `the evaluator's PUT ${latestPath}`);
+test.serial(
+  'evaluator SIGKILLed mid-evaluation (while publishing): model.json written, latest.json not; a new evaluator publishes once',
+  async (t) => {
+    t.timeout(110_000);
+    const name = 'crash-publish';
+    const latestPath = `/${dep.config.bucket}/${latestKey(name)}`;
+    // The evaluator reaches S3 through the proxy, which parks its PUT of latest.json: the job is
+    // then inside the publish step, model.json written (the evaluator writes it first), latest not.
+    const hold = proxy.holdRequests((method, path) => method === 'PUT' && path === latestPath);
+    const viaProxy = { ...dep.env, S3_ENDPOINT: proxy.endpoint };
+    await evaluator.stop('SIGTERM'); // idle: the previous runs are published
+    const e1 = spawnWorker(viaProxy, 'evaluator');
+    workers.push(e1);
+    const runId = await run(name);
+    await within(hold.hit, 90_000, `the evaluator's PUT ${latestPath}`);
 
-  const atHold = await getStatus(dep.client, runId);
-  t.is(atHold.stage, 'evaluating');
-  t.is(hold.parked, 1);
-  const written = await getObjectJson<ModelArtifact>(dep.client.s3, dep.config.bucket, modelKey(name, runId));
-  t.is(written.version, runId, 'model.json for this version is in S3 before latest.json is put');
-  t.true(written.weights.length > 0);
-  t.false(await exists(latestKey(name)), 'latest.json does not exist yet');
+    const atHold = await getStatus(dep.client, runId);
+    t.is(atHold.stage, 'evaluating');
+    t.is(hold.parked, 1);
+    const written = await getObjectJson<ModelArtifact>(dep.client.s3, dep.config.bucket, modelKey(name, runId));
+    t.is(written.version, runId, 'model.json for this version is in S3 before latest.json is put');
+    t.true(written.weights.length > 0);
+    t.false(await exists(latestKey(name)), 'latest.json does not exist yet');
 
-  await e1.stop('SIGKILL');
-  // The proxy sees the dead process's connection close: the parked PUT is dropped, never sent.
-  const deadline = Date.now() + 10_000;
-  while (hold.parked > 0) {
-    if (Date.now() > deadline) throw new Error('the parked PUT outlived the killed evaluator');
-    await sleep(20);
-  }
-  t.is(hold.dropped, 1);
-  hold.release();
-  const heldBefore = proxy.stats.held;
-  t.false(await exists(latestKey(name)), 'the killed evaluator never moved latest.json');
-  t.is((await getStatus(dep.client, runId)).stage, 'evaluating');
+    await e1.stop('SIGKILL');
+    // The proxy sees the dead process's connection close: the parked PUT is dropped, never sent.
+    const deadline = Date.now() + 10_000;
+    while (hold.parked > 0) {
+      if (Date.now() > deadline) throw new Error('the parked PUT outlived the killed evaluator');
+      await sleep(20);
+    }
+    t.is(hold.dropped, 1);
+    hold.release();
+    const heldBefore = proxy.stats.held;
+    t.false(await exists(latestKey(name)), 'the killed evaluator never moved latest.json');
+    t.is((await getStatus(dep.client, runId)).stage, 'evaluating');
 
-  const t0 = Date.now();
-  evaluator = spawnWorker(viaProxy, 'evaluator');
-  workers.push(evaluator);
-  const s = await poll(runId, isTerminal, 60_000);
-  t.log(`run published ${Date.now() - t0} ms after the new evaluator started (the killed job's lock must expire first)`);
-  t.is(s.stage, 'published', s.error?.message ?? '');
-  t.is(s.model?.version, runId);
-  t.is(proxy.stats.held, heldBefore, 'nothing held after release: the new evaluator ran undisturbed');
-  await assertOneVersion(t, name, runId);
-  await sameModel(t, name, 'calm');
-});
+    const t0 = Date.now();
+    evaluator = spawnWorker(viaProxy, 'evaluator');
+    workers.push(evaluator);
+    const s = await poll(runId, isTerminal, 60_000);
+    t.log(
+      `run published ${Date.now() - t0} ms after the new evaluator started (the killed job's lock must expire first)`,
+    );
+    t.is(s.stage, 'published', s.error?.message ?? '');
+    t.is(s.model?.version, runId);
+    t.is(proxy.stats.held, heldBefore, 'nothing held after release: the new evaluator ran undisturbed');
+    await assertOneVersion(t, name, runId);
+    await sameModel(t, name, 'calm');
+  },
+);

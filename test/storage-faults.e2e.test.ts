@@ -39,7 +39,11 @@ test.before(async () => {
   const images = await loadDemoImages({ perClass: PER_CLASS });
   firstCat = images.find((i) => i.label === 'cat')!.name;
   await Promise.all(images.map((img) => dep.put(`pets/${img.label}/${img.name}`, img.png)));
-  workers.push(spawnWorker(workerEnv, 'planner'), spawnWorker(workerEnv, 'trainer'), spawnWorker(workerEnv, 'evaluator'));
+  workers.push(
+    spawnWorker(workerEnv, 'planner'),
+    spawnWorker(workerEnv, 'trainer'),
+    spawnWorker(workerEnv, 'evaluator'),
+  );
 });
 
 test.after.always(async () => {
@@ -61,82 +65,108 @@ async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutM
   throw new Error(`timed out waiting for ${what}`);
 }
 
-test.serial('a burst of 503 SlowDown and seconds of refused connections during extraction: the run completes', async (t) => {
-  t.timeout(120_000);
-  const runId = await enqueueRun(dep.client, { source: `s3://${dep.dataBucket}/pets/`, name: 'faulty', features: RAW_PIXELS });
-  // Plan first (no extractor yet), so the faults below hit the extraction.
-  await until('planning', async () => ((await getStatus(dep.client, runId)).stage === 'extracting' ? true : undefined));
-  const total = (await getStatus(dep.client, runId)).total;
-  t.is(total, 2 * PER_CLASS);
+test.serial(
+  'a burst of 503 SlowDown and seconds of refused connections during extraction: the run completes',
+  async (t) => {
+    t.timeout(120_000);
+    const runId = await enqueueRun(dep.client, {
+      source: `s3://${dep.dataBucket}/pets/`,
+      name: 'faulty',
+      features: RAW_PIXELS,
+    });
+    // Plan first (no extractor yet), so the faults below hit the extraction.
+    await until('planning', async () =>
+      (await getStatus(dep.client, runId)).stage === 'extracting' ? true : undefined,
+    );
+    const total = (await getStatus(dep.client, runId)).total;
+    t.is(total, 2 * PER_CLASS);
 
-  proxy.failNext(15, 503);
-  const injectedBefore = proxy.stats.injected;
-  const extractor = spawnWorker(workerEnv, 'extractor');
-  workers.push(extractor);
-  // Once the 503 burst has been absorbed and extraction is under way, refuse connections for 3 s.
-  await until('extraction under way', async () => {
-    const s = await getStatus(dep.client, runId);
-    return s.done > 0 ? s : undefined;
-  });
-  t.is(proxy.stats.injected - injectedBefore, 15, 'every injected 503 was seen by a worker request');
-  const resetBefore = proxy.stats.reset;
-  const atRefuse = await getStatus(dep.client, runId);
-  await proxy.refuse(3000);
-  t.log(`refused for 3 s at ${atRefuse.done}/${total} images (${proxy.stats.reset - resetBefore} connections reset)`);
-  t.true(atRefuse.done < total, 'the refusal started while extraction was still running');
+    proxy.failNext(15, 503);
+    const injectedBefore = proxy.stats.injected;
+    const extractor = spawnWorker(workerEnv, 'extractor');
+    workers.push(extractor);
+    // Once the 503 burst has been absorbed and extraction is under way, refuse connections for 3 s.
+    await until('extraction under way', async () => {
+      const s = await getStatus(dep.client, runId);
+      return s.done > 0 ? s : undefined;
+    });
+    t.is(proxy.stats.injected - injectedBefore, 15, 'every injected 503 was seen by a worker request');
+    const resetBefore = proxy.stats.reset;
+    const atRefuse = await getStatus(dep.client, runId);
+    await proxy.refuse(3000);
+    t.log(`refused for 3 s at ${atRefuse.done}/${total} images (${proxy.stats.reset - resetBefore} connections reset)`);
+    t.true(atRefuse.done < total, 'the refusal started while extraction was still running');
 
-  const s = await waitForRun(dep.client, runId);
-  if (s.stage !== 'published') t.log(extractor.output());
-  t.is(s.stage, 'published', s.error?.message);
-  t.is(s.done, total);
-  t.is(s.failed, 0);
-  t.deepEqual(s.failures, []);
+    const s = await waitForRun(dep.client, runId);
+    if (s.stage !== 'published') t.log(extractor.output());
+    t.is(s.stage, 'published', s.error?.message);
+    t.is(s.done, total);
+    t.is(s.failed, 0);
+    t.deepEqual(s.failures, []);
 
-  // Every manifest image exactly once across the shards, each with a feature row.
-  const manifest = (await getObjectText(dep.client.s3, dep.config.bucket, `runs/${runId}/manifest.jsonl`))
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => JSON.parse(l).key as string);
-  const rows: ShardRow[] = [];
-  for (let i = 0; i < s.shards; i++) {
-    const text = await getObjectText(dep.client.s3, dep.config.bucket, shardKey(runId, i, 'jsonl'));
-    rows.push(...text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as ShardRow));
-  }
-  t.deepEqual(rows.map((r) => r.key).sort(), [...manifest].sort());
-  t.true(rows.every((r) => 'row' in r));
-  t.is(extractor.child.exitCode, null, 'the extractor survived the faults');
-});
+    // Every manifest image exactly once across the shards, each with a feature row.
+    const manifest = (await getObjectText(dep.client.s3, dep.config.bucket, `runs/${runId}/manifest.jsonl`))
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l).key as string);
+    const rows: ShardRow[] = [];
+    for (let i = 0; i < s.shards; i++) {
+      const text = await getObjectText(dep.client.s3, dep.config.bucket, shardKey(runId, i, 'jsonl'));
+      rows.push(
+        ...text
+          .split('\n')
+          .filter(Boolean)
+          .map((l) => JSON.parse(l) as ShardRow),
+      );
+    }
+    t.deepEqual(rows.map((r) => r.key).sort(), [...manifest].sort());
+    t.true(rows.every((r) => 'row' in r));
+    t.is(extractor.child.exitCode, null, 'the extractor survived the faults');
+  },
+);
 
-test.serial('a GET that the server accepts and never answers times out after S3_TIMEOUT, is retried, and the run completes', async (t) => {
-  t.timeout(120_000);
-  if (!workers.some((w) => w.child.exitCode === null && w.child.spawnargs.includes('extractor'))) workers.push(spawnWorker(workerEnv, 'extractor'));
-  // The proxy parks every GET of one image: connection open, no answer, until released.
-  const target = `/${dep.dataBucket}/pets/cat/${firstCat}`;
-  const hold = proxy.holdRequests((method, path) => method === 'GET' && path === target);
-  const runId = await enqueueRun(dep.client, { source: `s3://${dep.dataBucket}/pets/`, name: 'silent', features: RAW_PIXELS });
-  await hold.hit;
-  const t0 = Date.now();
-  // Without a timeout the worker would wait on that socket for ever; with S3_TIMEOUT=2 it closes
-  // the connection (the proxy counts the parked request as dropped) and asks again.
-  await until('the worker to give up on the silent GET', async () => (hold.dropped > 0 ? true : undefined), 30_000);
-  const gaveUpMs = Date.now() - t0;
-  t.log(`the worker gave up on the unanswered GET after ${gaveUpMs} ms (S3_TIMEOUT=2)`);
-  t.true(gaveUpMs >= 1000, `gave up after ${gaveUpMs} ms, before the timeout could have passed`);
-  const before = await getStatus(dep.client, runId);
-  t.not(before.stage, 'published', 'the run was waiting on the held image');
-  hold.release();
+test.serial(
+  'a GET that the server accepts and never answers times out after S3_TIMEOUT, is retried, and the run completes',
+  async (t) => {
+    t.timeout(120_000);
+    if (!workers.some((w) => w.child.exitCode === null && w.child.spawnargs.includes('extractor')))
+      workers.push(spawnWorker(workerEnv, 'extractor'));
+    // The proxy parks every GET of one image: connection open, no answer, until released.
+    const target = `/${dep.dataBucket}/pets/cat/${firstCat}`;
+    const hold = proxy.holdRequests((method, path) => method === 'GET' && path === target);
+    const runId = await enqueueRun(dep.client, {
+      source: `s3://${dep.dataBucket}/pets/`,
+      name: 'silent',
+      features: RAW_PIXELS,
+    });
+    await hold.hit;
+    const t0 = Date.now();
+    // Without a timeout the worker would wait on that socket for ever; with S3_TIMEOUT=2 it closes
+    // the connection (the proxy counts the parked request as dropped) and asks again.
+    await until('the worker to give up on the silent GET', async () => (hold.dropped > 0 ? true : undefined), 30_000);
+    const gaveUpMs = Date.now() - t0;
+    t.log(`the worker gave up on the unanswered GET after ${gaveUpMs} ms (S3_TIMEOUT=2)`);
+    t.true(gaveUpMs >= 1000, `gave up after ${gaveUpMs} ms, before the timeout could have passed`);
+    const before = await getStatus(dep.client, runId);
+    t.not(before.stage, 'published', 'the run was waiting on the held image');
+    hold.release();
 
-  const s = await waitForRun(dep.client, runId);
-  t.is(s.stage, 'published', s.error?.message);
-  t.is(s.done, 2 * PER_CLASS);
-  t.is(s.failed, 0);
-});
+    const s = await waitForRun(dep.client, runId);
+    t.is(s.stage, 'published', s.error?.message);
+    t.is(s.done, 2 * PER_CLASS);
+    t.is(s.failed, 0);
+  },
+);
 
 test.serial('a source bucket that does not exist fails the run quickly, naming the bucket and the fix', async (t) => {
   t.timeout(60_000);
   const missing = uniqueName('missing');
   const t0 = Date.now();
-  const runId = await enqueueRun(dep.client, { source: `s3://${missing}/pets/`, name: 'nobucket', features: RAW_PIXELS });
+  const runId = await enqueueRun(dep.client, {
+    source: `s3://${missing}/pets/`,
+    name: 'nobucket',
+    features: RAW_PIXELS,
+  });
   const s = await waitForRun(dep.client, runId, undefined, 100);
   const ms = Date.now() - t0;
   t.log(`failed after ${ms} ms: ${s.error?.message}`);
@@ -166,7 +196,11 @@ test.serial('an unknown access key fails the run quickly with a message to check
   t.timeout(60_000);
   const client = await badKeyDeployment(['planner'], []);
   const t0 = Date.now();
-  const runId = await enqueueRun(client, { source: `s3://${dep.dataBucket}/pets/`, name: 'nokey', features: RAW_PIXELS });
+  const runId = await enqueueRun(client, {
+    source: `s3://${dep.dataBucket}/pets/`,
+    name: 'nokey',
+    features: RAW_PIXELS,
+  });
   const s = await waitForRun(client, runId, undefined, 100);
   const ms = Date.now() - t0;
   t.log(`failed after ${ms} ms: ${s.error?.message}`);
@@ -177,18 +211,25 @@ test.serial('an unknown access key fails the run quickly with a message to check
   t.regex(s.error?.message ?? '', /check S3 credentials/);
 });
 
-test.serial('an unknown access key in the extractor fails the run quickly with a message to check credentials', async (t) => {
-  t.timeout(60_000);
-  const client = await badKeyDeployment(['extractor'], ['planner', 'trainer', 'evaluator']);
-  const t0 = Date.now();
-  const runId = await enqueueRun(client, { source: `s3://${dep.dataBucket}/pets/`, name: 'nokey-x', features: RAW_PIXELS });
-  const s = await waitForRun(client, runId, undefined, 100);
-  const ms = Date.now() - t0;
-  t.log(`failed after ${ms} ms: ${s.error?.message}`);
-  t.is(s.stage, 'failed');
-  t.true(ms < 10_000, `took ${ms} ms`);
-  t.is(s.error?.code, 'ACCESS_DENIED');
-  t.regex(s.error?.message ?? '', /^extract failed: /);
-  t.regex(s.error?.message ?? '', /InvalidAccessKeyId/);
-  t.regex(s.error?.message ?? '', /check S3 credentials/);
-});
+test.serial(
+  'an unknown access key in the extractor fails the run quickly with a message to check credentials',
+  async (t) => {
+    t.timeout(60_000);
+    const client = await badKeyDeployment(['extractor'], ['planner', 'trainer', 'evaluator']);
+    const t0 = Date.now();
+    const runId = await enqueueRun(client, {
+      source: `s3://${dep.dataBucket}/pets/`,
+      name: 'nokey-x',
+      features: RAW_PIXELS,
+    });
+    const s = await waitForRun(client, runId, undefined, 100);
+    const ms = Date.now() - t0;
+    t.log(`failed after ${ms} ms: ${s.error?.message}`);
+    t.is(s.stage, 'failed');
+    t.true(ms < 10_000, `took ${ms} ms`);
+    t.is(s.error?.code, 'ACCESS_DENIED');
+    t.regex(s.error?.message ?? '', /^extract failed: /);
+    t.regex(s.error?.message ?? '', /InvalidAccessKeyId/);
+    t.regex(s.error?.message ?? '', /check S3 credentials/);
+  },
+);

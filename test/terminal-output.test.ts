@@ -66,7 +66,15 @@ function hostileStatus(): RunStatus {
 test('formatStatus: no control character from user data reaches the output; each is shown escaped', (t) => {
   const out = formatStatus(hostileStatus());
   t.false(CONTROL.test(out), JSON.stringify(out));
-  for (const shown of ['a/\\x1b[2J\\x1b[H1.jpg', 'not an image: \\x1b]0;owned\\x07', 'a/\\x1b[8mhidden.txt', 'cat\\x1b[2J', 'dog\\u202eevil', 'onnx\\x1b[5m', 'cpu\\x0d']) {
+  for (const shown of [
+    'a/\\x1b[2J\\x1b[H1.jpg',
+    'not an image: \\x1b]0;owned\\x07',
+    'a/\\x1b[8mhidden.txt',
+    'cat\\x1b[2J',
+    'dog\\u202eevil',
+    'onnx\\x1b[5m',
+    'cpu\\x0d',
+  ]) {
     t.true(out.includes(shown), shown);
   }
   // A newline inside a message cannot start a line that looks like the CLI's own.
@@ -100,9 +108,21 @@ test('formatStatus: skipped objects are listed with a count of the rest; old run
 });
 
 test('table, formatDownloaded and formatError escape control characters; formatError keeps its own line breaks', (t) => {
-  const d = formatDownloaded('out/model.json', { name: `m${TITLE}`, version: 'v1', classes: ['a', 'b'], metrics: { accuracy: 0.5 } });
+  const d = formatDownloaded('out/model.json', {
+    name: `m${TITLE}`,
+    version: 'v1',
+    classes: ['a', 'b'],
+    metrics: { accuracy: 0.5 },
+  });
   t.is(d, 'out/model.json: m\\x1b]0;owned\\x07@v1, 2 classes, test accuracy 50.0%');
-  t.false(CONTROL.test(table([['a', `b${ESC}[2J`], ['c\u0007', 'd']])));
+  t.false(
+    CONTROL.test(
+      table([
+        ['a', `b${ESC}[2J`],
+        ['c\u0007', 'd'],
+      ]),
+    ),
+  );
   const e = formatError(`invalid configuration:\n  - X=${JSON.stringify('\u001b[2J')}\n  - raw ${ESC}[31m`);
   t.is(e.split('\n').length, 3);
   t.false(CONTROL.test(e.replaceAll('\n', '')));
@@ -142,8 +162,17 @@ test('CLI status: a run whose keys, labels, reasons, source and model name hold 
   const stray = { key: `imgs/${ESC}[8mhidden.txt`, reason: 'at the top of the prefix, not in a <label>/ folder' };
   await runs.create(runId, request);
   await runs.setPlan(runId, { total: 4, shards: 1, classes: metrics.classes, counts: {}, skipped: [stray] });
-  await runs.setShardProgress(runId, 0, { done: 3, failed: 1, complete: true, engine: `onnx${ESC}[5m`, backend: 'cpu' }, [failure]);
-  await runs.setResult(runId, metrics, { name: request.name, version: runId, uri: `s3://b/models/${request.name}/${runId}/model.json` });
+  await runs.setShardProgress(
+    runId,
+    0,
+    { done: 3, failed: 1, complete: true, engine: `onnx${ESC}[5m`, backend: 'cpu' },
+    [failure],
+  );
+  await runs.setResult(runId, metrics, {
+    name: request.name,
+    version: runId,
+    uri: `s3://b/models/${request.name}/${runId}/model.json`,
+  });
 
   const human = await runCli(dep.env, ['status', runId]);
   t.is(human.code, 0, human.stderr);
@@ -181,7 +210,8 @@ test('CLI status: stray objects with terminal controls in their keys, skipped by
   // s3rver refuses keys with C0 controls (ESC) — XML 1.0 cannot carry them in a listing — so
   // these strays use the C1 CSI (U+009B, ESC [ on many terminals) and the right-to-left override.
   const strays = ['hostile/\u009b2Jroot.txt', 'hostile/cat/sub\u202e/3.png'];
-  for (const k of ['hostile/cat/1.png', 'hostile/cat/2.png', 'hostile/dog/1.png', 'hostile/dog/2.png', ...strays]) await dep.put(k, 'x');
+  for (const k of ['hostile/cat/1.png', 'hostile/cat/2.png', 'hostile/dog/1.png', 'hostile/dog/2.png', ...strays])
+    await dep.put(k, 'x');
   const runId = await enqueueRun(dep.client, { source: `s3://${dep.dataBucket}/hostile/` });
   const live = await waitForStage(runId, ['extracting', 'failed']);
   t.is(live.stage, 'extracting', live.error?.message);

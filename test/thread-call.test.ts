@@ -11,7 +11,9 @@ import type { TestOwnerApi, TestThreadApi } from './helpers/test-thread.js';
 
 const MODULE = new URL('./helpers/test-thread.ts', import.meta.url);
 
-async function start(extra: { data?: unknown } = {}): Promise<{ thread: ThreadClient<TestThreadApi, TestOwnerApi>; exits: string[] }> {
+async function start(
+  extra: { data?: unknown } = {},
+): Promise<{ thread: ThreadClient<TestThreadApi, TestOwnerApi>; exits: string[] }> {
   const thread = await startThread<TestThreadApi, TestOwnerApi>({
     name: 'test thread',
     module: MODULE,
@@ -82,14 +84,22 @@ test('process.exit in the thread is a death too', async (t) => {
 
 test('a call with no answer in time ends the thread, naming the setting to change', async (t) => {
   const { thread, exits } = await start();
-  await assertEnded(t, thread.call('hang', undefined, { timeoutMs: 200, timeoutSetting: 'SOME_TIMEOUT', what: 'the endless loop' }), /no answer to the endless loop within 0\.2 s \(SOME_TIMEOUT\)/);
+  await assertEnded(
+    t,
+    thread.call('hang', undefined, { timeoutMs: 200, timeoutSetting: 'SOME_TIMEOUT', what: 'the endless loop' }),
+    /no answer to the endless loop within 0\.2 s \(SOME_TIMEOUT\)/,
+  );
   t.deepEqual(exits, ['no answer to the endless loop within 0.2 s (SOME_TIMEOUT)']);
   t.is(thread.ended, 'no answer to the endless loop within 0.2 s (SOME_TIMEOUT)');
 });
 
 test('a thread out of memory fails its call', async (t) => {
   t.timeout(60_000);
-  const thread = await startThread<TestThreadApi>({ name: 'test thread', module: MODULE, resourceLimits: { maxOldGenerationSizeMb: 32 } });
+  const thread = await startThread<TestThreadApi>({
+    name: 'test thread',
+    module: MODULE,
+    resourceLimits: { maxOldGenerationSizeMb: 32 },
+  });
   await assertEnded(t, thread.call('exhaustMemory', undefined), /memory/i);
 });
 
@@ -102,7 +112,10 @@ test('close() ends the thread without reporting a death; pending calls still rej
 });
 
 test('a thread module that fails to load rejects startThread', async (t) => {
-  const err = await t.throwsAsync(startThread({ name: 'test thread', module: new URL('./helpers/no-such-thread.ts', import.meta.url) }), { instanceOf: InternalError });
+  const err = await t.throwsAsync(
+    startThread({ name: 'test thread', module: new URL('./helpers/no-such-thread.ts', import.meta.url) }),
+    { instanceOf: InternalError },
+  );
   t.false(err!.permanent);
   t.regex(err!.message, /test thread ended before it was ready: .*no-such-thread/);
 });

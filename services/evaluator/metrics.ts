@@ -33,7 +33,11 @@ const ratio = (num: number, den: number): number => (den === 0 ? 0 : num / den);
  * Computes the report for class indices in [0, classes.length).
  * Throws BadRequestError if the arrays differ in length or hold an out-of-range index.
  */
-export function classificationReport(yTrue: Int32Array, yPred: Int32Array, classes: readonly string[]): ClassificationReport {
+export function classificationReport(
+  yTrue: Int32Array,
+  yPred: Int32Array,
+  classes: readonly string[],
+): ClassificationReport {
   const n = yTrue.length;
   const k = classes.length;
   if (yPred.length !== n) throw new BadRequestError(`metrics: yTrue has ${n} labels but yPred has ${yPred.length}`);

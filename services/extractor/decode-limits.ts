@@ -22,6 +22,9 @@ export function outOfMemoryReason(limitMiB: number | undefined): string {
  */
 export function crashReason(format: string | undefined, how: string, limitMiB: number | undefined): string {
   const what = format ? `${format} image` : 'image';
-  const hint = limitMiB === undefined ? '' : `: it may need more memory than the decoder's limit of ${limitMiB} MiB (DEEPFEAT_DECODE_MEMORY)`;
+  const hint =
+    limitMiB === undefined
+      ? ''
+      : `: it may need more memory than the decoder's limit of ${limitMiB} MiB (DEEPFEAT_DECODE_MEMORY)`;
   return `the decoder crashed on this ${what} (${how}), twice${hint}`;
 }

@@ -110,7 +110,9 @@ class DecoderProcess {
     this.ready = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.kill();
-        reject(new InternalError(`decoder process did not start within ${START_TIMEOUT_MS / 1000} s`, { permanent: false }));
+        reject(
+          new InternalError(`decoder process did not start within ${START_TIMEOUT_MS / 1000} s`, { permanent: false }),
+        );
       }, START_TIMEOUT_MS);
       child.on('message', (m: { t?: string }) => {
         if (m?.t !== 'ready') return;
@@ -144,7 +146,7 @@ class DecoderProcess {
 
   #hold(busy: boolean): void {
     const handles = [this.child, this.child.channel, this.child.stderr as Socket | null];
-    for (const h of handles) (busy ? h?.ref?.() : h?.unref?.());
+    for (const h of handles) busy ? h?.ref?.() : h?.unref?.();
   }
 
   /** Decodes one image; past `timeoutSeconds` (transfer of its bytes included) the process is killed. */

@@ -36,7 +36,11 @@ export type SniffedFormat = DecodableFormat | UnsupportedFormat | UnknownFormat;
 
 const decodable = (format: ImageFormat): DecodableFormat => ({ kind: 'decodable', format });
 const heic: DecodableFormat = { kind: 'decodable', format: 'heif', heic: true };
-const unsupported = (name: string, note?: string): UnsupportedFormat => ({ kind: 'unsupported', name, ...(note ? { note } : {}) });
+const unsupported = (name: string, note?: string): UnsupportedFormat => ({
+  kind: 'unsupported',
+  name,
+  ...(note ? { note } : {}),
+});
 
 /** `bytes` starts with `sig` at `offset` (numbers are bytes, strings are latin1). */
 function at(bytes: Uint8Array, offset: number, sig: string | readonly number[]): boolean {
@@ -70,14 +74,18 @@ export function sniffImageFormat(bytes: Uint8Array): SniffedFormat {
   if (at(b, 0, [0x49, 0x49, 0x2b, 0x00]) || at(b, 0, [0x4d, 0x4d, 0x00, 0x2b])) return decodable('tiff');
   if (at(b, 4, 'ftyp')) return isoMediaFormat(b);
 
-  if (at(b, 0, [0x00, 0x00, 0x00, 0x0c, 0x6a, 0x50, 0x20, 0x20, 0x0d, 0x0a, 0x87, 0x0a])) return unsupported('JPEG 2000');
+  if (at(b, 0, [0x00, 0x00, 0x00, 0x0c, 0x6a, 0x50, 0x20, 0x20, 0x0d, 0x0a, 0x87, 0x0a]))
+    return unsupported('JPEG 2000');
   if (at(b, 0, [0xff, 0x4f, 0xff, 0x51])) return unsupported('JPEG 2000'); // bare codestream (.j2k)
   if (at(b, 0, [0x00, 0x00, 0x00, 0x0c, 0x4a, 0x58, 0x4c, 0x20, 0x0d, 0x0a, 0x87, 0x0a])) return unsupported('JPEG XL');
   if (at(b, 0, [0xff, 0x0a])) return unsupported('JPEG XL'); // bare codestream
-  if (at(b, 0, 'BM') && b.length >= 18 && [12, 16, 40, 52, 56, 64, 108, 124].includes(u32le(b, 14))) return unsupported('BMP');
+  if (at(b, 0, 'BM') && b.length >= 18 && [12, 16, 40, 52, 56, 64, 108, 124].includes(u32le(b, 14)))
+    return unsupported('BMP');
   if (at(b, 0, [0x00, 0x00, 0x01, 0x00]) && b.length >= 6 && (b[4]! | (b[5]! << 8)) > 0) return unsupported('ICO');
-  if (at(b, 0, [0x00, 0x00, 0x02, 0x00]) && b.length >= 6 && (b[4]! | (b[5]! << 8)) > 0) return unsupported('CUR (Windows cursor)');
-  if (at(b, 0, '8BPS') && b.length >= 6 && b[4] === 0 && (b[5] === 1 || b[5] === 2)) return unsupported(b[5] === 1 ? 'PSD' : 'PSB');
+  if (at(b, 0, [0x00, 0x00, 0x02, 0x00]) && b.length >= 6 && (b[4]! | (b[5]! << 8)) > 0)
+    return unsupported('CUR (Windows cursor)');
+  if (at(b, 0, '8BPS') && b.length >= 6 && b[4] === 0 && (b[5] === 1 || b[5] === 2))
+    return unsupported(b[5] === 1 ? 'PSD' : 'PSB');
   if (at(b, 0, '%PDF-')) return unsupported('PDF document');
   if (at(b, 0, '%!PS')) return unsupported(/EPSF/.test(latin1(b, 0, 40)) ? 'EPS' : 'PostScript');
   if (at(b, 0, [0xc5, 0xd0, 0xd3, 0xc6])) return unsupported('EPS');
@@ -102,7 +110,7 @@ export function sniffImageFormat(bytes: Uint8Array): SniffedFormat {
  */
 function isoMediaFormat(b: Uint8Array): SniffedFormat {
   const size = u32be(b, 0);
-  const end = Math.min(b.length, size >= 16 ? size : 16, 4096);
+  const end = Math.min(b.length, Math.max(size, 16), 4096);
   const major = latin1(b, 8, 12);
   const brands = [major];
   for (let o = 16; o + 4 <= end; o += 4) brands.push(latin1(b, o, o + 4));
@@ -155,9 +163,12 @@ export function describeNonImage(bytes: Uint8Array): string {
   if (head.length === 0) return '';
   if (at(head, 0, [0x50, 0x4b, 0x03, 0x04]) || at(head, 0, [0x50, 0x4b, 0x05, 0x06])) return 'looks like a ZIP archive';
   if (at(head, 0, [0x1f, 0x8b])) return 'looks like gzip-compressed data';
-  if (at(head, 0, 'RIFF')) return `looks like a RIFF ${JSON.stringify(latin1(head, 8, 12)).replace(/[^\x20-\x7e]/g, '?')} file, not WebP`;
+  if (at(head, 0, 'RIFF'))
+    return `looks like a RIFF ${JSON.stringify(latin1(head, 8, 12)).replace(/[^\x20-\x7e]/g, '?')} file, not WebP`;
   const text = head.toString('utf8');
-  const printable = [...text].filter((c) => (c >= ' ' && c !== '\uFFFD') || c === '\n' || c === '\r' || c === '\t').length;
+  const printable = [...text].filter(
+    (c) => (c >= ' ' && c !== '\uFFFD') || c === '\n' || c === '\r' || c === '\t',
+  ).length;
   if (text.length > 0 && printable / text.length > 0.95) {
     const start = text.replace(/\s+/g, ' ').trim().slice(0, 24);
     if (/^<(!doctype html|html)/i.test(start)) return 'looks like an HTML page';

@@ -79,15 +79,21 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
   if (sniffed.kind === 'unsupported') {
     throw new ImageError(`unsupported format: ${sniffed.name}${sniffed.note ? ` (${sniffed.note})` : ''}: ${convert}`);
   }
-  if (sniffed.heic && !HEVC_DECODER) throw new ImageError(`unsupported format: HEIC (no decoder installed): ${convert}`);
+  if (sniffed.heic && !HEVC_DECODER)
+    throw new ImageError(`unsupported format: HEIC (no decoder installed): ${convert}`);
   const { format } = sniffed;
   if (!formats.includes(format)) {
-    throw new ImageError(`format ${format} is not accepted here (DEEPFEAT_IMAGE_FORMATS=${formats.join(',')}): ${convert}`);
+    throw new ImageError(
+      `format ${format} is not accepted here (DEEPFEAT_IMAGE_FORMATS=${formats.join(',')}): ${convert}`,
+    );
   }
 
   // libspng decodes a PNG that stops inside its pixel data, filling the rest, and calls it good:
   // a broken upload would become a feature row of mostly nothing. No IEND anywhere: it stopped.
-  if (format === 'png' && Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).indexOf('IEND', 8, 'latin1') < 0) {
+  if (
+    format === 'png' &&
+    Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).indexOf('IEND', 8, 'latin1') < 0
+  ) {
     throw new ImageError(`truncated png image: the file ends (at ${bytes.byteLength} bytes) before its IEND chunk`);
   }
   // An SVG's references are checked from its text before any parser reads it (svg-check.ts).
@@ -114,7 +120,9 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
   const h = meta.pageHeight ?? meta.height ?? 0;
   if (!(w > 0 && h > 0)) throw new ImageError(`unreadable ${format} image: its header gives no size`);
   if (w * h > maxPixels) {
-    throw new ImageError(`image too large: ${w}×${h} pixels exceeds the limit of ${maxPixels} (DEEPFEAT_MAX_IMAGE_PIXELS)`);
+    throw new ImageError(
+      `image too large: ${w}×${h} pixels exceeds the limit of ${maxPixels} (DEEPFEAT_MAX_IMAGE_PIXELS)`,
+    );
   }
   if (svg) checkSvgPixels({ width: w, height: h }, svg, maxPixels);
 
@@ -178,12 +186,7 @@ async function probeEmbedded(bytes: Uint8Array, format: 'png' | 'jpeg' | 'svg') 
  * The reason for a failed decode, from facts about the bytes, never from libvips's text (see the
  * file comment): out of memory, cut short, or a decoder that rejected the data.
  */
-function decodeFailure(
-  err: unknown,
-  bytes: Uint8Array,
-  format: ImageFormat,
-  opts: DecodeOptions,
-): ImageError {
+function decodeFailure(err: unknown, bytes: Uint8Array, format: ImageFormat, opts: DecodeOptions): ImageError {
   const msg = err instanceof Error ? err.message : String(err);
   // sharp's own words, not libvips's buffer: safe to read. Unexpected after the header check, but
   // a loader may see a larger size than the header said.
@@ -230,7 +233,8 @@ export function truncation(format: ImageFormat, b: Uint8Array): string | undefin
         if (size === 1 && off + 16 <= v.length) size = Number(v.readBigUInt64BE(off + 8));
         if (size === 0) return undefined; // runs to the end of the file
         if (size < 8) return undefined; // not boxes at all: damage, not truncation
-        if (off + size > v.length) return `the file ends (at ${v.length} bytes) inside a box running to byte ${off + size}`;
+        if (off + size > v.length)
+          return `the file ends (at ${v.length} bytes) inside a box running to byte ${off + size}`;
         off += size;
       }
       return undefined;

@@ -43,7 +43,8 @@ const FIX_LOCAL = 'upload the model to s3:// or have the operator add its folder
 export function createModelSource(opts: ModelSourceOptions): ReadModelFile {
   return async (url, maxBytes) => {
     const limit = Math.min(maxBytes ?? opts.maxModelBytes, opts.maxModelBytes);
-    if (typeof url !== 'string' || url === '') throw new ModelError('no model given: name an s3:// URL or a local path of model.json');
+    if (typeof url !== 'string' || url === '')
+      throw new ModelError('no model given: name an s3:// URL or a local path of model.json');
     if (/^[a-z][a-z0-9+.-]*:/i.test(url)) {
       if (!url.startsWith('s3://')) {
         throw new ModelError(
@@ -92,7 +93,8 @@ async function readS3(s3: S3Client | undefined, url: string, limit: number): Pro
     return bytes;
   } catch (err) {
     if (err instanceof ObjectTooLargeError) throw tooLarge(url, limit);
-    if (err instanceof NotFoundError) throw new ModelError(`model file ${quote(url)} does not exist: check the URL`, { cause: err });
+    if (err instanceof NotFoundError)
+      throw new ModelError(`model file ${quote(url)} does not exist: check the URL`, { cause: err });
     // Transient storage faults stay retryable; a refused bucket is the model reference's fault.
     if (err instanceof StorageError && err.permanent) {
       throw new ModelError(`cannot read model file ${quote(url)}: ${err.message}`, { cause: err });
@@ -142,7 +144,8 @@ async function realDirs(dirs: readonly string[]): Promise<string[]> {
  * @throws ModelError, the same one whether an outside file exists or not.
  */
 async function resolveInside(p: string, dirs: readonly string[]): Promise<string> {
-  if (dirs.length === 0) throw new ModelError(`local model paths are not allowed on this worker (${quote(p)}): ${FIX_LOCAL}`);
+  if (dirs.length === 0)
+    throw new ModelError(`local model paths are not allowed on this worker (${quote(p)}): ${FIX_LOCAL}`);
   if (p.length > MAX_PATH_CHARS || CONTROL.test(p) || !path.isAbsolute(p)) {
     throw new ModelError(
       `local model path ${quote(p)} is not an absolute path of at most ${MAX_PATH_CHARS} characters: ` +
@@ -165,7 +168,9 @@ async function resolveInside(p: string, dirs: readonly string[]): Promise<string
           (e: unknown) => errCode(e) === 'ENOENT',
         );
         if (missing) {
-          throw new ModelError(`model file ${quote(p)} does not exist: check the path (it is inside DEEPFEAT_MODEL_DIRS)`);
+          throw new ModelError(
+            `model file ${quote(p)} does not exist: check the path (it is inside DEEPFEAT_MODEL_DIRS)`,
+          );
         }
       }
     }
@@ -185,7 +190,9 @@ async function readLocal(p: string, dirs: readonly string[], limit: number): Pro
   } catch (err) {
     const code = errCode(err);
     if (code === 'ENOENT' || code === 'ELOOP') throw notAllowed(p);
-    throw new ModelError(`model file ${quote(p)} cannot be opened (${code ?? 'error'}): check its permissions`, { cause: err });
+    throw new ModelError(`model file ${quote(p)} cannot be opened (${code ?? 'error'}): check its permissions`, {
+      cause: err,
+    });
   }
   try {
     // Where the kernel says the open file is (Linux): a folder swapped for a symlink between
@@ -194,7 +201,9 @@ async function readLocal(p: string, dirs: readonly string[], limit: number): Pro
     if (opened !== undefined && !(await realDirs(dirs)).some((d) => isInside(opened, d))) throw notAllowed(p);
     const st = await fh.stat();
     if (!st.isFile()) {
-      throw new ModelError(`model file ${quote(p)} is not a regular file: give the path of model.json or of a weight file`);
+      throw new ModelError(
+        `model file ${quote(p)} is not a regular file: give the path of model.json or of a weight file`,
+      );
     }
     if (st.size > limit) throw tooLarge(p, limit);
     const bytes = await readBounded(fh, st.size, limit);

@@ -45,7 +45,12 @@ export interface SvgContents {
  */
 export async function checkSvg(bytes: Uint8Array, opts: SvgCheckOptions): Promise<SvgContents> {
   const contents: SvgContents = { pixels: 0, images: 0 };
-  await checkDocument(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'), 0, contents, opts);
+  await checkDocument(
+    Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'),
+    0,
+    contents,
+    opts,
+  );
   return contents;
 }
 
@@ -55,7 +60,9 @@ export function checkSvgPixels(canvas: ImageSize, contents: SvgContents, maxPixe
   if (total <= maxPixels) return;
   const n = contents.images;
   const l = contents.largest;
-  const embedded = l ? ` with ${n} embedded image${n === 1 ? '' : 's'} (largest: ${l.format} ${l.width}×${l.height})` : '';
+  const embedded = l
+    ? ` with ${n} embedded image${n === 1 ? '' : 's'} (largest: ${l.format} ${l.width}×${l.height})`
+    : '';
   throw new ImageError(
     `image too large: an svg of ${canvas.width}×${canvas.height}${embedded} needs ${total} pixels, ` +
       `over the limit of ${maxPixels} (DEEPFEAT_MAX_IMAGE_PIXELS)`,
@@ -102,10 +109,12 @@ async function checkEmbedded(uri: string, depth: number, budget: SvgContents, op
   const sniffed = sniffImageFormat(bytes);
   const format = sniffed.kind === 'decodable' ? sniffed.format : undefined;
   if (format !== 'png' && format !== 'jpeg' && format !== 'svg') {
-    const what = sniffed.kind === 'decodable' ? sniffed.format : sniffed.kind === 'unsupported' ? sniffed.name : 'unrecognised';
+    const what =
+      sniffed.kind === 'decodable' ? sniffed.format : sniffed.kind === 'unsupported' ? sniffed.name : 'unrecognised';
     throw refuse(`it embeds ${what} data; embedded images may be PNG, JPEG or SVG`);
   }
-  if (format === 'svg' && depth >= MAX_SVG_NESTING) throw refuse(`it nests SVG images more than ${MAX_SVG_NESTING} level deep`);
+  if (format === 'svg' && depth >= MAX_SVG_NESTING)
+    throw refuse(`it nests SVG images more than ${MAX_SVG_NESTING} level deep`);
   // A nested drawing's text is checked before its header is parsed, like the outer one's.
   if (format === 'svg') await checkDocument(Buffer.from(bytes).toString('utf8'), depth + 1, budget, opts);
   const size = await opts.probe(bytes, format);

@@ -51,71 +51,106 @@ export function startExtractorWorker(ctx: ServiceContext, concurrency = 1) {
     log: (msg, extra) => ctx.log.warn(extra ?? {}, msg),
   });
 
-  const worker = startWorker(ctx, 'extract', async (data, _job, log) => {
-    const { runId, shard, items, sourceBucket } = data;
-    // Held until the job ends, so a concurrent job for another spec cannot dispose it (engine-cache.ts).
-    using lease = await engines.acquire(data.features);
-    const engine = lease.engine;
-    const fetchAndDecode = async (key: string): Promise<Decoded> => {
-      try {
-        const bytes = await getObjectBytes(ctx.s3, sourceBucket, key, cfg.maxImageBytes);
-        const size = { width: engine.input.width, height: engine.input.height };
-        const pixels = await decoders.decode(bytes, { ...size, maxPixels: cfg.maxImagePixels, formats: cfg.imageFormats });
-        return { ok: true, pixels };
-      } catch (err) {
-        if (err instanceof ImageError || err instanceof ObjectTooLargeError) return { ok: false, reason: err.message };
-        if (err instanceof NotFoundError) return { ok: false, reason: 'object not found (deleted after planning?)' };
-        throw err; // storage faults: fail the job so BullMQ retries it, or the run fails
-      }
-    };
-
-    const batches: Array<typeof items> = [];
-    const batchSize = cfg.batchSize || engine.preferredBatch;
-    for (let i = 0; i < items.length; i += batchSize) batches.push(items.slice(i, i + batchSize));
-    const decodeBatch = (b: number) => mapLimit(batches[b]!, cfg.fetchConcurrency, (it) => fetchAndDecode(it.key));
-
-    const rows: ShardRow[] = [];
-    const failures: ImageFailure[] = [];
-    const chunks: Float32Array[] = [];
-    let nRows = 0;
-    let pending = batches.length > 0 ? decodeBatch(0) : undefined;
-    for (let b = 0; b < batches.length; b++) {
-      const decoded = await pending!;
-      // Start the next batch's downloads before running this one through the engine.
-      pending = b + 1 < batches.length ? decodeBatch(b + 1) : undefined;
-      pending?.catch(() => undefined); // a rejection is rethrown when awaited above
-      const ok: Uint8Array[] = [];
-      batches[b]!.forEach((it, i) => {
-        const d = decoded[i]!;
-        if (d.ok) {
-          rows.push({ ...it, split: it.split as ShardRow['split'], row: nRows + ok.length });
-          ok.push(d.pixels);
-        } else {
-          rows.push({ ...it, split: it.split as ShardRow['split'], error: d.reason });
-          failures.push({ key: it.key, reason: d.reason });
+  const worker = startWorker(
+    ctx,
+    'extract',
+    async (data, _job, log) => {
+      const { runId, shard, items, sourceBucket } = data;
+      // Held until the job ends, so a concurrent job for another spec cannot dispose it (engine-cache.ts).
+      using lease = await engines.acquire(data.features);
+      const engine = lease.engine;
+      const fetchAndDecode = async (key: string): Promise<Decoded> => {
+        try {
+          const bytes = await getObjectBytes(ctx.s3, sourceBucket, key, cfg.maxImageBytes);
+          const size = { width: engine.input.width, height: engine.input.height };
+          const pixels = await decoders.decode(bytes, {
+            ...size,
+            maxPixels: cfg.maxImagePixels,
+            formats: cfg.imageFormats,
+          });
+          return { ok: true, pixels };
+        } catch (err) {
+          if (err instanceof ImageError || err instanceof ObjectTooLargeError)
+            return { ok: false, reason: err.message };
+          if (err instanceof NotFoundError) return { ok: false, reason: 'object not found (deleted after planning?)' };
+          throw err; // storage faults: fail the job so BullMQ retries it, or the run fails
         }
-      });
-      if (ok.length > 0) {
-        chunks.push(await engine.embed(ok));
-        nRows += ok.length;
+      };
+
+      const batches: Array<typeof items> = [];
+      const batchSize = cfg.batchSize || engine.preferredBatch;
+      for (let i = 0; i < items.length; i += batchSize) batches.push(items.slice(i, i + batchSize));
+      const decodeBatch = (b: number) => mapLimit(batches[b]!, cfg.fetchConcurrency, (it) => fetchAndDecode(it.key));
+
+      const rows: ShardRow[] = [];
+      const failures: ImageFailure[] = [];
+      const chunks: Float32Array[] = [];
+      let nRows = 0;
+      let pending = batches.length > 0 ? decodeBatch(0) : undefined;
+      for (let b = 0; b < batches.length; b++) {
+        const decoded = await pending!;
+        // Start the next batch's downloads before running this one through the engine.
+        pending = b + 1 < batches.length ? decodeBatch(b + 1) : undefined;
+        pending?.catch(() => undefined); // a rejection is rethrown when awaited above
+        const ok: Uint8Array[] = [];
+        batches[b]!.forEach((it, i) => {
+          const d = decoded[i]!;
+          if (d.ok) {
+            rows.push({ ...it, split: it.split as ShardRow['split'], row: nRows + ok.length });
+            ok.push(d.pixels);
+          } else {
+            rows.push({ ...it, split: it.split as ShardRow['split'], error: d.reason });
+            failures.push({ key: it.key, reason: d.reason });
+          }
+        });
+        if (ok.length > 0) {
+          chunks.push(await engine.embed(ok));
+          nRows += ok.length;
+        }
+        await ctx.runs.setShardProgress(runId, shard, {
+          done: nRows,
+          failed: failures.length,
+          complete: false,
+          engine: engine.id,
+          backend: engine.backend,
+          input: `${engine.input.width}x${engine.input.height}`,
+        });
       }
-      await ctx.runs.setShardProgress(runId, shard, { done: nRows, failed: failures.length, complete: false, engine: engine.id, backend: engine.backend, input: `${engine.input.width}x${engine.input.height}` });
-    }
-    const features = new Float32Array(nRows * engine.dim);
-    let off = 0;
-    for (const c of chunks) {
-      features.set(c, off);
-      off += c.length;
-    }
-    await writeShard(ctx.s3, ctx.config.bucket, runId, shard, features, engine.dim, rows);
-    await ctx.runs.setShardProgress(runId, shard, { done: nRows, failed: failures.length, complete: true, engine: engine.id, backend: engine.backend, input: `${engine.input.width}x${engine.input.height}` }, failures);
-    if (failures.length > 0) log.warn({ runId, shard, failed: failures.length, first: failures[0] }, 'images failed');
-    return { shard, rows: nRows, failed: failures.length, engine: engine.id, backend: engine.backend, input: `${engine.input.width}x${engine.input.height}` };
-  }, concurrency);
+      const features = new Float32Array(nRows * engine.dim);
+      let off = 0;
+      for (const c of chunks) {
+        features.set(c, off);
+        off += c.length;
+      }
+      await writeShard(ctx.s3, ctx.config.bucket, runId, shard, features, engine.dim, rows);
+      await ctx.runs.setShardProgress(
+        runId,
+        shard,
+        {
+          done: nRows,
+          failed: failures.length,
+          complete: true,
+          engine: engine.id,
+          backend: engine.backend,
+          input: `${engine.input.width}x${engine.input.height}`,
+        },
+        failures,
+      );
+      if (failures.length > 0) log.warn({ runId, shard, failed: failures.length, first: failures[0] }, 'images failed');
+      return {
+        shard,
+        rows: nRows,
+        failed: failures.length,
+        engine: engine.id,
+        backend: engine.backend,
+        input: `${engine.input.width}x${engine.input.height}`,
+      };
+    },
+    concurrency,
+  );
   worker.on('closed', () => {
     engines.close();
     void decoders.close();
   });
   return worker;
 }
-

@@ -79,7 +79,8 @@ function textValue(v: unknown, what: 'key' | 'label', at: string, numberOk: bool
 
 function splitOf(v: unknown, at: string): { split?: Split } {
   if (v === undefined || v === null || v === '') return {};
-  if (typeof v !== 'string') throw new DatasetError(`${at}: split must be a string (train, val or test), not ${typeName(v)}`);
+  if (typeof v !== 'string')
+    throw new DatasetError(`${at}: split must be a string (train, val or test), not ${typeName(v)}`);
   if (v.trim() === '') return {};
   const split = splitNamed(v.trim().toLowerCase());
   if (!split) throw new DatasetError(`${at}: unknown split ${quote(v)}; use train, val or test (or leave it empty)`);
@@ -101,7 +102,9 @@ function manifestKey(raw: string, bucket: string, at: string): string {
   if (raw.startsWith('s3://')) {
     const m = /^s3:\/\/([^/]+)\/(.+)$/s.exec(raw);
     if (!m || m[1] !== bucket) {
-      throw new DatasetError(`${at}: key ${quote(raw)} is outside the bucket ${bucket}; images must be in the manifest's bucket`);
+      throw new DatasetError(
+        `${at}: key ${quote(raw)} is outside the bucket ${bucket}; images must be in the manifest's bucket`,
+      );
     }
     key = m[2]!;
   }
@@ -112,7 +115,9 @@ function manifestKey(raw: string, bucket: string, at: string): string {
   }
   const bytes = Buffer.byteLength(key, 'utf8');
   if (bytes > MAX_KEY_BYTES) {
-    throw new DatasetError(`${at}: key ${quote(key)} is ${bytes} bytes; S3 keys are at most ${MAX_KEY_BYTES}. Is the column right?`);
+    throw new DatasetError(
+      `${at}: key ${quote(key)} is ${bytes} bytes; S3 keys are at most ${MAX_KEY_BYTES}. Is the column right?`,
+    );
   }
   return key;
 }
@@ -141,7 +146,9 @@ function jsonRows(text: string, where: string): RawRow[] {
     rows.push({ key: o.key, label: o.label, split: o.split, line: i + 1 });
   }
   if (rows.length === 0) {
-    throw new DatasetError(`manifest ${where} is empty: expected one JSON object per line, {"key": ..., "label": ..., "split"?: ...}`);
+    throw new DatasetError(
+      `manifest ${where} is empty: expected one JSON object per line, {"key": ..., "label": ..., "split"?: ...}`,
+    );
   }
   return rows;
 }
@@ -182,7 +189,9 @@ function csvRows(text: string, where: string): RawRow[] {
     throw csvParseError(err, where, lastEnd + (emptyNow - lastEmpty) + 1);
   }
   if (records.length === 0) {
-    throw new DatasetError(`manifest ${where} is empty: expected a header line key,label[,split] and one line per image`);
+    throw new DatasetError(
+      `manifest ${where} is empty: expected a header line key,label[,split] and one line per image`,
+    );
   }
   const header = records[0]!.map((h) => h.trim().toLowerCase());
   const index = columnIndex(header, where);
@@ -216,7 +225,9 @@ function columnIndex(header: readonly string[], where: string): { key: number; l
     if (!(COLUMNS as readonly string[]).includes(h)) return; // other columns may carry notes
     const c = h as Column;
     if (found[c] !== undefined) {
-      throw new DatasetError(`${where}: the header names ${quote(c)} twice (columns ${found[c]! + 1} and ${i + 1}); name each column once`);
+      throw new DatasetError(
+        `${where}: the header names ${quote(c)} twice (columns ${found[c]! + 1} and ${i + 1}); name each column once`,
+      );
     }
     found[c] = i;
   });
@@ -245,14 +256,25 @@ function csvParseError(err: unknown, where: string, recordStart: number): Datase
   const quoting = 'quote the whole value and double any quote inside it, e.g. "a ""b"" c"';
   switch (e.code) {
     case 'CSV_QUOTE_NOT_CLOSED':
-      return new DatasetError(`${where} line ${recordStart}: a quoted value starting on this line is never closed; end it with "`, { cause: err });
+      return new DatasetError(
+        `${where} line ${recordStart}: a quoted value starting on this line is never closed; end it with "`,
+        { cause: err },
+      );
     case 'INVALID_OPENING_QUOTE':
-      return new DatasetError(`${where} line ${line}: a double quote inside an unquoted value; ${quoting}`, { cause: err });
+      return new DatasetError(`${where} line ${line}: a double quote inside an unquoted value; ${quoting}`, {
+        cause: err,
+      });
     case 'CSV_INVALID_CLOSING_QUOTE':
       return new DatasetError(`${where} line ${line}: text right after a closing quote; ${quoting}`, { cause: err });
     case 'CSV_MAX_RECORD_SIZE':
-      return new DatasetError(`${where} line ${recordStart}: a row longer than 128,000 characters; is this a CSV manifest?`, { cause: err });
+      return new DatasetError(
+        `${where} line ${recordStart}: a row longer than 128,000 characters; is this a CSV manifest?`,
+        { cause: err },
+      );
     default:
-      return new DatasetError(`${where} line ${line}: not valid CSV (${capText(err instanceof Error ? err.message : String(err))})`, { cause: err });
+      return new DatasetError(
+        `${where} line ${line}: not valid CSV (${capText(err instanceof Error ? err.message : String(err))})`,
+        { cause: err },
+      );
   }
 }

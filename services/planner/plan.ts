@@ -4,7 +4,7 @@
  */
 import { DatasetError } from '../../shared/errors.js';
 import { capText, quote } from '../../shared/text.js';
-import { type ManifestItem, type Split } from '../../shared/dataset.js';
+import type { ManifestItem, Split } from '../../shared/dataset.js';
 import { mulberry32 } from '../../shared/random.js';
 
 /** Split folder names (and manifest split values, lower-cased) → split. */
@@ -51,7 +51,11 @@ export interface Labelled {
  * object that is not used is returned in `ignored` with why, so `status` can show it: a stray
  * file is never dropped without a word.
  */
-export function labelsFromListing(keys: readonly string[], prefix: string, where: string): { items: Labelled[]; ignored: Plan['ignored'] } {
+export function labelsFromListing(
+  keys: readonly string[],
+  prefix: string,
+  where: string,
+): { items: Labelled[]; ignored: Plan['ignored'] } {
   const items: Labelled[] = [];
   const ignored: Plan['ignored'] = [];
   let withSplit = 0;
@@ -64,7 +68,10 @@ export function labelsFromListing(keys: readonly string[], prefix: string, where
     const parts = key.slice(prefix.length).split('/');
     if (parts.some((p) => p === '')) {
       // `cat//1.jpg` is not in folder `cat`: S3 keys are plain strings, '' is a folder name too.
-      ignored.push({ key, reason: "a folder with an empty name ('//' or a leading '/') in its key; expected <label>/<file>" });
+      ignored.push({
+        key,
+        reason: "a folder with an empty name ('//' or a leading '/') in its key; expected <label>/<file>",
+      });
     } else if (parts.length === 3 && splitNamed(parts[0]!) !== undefined) {
       items.push({ key, label: parts[1]!, split: splitNamed(parts[0]!)! });
       withSplit++;
@@ -76,11 +83,15 @@ export function labelsFromListing(keys: readonly string[], prefix: string, where
     } else if (parts.length === 1) {
       ignored.push({ key, reason: 'at the top of the prefix, not in a <label>/ folder' });
     } else {
-      ignored.push({ key, reason: `in a subfolder ${parts.length - 2} deep; only files directly in <label>/ or <split>/<label>/ are used` });
+      ignored.push({
+        key,
+        reason: `in a subfolder ${parts.length - 2} deep; only files directly in <label>/ or <split>/<label>/ are used`,
+      });
     }
   }
   if (withSplit > 0) {
-    for (const it of inSplitFolder) ignored.push({ key: it.key, reason: 'directly in a split folder, not in <split>/<label>/' });
+    for (const it of inSplitFolder)
+      ignored.push({ key: it.key, reason: 'directly in a split folder, not in <split>/<label>/' });
   } else {
     // A loop, not push(...spread): a spread of 100,000+ items overflows the call stack.
     for (const it of inSplitFolder) items.push(it);
@@ -92,7 +103,9 @@ export function labelsFromListing(keys: readonly string[], prefix: string, where
     );
   }
   if (items.length === 0) {
-    throw new DatasetError(`no images under ${where}: expected <label>/<file> folders (or train|val|test/<label>/<file>, or a manifest .csv/.jsonl)`);
+    throw new DatasetError(
+      `no images under ${where}: expected <label>/<file> folders (or train|val|test/<label>/<file>, or a manifest .csv/.jsonl)`,
+    );
   }
   return { items, ignored };
 }
@@ -125,7 +138,8 @@ export function assignSplits(items: readonly Labelled[], fractions: SplitFractio
   }
   const anySplit = items.some((i) => i.split !== undefined);
   const allSplit = items.every((i) => i.split !== undefined);
-  if (anySplit && !allSplit) throw new DatasetError('some images have a split and some do not: give every image a split, or none');
+  if (anySplit && !allSplit)
+    throw new DatasetError('some images have a split and some do not: give every image a split, or none');
   const hasVal = items.some((i) => i.split === 'val');
   const out: ManifestItem[] = [];
   for (const label of [...byLabel.keys()].sort()) {
@@ -134,7 +148,11 @@ export function assignSplits(items: readonly Labelled[], fractions: SplitFractio
     if (allSplit) {
       const train = group.filter((i) => i.split === 'train');
       const valCount = hasVal ? 0 : Math.round(train.length * (fractions.val / (fractions.train + fractions.val)));
-      const valKeys = new Set(shuffled(train, rand).slice(0, Math.min(valCount, train.length - 1)).map((i) => i.key));
+      const valKeys = new Set(
+        shuffled(train, rand)
+          .slice(0, Math.min(valCount, train.length - 1))
+          .map((i) => i.key),
+      );
       for (const i of group) out.push({ key: i.key, label, split: valKeys.has(i.key) ? 'val' : i.split! });
       continue;
     }
@@ -168,8 +186,8 @@ export function checkAndCount(
   // like any other (on a plain object it would find, and write to, Object.prototype's members).
   const counts: Record<string, Record<Split, number>> = Object.create(null);
   for (const it of items) {
-    const c = (counts[it.label] ??= { train: 0, val: 0, test: 0 });
-    c[it.split]++;
+    counts[it.label] ??= { train: 0, val: 0, test: 0 };
+    counts[it.label]![it.split]++;
   }
   const classes = Object.keys(counts).sort();
   if (classes.length < 2) {
@@ -178,8 +196,12 @@ export function checkAndCount(
     throw new DatasetError(`only one class (${only}) under ${where}: a classifier needs at least two labels; ${fix}`);
   }
   for (const c of classes) {
-    if (counts[c]!.train === 0) throw new DatasetError(`class ${quote(c)} has no training images under ${where}: add some or remove the class`);
-    if (counts[c]!.test === 0) throw new DatasetError(`class ${quote(c)} has no test images under ${where}: add some to its test split, or let deepfeat split (no split folders)`);
+    if (counts[c]!.train === 0)
+      throw new DatasetError(`class ${quote(c)} has no training images under ${where}: add some or remove the class`);
+    if (counts[c]!.test === 0)
+      throw new DatasetError(
+        `class ${quote(c)} has no test images under ${where}: add some to its test split, or let deepfeat split (no split folders)`,
+      );
   }
   return { classes, counts };
 }
@@ -189,4 +211,3 @@ export function shardItems<T>(items: readonly T[], shardSize: number): T[][] {
   for (let i = 0; i < items.length; i += shardSize) shards.push(items.slice(i, i + shardSize));
   return shards;
 }
-

@@ -3,7 +3,16 @@
  * run's flow evaluate ← train ← extract(shard 0..n). Runs in a worker, never in the client.
  */
 import type { FlowChildJob } from 'bullmq';
-import { parseS3Url, listObjects, getObjectBytes, assertBucket, putObject, putJson, s3Url, ObjectTooLargeError } from '../../shared/s3.js';
+import {
+  parseS3Url,
+  listObjects,
+  getObjectBytes,
+  assertBucket,
+  putObject,
+  putJson,
+  s3Url,
+  ObjectTooLargeError,
+} from '../../shared/s3.js';
 import { makeFlowProducer, type JobData } from '../../shared/queues.js';
 import { DatasetError } from '../../shared/errors.js';
 import { boundSkipped } from '../../shared/run-state.js';
@@ -17,69 +26,115 @@ const MAX_WHERE_CHARS = 300;
 
 export function startPlannerWorker(ctx: ServiceContext, concurrency = 1) {
   const flows = makeFlowProducer(ctx.queues);
-  const worker = startWorker(ctx, 'plan', async (data, _job, log) => {
-    const { runId, request } = data;
-    // A plan job whose first attempt already added the run's flow (it died before it could
-    // report done) must not plan again: the listing may have changed since, and the extract
-    // jobs already hold the first plan. The flow is added atomically, so its root tells.
-    const existing = await flows.getFlow({ id: `${runId}-evaluate`, queueName: 'evaluate', depth: 1, maxChildren: 1 });
-    if (existing?.job) {
-      const s = await ctx.runs.get(runId);
-      log.info({ runId }, 'already planned by an earlier attempt; nothing to do');
-      return { images: s?.total ?? 0, shards: s?.shards ?? 0, classes: [...(s?.classes ?? [])] };
-    }
-    await ctx.runs.setStage(runId, 'planning');
-    const src = parseS3Url(request.source);
-    await assertBucket(ctx.s3, src.bucket);
-    const where = capText(request.source, MAX_WHERE_CHARS);
-    const format = manifestFormat(src.key);
-    let labelled: Labelled[];
-    let ignored: Plan['ignored'] = [];
-    if (format) {
-      const text = await readManifest(ctx, src.bucket, src.key, where);
-      labelled = labelsFromManifest(text, format, where, src.bucket);
-    } else {
-      const prefix = src.key === '' || src.key.endsWith('/') ? src.key : `${src.key}/`;
-      const keys: string[] = [];
-      for await (const o of listObjects(ctx.s3, src.bucket, prefix)) keys.push(o.key);
-      ({ items: labelled, ignored } = labelsFromListing(keys, prefix, capText(s3Url(src.bucket, prefix), MAX_WHERE_CHARS)));
-    }
-    const items = assignSplits(labelled, request.split, request.seed);
-    const { classes, counts } = checkAndCount(items, where, format ? 'manifest' : 'folders');
-    const shards = shardItems(items, request.shardSize);
-    const bucket = ctx.config.bucket;
-    await putObject(ctx.s3, bucket, `runs/${runId}/manifest.jsonl`, items.map((i) => JSON.stringify(i)).join('\n') + '\n', 'application/x-ndjson');
-    // Skipped objects as the run state keeps them (bounded); the evaluator's final run.json is
-    // a copy of the run state, so it has the same two fields.
-    await putJson(ctx.s3, bucket, `runs/${runId}/run.json`, {
-      runId, request, stage: 'extracting', classes, counts, ...boundSkipped(ignored), images: items.length, shards: shards.length,
-    });
-    await ctx.runs.setPlan(runId, { total: items.length, shards: shards.length, classes, counts, skipped: ignored });
-    log.info({ runId, images: items.length, shards: shards.length, classes: classes.length, skipped: ignored.length }, 'planned');
+  const worker = startWorker(
+    ctx,
+    'plan',
+    async (data, _job, log) => {
+      const { runId, request } = data;
+      // A plan job whose first attempt already added the run's flow (it died before it could
+      // report done) must not plan again: the listing may have changed since, and the extract
+      // jobs already hold the first plan. The flow is added atomically, so its root tells.
+      const existing = await flows.getFlow({
+        id: `${runId}-evaluate`,
+        queueName: 'evaluate',
+        depth: 1,
+        maxChildren: 1,
+      });
+      if (existing?.job) {
+        const s = await ctx.runs.get(runId);
+        log.info({ runId }, 'already planned by an earlier attempt; nothing to do');
+        return { images: s?.total ?? 0, shards: s?.shards ?? 0, classes: [...(s?.classes ?? [])] };
+      }
+      await ctx.runs.setStage(runId, 'planning');
+      const src = parseS3Url(request.source);
+      await assertBucket(ctx.s3, src.bucket);
+      const where = capText(request.source, MAX_WHERE_CHARS);
+      const format = manifestFormat(src.key);
+      let labelled: Labelled[];
+      let ignored: Plan['ignored'] = [];
+      if (format) {
+        const text = await readManifest(ctx, src.bucket, src.key, where);
+        labelled = labelsFromManifest(text, format, where, src.bucket);
+      } else {
+        const prefix = src.key === '' || src.key.endsWith('/') ? src.key : `${src.key}/`;
+        const keys: string[] = [];
+        for await (const o of listObjects(ctx.s3, src.bucket, prefix)) keys.push(o.key);
+        ({ items: labelled, ignored } = labelsFromListing(
+          keys,
+          prefix,
+          capText(s3Url(src.bucket, prefix), MAX_WHERE_CHARS),
+        ));
+      }
+      const items = assignSplits(labelled, request.split, request.seed);
+      const { classes, counts } = checkAndCount(items, where, format ? 'manifest' : 'folders');
+      const shards = shardItems(items, request.shardSize);
+      const bucket = ctx.config.bucket;
+      await putObject(
+        ctx.s3,
+        bucket,
+        `runs/${runId}/manifest.jsonl`,
+        `${items.map((i) => JSON.stringify(i)).join('\n')}\n`,
+        'application/x-ndjson',
+      );
+      // Skipped objects as the run state keeps them (bounded); the evaluator's final run.json is
+      // a copy of the run state, so it has the same two fields.
+      await putJson(ctx.s3, bucket, `runs/${runId}/run.json`, {
+        runId,
+        request,
+        stage: 'extracting',
+        classes,
+        counts,
+        ...boundSkipped(ignored),
+        images: items.length,
+        shards: shards.length,
+      });
+      await ctx.runs.setPlan(runId, { total: items.length, shards: shards.length, classes, counts, skipped: ignored });
+      log.info(
+        { runId, images: items.length, shards: shards.length, classes: classes.length, skipped: ignored.length },
+        'planned',
+      );
 
-    const extractChildren: FlowChildJob[] = shards.map((shardItemsList, shard) => {
-      const payload: JobData<'extract'> = { runId, shard, sourceBucket: src.bucket, features: request.features, items: shardItemsList };
-      return { name: 'extract', queueName: 'extract', data: payload, opts: { ...jobOptions(ctx.config, `${runId}-extract-${shard}`), failParentOnFailure: true } };
-    });
-    const trainData: JobData<'train'> = { runId, shards: shards.length, classes, ...(request.lambdas ? { lambdas: request.lambdas } : {}) };
-    const evalData: JobData<'evaluate'> = { runId, shards: shards.length, name: request.name };
-    await flows.add({
-      name: 'evaluate',
-      queueName: 'evaluate',
-      data: evalData,
-      opts: jobOptions(ctx.config, `${runId}-evaluate`),
-      children: [
-        {
-          name: 'train',
-          queueName: 'train',
-          data: trainData,
-          opts: { ...jobOptions(ctx.config, `${runId}-train`), failParentOnFailure: true },
-          children: extractChildren,
-        },
-      ],
-    });
-    return { images: items.length, shards: shards.length, classes };
-  }, concurrency);
+      const extractChildren: FlowChildJob[] = shards.map((shardItemsList, shard) => {
+        const payload: JobData<'extract'> = {
+          runId,
+          shard,
+          sourceBucket: src.bucket,
+          features: request.features,
+          items: shardItemsList,
+        };
+        return {
+          name: 'extract',
+          queueName: 'extract',
+          data: payload,
+          opts: { ...jobOptions(ctx.config, `${runId}-extract-${shard}`), failParentOnFailure: true },
+        };
+      });
+      const trainData: JobData<'train'> = {
+        runId,
+        shards: shards.length,
+        classes,
+        ...(request.lambdas ? { lambdas: request.lambdas } : {}),
+      };
+      const evalData: JobData<'evaluate'> = { runId, shards: shards.length, name: request.name };
+      await flows.add({
+        name: 'evaluate',
+        queueName: 'evaluate',
+        data: evalData,
+        opts: jobOptions(ctx.config, `${runId}-evaluate`),
+        children: [
+          {
+            name: 'train',
+            queueName: 'train',
+            data: trainData,
+            opts: { ...jobOptions(ctx.config, `${runId}-train`), failParentOnFailure: true },
+            children: extractChildren,
+          },
+        ],
+      });
+      return { images: items.length, shards: shards.length, classes };
+    },
+    concurrency,
+  );
   worker.on('closed', () => void flows.close());
   return worker;
 }

@@ -59,18 +59,27 @@ export async function fitInThread(input: SelectInput, options: FitOptions = {}):
   const ownPoolStart = helpers > 0 ? ObjectivePool.create(helpers).catch(() => undefined) : Promise.resolve(undefined);
   let thread: ThreadClient<FitThreadApi> | undefined;
   try {
-    thread = await startThread<FitThreadApi>({ name: 'fit thread', module: new URL('./fit-thread-main.ts', import.meta.url) });
+    thread = await startThread<FitThreadApi>({
+      name: 'fit thread',
+      module: new URL('./fit-thread-main.ts', import.meta.url),
+    });
     const pool = options.pool ?? (await ownPoolStart);
     const handed = pool?.handOver();
     // The feature matrices reach the thread without a copy: shared, or transferred.
-    const buffers = [...new Set([input.train.X.buffer, input.val.X.buffer])].filter((b): b is ArrayBuffer => b instanceof ArrayBuffer);
+    const buffers = [...new Set([input.train.X.buffer, input.val.X.buffer])].filter(
+      (b): b is ArrayBuffer => b instanceof ArrayBuffer,
+    );
     const { runner: _local, ...plain } = input;
-    return await thread.call('fit', { input: plain, pool: handed?.handle }, {
-      transfer: [...buffers, ...(handed?.transfer ?? [])] as Transferable[],
-      timeoutMs: options.timeoutMs,
-      timeoutSetting: options.timeoutSetting,
-      what: `the fit (${input.train.n} + ${input.val.n} rows × ${input.d} features, ${input.k} classes)`,
-    });
+    return await thread.call(
+      'fit',
+      { input: plain, pool: handed?.handle },
+      {
+        transfer: [...buffers, ...(handed?.transfer ?? [])] as Transferable[],
+        timeoutMs: options.timeoutMs,
+        timeoutSetting: options.timeoutSetting,
+        what: `the fit (${input.train.n} + ${input.val.n} rows × ${input.d} features, ${input.k} classes)`,
+      },
+    );
   } finally {
     await thread?.close();
     await (await ownPoolStart)?.close();

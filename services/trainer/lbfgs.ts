@@ -58,7 +58,7 @@ function cubicStep(a: number, fa: number, da: number, b: number, fb: number, db:
   const lo = Math.min(a, b);
   const hi = Math.max(a, b);
   const margin = 0.1 * (hi - lo);
-  const d1 = da + db - 3 * (fa - fb) / (a - b);
+  const d1 = da + db - (3 * (fa - fb)) / (a - b);
   const disc = d1 * d1 - da * db;
   if (Number.isFinite(disc) && disc >= 0 && Number.isFinite(fb)) {
     const d2 = Math.sign(b - a) * Math.sqrt(disc);
@@ -96,20 +96,37 @@ function lineSearch(s: LineSearchState, alphaInit: number): number | null {
   const armijo = (alpha: number, f: number): boolean => f <= s.f0 + C1 * alpha * s.d0;
 
   const zoom = (lo0: number, flo0: number, dlo0: number, hi0: number, fhi0: number, dhi0: number): number | null => {
-    let lo = lo0, flo = flo0, dlo = dlo0, hi = hi0, fhi = fhi0, dhi = dhi0;
-    let bestAlpha = lo, bestF = flo; // best Armijo point seen, in case the budget runs out
+    let lo = lo0,
+      flo = flo0,
+      dlo = dlo0,
+      hi = hi0,
+      fhi = fhi0,
+      dhi = dhi0;
+    let bestAlpha = lo,
+      bestF = flo; // best Armijo point seen, in case the budget runs out
     while (evals < MAX_LINE_SEARCH_EVALS) {
       if (Math.abs(hi - lo) <= 1e-16 * Math.max(1, Math.abs(lo))) break;
       const alpha = cubicStep(lo, flo, dlo, hi, fhi, dhi);
       const [f, d] = evaluateAt(s, alpha);
       evals++;
       if (!Number.isFinite(f) || !armijo(alpha, f) || f >= flo) {
-        hi = alpha; fhi = f; dhi = d;
+        hi = alpha;
+        fhi = f;
+        dhi = d;
       } else {
         if (Math.abs(d) <= -C2 * s.d0) return f;
-        if (f < bestF) { bestF = f; bestAlpha = alpha; }
-        if (d * (hi - lo) >= 0) { hi = lo; fhi = flo; dhi = dlo; }
-        lo = alpha; flo = f; dlo = d;
+        if (f < bestF) {
+          bestF = f;
+          bestAlpha = alpha;
+        }
+        if (d * (hi - lo) >= 0) {
+          hi = lo;
+          fhi = flo;
+          dhi = dlo;
+        }
+        lo = alpha;
+        flo = f;
+        dlo = d;
       }
     }
     // Budget exhausted: accept the best sufficient-decrease point (the curvature test
@@ -121,7 +138,9 @@ function lineSearch(s: LineSearchState, alphaInit: number): number | null {
     return null;
   };
 
-  let prevAlpha = 0, prevF = s.f0, prevD = s.d0;
+  let prevAlpha = 0,
+    prevF = s.f0,
+    prevD = s.d0;
   let alpha = alphaInit;
   while (evals < MAX_LINE_SEARCH_EVALS) {
     const [f, d] = evaluateAt(s, alpha);
@@ -131,7 +150,9 @@ function lineSearch(s: LineSearchState, alphaInit: number): number | null {
     }
     if (Math.abs(d) <= -C2 * s.d0) return f;
     if (d >= 0) return zoom(alpha, f, d, prevAlpha, prevF, prevD);
-    prevAlpha = alpha; prevF = f; prevD = d;
+    prevAlpha = alpha;
+    prevF = f;
+    prevD = d;
     alpha *= 4; // still descending steeply: extrapolate
   }
   return null;
@@ -163,7 +184,11 @@ export function minimizeLbfgs(fg: ObjectiveWithGradient, x0: Float64Array, opts:
   const p = new Float64Array(n);
   let xt = new Float64Array(n);
   let gt = new Float64Array(n);
-  const forget = (): void => { S.length = 0; Y.length = 0; rho.length = 0; };
+  const forget = (): void => {
+    S.length = 0;
+    Y.length = 0;
+    rho.length = 0;
+  };
 
   if (maxAbs(g) <= gtol) return { x, f, iterations: 0, converged: true, reason: 'gradient tolerance' };
 
@@ -229,7 +254,9 @@ export function minimizeLbfgs(fg: ObjectiveWithGradient, x0: Float64Array, opts:
         s[i] = xt[i] - x[i];
         y[i] = gt[i] - g[i];
       }
-      S.push(s); Y.push(y); rho.push(1 / sy);
+      S.push(s);
+      Y.push(y);
+      rho.push(1 / sy);
     }
 
     const fPrev = f;

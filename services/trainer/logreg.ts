@@ -34,14 +34,20 @@ export interface LogisticProblem {
  */
 function checkProblem(p: LogisticProblem): void {
   const { X, n, d, y, k, lambda } = p;
-  if (!Number.isInteger(n) || n < 1) throw new InternalError(`logistic regression: need at least one sample, got n=${n}`);
-  if (!Number.isInteger(d) || d < 1) throw new InternalError(`logistic regression: feature dimension must be >= 1, got d=${d}`);
-  if (!Number.isInteger(k) || k < 2) throw new InternalError(`logistic regression: need at least 2 classes, got k=${k}`);
-  if (X.length !== n * d) throw new InternalError(`logistic regression: X has ${X.length} values, expected n*d = ${n}*${d} = ${n * d}`);
+  if (!Number.isInteger(n) || n < 1)
+    throw new InternalError(`logistic regression: need at least one sample, got n=${n}`);
+  if (!Number.isInteger(d) || d < 1)
+    throw new InternalError(`logistic regression: feature dimension must be >= 1, got d=${d}`);
+  if (!Number.isInteger(k) || k < 2)
+    throw new InternalError(`logistic regression: need at least 2 classes, got k=${k}`);
+  if (X.length !== n * d)
+    throw new InternalError(`logistic regression: X has ${X.length} values, expected n*d = ${n}*${d} = ${n * d}`);
   if (y.length !== n) throw new InternalError(`logistic regression: y has ${y.length} labels, expected n = ${n}`);
-  if (!(lambda >= 0) || !Number.isFinite(lambda)) throw new InternalError(`logistic regression: lambda must be a finite number >= 0, got ${lambda}`);
+  if (!(lambda >= 0) || !Number.isFinite(lambda))
+    throw new InternalError(`logistic regression: lambda must be a finite number >= 0, got ${lambda}`);
   for (let i = 0; i < n; i++) {
-    if (y[i] < 0 || y[i] >= k) throw new InternalError(`logistic regression: label y[${i}]=${y[i]} is outside [0, ${k})`);
+    if (y[i] < 0 || y[i] >= k)
+      throw new InternalError(`logistic regression: label y[${i}]=${y[i]} is outside [0, ${k})`);
   }
   // One NaN/Infinity would silently poison every gradient; name it instead (O(nd), cheap next to a fit).
   for (let i = 0; i < X.length; i++) {
@@ -63,31 +69,71 @@ function computeLogits(X: Float32Array, n: number, d: number, theta: Float64Arra
   const kd = k * d;
   let i = 0;
   for (; i + 4 <= n; i += 4) {
-    const o0 = i * d, o1 = o0 + d, o2 = o1 + d, o3 = o2 + d;
-    const z0 = i * k, z1 = z0 + k, z2 = z1 + k, z3 = z2 + k;
+    const o0 = i * d,
+      o1 = o0 + d,
+      o2 = o1 + d,
+      o3 = o2 + d;
+    const z0 = i * k,
+      z1 = z0 + k,
+      z2 = z1 + k,
+      z3 = z2 + k;
     let c = 0;
     for (; c + 2 <= k; c += 2) {
-      const u0 = c * d, v0 = u0 + d;
-      let a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+      const u0 = c * d,
+        v0 = u0 + d;
+      let a0 = 0,
+        a1 = 0,
+        a2 = 0,
+        a3 = 0,
+        b0 = 0,
+        b1 = 0,
+        b2 = 0,
+        b3 = 0;
       for (let j = 0; j < d; j++) {
-        const u = theta[u0 + j], v = theta[v0 + j];
-        const x0 = X[o0 + j], x1 = X[o1 + j], x2 = X[o2 + j], x3 = X[o3 + j];
-        a0 += x0 * u; a1 += x1 * u; a2 += x2 * u; a3 += x3 * u;
-        b0 += x0 * v; b1 += x1 * v; b2 += x2 * v; b3 += x3 * v;
+        const u = theta[u0 + j],
+          v = theta[v0 + j];
+        const x0 = X[o0 + j],
+          x1 = X[o1 + j],
+          x2 = X[o2 + j],
+          x3 = X[o3 + j];
+        a0 += x0 * u;
+        a1 += x1 * u;
+        a2 += x2 * u;
+        a3 += x3 * u;
+        b0 += x0 * v;
+        b1 += x1 * v;
+        b2 += x2 * v;
+        b3 += x3 * v;
       }
-      const bu = theta[kd + c], bv = theta[kd + c + 1];
-      Z[z0 + c] = a0 + bu; Z[z1 + c] = a1 + bu; Z[z2 + c] = a2 + bu; Z[z3 + c] = a3 + bu;
-      Z[z0 + c + 1] = b0 + bv; Z[z1 + c + 1] = b1 + bv; Z[z2 + c + 1] = b2 + bv; Z[z3 + c + 1] = b3 + bv;
+      const bu = theta[kd + c],
+        bv = theta[kd + c + 1];
+      Z[z0 + c] = a0 + bu;
+      Z[z1 + c] = a1 + bu;
+      Z[z2 + c] = a2 + bu;
+      Z[z3 + c] = a3 + bu;
+      Z[z0 + c + 1] = b0 + bv;
+      Z[z1 + c + 1] = b1 + bv;
+      Z[z2 + c + 1] = b2 + bv;
+      Z[z3 + c + 1] = b3 + bv;
     }
     if (c < k) {
       const u0 = c * d;
-      let a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+      let a0 = 0,
+        a1 = 0,
+        a2 = 0,
+        a3 = 0;
       for (let j = 0; j < d; j++) {
         const u = theta[u0 + j];
-        a0 += X[o0 + j] * u; a1 += X[o1 + j] * u; a2 += X[o2 + j] * u; a3 += X[o3 + j] * u;
+        a0 += X[o0 + j] * u;
+        a1 += X[o1 + j] * u;
+        a2 += X[o2 + j] * u;
+        a3 += X[o3 + j] * u;
       }
       const bu = theta[kd + c];
-      Z[z0 + c] = a0 + bu; Z[z1 + c] = a1 + bu; Z[z2 + c] = a2 + bu; Z[z3 + c] = a3 + bu;
+      Z[z0 + c] = a0 + bu;
+      Z[z1 + c] = a1 + bu;
+      Z[z2 + c] = a2 + bu;
+      Z[z3 + c] = a3 + bu;
     }
   }
   for (; i < n; i++) {
@@ -108,22 +154,41 @@ function computeLogits(X: Float32Array, n: number, d: number, theta: Float64Arra
 function accumulateGradient(X: Float32Array, n: number, d: number, R: Float64Array, k: number, G: Float64Array): void {
   let i = 0;
   for (; i + 4 <= n; i += 4) {
-    const o0 = i * d, o1 = o0 + d, o2 = o1 + d, o3 = o2 + d;
-    const z0 = i * k, z1 = z0 + k, z2 = z1 + k, z3 = z2 + k;
+    const o0 = i * d,
+      o1 = o0 + d,
+      o2 = o1 + d,
+      o3 = o2 + d;
+    const z0 = i * k,
+      z1 = z0 + k,
+      z2 = z1 + k,
+      z3 = z2 + k;
     let c = 0;
     for (; c + 2 <= k; c += 2) {
-      const u0 = c * d, v0 = u0 + d;
-      const r0 = R[z0 + c], r1 = R[z1 + c], r2 = R[z2 + c], r3 = R[z3 + c];
-      const q0 = R[z0 + c + 1], q1 = R[z1 + c + 1], q2 = R[z2 + c + 1], q3 = R[z3 + c + 1];
+      const u0 = c * d,
+        v0 = u0 + d;
+      const r0 = R[z0 + c],
+        r1 = R[z1 + c],
+        r2 = R[z2 + c],
+        r3 = R[z3 + c];
+      const q0 = R[z0 + c + 1],
+        q1 = R[z1 + c + 1],
+        q2 = R[z2 + c + 1],
+        q3 = R[z3 + c + 1];
       for (let j = 0; j < d; j++) {
-        const x0 = X[o0 + j], x1 = X[o1 + j], x2 = X[o2 + j], x3 = X[o3 + j];
+        const x0 = X[o0 + j],
+          x1 = X[o1 + j],
+          x2 = X[o2 + j],
+          x3 = X[o3 + j];
         G[u0 + j] += r0 * x0 + r1 * x1 + r2 * x2 + r3 * x3;
         G[v0 + j] += q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3;
       }
     }
     if (c < k) {
       const u0 = c * d;
-      const r0 = R[z0 + c], r1 = R[z1 + c], r2 = R[z2 + c], r3 = R[z3 + c];
+      const r0 = R[z0 + c],
+        r1 = R[z1 + c],
+        r2 = R[z2 + c],
+        r3 = R[z3 + c];
       for (let j = 0; j < d; j++) G[u0 + j] += r0 * X[o0 + j] + r1 * X[o1 + j] + r2 * X[o2 + j] + r3 * X[o3 + j];
     }
   }
@@ -313,10 +378,18 @@ export function fitStandardizer(X: Float32Array, n: number, d: number): Standard
 }
 
 /** Returns (X - mean) / std as a new n×d Float32Array, or writes it into `out` (which may be X itself). */
-export function applyStandardizer(X: Float32Array, n: number, d: number, s: Standardizer, out: Float32Array = new Float32Array(n * d)): Float32Array {
+export function applyStandardizer(
+  X: Float32Array,
+  n: number,
+  d: number,
+  s: Standardizer,
+  out: Float32Array = new Float32Array(n * d),
+): Float32Array {
   if (X.length !== n * d) throw new InternalError(`standardizer: X has ${X.length} values, expected ${n}*${d}`);
-  if (s.mean.length !== d || s.std.length !== d) throw new InternalError(`standardizer: fitted for ${s.mean.length} features, data has ${d}`);
-  if (out.length !== n * d) throw new InternalError(`standardizer: output has ${out.length} values, expected ${n}*${d}`);
+  if (s.mean.length !== d || s.std.length !== d)
+    throw new InternalError(`standardizer: fitted for ${s.mean.length} features, data has ${d}`);
+  if (out.length !== n * d)
+    throw new InternalError(`standardizer: output has ${out.length} values, expected ${n}*${d}`);
   const inv = new Float64Array(d);
   for (let j = 0; j < d; j++) inv[j] = 1 / s.std[j];
   for (let i = 0; i < n; i++) {
@@ -359,7 +432,9 @@ export function fitLogisticRegression(input: FitInput): FitResult {
   const theta0 = new Float64Array(kd + k);
   if (input.init) {
     if (input.init.W.length !== kd || input.init.b.length !== k) {
-      throw new InternalError(`logistic regression: init has W of ${input.init.W.length} and b of ${input.init.b.length} values, expected ${kd} and ${k}`);
+      throw new InternalError(
+        `logistic regression: init has W of ${input.init.W.length} and b of ${input.init.b.length} values, expected ${kd} and ${k}`,
+      );
     }
     theta0.set(input.init.W, 0);
     theta0.set(input.init.b, kd);
@@ -383,7 +458,8 @@ export function fitLogisticRegression(input: FitInput): FitResult {
 /** Class probabilities for each row of a standardised n×d matrix; returns n×k row-major. */
 export function predictProbaMatrix(model: SoftmaxParams, X: Float32Array, n: number, d: number): Float64Array {
   const k = model.b.length;
-  if (model.W.length !== k * d) throw new InternalError(`predict: model has ${model.W.length / k} features, data has ${d}`);
+  if (model.W.length !== k * d)
+    throw new InternalError(`predict: model has ${model.W.length / k} features, data has ${d}`);
   if (X.length !== n * d) throw new InternalError(`predict: X has ${X.length} values, expected ${n}*${d}`);
   const theta = new Float64Array(k * d + k);
   theta.set(model.W, 0);
@@ -469,7 +545,12 @@ export interface SelectResult {
   converged: boolean;
 }
 
-function scoreOn(model: SoftmaxParams, data: LabelledMatrix, d: number, k: number): { accuracy: number; logLoss: number } {
+function scoreOn(
+  model: SoftmaxParams,
+  data: LabelledMatrix,
+  d: number,
+  k: number,
+): { accuracy: number; logLoss: number } {
   const P = predictProbaMatrix(model, data.X, data.n, d);
   const pred = argmaxRows(P, data.n, k);
   let correct = 0;
@@ -500,10 +581,13 @@ export function selectLambdaAndFit(input: SelectInput): SelectResult {
   const grid = [...(input.lambdas ?? DEFAULT_LAMBDAS)];
   if (grid.length === 0) throw new InternalError('lambda selection: the lambda grid is empty');
   for (const l of grid) {
-    if (!Number.isFinite(l) || l < 0) throw new InternalError(`lambda selection: lambda ${l} is not a finite number >= 0`);
+    if (!Number.isFinite(l) || l < 0)
+      throw new InternalError(`lambda selection: lambda ${l} is not a finite number >= 0`);
   }
   if (val.X.length !== val.n * d || val.y.length !== val.n) {
-    throw new InternalError(`lambda selection: validation set has ${val.X.length} values and ${val.y.length} labels, expected ${val.n}*${d} and ${val.n}`);
+    throw new InternalError(
+      `lambda selection: validation set has ${val.X.length} values and ${val.y.length} labels, expected ${val.n}*${d} and ${val.n}`,
+    );
   }
   const descending = [...new Set(grid)].sort((a, b) => b - a);
   const maxIterations = input.maxIterations;
@@ -518,7 +602,17 @@ export function selectLambdaAndFit(input: SelectInput): SelectResult {
   } else {
     let best: { score: LambdaScore; model: SoftmaxParams } | undefined;
     for (const lambda of descending) {
-      const fit = fitLogisticRegression({ X: train.X, n: train.n, d, y: train.y, k, lambda, maxIterations, init, runner: input.runner });
+      const fit = fitLogisticRegression({
+        X: train.X,
+        n: train.n,
+        d,
+        y: train.y,
+        k,
+        lambda,
+        maxIterations,
+        init,
+        runner: input.runner,
+      });
       init = { W: fit.W, b: fit.b };
       const { accuracy, logLoss } = scoreOn(init, val, d, k);
       const score: LambdaScore = { lambda, accuracy, logLoss, iterations: fit.iterations, converged: fit.converged };
@@ -539,8 +633,7 @@ export function selectLambdaAndFit(input: SelectInput): SelectResult {
   const n = train.n + val.n;
   // Train rows directly followed by val rows in one buffer (as the trainer reads them) are
   // refitted in place; otherwise they are copied together.
-  const adjacent =
-    train.X.buffer === val.X.buffer && train.X.byteOffset + train.X.byteLength === val.X.byteOffset;
+  const adjacent = train.X.buffer === val.X.buffer && train.X.byteOffset + train.X.byteLength === val.X.byteOffset;
   const X = adjacent ? new Float32Array(train.X.buffer, train.X.byteOffset, n * d) : new Float32Array(n * d);
   if (!adjacent) {
     X.set(train.X, 0);

@@ -166,7 +166,12 @@ export class ObjectivePool {
   #ports: MessagePort[] | undefined;
   #binder: PoolBinder | undefined;
 
-  private constructor(helpers: Array<ThreadClient<object>>, ports: MessagePort[], ctrl: Int32Array, reason: Uint8Array) {
+  private constructor(
+    helpers: Array<ThreadClient<object>>,
+    ports: MessagePort[],
+    ctrl: Int32Array,
+    reason: Uint8Array,
+  ) {
     this.helpers = helpers;
     this.threads = helpers.length;
     this.#ports = ports;
@@ -196,7 +201,12 @@ export class ObjectivePool {
       await Promise.all(helpers.map((h) => h.close()));
       throw failed.reason;
     }
-    return new ObjectivePool(helpers, channels.map((ch) => ch.port1), ctrl, reason);
+    return new ObjectivePool(
+      helpers,
+      channels.map((ch) => ch.port1),
+      ctrl,
+      reason,
+    );
   }
 
   /** Objective evaluations started on this pool so far (progress, tests). */
@@ -206,7 +216,8 @@ export class ObjectivePool {
 
   /** A ChunkRunner for this problem, bound on this thread (see the file comment about deaths). */
   bind = (problem: LogisticProblem, chunks: Array<[number, number]>): ChunkRunner => {
-    if (!this.#ports) throw new InternalError('objective pool: bind() after handOver(); bind in the thread it was handed to');
+    if (!this.#ports)
+      throw new InternalError('objective pool: bind() after handOver(); bind in the thread it was handed to');
     this.#binder ??= new PoolBinder(this.#handle(this.#ports));
     return this.#binder.bind(problem, chunks);
   };
@@ -217,7 +228,8 @@ export class ObjectivePool {
    */
   handOver(): { handle: PoolHandle; transfer: Transferable[] } {
     const ports = this.#ports;
-    if (!ports || this.#binder) throw new InternalError('objective pool: handOver() after bind() or a first handOver()');
+    if (!ports || this.#binder)
+      throw new InternalError('objective pool: handOver() after bind() or a first handOver()');
     this.#ports = undefined;
     return { handle: this.#handle(ports), transfer: ports };
   }

@@ -69,7 +69,11 @@ export interface FaultProxy {
 }
 
 const S3_ERRORS: Record<number, { reason: string; code: string; message: string }> = {
-  500: { reason: 'Internal Server Error', code: 'InternalError', message: 'We encountered an internal error. Please try again.' },
+  500: {
+    reason: 'Internal Server Error',
+    code: 'InternalError',
+    message: 'We encountered an internal error. Please try again.',
+  },
   503: { reason: 'Slow Down', code: 'SlowDown', message: 'Please reduce your request rate.' },
   403: { reason: 'Forbidden', code: 'AccessDenied', message: 'Access Denied' },
 };

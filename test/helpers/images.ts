@@ -134,9 +134,25 @@ export function gifWithFrame(canvasW: number, canvasH: number, frameW: number, f
     ...Buffer.from('GIF89a'),
     ...u16(canvasW),
     ...u16(canvasH),
-    0xf0, 0, 0, 0, 0, 0, 255, 255, 255, // 2-colour global table
-    0x2c, ...u16(0), ...u16(0), ...u16(frameW), ...u16(frameH), 0x00,
-    2, 1, 0x44, 0, // LZW: clear, one pixel, end (the rest of the frame is missing)
+    0xf0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    255,
+    255,
+    255, // 2-colour global table
+    0x2c,
+    ...u16(0),
+    ...u16(0),
+    ...u16(frameW),
+    ...u16(frameH),
+    0x00,
+    2,
+    1,
+    0x44,
+    0, // LZW: clear, one pixel, end (the rest of the frame is missing)
     0x3b,
   ]);
 }
@@ -147,7 +163,9 @@ type TiffEntry = [tag: number, type: 3 | 4, value: number];
  * A little-endian TIFF with one directory per page, each 8-bit RGB, uncompressed, one strip
  * (or one tile when `tile` is given) of `data` bytes. Pages may declare any size.
  */
-export function tiffPages(pages: ReadonlyArray<{ width: number; height: number; data: Uint8Array; tile?: number }>): Buffer {
+export function tiffPages(
+  pages: ReadonlyArray<{ width: number; height: number; data: Uint8Array; tile?: number }>,
+): Buffer {
   const parts: Buffer[] = [];
   let offset = 8;
   const header = Buffer.alloc(8);
@@ -235,7 +253,7 @@ export function ftyp(major: string, compatible: readonly string[], rest: Uint8Ar
   box.writeUInt32BE(box.length, 0);
   box.write('ftyp', 4, 'latin1');
   box.write(major, 8, 'latin1');
-  compatible.forEach((b, i) => box.write(b, 16 + i * 4, 'latin1'));
+  for (const [i, b] of compatible.entries()) box.write(b, 16 + i * 4, 'latin1');
   return Buffer.concat([box, rest]);
 }
 
@@ -262,7 +280,9 @@ export function bmp2x2(): Buffer {
 
 /** An SVG document of `width` × `height` with `body` inside. */
 export function svgDoc(width: number, height: number, body: string, prolog = ''): Buffer {
-  return Buffer.from(`${prolog}<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" width="${width}" height="${height}">${body}</svg>`);
+  return Buffer.from(
+    `${prolog}<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" width="${width}" height="${height}">${body}</svg>`,
+  );
 }
 
 /** An `<image>` drawing `bytes` (as a base64 data: URI of type `mime`) over the whole `size`×`size` square. */
@@ -275,8 +295,15 @@ export function svgImage(bytes: Uint8Array, mime: string, size: number, attr = '
  * filter (a few hundred bytes of filter work per shape, seconds per hundred shapes at 224 px).
  */
 export function svgFilterBomb(shapes: number): Buffer {
-  const rects = Array.from({ length: shapes }, (_, i) => `<rect x="${i % 100}" y="${i % 50}" width="900" height="900" filter="url(#f)"/>`);
-  return svgDoc(1000, 1000, `<defs><filter id="f"><feGaussianBlur stdDeviation="50"/></filter></defs>${rects.join('')}`);
+  const rects = Array.from(
+    { length: shapes },
+    (_, i) => `<rect x="${i % 100}" y="${i % 50}" width="900" height="900" filter="url(#f)"/>`,
+  );
+  return svgDoc(
+    1000,
+    1000,
+    `<defs><filter id="f"><feGaussianBlur stdDeviation="50"/></filter></defs>${rects.join('')}`,
+  );
 }
 
 /**
@@ -288,5 +315,9 @@ export function svgUseBomb(levels: number, fan = 10): Buffer {
   for (let l = 1; l <= levels; l++) {
     defs += `<g id="g${l}">${Array.from({ length: fan }, (_, i) => `<use href="#g${l - 1}" x="${i}"/>`).join('')}</g>`;
   }
-  return svgDoc(1000, 1000, `<defs><filter id="f"><feGaussianBlur stdDeviation="50"/></filter>${defs}</defs><use href="#g${levels}"/>`);
+  return svgDoc(
+    1000,
+    1000,
+    `<defs><filter id="f"><feGaussianBlur stdDeviation="50"/></filter>${defs}</defs><use href="#g${levels}"/>`,
+  );
 }

@@ -85,7 +85,10 @@ export function spawnWorker(env: Record<string, string>, kind: string): WorkerPr
 }
 
 /** Runs the CLI to completion; returns exit code and output. */
-export function runCli(env: Record<string, string>, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+export function runCli(
+  env: Record<string, string>,
+  args: string[],
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((res) => {
     const child = spawn(process.execPath, ['--import', 'tsx', resolve(ROOT, 'cli/main.ts'), ...args], {
       cwd: ROOT,

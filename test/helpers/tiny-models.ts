@@ -53,7 +53,11 @@ const str = (s: string) => ({ s: Buffer.from(s).toString('base64') });
 export function tinyGraphModel(prefix = ''): ModelFiles {
   const filter = Float32Array.from({ length: 3 * 3 * 3 * 4 }, (_, i) => Math.sin(i + 1) / 4);
   const node = [
-    { name: `${prefix}input`, op: 'Placeholder', attr: { dtype: { type: 'DT_FLOAT' }, shape: { shape: dims([-1, 16, 16, 3]) } } },
+    {
+      name: `${prefix}input`,
+      op: 'Placeholder',
+      attr: { dtype: { type: 'DT_FLOAT' }, shape: { shape: dims([-1, 16, 16, 3]) } },
+    },
     {
       name: `${prefix}filter`,
       op: 'Const',
@@ -78,7 +82,9 @@ export function tinyGraphModel(prefix = ''): ModelFiles {
     generatedBy: 'test',
     convertedBy: 'test',
     modelTopology: { node, library: {}, versions: { producer: 1 } },
-    weightsManifest: [{ paths: ['w.bin'], weights: [{ name: `${prefix}filter`, shape: [3, 3, 3, 4], dtype: 'float32' }] }],
+    weightsManifest: [
+      { paths: ['w.bin'], weights: [{ name: `${prefix}filter`, shape: [3, 3, 3, 4], dtype: 'float32' }] },
+    ],
   });
   return { json, weights: Buffer.from(filter.buffer) };
 }

@@ -82,11 +82,18 @@ async function build(spec: FeatureSpec, deps: EngineDeps): Promise<FeatureEngine
       return createRawPixelsEngine(spec.size ?? DEFAULT_RAW_PIXELS_SIZE);
     case 'builtin': {
       if (spec.id !== BUILTIN_MODEL_ID) {
-        throw new ModelError(`unknown builtin model ${quote(String(spec.id))}; the builtin models are: ${BUILTIN_MODEL_ID}`);
+        throw new ModelError(
+          `unknown builtin model ${quote(String(spec.id))}; the builtin models are: ${BUILTIN_MODEL_ID}`,
+        );
       }
       if (spec.node !== undefined) checkNodeName(spec.node);
       return graphEngine(
-        { artifacts: await builtinModelArtifacts(), modelName: BUILTIN_MODEL_ID, node: spec.node ?? DEFAULT_BUILTIN_NODE, inputRange: BUILTIN_INPUT_RANGE },
+        {
+          artifacts: await builtinModelArtifacts(),
+          modelName: BUILTIN_MODEL_ID,
+          node: spec.node ?? DEFAULT_BUILTIN_NODE,
+          inputRange: BUILTIN_INPUT_RANGE,
+        },
         deps,
       );
     }
@@ -147,7 +154,9 @@ async function graphEngine(src: GraphModelSource, deps: EngineDeps): Promise<Fea
   if (choice === 'tfjs') return tfjsEngine();
   if (isLayersModel(src.artifacts)) {
     if (choice === 'onnx') {
-      throw new ModelError(`${src.modelName} is a TF.js layers model; the ONNX engine converts graph models only: use DEEPFEAT_ENGINE=tfjs or auto`);
+      throw new ModelError(
+        `${src.modelName} is a TF.js layers model; the ONNX engine converts graph models only: use DEEPFEAT_ENGINE=tfjs or auto`,
+      );
     }
     return tfjsEngine();
   }
@@ -168,7 +177,9 @@ async function graphEngine(src: GraphModelSource, deps: EngineDeps): Promise<Fea
   } catch (err) {
     const reason = errorMessage(err);
     if (choice === 'onnx') {
-      throw new ModelError(`${src.modelName} cannot run on ONNX Runtime: ${reason}; use DEEPFEAT_ENGINE=tfjs or auto`, { cause: err });
+      throw new ModelError(`${src.modelName} cannot run on ONNX Runtime: ${reason}; use DEEPFEAT_ENGINE=tfjs or auto`, {
+        cause: err,
+      });
     }
     // auto: a graph the converter does not cover (or, should it happen, one ONNX Runtime rejects
     // after conversion) still runs, on TensorFlow.js, which executes the original graph.
@@ -202,14 +213,19 @@ export async function builtinModelArtifacts(): Promise<tf.io.ModelArtifacts> {
   try {
     const { MobileNetV2MidModel: def } = await import('nsfwjs/models/mobilenet_v2_mid');
     const json = (await def.modelJson()).default;
-    const bundles = await Promise.all(def.weightBundles.map(async (load) => Buffer.from((await load()).default, 'base64')));
+    const bundles = await Promise.all(
+      def.weightBundles.map(async (load) => Buffer.from((await load()).default, 'base64')),
+    );
     const weights = Buffer.concat(bundles);
     const weightData = weights.buffer.slice(weights.byteOffset, weights.byteOffset + weights.byteLength) as ArrayBuffer;
     return tf.io.getModelArtifactsForJSONSync(json, tf.io.getWeightSpecs(json.weightsManifest), weightData);
   } catch (err) {
-    throw new ModelError(`cannot load the builtin model ${BUILTIN_MODEL_ID} from the nsfwjs package: ${errorMessage(err)}`, {
-      cause: err,
-    });
+    throw new ModelError(
+      `cannot load the builtin model ${BUILTIN_MODEL_ID} from the nsfwjs package: ${errorMessage(err)}`,
+      {
+        cause: err,
+      },
+    );
   }
 }
 
@@ -268,7 +284,10 @@ export async function readTfjsArtifacts(
     throw new ModelError(`${name} has no modelTopology: it is not a TensorFlow.js model.json`);
   }
   const manifest: unknown = json.weightsManifest ?? [];
-  if (!Array.isArray(manifest) || !manifest.every((g) => isRecord(g) && Array.isArray(g.paths) && Array.isArray(g.weights))) {
+  if (
+    !Array.isArray(manifest) ||
+    !manifest.every((g) => isRecord(g) && Array.isArray(g.paths) && Array.isArray(g.weights))
+  ) {
     throw new ModelError(`${name}: weightsManifest must be a list of {paths, weights} groups`);
   }
   const groups = manifest as tf.io.WeightsManifestConfig;
@@ -349,7 +368,9 @@ function weightBytes(specs: readonly unknown[], name: string, maxBytes: number):
       per = DTYPE_BYTES[s.dtype];
     }
     if (per === undefined) {
-      throw new ModelError(`${name}: weight ${quote(s.name)} has a dtype TensorFlow.js cannot load: re-export the model`);
+      throw new ModelError(
+        `${name}: weight ${quote(s.name)} has a dtype TensorFlow.js cannot load: re-export the model`,
+      );
     }
     let n = (s.shape as number[]).includes(0) ? 0 : per;
     for (const d of s.shape as number[]) {
@@ -398,7 +419,12 @@ function siblingOf(modelUrl: string, rel: unknown): string {
 }
 
 /** One file through the caller's reader, at most `maxBytes` of it. */
-async function read(readObject: EngineDeps['readObject'], url: string, what: string, maxBytes: number): Promise<Uint8Array> {
+async function read(
+  readObject: EngineDeps['readObject'],
+  url: string,
+  what: string,
+  maxBytes: number,
+): Promise<Uint8Array> {
   let bytes: Uint8Array;
   try {
     bytes = await readObject(url, maxBytes);

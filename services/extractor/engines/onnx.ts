@@ -15,7 +15,13 @@ import type * as tf from '@tensorflow/tfjs';
 import type * as Ort from 'onnxruntime-node';
 import { DeepfeatError, ModelError, errorMessage } from '../../../shared/errors.js';
 import type { FeatureEngine, OnnxProvider } from './engine.js';
-import { CONVERTER_VERSION, ONNX_INPUT, ONNX_OUTPUT, UnsupportedGraphError, convertGraphToOnnx } from './onnx/convert.js';
+import {
+  CONVERTER_VERSION,
+  ONNX_INPUT,
+  ONNX_OUTPUT,
+  UnsupportedGraphError,
+  convertGraphToOnnx,
+} from './onnx/convert.js';
 import type { InputRange } from './tfjs.js';
 
 type Log = (msg: string, extra?: object) => void;
@@ -39,13 +45,20 @@ export interface OnnxEngineOptions {
 let ortModule: Promise<typeof Ort> | undefined;
 /** onnxruntime-node, loaded on first use (its native library is ~20 MB; raw-pixel runs never need it). */
 export function loadOrt(): Promise<typeof Ort> {
-  ortModule ??= import('onnxruntime-node').then((m) => ((m as unknown as { default?: typeof Ort }).default ?? m) as typeof Ort);
+  ortModule ??= import('onnxruntime-node').then(
+    (m) => ((m as unknown as { default?: typeof Ort }).default ?? m) as typeof Ort,
+  );
   ortModule.catch(() => (ortModule = undefined));
   return ortModule;
 }
 
 /** The converted ONNX bytes for this model and node: from the cache, or converted now and cached. */
-export async function onnxModelBytes(artifacts: tf.io.ModelArtifacts, node: string, cacheDir: string | undefined, log?: Log): Promise<Uint8Array> {
+export async function onnxModelBytes(
+  artifacts: tf.io.ModelArtifacts,
+  node: string,
+  cacheDir: string | undefined,
+  log?: Log,
+): Promise<Uint8Array> {
   const hash = createHash('sha256');
   hash.update(`deepfeat-onnx-converter:${CONVERTER_VERSION}\0${node}\0`);
   hash.update(JSON.stringify(artifacts.modelTopology ?? null));
@@ -73,7 +86,10 @@ export async function onnxModelBytes(artifacts: tf.io.ModelArtifacts, node: stri
       await writeFile(tmp, bytes);
       await rename(tmp, file);
     } catch (err) {
-      log?.('could not cache the converted ONNX model; converting again next time', { file, reason: errorMessage(err) });
+      log?.('could not cache the converted ONNX model; converting again next time', {
+        file,
+        reason: errorMessage(err),
+      });
     }
   }
   return bytes;
@@ -103,7 +119,11 @@ export async function createOnnxEngine(o: OnnxEngineOptions): Promise<FeatureEng
   return engine;
 }
 
-async function createSession(ort: typeof Ort, bytes: Uint8Array, o: OnnxEngineOptions): Promise<{ session: Ort.InferenceSession; backend: string }> {
+async function createSession(
+  ort: typeof Ort,
+  bytes: Uint8Array,
+  o: OnnxEngineOptions,
+): Promise<{ session: Ort.InferenceSession; backend: string }> {
   const base: Ort.InferenceSession.SessionOptions = {
     graphOptimizationLevel: 'all',
     intraOpNumThreads: o.threads,
@@ -192,7 +212,10 @@ class OnnxEngine implements FeatureEngine {
     if (images.length === 0) return new Float32Array(0);
     const out = await this.#run(images);
     if (out.length !== images.length * this.#dim) {
-      throw new DeepfeatError('INTERNAL', `${this.id}: ONNX Runtime returned ${out.length} values for ${images.length} images of ${this.#dim}`);
+      throw new DeepfeatError(
+        'INTERNAL',
+        `${this.id}: ONNX Runtime returned ${out.length} values for ${images.length} images of ${this.#dim}`,
+      );
     }
     return out;
   }
@@ -218,7 +241,10 @@ class OnnxEngine implements FeatureEngine {
       for (let n = 0; n < images.length; n++) {
         const img = images[n]!;
         if (img.length !== plane * 3) {
-          throw new DeepfeatError('INTERNAL', `${this.id}: image ${n} has ${img.length} bytes, expected ${w}×${h}×3 = ${plane * 3}`);
+          throw new DeepfeatError(
+            'INTERNAL',
+            `${this.id}: image ${n} has ${img.length} bytes, expected ${w}×${h}×3 = ${plane * 3}`,
+          );
         }
         const r = n * 3 * plane;
         const g = r + plane;

@@ -61,7 +61,9 @@ async function pickBackend(choice: BackendChoice, log?: Log): Promise<string> {
     }
     if (ok) return 'wasm';
     if (choice === 'wasm') {
-      throw new ModelError(`backend 'wasm' could not start: ${cause ? errorMessage(cause) : 'initialisation failed'}`, { cause });
+      throw new ModelError(`backend 'wasm' could not start: ${cause ? errorMessage(cause) : 'initialisation failed'}`, {
+        cause,
+      });
     }
     log?.("WebAssembly backend could not start; falling back to the plain JS 'cpu' backend (much slower)", {
       reason: cause ? errorMessage(cause) : 'initialisation failed',
@@ -156,7 +158,10 @@ export async function createTfjsEngine(opts: TfjsEngineOptions): Promise<Feature
   }
 
   try {
-    const cut = model instanceof tf.GraphModel ? cutGraph(model, artifacts, opts.node, modelName) : cutLayers(model, opts.node, modelName);
+    const cut =
+      model instanceof tf.GraphModel
+        ? cutGraph(model, artifacts, opts.node, modelName)
+        : cutLayers(model, opts.node, modelName);
     const size = inputSide(cut.inputShape, opts.inputSize, modelName);
     const engine = new TfjsEngine({
       id: `${modelName}@${cut.label}`,
@@ -173,9 +178,12 @@ export async function createTfjsEngine(opts: TfjsEngineOptions): Promise<Feature
     } catch (err) {
       if (err instanceof DeepfeatError) throw err;
       // e.g. an op this backend has no kernel for: the model cannot be used here.
-      throw new ModelError(`model ${modelName} fails a test run to node "${opts.node}" on ${backend}: ${errorMessage(err)}`, {
-        cause: err,
-      });
+      throw new ModelError(
+        `model ${modelName} fails a test run to node "${opts.node}" on ${backend}: ${errorMessage(err)}`,
+        {
+          cause: err,
+        },
+      );
     }
     return engine;
   } catch (err) {
@@ -212,7 +220,9 @@ export function planGraphCut(
   const nodes = isRecord(topo) && Array.isArray(topo.node) ? (topo.node as unknown[]) : [];
   const inputs = nodes.filter((n): n is Record<string, unknown> => isRecord(n) && n.op === 'Placeholder');
   if (inputs.length !== 1) {
-    throw new ModelError(`model ${modelName} has ${inputs.length} inputs; feature extraction needs a model with one image input`);
+    throw new ModelError(
+      `model ${modelName} has ${inputs.length} inputs; feature extraction needs a model with one image input`,
+    );
   }
   const attr = inputs[0]!.attr as { shape?: { shape?: { dim?: { size?: string | number }[] } } } | undefined;
   const shape = (attr?.shape?.shape?.dim ?? []).map((d) => (d.size === undefined ? null : Number(d.size)));
@@ -229,7 +239,9 @@ interface Cut {
 
 function cutGraph(model: tf.GraphModel, artifacts: tf.io.ModelArtifacts, node: string, modelName: string): Cut {
   if (model.inputs.length !== 1) {
-    throw new ModelError(`model ${modelName} has ${model.inputs.length} inputs; feature extraction needs a model with one image input`);
+    throw new ModelError(
+      `model ${modelName} has ${model.inputs.length} inputs; feature extraction needs a model with one image input`,
+    );
   }
   const names = graphNodeNames(artifacts);
   const full = resolveNode(names, node, modelName);
@@ -265,7 +277,9 @@ function cutGraph(model: tf.GraphModel, artifacts: tf.io.ModelArtifacts, node: s
 
 function cutLayers(model: tf.LayersModel, node: string, modelName: string): Cut {
   if (model.inputs.length !== 1) {
-    throw new ModelError(`model ${modelName} has ${model.inputs.length} inputs; feature extraction needs a model with one image input`);
+    throw new ModelError(
+      `model ${modelName} has ${model.inputs.length} inputs; feature extraction needs a model with one image input`,
+    );
   }
   const layerNames = model.layers.map((l) => l.name);
   if (!layerNames.includes(node)) {
@@ -275,7 +289,9 @@ function cutLayers(model: tf.LayersModel, node: string, modelName: string): Cut 
   }
   const output = model.getLayer(node).output;
   if (Array.isArray(output)) {
-    throw new ModelError(`layer "${node}" of ${modelName} has ${output.length} outputs; choose a layer with one output`);
+    throw new ModelError(
+      `layer "${node}" of ${modelName} has ${output.length} outputs; choose a layer with one output`,
+    );
   }
   const sub = tf.model({ inputs: model.inputs, outputs: output });
   return {
@@ -290,7 +306,9 @@ function cutLayers(model: tf.LayersModel, node: string, modelName: string): Cut 
 function inputSide(shape: readonly (number | null)[], asked: number | undefined, modelName: string): number {
   const dims = shape.map((d) => (d === null || d < 0 ? undefined : d));
   if (shape.length !== 4) {
-    throw new ModelError(`model ${modelName} takes input of shape [${shape.join(', ')}]; expected an NHWC image batch [N, H, W, 3]`);
+    throw new ModelError(
+      `model ${modelName} takes input of shape [${shape.join(', ')}]; expected an NHWC image batch [N, H, W, 3]`,
+    );
   }
   if (dims[3] !== undefined && dims[3] !== 3) {
     throw new ModelError(
@@ -310,10 +328,12 @@ function inputSide(shape: readonly (number | null)[], asked: number | undefined,
   if (h === undefined || w === undefined) {
     throw new ModelError(`model ${modelName} does not fix its input size ([${shape.join(', ')}]); set inputSize`);
   }
-  if (h !== w) throw new ModelError(`model ${modelName} takes non-square ${w}×${h} input; only square inputs are supported`);
+  if (h !== w)
+    throw new ModelError(`model ${modelName} takes non-square ${w}×${h} input; only square inputs are supported`);
   // The model file sets this size, and the warm-up and every batch allocate side² × 3 per image:
   // a model.json declaring a 100000×100000 input must not get that far.
-  if (!Number.isInteger(h) || h < 8 || h > 2048) throw new ModelError(`model ${modelName} takes ${w}×${h} input; input sides from 8 to 2048 are supported`);
+  if (!Number.isInteger(h) || h < 8 || h > 2048)
+    throw new ModelError(`model ${modelName} takes ${w}×${h} input; input sides from 8 to 2048 are supported`);
   return h;
 }
 
@@ -394,14 +414,17 @@ class TfjsEngine implements FeatureEngine {
     const per = width * height * 3;
     images.forEach((img, i) => {
       if (img.length !== per) {
-        throw new DeepfeatError('INTERNAL', `${this.id}: image ${i} has ${img.length} bytes, expected ${width}×${height}×3 = ${per}`);
+        throw new DeepfeatError(
+          'INTERNAL',
+          `${this.id}: image ${i} has ${img.length} bytes, expected ${width}×${height}×3 = ${per}`,
+        );
       }
     });
     const shape: [number, number, number, number] = [images.length, height, width, 3];
     if (this.#o.inputDtype === 'int32') {
       // Integer-input models take raw 0..255 pixels whatever inputRange says.
       const buf = new Int32Array(images.length * per);
-      images.forEach((img, i) => buf.set(img, i * per));
+      for (const [i, img] of images.entries()) buf.set(img, i * per);
       return tf.tensor4d(buf, shape, 'int32');
     }
     const [scale, offset] = { '0,1': [1 / 255, 0], '-1,1': [2 / 255, -1], '0,255': [1, 0] }[this.#o.inputRange];
@@ -448,7 +471,10 @@ export function resolveNode(names: readonly string[], node: string, modelName: s
   if (hits.length > 1) {
     throw new ModelError(
       `node "${node}" is ambiguous in ${modelName}: it ends ${hits.length} node names, e.g. ` +
-        `${hits.slice(0, 5).map((h) => shortestUniqueSuffix(h, names)).join(', ')}; give more of the name`,
+        `${hits
+          .slice(0, 5)
+          .map((h) => shortestUniqueSuffix(h, names))
+          .join(', ')}; give more of the name`,
     );
   }
   throw new ModelError(

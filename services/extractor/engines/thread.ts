@@ -55,7 +55,11 @@ export interface ThreadOptionsExtra {
 const DISPOSE_GRACE_MS = 5_000;
 
 /** Build the engine `spec` asks for in a new worker thread; resolves once it is warmed up. */
-export async function loadEngineInThread(spec: FeatureSpec, deps: EngineDeps, extra: ThreadOptionsExtra = {}): Promise<ThreadedEngine> {
+export async function loadEngineInThread(
+  spec: FeatureSpec,
+  deps: EngineDeps,
+  extra: ThreadOptionsExtra = {},
+): Promise<ThreadedEngine> {
   const { readObject, log, ...options } = deps;
   const thread = await startThread<EngineThreadApi, EngineHostApi>({
     name: 'feature engine thread',
@@ -78,19 +82,27 @@ export async function loadEngineInThread(spec: FeatureSpec, deps: EngineDeps, ex
   return {
     ...info,
     embed(images) {
-      if (disposed) return Promise.reject(new InternalError(`feature engine ${info.id} used after dispose()`, { permanent: false }));
+      if (disposed)
+        return Promise.reject(
+          new InternalError(`feature engine ${info.id} used after dispose()`, { permanent: false }),
+        );
       const per = info.input.width * info.input.height * 3;
       const pixels = new Uint8Array(images.length * per);
       for (const [i, img] of images.entries()) {
-        if (img.length !== per) return Promise.reject(new InternalError(`${info.id}: image ${i} has ${img.length} bytes, expected ${per}`));
+        if (img.length !== per)
+          return Promise.reject(new InternalError(`${info.id}: image ${i} has ${img.length} bytes, expected ${per}`));
         pixels.set(img, i * per);
       }
-      return thread.call('embed', { pixels, count: images.length }, {
-        transfer: [pixels.buffer],
-        timeoutMs: extra.timeoutMs,
-        timeoutSetting: extra.timeoutSetting,
-        what: `a batch of ${images.length}`,
-      });
+      return thread.call(
+        'embed',
+        { pixels, count: images.length },
+        {
+          transfer: [pixels.buffer],
+          timeoutMs: extra.timeoutMs,
+          timeoutSetting: extra.timeoutSetting,
+          what: `a batch of ${images.length}`,
+        },
+      );
     },
     dispose() {
       if (disposed) return;

@@ -88,7 +88,11 @@ function parseRef(ref: string): [string, number] | undefined {
  * over H and W (or the node itself when it is already [N, D]).
  * @throws UnsupportedGraphError when the graph uses an op or layout this converter does not cover.
  */
-export function convertGraphToOnnx(artifacts: tf.io.ModelArtifacts, node: string, producerVersion: string): ConvertedModel {
+export function convertGraphToOnnx(
+  artifacts: tf.io.ModelArtifacts,
+  node: string,
+  producerVersion: string,
+): ConvertedModel {
   const topo = artifacts.modelTopology as { node?: TfNode[] } | undefined;
   const tfNodes = topo?.node;
   if (!Array.isArray(tfNodes)) throw new UnsupportedGraphError('not a TensorFlow.js graph model (no node list)');
@@ -149,12 +153,14 @@ export function convertGraphToOnnx(artifacts: tf.io.ModelArtifacts, node: string
   let placeholders = 0;
   for (const n of order) {
     const out = b.fresh(n.name);
-    const set = (layout: 'nchw' | 'plain', rank: number) => values.set(n.name, { kind: 'tensor', name: out, layout, rank });
+    const set = (layout: 'nchw' | 'plain', rank: number) =>
+      values.set(n.name, { kind: 'tensor', name: out, layout, rank });
     switch (n.op) {
       case 'Placeholder': {
         if (++placeholders > 1) throw new UnsupportedGraphError('graph has more than one input');
         const dtype = n.attr?.dtype?.type;
-        if (dtype !== undefined && dtype !== 'DT_FLOAT') throw new UnsupportedGraphError(`input ${n.name} has dtype ${dtype}, not float32`);
+        if (dtype !== undefined && dtype !== 'DT_FLOAT')
+          throw new UnsupportedGraphError(`input ${n.name} has dtype ${dtype}, not float32`);
         b.node('Identity', [ONNX_INPUT], [out]);
         set('nchw', 4);
         break;
@@ -174,7 +180,9 @@ export function convertGraphToOnnx(artifacts: tf.io.ModelArtifacts, node: string
       case 'DepthwiseConv2dNative':
       case '_FusedConv2D':
       case 'FusedDepthwiseConv2dNative':
-        convertConv(b, n, out, activation(n, 0), constInput(n, 1, 'the filter'), (i) => constInput(n, 2 + i, `fused argument ${i}`));
+        convertConv(b, n, out, activation(n, 0), constInput(n, 1, 'the filter'), (i) =>
+          constInput(n, 2 + i, `fused argument ${i}`),
+        );
         set('nchw', 4);
         break;
       case 'BiasAdd': {
@@ -191,15 +199,25 @@ export function convertGraphToOnnx(artifacts: tf.io.ModelArtifacts, node: string
       case 'RealDiv':
       case 'Maximum':
       case 'Minimum': {
-        const opType = { Add: 'Add', AddV2: 'Add', Sub: 'Sub', Mul: 'Mul', RealDiv: 'Div', Maximum: 'Max', Minimum: 'Min' }[n.op]!;
+        const opType = {
+          Add: 'Add',
+          AddV2: 'Add',
+          Sub: 'Sub',
+          Mul: 'Mul',
+          RealDiv: 'Div',
+          Maximum: 'Max',
+          Minimum: 'Min',
+        }[n.op]!;
         const [x, y] = [input(n, 0), input(n, 1)];
-        if (x.kind === 'const' && y.kind === 'const') throw new UnsupportedGraphError(`${n.op} node ${n.name} has only constant inputs`);
+        if (x.kind === 'const' && y.kind === 'const')
+          throw new UnsupportedGraphError(`${n.op} node ${n.name} has only constant inputs`);
         const t = (x.kind === 'tensor' ? x : y) as Extract<Value, { kind: 'tensor' }>;
         const other = x.kind === 'tensor' ? y : x;
         if (other.kind === 'tensor' && other.layout !== t.layout) {
           throw new UnsupportedGraphError(`${n.op} node ${n.name} mixes an image activation with a non-image tensor`);
         }
-        const name = (v: Value) => (v.kind === 'tensor' ? v.name : b.constant(v.name, constFor(v.value, t.layout === 'nchw')));
+        const name = (v: Value) =>
+          v.kind === 'tensor' ? v.name : b.constant(v.name, constFor(v.value, t.layout === 'nchw'));
         b.node(opType, [name(x), name(y)], [out]);
         set(t.layout, t.rank);
         break;
@@ -221,7 +239,8 @@ export function convertGraphToOnnx(artifacts: tf.io.ModelArtifacts, node: string
         const k = attrInts(n.attr?.ksize);
         const s = attrInts(n.attr?.strides);
         checkNhwc(n);
-        if (k[0] !== 1 || k[3] !== 1 || s[0] !== 1 || s[3] !== 1) throw new UnsupportedGraphError(`${n.op} node ${n.name} pools over batch or channels`);
+        if (k[0] !== 1 || k[3] !== 1 || s[0] !== 1 || s[3] !== 1)
+          throw new UnsupportedGraphError(`${n.op} node ${n.name} pools over batch or channels`);
         b.node(n.op === 'AvgPool' ? 'AveragePool' : 'MaxPool', [activation(n, 0)], [out], {
           kernel_shape: { kind: 'ints', value: [k[1]!, k[2]!] },
           strides: { kind: 'ints', value: [s[1]!, s[2]!] },
@@ -237,8 +256,12 @@ export function convertGraphToOnnx(artifacts: tf.io.ModelArtifacts, node: string
         const axes = [...constInput(n, 1, 'the axes').data].map((a) => NHWC_TO_NCHW[a < 0 ? a + 4 : a]!);
         const keep = n.attr?.keep_dims?.b === true;
         const sorted = [...axes].sort();
-        if (!keep && sorted.join() !== '2,3') throw new UnsupportedGraphError(`Mean node ${n.name} reduces axes other than height and width`);
-        b.node('ReduceMean', [x], [out], { axes: { kind: 'ints', value: sorted }, keepdims: { kind: 'int', value: keep ? 1 : 0 } });
+        if (!keep && sorted.join() !== '2,3')
+          throw new UnsupportedGraphError(`Mean node ${n.name} reduces axes other than height and width`);
+        b.node('ReduceMean', [x], [out], {
+          axes: { kind: 'ints', value: sorted },
+          keepdims: { kind: 'int', value: keep ? 1 : 0 },
+        });
         if (keep) set('nchw', 4);
         else set('plain', 2);
         break;
@@ -247,7 +270,9 @@ export function convertGraphToOnnx(artifacts: tf.io.ModelArtifacts, node: string
         const x = input(n, 0);
         const dims = attrInts(n.attr?.squeeze_dims ?? n.attr?.axis);
         if (x.kind !== 'tensor' || x.layout !== 'nchw' || [...dims].sort().join() !== '1,2') {
-          throw new UnsupportedGraphError(`Squeeze node ${n.name}: only squeezing height and width of an image activation is supported`);
+          throw new UnsupportedGraphError(
+            `Squeeze node ${n.name}: only squeezing height and width of an image activation is supported`,
+          );
         }
         b.node('Squeeze', [x.name, b.constant(`${out}/axes`, int64([2, 3]), [2])], [out]);
         set('plain', 2);
@@ -268,7 +293,15 @@ export function convertGraphToOnnx(artifacts: tf.io.ModelArtifacts, node: string
         const before = NHWC_TO_NCHW.map((_, nchw) => p[NHWC_TO_NCHW.indexOf(nchw) * 2]!);
         const after = NHWC_TO_NCHW.map((_, nchw) => p[NHWC_TO_NCHW.indexOf(nchw) * 2 + 1]!);
         const value = n.op === 'PadV2' ? constInput(n, 2, 'the pad value').data[0]! : 0;
-        b.node('Pad', [activation(n, 0), b.constant(`${out}/pads`, int64([...before, ...after]), [8]), b.constant(`${out}/value`, new Float32Array([value]), [])], [out]);
+        b.node(
+          'Pad',
+          [
+            activation(n, 0),
+            b.constant(`${out}/pads`, int64([...before, ...after]), [8]),
+            b.constant(`${out}/value`, new Float32Array([value]), []),
+          ],
+          [out],
+        );
         set('nchw', 4);
         break;
       }
@@ -280,11 +313,16 @@ export function convertGraphToOnnx(artifacts: tf.io.ModelArtifacts, node: string
   const last = values.get(target[0])!;
   if (last.kind !== 'tensor') throw new UnsupportedGraphError(`node ${node} is a constant`);
   if (last.layout === 'nchw') {
-    b.node('ReduceMean', [last.name], [ONNX_OUTPUT], { axes: { kind: 'ints', value: [2, 3] }, keepdims: { kind: 'int', value: 0 } });
+    b.node('ReduceMean', [last.name], [ONNX_OUTPUT], {
+      axes: { kind: 'ints', value: [2, 3] },
+      keepdims: { kind: 'int', value: 0 },
+    });
   } else if (last.rank === 2) {
     b.node('Identity', [last.name], [ONNX_OUTPUT]);
   } else {
-    throw new UnsupportedGraphError(`node ${node} gives a rank-${last.rank} tensor; features need a 4-D activation or [N, D]`);
+    throw new UnsupportedGraphError(
+      `node ${node} gives a rank-${last.rank} tensor; features need a 4-D activation or [N, D]`,
+    );
   }
   const bytes = encodeModel({
     producerName: 'deepfeat',
@@ -321,7 +359,11 @@ class GraphBuilder {
   }
 
   /** Adds a float32 (or int64) initializer and returns its name. */
-  constant(base: string, value: { data: Float32Array | BigInt64Array; shape: number[] } | Float32Array | BigInt64Array, shape?: number[]): string {
+  constant(
+    base: string,
+    value: { data: Float32Array | BigInt64Array; shape: number[] } | Float32Array | BigInt64Array,
+    shape?: number[],
+  ): string {
     const v = ArrayBuffer.isView(value) ? { data: value, shape: shape ?? [value.length] } : value;
     const name = this.fresh(base);
     const isInt = v.data instanceof BigInt64Array;
@@ -345,19 +387,22 @@ function channelVector(data: Float32Array): { data: Float32Array; shape: number[
  */
 function constFor(c: ConstValue, nchw: boolean): { data: Float32Array; shape: number[] } {
   if (!nchw || c.shape.length === 0) return { data: c.data, shape: c.shape };
-  if (c.shape.length > 4) throw new UnsupportedGraphError(`constant of rank ${c.shape.length} next to an image activation`);
+  if (c.shape.length > 4)
+    throw new UnsupportedGraphError(`constant of rank ${c.shape.length} next to an image activation`);
   const [n, h, w, ch] = [...Array(4 - c.shape.length).fill(1), ...c.shape] as number[];
   const out = new Float32Array(c.data.length);
   for (let a = 0; a < n!; a++)
     for (let y = 0; y < h!; y++)
       for (let x = 0; x < w!; x++)
-        for (let k = 0; k < ch!; k++) out[((a * ch! + k) * h! + y) * w! + x] = c.data[((a * h! + y) * w! + x) * ch! + k]!;
+        for (let k = 0; k < ch!; k++)
+          out[((a * ch! + k) * h! + y) * w! + x] = c.data[((a * h! + y) * w! + x) * ch! + k]!;
   return { data: out, shape: [n!, ch!, h!, w!] };
 }
 
 function checkNhwc(n: TfNode): void {
   const fmt = attrString(n.attr?.data_format);
-  if (fmt !== undefined && fmt !== 'NHWC') throw new UnsupportedGraphError(`${n.op} node ${n.name} uses data format ${fmt}; only NHWC is covered`);
+  if (fmt !== undefined && fmt !== 'NHWC')
+    throw new UnsupportedGraphError(`${n.op} node ${n.name} uses data format ${fmt}; only NHWC is covered`);
 }
 
 /**
@@ -365,13 +410,17 @@ function checkNhwc(n: TfNode): void {
  * [h, w] each) is given for convolutions: ONNX Runtime refuses auto_pad SAME_* on a dilated
  * convolution, so that one gets explicit pads.
  */
-function padding(n: TfNode, conv?: { kernel: number[]; strides: number[]; dilations: number[] }): Record<string, AttributeValue> {
+function padding(
+  n: TfNode,
+  conv?: { kernel: number[]; strides: number[]; dilations: number[] },
+): Record<string, AttributeValue> {
   const p = attrString(n.attr?.padding);
   if (p === 'SAME' && conv && conv.dilations.some((d) => d !== 1)) {
     // With stride 1, SAME pads (k - 1) * d in total whatever the input size, the odd pixel at the
     // end as below. With a stride too the pads would depend on the input size (TF and TF.js
     // refuse dilations with strides anyway).
-    if (conv.strides.some((s) => s !== 1)) throw new UnsupportedGraphError(`${n.op} node ${n.name} has both dilations and strides above 1`);
+    if (conv.strides.some((s) => s !== 1))
+      throw new UnsupportedGraphError(`${n.op} node ${n.name} has both dilations and strides above 1`);
     const total = conv.kernel.map((k, i) => (k - 1) * conv.dilations[i]!);
     const before = total.map((t) => Math.floor(t / 2));
     return { pads: { kind: 'ints', value: [...before, ...total.map((t, i) => t - before[i]!)] } };
@@ -389,24 +438,41 @@ function padding(n: TfNode, conv?: { kernel: number[]; strides: number[]; dilati
 function emitActivation(b: GraphBuilder, op: string, x: string, out: string, alpha?: number): void {
   switch (op) {
     case 'Relu':
-      return b.node('Relu', [x], [out]);
+      b.node('Relu', [x], [out]);
+      return;
     case 'Relu6':
-      return b.node('Clip', [x, b.constant(`${out}/min`, new Float32Array([0]), []), b.constant(`${out}/max`, new Float32Array([6]), [])], [out]);
+      b.node(
+        'Clip',
+        [x, b.constant(`${out}/min`, new Float32Array([0]), []), b.constant(`${out}/max`, new Float32Array([6]), [])],
+        [out],
+      );
+      return;
     case 'Elu':
-      return b.node('Elu', [x], [out]);
+      b.node('Elu', [x], [out]);
+      return;
     case 'LeakyRelu':
-      return b.node('LeakyRelu', [x], [out], { alpha: { kind: 'float', value: alpha ?? 0.2 } });
+      b.node('LeakyRelu', [x], [out], { alpha: { kind: 'float', value: alpha ?? 0.2 } });
+      return;
     case 'Sigmoid':
-      return b.node('Sigmoid', [x], [out]);
+      b.node('Sigmoid', [x], [out]);
+      return;
     case 'Tanh':
-      return b.node('Tanh', [x], [out]);
+      b.node('Tanh', [x], [out]);
+      return;
     default:
       throw new UnsupportedGraphError(`activation ${op} is not covered by the ONNX converter`);
   }
 }
 
 /** Conv2D / depthwise, plain or fused with a bias or batch norm and an activation. */
-function convertConv(b: GraphBuilder, n: TfNode, out: string, x: string, filter: ConstValue, arg: (i: number) => ConstValue): void {
+function convertConv(
+  b: GraphBuilder,
+  n: TfNode,
+  out: string,
+  x: string,
+  filter: ConstValue,
+  arg: (i: number) => ConstValue,
+): void {
   checkNhwc(n);
   const depthwise = n.op.includes('Depthwise');
   const strides = attrInts(n.attr?.strides);
@@ -446,7 +512,8 @@ function convertConv(b: GraphBuilder, n: TfNode, out: string, x: string, filter:
     } else if (['Relu', 'Relu6', 'Elu', 'LeakyRelu', 'Sigmoid', 'Tanh'].includes(f)) act = f;
     else throw new UnsupportedGraphError(`${n.op} node ${n.name} fuses ${f}, which the ONNX converter does not cover`);
   }
-  if (bias && bias.length !== cout) throw new UnsupportedGraphError(`${n.op} node ${n.name}: bias has ${bias.length} values for ${cout} channels`);
+  if (bias && bias.length !== cout)
+    throw new UnsupportedGraphError(`${n.op} node ${n.name}: bias has ${bias.length} values for ${cout} channels`);
 
   const inputs = [x, b.constant(`${out}/W`, { data: w, shape: [cout, inPerGroup, kh, kw] })];
   if (bias) inputs.push(b.constant(`${out}/B`, bias, [cout]));

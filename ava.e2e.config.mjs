@@ -1,0 +1,3 @@
+import { SLOW, base } from './ava.config.mjs';
+
+export default { ...base, files: SLOW };
