@@ -22,7 +22,7 @@ import {
   waitForRun,
   type Client,
 } from './client.js';
-import { formatError, formatStatus, table } from './format.js';
+import { formatDownloaded, formatError, formatStatus, table } from './format.js';
 import { EXIT_BAD_INPUT, exitCodeForError, exitCodeForRun } from './exit-codes.js';
 import { runProgress } from './progress.js';
 import { KIND_NAMES, startWorkers } from './workers.js';
@@ -194,9 +194,7 @@ program
   .action(async (ref: string, o) => {
     await withClient(async (client) => {
       const { path, artifact } = await downloadModel(client, ref, o.out);
-      console.log(
-        `${path}: ${artifact.name}@${artifact.version}, ${artifact.classes.length} classes, test accuracy ${(100 * artifact.metrics.accuracy).toFixed(1)}%`,
-      );
+      console.log(formatDownloaded(path, artifact));
     });
   });
 

@@ -3,6 +3,8 @@
  * deciding retry behaviour without parsing message text) and keeps its `cause`.
  * Messages name the object at fault and the way out.
  */
+import { MAX_MESSAGE_CHARS, capText } from './text.js';
+
 export const ERROR_CODES = [
   'CONFIG_INVALID',
   'BAD_REQUEST',
@@ -18,6 +20,9 @@ export const ERROR_CODES = [
   'MODEL_INVALID',
   'INTERNAL',
 ] as const;
+/** Longest message any deepfeat error carries (a configuration error lists several problems). */
+const MAX_ERROR_CHARS = 4 * MAX_MESSAGE_CHARS;
+
 export type ErrorCode = (typeof ERROR_CODES)[number];
 
 export class DeepfeatError extends Error {
@@ -26,7 +31,9 @@ export class DeepfeatError extends Error {
   readonly permanent: boolean;
 
   constructor(code: ErrorCode, message: string, options: { cause?: unknown; permanent?: boolean } = {}) {
-    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    // Messages quote user data (keys, node names from a model.json, manifest lines); whatever a
+    // builder forgot to cap is capped here, before the message reaches logs, Redis or a terminal.
+    super(capText(message, MAX_ERROR_CHARS), options.cause === undefined ? undefined : { cause: options.cause });
     this.name = new.target.name;
     this.code = code;
     this.permanent = options.permanent ?? true;
