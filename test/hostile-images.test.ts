@@ -25,6 +25,7 @@ import {
   svgDoc,
   svgFilterBomb,
   svgImage,
+  tiffDirectoryFirst,
   tiffPages,
   withPngChunks,
 } from './helpers/images.js';
@@ -307,7 +308,15 @@ test('SVG, when allowed: anything that cannot be checked is refused', async (t) 
     [
       'a style sheet instruction',
       S('<rect width="9" height="9"/>', '<?xml version="1.0"?><?xml-stylesheet href="https://example.com/s.css"?>'),
-      'svg refused: it refers to "https://example.com/s.css"; only #fragments and embedded data: images can be checked',
+      'svg refused: it has an <?xml-stylesheet?> instruction, which loads a style sheet',
+    ],
+    [
+      'a style sheet instruction with a data: style sheet',
+      S(
+        '<rect width="9" height="9"/>',
+        '<?xml version="1.0"?><?xml-stylesheet type="text/css" href="data:text/css,rect%7Bfill:red%7D"?>',
+      ),
+      'svg refused: it has an <?xml-stylesheet?> instruction, which loads a style sheet',
     ],
     [
       'XInclude',
@@ -349,6 +358,232 @@ test('SVG, when allowed: anything that cannot be checked is refused', async (t) 
   for (const [what, bytes, expected] of cases) t.is(await reason(bytes, SVG_OK), expected, what);
 });
 
+/** References into a nested drawing: the filter #f, the group #g or the pattern #p, each of which shows `png`. */
+interface Hidden {
+  f: string;
+  g: string;
+  p: string;
+}
+
+/** Three small drawings, each holding `png` once, as `data:` URIs with the fragment that shows it. */
+function hidden(png: Uint8Array): Hidden {
+  const image = svgImage(png, 'image/png', 100).replace('<image', '<image preserveAspectRatio="none"');
+  const ref = (id: string, body: string) =>
+    `data:image/svg+xml;base64,${svgDoc(100, 100, `<defs>${body}</defs>`).toString('base64')}#${id}`;
+  return {
+    f: ref('f', `<filter id="f" x="0" y="0" width="1" height="1">${image.replace('<image', '<feImage')}</filter>`),
+    g: ref('g', `<g id="g">${image}</g>`),
+    p: ref('p', `<pattern id="p" width="100" height="100" patternUnits="userSpaceOnUse">${image}</pattern>`),
+  };
+}
+
+/** Red under whatever a case adds: green on top means the renderer followed the hidden reference. */
+const onRed = (body: string, prolog = '') =>
+  svgDoc(100, 100, `<rect width="100" height="100" fill="red"/>${body}`, prolog);
+
+test('SVG, when allowed: a reference is seen however CSS or XML spells it (escapes, comments, <style> pieces, prefixes)', async (t) => {
+  // A 100-byte PNG whose header says 12000×12000 (144 M pixels, over the limit), inside a nested
+  // drawing; a green 4×4 PNG in the same drawing shows which spellings librsvg itself follows.
+  const big = hidden(pngDeclaring(await png4(), 12000, 12000));
+  const green = hidden(await solid(4, 4, GREEN).png().toBuffer());
+  const tooLarge =
+    'image too large: an svg of 100×100 with 2 embedded images (largest: png 12000×12000) needs ' +
+    `${100 * 100 + 100 * 100 + 12000 * 12000} pixels, over the limit of ${LIMIT} (DEEPFEAT_MAX_IMAGE_PIXELS)`;
+  const backslash =
+    'svg refused: it contains a backslash: CSS reads one as an escape, which can spell a hidden reference (\\75 rl is url)';
+  const malformed = /^svg refused: its CSS has a url\(\) that is not well formed or not closed \("url\(/;
+  const rect = (attrs: string) => `<rect width="100" height="100" ${attrs}/>`;
+  const styled = (css: string) => `<style>${css}</style>${rect('class="x"')}`;
+  const cases: Array<{ what: string; doc: (h: Hidden) => Uint8Array; reason: string | RegExp; follows: boolean }> = [
+    // Seen, so the nested drawing and its PNG are checked: the pixel limit holds.
+    {
+      what: 'url() with a #fragment',
+      doc: (h) => onRed(rect(`style="filter: url(${h.f})"`)),
+      reason: tooLarge,
+      follows: true,
+    },
+    {
+      what: 'URL() in capitals, quoted, with spaces',
+      doc: (h) => onRed(rect(`style="filter: URL(  '${h.f}'  )"`)),
+      reason: tooLarge,
+      follows: true,
+    },
+    {
+      what: 'url written with character references',
+      doc: (h) => onRed(rect(`style="filter: &#117;&#x52;l(${h.f})"`)),
+      reason: tooLarge,
+      follows: true,
+    },
+    { what: 'the filter attribute', doc: (h) => onRed(rect(`filter="url(${h.f})"`)), reason: tooLarge, follows: true },
+    { what: 'the fill attribute', doc: (h) => onRed(rect(`fill="url(${h.p})"`)), reason: tooLarge, follows: true },
+    { what: '<use href>', doc: (h) => onRed(`<use href="${h.g}"/>`), reason: tooLarge, follows: true },
+    { what: '<use xlink:href>', doc: (h) => onRed(`<use xlink:href="${h.g}"/>`), reason: tooLarge, follows: true },
+    {
+      what: '<pattern xlink:href>',
+      doc: (h) => onRed(`<pattern id="q" xlink:href="${h.p}"/>${rect('fill="url(#q)"')}`),
+      reason: tooLarge,
+      follows: true,
+    },
+    {
+      what: 'an XLink prefix that is not ASCII',
+      doc: (h) => onRed(`<use xmlns:ö="http://www.w3.org/1999/xlink" ö:href="${h.g}"/>`),
+      reason: tooLarge,
+      follows: true,
+    },
+    {
+      what: 'a line break inside "data:" (the URL parser drops it)',
+      doc: (h) => onRed(`<use href="da&#10;ta${h.g.slice(4)}"/>`),
+      reason: tooLarge,
+      follows: true,
+    },
+    {
+      what: '<style> split by a CDATA section',
+      doc: (h) => onRed(styled(`.x{filter:u<![CDATA[rl(${h.f})}]]>`)),
+      reason: tooLarge,
+      follows: true,
+    },
+    {
+      what: '<style> split by a comment',
+      doc: (h) => onRed(styled(`.x{filter:u<!-- -->rl(${h.f})}`)),
+      reason: tooLarge,
+      follows: true,
+    },
+    {
+      what: '<style> split by an instruction',
+      doc: (h) => onRed(styled(`.x{filter:u<?pi x?>rl(${h.f})}`)),
+      reason: tooLarge,
+      follows: true,
+    },
+    // Refused: spellings the check cannot read exactly (escapes, broken url()), or that only
+    // other renderers follow.
+    {
+      what: 'a CSS escape \\75',
+      doc: (h) => onRed(rect(`style="filter: \\75 rl(${h.f})"`)),
+      reason: backslash,
+      follows: true,
+    },
+    {
+      what: 'a six-digit escape with no space',
+      doc: (h) => onRed(rect(`style="filter: \\000075rl(${h.f})"`)),
+      reason: backslash,
+      follows: true,
+    },
+    {
+      what: 'an escaped letter u\\rl',
+      doc: (h) => onRed(rect(`style="filter: u\\rl(${h.f})"`)),
+      reason: backslash,
+      follows: true,
+    },
+    { what: '\\url', doc: (h) => onRed(rect(`style="filter: \\url(${h.f})"`)), reason: backslash, follows: true },
+    {
+      what: 'an escaped line break inside a quoted url()',
+      doc: (h) => onRed(rect(`style="filter: url('${h.f.slice(0, 30)}\\\n${h.f.slice(30)}')"`)),
+      reason: backslash,
+      follows: true,
+    },
+    {
+      what: 'an escape in the filter attribute',
+      doc: (h) => onRed(rect(`filter="\\75 rl(${h.f})"`)),
+      reason: backslash,
+      follows: true,
+    },
+    {
+      what: 'an escape in a <style> CDATA section',
+      doc: (h) => onRed(styled(`<![CDATA[.x{filter:\\75 rl(${h.f})}]]>`)),
+      reason: backslash,
+      follows: true,
+    },
+    {
+      what: 'a backslash written as a character reference',
+      doc: (h) => onRed(rect(`style="filter: &#92;75 rl(${h.f})"`)),
+      reason: backslash,
+      follows: true,
+    },
+    {
+      what: 'url( not closed before its attribute ends',
+      doc: (h) => onRed(rect(`style="filter: url(${h.f}"`)),
+      reason: malformed,
+      follows: true,
+    },
+    {
+      what: 'a quoted url( not closed before its attribute ends',
+      doc: (h) => onRed(rect(`style='filter: url("${h.f}'`)),
+      reason: malformed,
+      follows: true,
+    },
+    {
+      what: 'a comment after the quoted URL',
+      doc: (h) => onRed(rect(`style="filter: url('${h.f}'/**/)"`)),
+      reason: malformed,
+      follows: true,
+    },
+    {
+      what: 'an element inside <style>',
+      doc: (h) => onRed(styled(`.x{filter:u<b/>rl(${h.f})}`)),
+      reason: 'svg refused: its <style> element holds markup other than text, CDATA and comments',
+      follows: true,
+    },
+    {
+      what: 'a nested drawing whose url( is split by a line break in the data: URI',
+      doc: (h) => {
+        const nested = svgDoc(100, 100, rect(`fill="red" style="filter: u@@rl(${h.f})"`)).toString();
+        const uri = `data:image/svg+xml,${encodeURIComponent(nested).replace('%40%40', '&#10;')}`;
+        return onRed(`<image width="100" height="100" href="${uri}"/>`);
+      },
+      reason: 'svg refused: it nests SVG images more than 1 level deep',
+      follows: true,
+    },
+    {
+      what: 'image-set()',
+      doc: (h) => onRed(rect(`style="filter: image-set('${h.f}' 1x)"`)),
+      reason: 'svg refused: its CSS uses image-set(), which can name a file without url()',
+      follows: false,
+    },
+    {
+      what: 'src()',
+      doc: (h) => onRed(rect(`style="filter: src('${h.f}')"`)),
+      reason: 'svg refused: its CSS uses src(), which can name a file without url()',
+      follows: false,
+    },
+    {
+      what: '<script>',
+      doc: () => onRed('<script>document.title = 1</script>'),
+      reason: 'svg refused: it has a <script> element; scripts and foreign content draw nothing and are not checked',
+      follows: false,
+    },
+    {
+      what: '<foreignObject>',
+      doc: (h) =>
+        onRed(
+          `<foreignObject width="9" height="9"><img xmlns="http://www.w3.org/1999/xhtml" src="${h.g}"/></foreignObject>`,
+        ),
+      reason:
+        'svg refused: it has a <foreignObject> element; scripts and foreign content draw nothing and are not checked',
+      follows: false,
+    },
+    {
+      what: 'an encoding that spells ASCII otherwise (UTF-7: +AFw- is a backslash)',
+      doc: (h) => onRed(rect(`style="filter: +AFw-75 rl(${h.f})"`), '<?xml version="1.0" encoding="UTF-7"?>'),
+      reason: 'svg refused: it declares the encoding "UTF-7"; only UTF-8, ASCII and ISO-8859-1 text can be checked',
+      follows: false,
+    },
+  ];
+  for (const c of cases) {
+    const got = await reason(c.doc(big), SVG_OK);
+    if (typeof c.reason === 'string') t.is(got, c.reason, c.what);
+    else t.regex(got, c.reason, c.what);
+    if (!c.follows) continue;
+    // The same spelling, pointing at the green drawing and rendered with no check at all: librsvg
+    // follows it, so missing it would let the PNG through.
+    const { data } = await sharp(c.doc(green))
+      .flatten({ background: '#fff' })
+      .resize(4, 4)
+      .raw()
+      .toBuffer({ resolveWithObject: true });
+    allNear(t, data.subarray(15, 18), GREEN, `librsvg follows ${c.what}`, 16); // pixel (1, 1), clear of the edges
+  }
+});
+
 test('SVG, when allowed: an ordinary drawing with embedded PNG, JPEG and nested SVG renders', async (t) => {
   const half = (x: number, body: string) =>
     `<svg x="${x}" width="50" height="100" viewBox="0 0 50 100" preserveAspectRatio="none">${body}</svg>`;
@@ -377,6 +612,31 @@ test('SVG, when allowed: an ordinary drawing with embedded PNG, JPEG and nested 
   );
   const px = await decodeImage(both, { width: 2, height: 1, maxPixels: LIMIT, formats: ['svg'] });
   t.true(px[0]! > 200 && px[2]! < 60 && px[3]! < 60 && px[5]! > 200, `${[...px]}`);
+  // A style sheet in CDATA with a CSS comment, filling by url(#fragment), and a nested drawing
+  // written percent-encoded whose own url(%23b) is a fragment of that drawing: all ordinary.
+  const styled = svgDoc(
+    100,
+    100,
+    '<defs><linearGradient id="b"><stop offset="0" stop-color="#00f"/><stop offset="1" stop-color="#00f"/></linearGradient></defs>' +
+      '<style type="text/css"><![CDATA[ /* blue */ .a { fill: URL( "#b" ) } ]]></style><rect class="a" width="100" height="100"/>',
+  );
+  allNear(t, await decodeImage(styled, { width: 8, height: 8, maxPixels: LIMIT, formats: ['svg'] }), BLUE, '<style>');
+  const inner = svgDoc(
+    10,
+    10,
+    "<linearGradient id='b'><stop stop-color='#0f0'/></linearGradient><rect width='10' height='10' fill='url(#b)'/>",
+  );
+  const percent = svgDoc(
+    100,
+    100,
+    `<image width="100" height="100" preserveAspectRatio="none" href="data:image/svg+xml,${encodeURIComponent(inner.toString())}"/>`,
+  );
+  allNear(
+    t,
+    await decodeImage(percent, { width: 8, height: 8, maxPixels: LIMIT, formats: ['svg'] }),
+    GREEN,
+    'url(%23b)',
+  );
 });
 
 /**
@@ -390,6 +650,8 @@ async function badCorpus(): Promise<Array<{ name: string; bytes: Uint8Array; rea
   const jpeg = await sharp(noise, raw).jpeg().toBuffer();
   const png = await sharp(noise, raw).png().toBuffer();
   const webp = await sharp(noise, raw).webp().toBuffer();
+  const tiff = await sharp(noise, raw).tiff().toBuffer(); // directory last
+  const tiffFirst = tiffDirectoryFirst(160, 120, noise, { order: 'MM' });
   const damaged = Buffer.from(jpeg);
   damaged.fill(0xff, 600, 700);
   damaged[700] = 0xd3;
@@ -412,6 +674,16 @@ async function badCorpus(): Promise<Array<{ name: string; bytes: Uint8Array; rea
       name: 'truncated.webp',
       bytes: webp.subarray(0, webp.length >> 1),
       reason: new RegExp(`^truncated webp image: the file has ${webp.length >> 1} of the ${webp.length} bytes`),
+    },
+    {
+      name: 'truncated.tif',
+      bytes: tiff.subarray(0, tiff.length >> 1),
+      reason: /^truncated tiff image: the file ends \(at \d+ bytes\) before the directory its header points to/,
+    },
+    {
+      name: 'truncated-scan.tif',
+      bytes: tiffFirst.subarray(0, tiffFirst.length >> 1),
+      reason: /^truncated tiff image: the file ends \(at \d+ bytes\) before the end of the image data its directory/,
     },
     {
       name: 'junk.avif',

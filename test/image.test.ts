@@ -3,7 +3,7 @@ import { crc32 } from 'node:zlib';
 import sharp from 'sharp';
 import { decodeImage } from '../services/extractor/image.js';
 import { ImageError } from '../shared/errors.js';
-import { asymmetricRaw, twoFrameGif } from './helpers/images.js';
+import { asymmetricRaw, tiffDirectoryFirst, twoFrameGif } from './helpers/images.js';
 
 const SIZE = { width: 32, height: 24, maxPixels: 50_000_000 };
 const OUT_BYTES = SIZE.width * SIZE.height * 3;
@@ -199,6 +199,41 @@ test('a truncated file is reported as truncated, from its structure', async (t) 
     png.subarray(0, Math.floor(png.length / 2)),
     /^truncated png image: the file ends \(at \d+ bytes\) before its IEND chunk$/,
   );
+});
+
+test('a truncated TIFF is reported as truncated, wherever its directory is', async (t) => {
+  const noise = Buffer.alloc(64 * 48 * 3);
+  for (let i = 0; i < noise.length; i++) noise[i] = (i * 7919) % 251;
+  const raw = { raw: { width: 64, height: 48, channels: 3 as const } };
+  // libvips writes the directory last: a cut file has none, and sharp cannot read even its size.
+  const tiff = await sharp(noise, raw).tiff().toBuffer();
+  const half = Math.floor(tiff.length / 2);
+  await expectImageError(
+    t,
+    tiff.subarray(0, half),
+    new RegExp(
+      `^truncated tiff image: the file ends \\(at ${half} bytes\\) before the directory its header points to \\(at byte ${tiff.readUInt32LE(4)}\\)$`,
+    ),
+  );
+  // Cameras and scanners write it first: a cut file has a whole directory pointing past its end.
+  for (const [order, big] of [
+    ['II', false],
+    ['MM', false],
+    ['II', true],
+    ['MM', true],
+  ] as const) {
+    const what = `${order}${big ? ' BigTIFF' : ''}`;
+    const whole = tiffDirectoryFirst(64, 48, noise, { order, big });
+    t.is((await decodeImage(whole, SIZE)).length, OUT_BYTES, `the whole ${what} file decodes`);
+    const cut = whole.length - 1000;
+    await expectImageError(
+      t,
+      whole.subarray(0, cut),
+      new RegExp(
+        `^truncated tiff image: the file ends \\(at ${cut} bytes\\) before the end of the image data its directory points to \\(at byte ${whole.length}\\)$`,
+      ),
+    );
+  }
 });
 
 test('a whole file with damaged data is reported as unreadable, not truncated', async (t) => {

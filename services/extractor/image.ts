@@ -239,7 +239,79 @@ export function truncation(format: ImageFormat, b: Uint8Array): string | undefin
       }
       return undefined;
     }
+    case 'tiff':
+      return tiffTruncation(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
     default:
       return undefined;
   }
+}
+
+/** Bytes per value of each TIFF field type (BYTE, ASCII, SHORT, LONG, RATIONAL... LONG8, IFD8). */
+const TIFF_TYPE_SIZE: Readonly<Record<number, number>> = {
+  1: 1,
+  2: 1,
+  3: 2,
+  4: 4,
+  5: 8,
+  6: 1,
+  7: 1,
+  8: 2,
+  9: 4,
+  10: 8,
+  11: 4,
+  12: 8,
+  13: 4,
+  16: 8,
+  17: 8,
+  18: 8,
+};
+
+/**
+ * Where a TIFF points past its own end: its first directory, that directory's values, the strips
+ * or tiles of the first page (the only one decoded), or the next directory. A writer puts all of
+ * them inside the file, so a pointer past the end means the file was cut. Classic and BigTIFF,
+ * either byte order; undefined when every pointer lands inside the file.
+ */
+function tiffTruncation(v: Buffer): string | undefined {
+  const le = v[0] === 0x49;
+  const big = (le ? v.readUInt16LE(2) : v.readUInt16BE(2)) === 43;
+  const u16 = (o: number) => (le ? v.readUInt16LE(o) : v.readUInt16BE(o));
+  const u32 = (o: number) => (le ? v.readUInt32LE(o) : v.readUInt32BE(o));
+  const u64 = (o: number) => Number(le ? v.readBigUInt64LE(o) : v.readBigUInt64BE(o));
+  const word = big ? 8 : 4; // offsets, and the room for a value inside its entry
+  const endsBefore = (what: string, at: number) =>
+    `the file ends (at ${v.length} bytes) before ${what} (at byte ${at})`;
+  if (v.length < (big ? 16 : 8)) return `the file ends (at ${v.length} bytes) inside its header`;
+  const ifd = big ? u64(8) : u32(4);
+  const head = big ? 8 : 2; // the directory's entry count
+  if (ifd + head > v.length) return endsBefore('the directory its header points to', ifd);
+  const count = big ? u64(ifd) : u16(ifd);
+  const entrySize = big ? 20 : 12;
+  const dirEnd = ifd + head + count * entrySize + word;
+  if (dirEnd > v.length) return endsBefore('the end of its first directory', dirEnd);
+  // Strip (273, 279) and tile (324, 325) offsets and byte counts: where the pixels are.
+  const arrays: Record<number, { at: number; n: number; read: (o: number) => number; size: number }> = {};
+  for (let e = ifd + head; e < dirEnd - word; e += entrySize) {
+    const tag = u16(e);
+    const size = TIFF_TYPE_SIZE[u16(e + 2)];
+    if (size === undefined) continue; // a type libtiff skips
+    const n = big ? u64(e + 4) : u32(e + 4);
+    const at = n * size <= word ? e + (big ? 12 : 8) : big ? u64(e + 12) : u32(e + 8);
+    if (at + n * size > v.length) return endsBefore('the end of a value its directory points to', at + n * size);
+    const read = size === 2 ? u16 : size === 4 ? u32 : size === 8 ? u64 : undefined;
+    if (read && [273, 279, 324, 325].includes(tag)) arrays[tag] = { at, n, read, size };
+  }
+  for (const [where, counts] of [
+    [arrays[273], arrays[279]],
+    [arrays[324], arrays[325]],
+  ]) {
+    if (!where || !counts) continue;
+    for (let i = 0; i < Math.min(where.n, counts.n); i++) {
+      const end = where.read(where.at + i * where.size) + counts.read(counts.at + i * counts.size);
+      if (end > v.length) return endsBefore('the end of the image data its directory points to', end);
+    }
+  }
+  const next = big ? u64(dirEnd - word) : u32(dirEnd - word);
+  if (next !== 0 && next + head > v.length) return endsBefore('the next directory', next);
+  return undefined;
 }

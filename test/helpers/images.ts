@@ -217,6 +217,66 @@ export function tiffPages(
   return Buffer.concat(parts);
 }
 
+/**
+ * A one-page TIFF laid out as cameras and scanners write it: header, directory, then the pixels
+ * (8-bit RGB, uncompressed, one strip of `data`), in either byte order, classic or BigTIFF. Cut
+ * anywhere in `data`, its directory is whole but points past the end of the file.
+ */
+export function tiffDirectoryFirst(
+  width: number,
+  height: number,
+  data: Uint8Array,
+  { order = 'II', big = false }: { order?: 'II' | 'MM'; big?: boolean } = {},
+): Buffer {
+  const le = order === 'II';
+  const entries: TiffEntry[] = [
+    [256, 4, width],
+    [257, 4, height],
+    [258, 3, 0], // BitsPerSample, count 3: after the directory (classic) or in the entry (BigTIFF)
+    [259, 3, 1],
+    [262, 3, 2],
+    [273, 4, 0], // StripOffsets: after the BitsPerSample values
+    [277, 3, 3],
+    [278, 4, height],
+    [279, 4, data.length],
+    [284, 3, 1],
+  ];
+  const [headerSize, countSize, entrySize, word] = big ? [16, 8, 20, 8] : [8, 2, 12, 4];
+  const bpsAt = headerSize + countSize + entries.length * entrySize + word;
+  const dataAt = bpsAt + 6;
+  const out = Buffer.alloc(dataAt + data.length);
+  const u16 = (v: number, o: number) => (le ? out.writeUInt16LE(v, o) : out.writeUInt16BE(v, o));
+  const u32 = (v: number, o: number) => (le ? out.writeUInt32LE(v, o) : out.writeUInt32BE(v, o));
+  const u64 = (v: number, o: number) => (le ? out.writeBigUInt64LE(BigInt(v), o) : out.writeBigUInt64BE(BigInt(v), o));
+  const offset = big ? u64 : u32;
+  out.write(order, 0, 'latin1');
+  u16(big ? 43 : 42, 2);
+  if (big) {
+    u16(8, 4); // offset size
+    u64(headerSize, 8);
+    u64(entries.length, headerSize);
+  } else {
+    u32(headerSize, 4);
+    u16(entries.length, headerSize);
+  }
+  entries.forEach(([tag, type, value], i) => {
+    const o = headerSize + countSize + i * entrySize;
+    u16(tag, o);
+    u16(type, o + 2);
+    offset(tag === 258 ? 3 : 1, o + 4);
+    const v = tag === 258 ? bpsAt : tag === 273 ? dataAt : value;
+    const at = o + 4 + word;
+    if (tag === 258 && big)
+      for (let k = 0; k < 3; k++) u16(8, at + k * 2); // 6 bytes fit in the entry
+    else if (tag === 258) offset(v, at);
+    else if (type === 3) u16(v, at);
+    else u32(v, at);
+  });
+  for (let i = 0; i < 3; i++) u16(8, bpsAt + i * 2);
+  out.set(data, dataAt);
+  return out;
+}
+
 /** A Windows icon holding one PNG (a complete, valid ICO file). */
 export function icoWithPng(png: Uint8Array, size: number): Buffer {
   const dir = Buffer.alloc(6 + 16);
