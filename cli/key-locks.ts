@@ -1,9 +1,9 @@
 /**
- * Reader/writer locks by name, granted in arrival order, for the embedded S3 server: a PUT holds
- * its key exclusively while readers share it. s3rver writes an object as three files (data, MD5,
- * metadata), so without this two PUTs to one key can leave one writer's data under the other's
- * ETag, and a GET during a PUT can read a half-replaced object. Arrival order means a steady
- * stream of readers cannot starve a writer.
+ * Reader/writer locks by name, granted in arrival order, for the embedded S3 server's store. s3rver
+ * keeps an object as three files (data, MD5, metadata), so a writer holds its key exclusively while
+ * it moves them into place, and a reader shares the key while it reads the metadata and opens the
+ * data file. Neither holds it while bytes move to or from a client: a client that stalls must not
+ * keep others from a key. Arrival order means a steady stream of readers cannot starve a writer.
  */
 
 export type LockMode = 'shared' | 'exclusive';
@@ -67,6 +67,16 @@ export class KeyLocks {
       signal?.addEventListener('abort', onAbort, { once: true });
       this.drain(id, held);
     });
+  }
+
+  /** Runs `work` while holding `id` in `mode`; the lock is released however `work` ends. */
+  async run<T>(id: string, mode: LockMode, work: () => Promise<T>): Promise<T> {
+    const release = await this.acquire(id, mode);
+    try {
+      return await work();
+    } finally {
+      release();
+    }
   }
 
   /** Grants waiters from the head of the queue while they are compatible with the holders. */

@@ -46,10 +46,12 @@ export interface GuardRequest {
   readonly headers: IncomingHttpHeaders;
 }
 
-/** A lock the request must hold while s3rver serves it (see key-locks.ts). */
-export interface KeyLockNeed {
-  readonly id: string;
-  readonly mode: 'shared' | 'exclusive';
+/** The multipart upload a request adds a part to or completes. */
+export interface UploadTarget {
+  readonly bucket: string;
+  /** The key the request names; the upload must have been created for exactly this key. */
+  readonly key: string;
+  readonly uploadId: string;
 }
 
 export interface S3Refusal {
@@ -67,8 +69,11 @@ export type GuardDecision =
       readonly url: string;
       /** Canonical `x-amz-copy-source`, when the request has one. */
       readonly copySource?: string;
-      /** In id order, so two requests never wait for each other's second lock. */
-      readonly locks: readonly KeyLockNeed[];
+      /**
+       * UploadPart and CompleteMultipartUpload: s3rver takes the key from the upload's own record
+       * and would write it whatever key the request names, so the server checks they agree.
+       */
+      readonly upload?: UploadTarget;
     }
   | { readonly ok: false; readonly refusal: S3Refusal };
 
@@ -118,7 +123,7 @@ function admit(req: GuardRequest, limits: GuardLimits): GuardDecision {
   const query = parseQuery(rawQuery);
   const search = rawQuery ? `?${rawQuery}` : '';
 
-  if (rawPath === '/') return { ok: true, url: `/${search}`, locks: [] }; // ListBuckets
+  if (rawPath === '/') return { ok: true, url: `/${search}` }; // ListBuckets
   const slash = rawPath.indexOf('/', 1);
   const bucket = decode(slash < 0 ? rawPath.slice(1) : rawPath.slice(1, slash));
   checkBucketName(bucket);
@@ -128,35 +133,38 @@ function admit(req: GuardRequest, limits: GuardLimits): GuardDecision {
   if (rawKey === '') {
     checkBucketOperation(method, query);
     checkBodySize(contentLength, MAX_XML_BODY_BYTES);
-    return { ok: true, url: `/${bucket}${search}`, locks: [] };
+    return { ok: true, url: `/${bucket}${search}` };
   }
 
   const key = decode(rawKey);
   checkKey(key, limits);
-  const keyId = `${bucket}/${key}`;
-  const locks = new Map<string, KeyLockNeed['mode']>();
   let copySource: string | undefined;
   const header = req.headers['x-amz-copy-source'];
   if (header !== undefined && method === 'PUT') {
     const source = parseCopySource(Array.isArray(header) ? header.join(',') : header, limits);
     copySource = `/${source.bucket}/${encodeURI(source.key)}`;
-    locks.set(`${source.bucket}/${source.key}`, 'shared');
   }
 
   const streamed =
     method === 'PUT' && copySource === undefined && Object.keys(query).every((p) => STREAMED_PARAMS.has(p));
   checkBodySize(contentLength, streamed ? limits.maxObjectBytes : MAX_XML_BODY_BYTES, streamed);
 
-  const isPart = 'uploadId' in query && (method === 'PUT' || method === 'DELETE');
-  if (method === 'GET' || method === 'HEAD') locks.set(keyId, 'shared');
-  else if ((method === 'PUT' || method === 'DELETE') && !isPart) locks.set(keyId, 'exclusive');
-  else if (method === 'POST' && 'uploadId' in query) locks.set(keyId, 'exclusive'); // CompleteMultipartUpload
+  let upload: UploadTarget | undefined;
+  if ('uploadId' in query && (method === 'PUT' || method === 'POST')) {
+    // s3rver would name the part file after a missing partNumber: "undefined".
+    if (method === 'PUT' && !('partNumber' in query)) {
+      refuse(400, 'InvalidArgument', 'UploadPart needs a partNumber: an integer between 1 and 10000, inclusive', {
+        ArgumentName: 'partNumber',
+      });
+    }
+    upload = { bucket, key, uploadId: String(query.uploadId) };
+  }
 
   return {
     ok: true,
     url: `/${bucket}/${encodeKey(key)}${search}`,
     ...(copySource !== undefined ? { copySource } : {}),
-    locks: [...locks].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([id, mode]) => ({ id, mode })),
+    ...(upload !== undefined ? { upload } : {}),
   };
 }
 

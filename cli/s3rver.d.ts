@@ -28,11 +28,25 @@ declare module 's3rver' {
 declare module 's3rver/lib/stores/filesystem.js' {
   import type { Readable } from 'node:stream';
 
+  export type ObjectMetadata = Record<string, unknown>;
+
   export interface StoredObject {
     bucket: string;
     key: string;
     content: Buffer | Readable;
-    metadata: Record<string, unknown>;
+    metadata: ObjectMetadata;
+  }
+
+  /** An S3Object as getObject returns it: the data file opened (null for an unsatisfiable range). */
+  export interface ReadObject {
+    content: Readable | null;
+    metadata: ObjectMetadata;
+  }
+
+  /** One `<Part>` of a CompleteMultipartUpload body, as s3rver's controller passes it (quotes removed). */
+  export interface CompletedPart {
+    number: number;
+    etag: string;
   }
 
   export default class FilesystemStore {
@@ -41,6 +55,20 @@ declare module 's3rver/lib/stores/filesystem.js' {
     getResourcePath(bucket: string, key?: string, resource?: string): string;
     putMetadata(bucket: string, key: string, metadata: Record<string, unknown>, md5?: string): Promise<void>;
     putObject(object: StoredObject): Promise<{ size: number; md5: string }>;
+    getObject(bucket: string, key: string, options?: { start?: number; end?: number }): Promise<ReadObject | null>;
+    copyObject(
+      srcBucket: string,
+      srcKey: string,
+      destBucket: string,
+      destKey: string,
+      replacementMetadata: ObjectMetadata | null,
+    ): Promise<ObjectMetadata>;
+    deleteObject(bucket: string, key: string): Promise<void>;
+    putObjectMultipart(
+      bucket: string,
+      uploadId: string,
+      parts: readonly CompletedPart[],
+    ): Promise<{ size: number; md5: string }>;
     putPart(
       bucket: string,
       uploadId: string,
@@ -55,4 +83,13 @@ declare module 's3rver/lib/models/account.js' {
     DUMMY_ACCOUNT: { createKeyPair(accessKeyId: string, secretAccessKey: string): void };
   };
   export default AWSAccount;
+}
+
+declare module 's3rver/lib/models/error.js' {
+  /** An error s3rver's handler answers as S3 does: this code's status and an XML body. */
+  export default class S3Error extends Error {
+    constructor(code: string, message: string, detail?: Record<string, string | number>);
+    readonly code: string;
+    readonly status: number;
+  }
 }

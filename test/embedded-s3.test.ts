@@ -6,7 +6,7 @@
  * either stored exactly or refused loudly, never stored under another key.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
@@ -29,6 +29,8 @@ import { createS3Client } from '../shared/s3.js';
 import { uniqueName } from './helpers/services.js';
 
 const MAX_OBJECT_BYTES = 1024 * 1024;
+/** Room for the slow reader's 30 MB object. */
+const QUIET_MAX_OBJECT_BYTES = 64 * 1024 * 1024;
 const ACCESS_KEY = 'minioadmin';
 
 interface Server {
@@ -38,17 +40,16 @@ interface Server {
   dir: string;
 }
 
-async function startServer(t: ExecutionContext | undefined): Promise<Server> {
+async function startServer(maxObjectBytes = MAX_OBJECT_BYTES): Promise<Server> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'deepfeat-embedded-s3-'));
   const bucket = uniqueName('bucket');
-  const s3 = await startS3Server({
-    dir,
-    buckets: [bucket],
-    accessKeyIds: [ACCESS_KEY],
-    maxObjectBytes: MAX_OBJECT_BYTES,
-  });
-  const client = createS3Client({
-    endpoint: s3.endpoint,
+  const s3 = await startS3Server({ dir, buckets: [bucket], accessKeyIds: [ACCESS_KEY], maxObjectBytes });
+  return { s3, client: newClient(s3.endpoint), bucket, dir };
+}
+
+function newClient(endpoint: string): S3Client {
+  return createS3Client({
+    endpoint,
     region: 'us-east-1',
     accessKeyId: ACCESS_KEY,
     secretAccessKey: ACCESS_KEY,
@@ -56,9 +57,17 @@ async function startServer(t: ExecutionContext | undefined): Promise<Server> {
     maxAttempts: 1, // a refusal must show as it is, not after retries
     timeoutSeconds: 20,
   });
-  const server = { s3, client, bucket, dir };
-  t?.teardown(() => stopServer(server));
-  return server;
+}
+
+/**
+ * The quiet server with an SDK client of the test's own. Its tests keep connections busy for
+ * seconds; a pooled connection left idle meanwhile could be closed by the server (keep-alive
+ * timeout) just as the next test sends on it, and with maxAttempts 1 that would fail the test.
+ */
+function onQuiet(t: ExecutionContext): Server {
+  const client = newClient(quiet.s3.endpoint);
+  t.teardown(() => client.destroy());
+  return { ...quiet, client };
 }
 
 async function stopServer(server: Server): Promise<void> {
@@ -68,14 +77,20 @@ async function stopServer(server: Server): Promise<void> {
 }
 
 // One server for the tests that do not kill or count things in it; each uses its own key prefix.
+// A second, `quiet`, for the serial tests that count its open files and temporary files, or stall
+// its connections: nothing else runs on it meanwhile. (A server per test would mean starting many
+// server processes at once, each loading TypeScript, on a loaded machine.)
 let shared: Server;
 let sharedPid: number | undefined;
+let quiet: Server;
+let quietPid: number;
 test.before(async () => {
-  shared = await startServer(undefined);
+  [shared, quiet] = await Promise.all([startServer(), startServer(QUIET_MAX_OBJECT_BYTES)]);
   sharedPid = shared.s3.pid;
+  quietPid = quiet.s3.pid!;
 });
 test.after.always(async () => {
-  if (shared) await stopServer(shared);
+  await Promise.all([shared, quiet].filter(Boolean).map(stopServer));
 });
 
 async function put(
@@ -199,6 +214,41 @@ function rawSocket(port: number, bytes: string | Buffer): Promise<string> {
     });
     socket.on('end', finish);
   });
+}
+
+/**
+ * `promise`, or a failure naming `what` if it has not settled after `ms`. Only for requests whose
+ * bug was never answering (or answering after minutes): the bound says "at all", not "fast".
+ */
+async function within<T>(ms: number, what: string, promise: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Open file descriptors of a process (Linux). */
+async function openFiles(pid: number): Promise<number> {
+  return (await readdir(`/proc/${pid}/fd`)).length;
+}
+
+/** Waits (up to 5 s) for the process's descriptor count to fall back to `before`; returns the last count. */
+async function openFilesSettle(pid: number, before: number): Promise<number> {
+  let now = await openFiles(pid);
+  for (let i = 0; i < 50 && now > before; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    now = await openFiles(pid);
+  }
+  return now;
+}
+
+async function tmpFiles(server: Server): Promise<string[]> {
+  return readdir(path.join(server.dir, server.bucket, '._S3rver_tmp')).catch(() => []);
 }
 
 function md5(body: string | Buffer): string {
@@ -442,15 +492,28 @@ test('requests whose keys hide in a body or query are refused; upload ids cannot
 test('CopyObject: the copy source is checked like a key and copied exactly', async (t) => {
   const p = uniqueName('copy');
   const source = `${p}/50% off+ é#?&=`;
-  await put(shared, source, 'copied body');
   await shared.client.send(
+    new PutObjectCommand({
+      Bucket: shared.bucket,
+      Key: source,
+      Body: 'copied body',
+      ContentType: 'text/plain',
+      Metadata: { origin: 'test' },
+    }),
+  );
+  const copied = await shared.client.send(
     new CopyObjectCommand({
       Bucket: shared.bucket,
       Key: `${p}/dest`,
       CopySource: `${shared.bucket}/${encodeURIComponent(source)}`,
     }),
   );
+  t.is(copied.CopyObjectResult?.ETag, md5('copied body'));
   t.is((await get(shared, `${p}/dest`)).toString(), 'copied body');
+  const head = await shared.client.send(new HeadObjectCommand({ Bucket: shared.bucket, Key: `${p}/dest` }));
+  t.is(head.ETag, md5('copied body'));
+  t.is(head.ContentType, 'text/plain', 'the metadata is copied with the bytes');
+  t.deepEqual(head.Metadata, { origin: 'test' });
   for (const copySource of [
     `${shared.bucket}/${p}/a/../b`,
     `..%2F..%2Fetc/${p}`,
@@ -532,13 +595,12 @@ test('a write error the guard cannot foresee fails that request with a 500, not 
   await stillServes(t);
 });
 
-test('aborted uploads leave no open file, no temporary file, and the old object whole', async (t) => {
-  const server = await startServer(t);
-  const key = 'object';
+test.serial('aborted uploads leave no open file, no temporary file, and the old object whole', async (t) => {
+  const server = onQuiet(t);
+  const pid = quietPid;
+  const key = uniqueName('aborted');
   await put(server, key, 'old body');
-  const pid = server.s3.pid!;
-  const openFiles = async () => (await readdir(`/proc/${pid}/fd`)).length;
-  const before = await openFiles();
+  const before = await openFiles(pid);
   for (let i = 0; i < 10; i++) {
     await new Promise<void>((resolve) => {
       const socket = net.connect({ host: '127.0.0.1', port: server.s3.port }, () => {
@@ -552,14 +614,368 @@ test('aborted uploads leave no open file, no temporary file, and the old object 
       });
     });
   }
-  let after = await openFiles();
-  for (let i = 0; i < 50 && after > before; i++) {
-    await new Promise((r) => setTimeout(r, 100));
-    after = await openFiles();
-  }
+  const after = await openFilesSettle(pid, before);
   t.true(after <= before, `open descriptors went from ${before} to ${after}`);
   t.is((await get(server, key)).toString(), 'old body', 'a failed overwrite leaves the old object');
-  const tmp = await readdir(path.join(server.dir, server.bucket, '._S3rver_tmp')).catch(() => []);
-  t.deepEqual(tmp, []);
+  t.deepEqual(await tmpFiles(server), []);
+  await stillServes(t, server, pid);
+});
+
+// --- multipart uploads completed by a hostile client ------------------------------------------
+
+/** CreateMultipartUpload over raw HTTP; returns the upload id. */
+async function createUpload(server: Server, key: string): Promise<string> {
+  const res = await raw(server.s3.port, 'POST', `/${server.bucket}/${key}?uploads`);
+  const uploadId = /<UploadId>([^<]+)<\/UploadId>/.exec(res.body)?.[1];
+  if (res.status !== 200 || !uploadId) throw new Error(`CreateMultipartUpload answered ${res.status}: ${res.body}`);
+  return uploadId;
+}
+
+/** UploadPart over raw HTTP; returns the part's ETag (quoted). */
+async function uploadPart(server: Server, key: string, uploadId: string, n: number, body: Buffer): Promise<string> {
+  const res = await raw(server.s3.port, 'PUT', `/${server.bucket}/${key}?partNumber=${n}&uploadId=${uploadId}`, {
+    body,
+  });
+  if (res.status !== 200) throw new Error(`UploadPart ${n} answered ${res.status}: ${res.body}`);
+  return String(res.headers.etag);
+}
+
+function completeXml(parts: readonly [number | string, string][]): string {
+  const items = parts.map(([n, etag]) => `<Part><PartNumber>${n}</PartNumber><ETag>${etag}</ETag></Part>`);
+  return `<CompleteMultipartUpload>${items.join('')}</CompleteMultipartUpload>`;
+}
+
+/** CompleteMultipartUpload over raw HTTP; fails the test if it gets no answer at all (the old hang). */
+function complete(server: Server, key: string, uploadId: string, body: string): Promise<RawResponse> {
+  const target = `/${server.bucket}/${key}?uploadId=${uploadId}`;
+  return within(10_000, `CompleteMultipartUpload ${target}`, raw(server.s3.port, 'POST', target, { body }));
+}
+
+test.serial(
+  'CompleteMultipartUpload naming a missing, wrong or misordered part gets S3 errors and leaks nothing',
+  async (t) => {
+    const server = onQuiet(t);
+    const pid = quietPid;
+    const key = uniqueName('leak');
+    await stillServes(t, server, pid); // warm: the descriptors a served request leaves behind are counted
+    const before = await openFiles(pid);
+
+    // Part 1 was never uploaded: this request used to get no answer, keep its files open and hold
+    // the key's lock until its connection closed.
+    const uploadId = await createUpload(server, key);
+    for (let i = 0; i < 30; i++) {
+      const res = await complete(server, key, uploadId, completeXml([[1, 'x']]));
+      t.is(res.status, 400);
+      t.is(res.code, 'InvalidPart');
+    }
+    t.regex((await complete(server, key, uploadId, completeXml([[1, 'x']]))).body, /part 1 .*was never uploaded/);
+
+    const one = randomBytes(1000);
+    const two = randomBytes(500);
+    const etag1 = await uploadPart(server, key, uploadId, 1, one);
+    const etag2 = await uploadPart(server, key, uploadId, 2, two);
+    const cases: [string, string][] = [
+      [
+        completeXml([
+          [1, etag1],
+          [2, md5('other bytes')],
+        ]),
+        'InvalidPart',
+      ], // wrong ETag
+      [
+        completeXml([
+          [1, etag1],
+          [2, etag2],
+          [3, etag2],
+        ]),
+        'InvalidPart',
+      ], // one part too many
+      [
+        completeXml([
+          [2, etag2],
+          [1, etag1],
+        ]),
+        'InvalidPartOrder',
+      ],
+      [
+        completeXml([
+          [1, etag1],
+          [1, etag1],
+        ]),
+        'InvalidPartOrder',
+      ],
+      [completeXml([]), 'MalformedXML'],
+      [completeXml([['one', etag1]]), 'MalformedXML'],
+      ['<CompleteMultipartUpload><Part>', 'MalformedXML'],
+    ];
+    for (const [body, code] of cases) {
+      const res = await complete(server, key, uploadId, body);
+      t.is(res.status, 400, body);
+      t.is(res.code, code, body);
+    }
+    // s3rver's own parser fails on a Part without an ETag before the part list reaches the store:
+    // an InternalError rather than S3's MalformedXML, but an answer, with nothing left open.
+    const noEtag = '<CompleteMultipartUpload><Part><PartNumber>1</PartNumber></Part></CompleteMultipartUpload>';
+    t.true((await complete(server, key, uploadId, noEtag)).status >= 400);
+
+    // Nothing was stored, and no failed request still holds the key: a GET answers at once.
+    const get404 = await within(
+      10_000,
+      'GET after failed completes',
+      raw(server.s3.port, 'GET', `/${server.bucket}/${key}`),
+    );
+    t.is(get404.code, 'NoSuchKey');
+    const after = await openFilesSettle(pid, before);
+    t.true(after <= before, `open descriptors went from ${before} to ${after}`);
+    t.deepEqual(await tmpFiles(server), [], 'no temporary file is left behind');
+
+    // The upload survives the refused attempts and completes with the right list.
+    const done = await complete(
+      server,
+      key,
+      uploadId,
+      completeXml([
+        [1, etag1],
+        [2, etag2],
+      ]),
+    );
+    t.is(done.status, 200, done.body);
+    t.true((await get(server, key)).equals(Buffer.concat([one, two])));
+    const again = await complete(
+      server,
+      key,
+      uploadId,
+      completeXml([
+        [1, etag1],
+        [2, etag2],
+      ]),
+    );
+    t.is(again.code, 'NoSuchUpload', 'a completed upload is gone');
+    await stillServes(t, server, pid);
+  },
+);
+
+test.serial(
+  'a part file lost between upload and complete fails the complete with InvalidPart and leaks nothing',
+  async (t) => {
+    const server = onQuiet(t);
+    const pid = quietPid;
+    await stillServes(t, server, pid);
+    const before = await openFiles(pid);
+    const uploads = path.join(server.dir, server.bucket, '._S3rver_uploads');
+    const key = `${uniqueName('lost')}/part`;
+    await put(server, key, 'old body');
+
+    // The part's data goes, its recorded MD5 stays: only reading the part can find out.
+    const uploadId = await createUpload(server, key);
+    const etag1 = await uploadPart(server, key, uploadId, 1, randomBytes(2000));
+    const etag2 = await uploadPart(server, key, uploadId, 2, randomBytes(2000));
+    await rm(path.join(uploads, uploadId, '2'));
+    const res = await complete(
+      server,
+      key,
+      uploadId,
+      completeXml([
+        [1, etag1],
+        [2, etag2],
+      ]),
+    );
+    t.is(res.status, 400);
+    t.is(res.code, 'InvalidPart');
+    t.regex(res.body, /part 2 /);
+
+    // The part's bytes were replaced behind the server's back: its ETag no longer matches them.
+    const replaced = await createUpload(server, key);
+    const etag = await uploadPart(server, key, replaced, 1, randomBytes(3000));
+    await writeFile(path.join(uploads, replaced, '1'), randomBytes(3000));
+    const changed = await complete(server, key, replaced, completeXml([[1, etag]]));
+    t.is(changed.code, 'InvalidPart');
+
+    t.is((await get(server, key)).toString(), 'old body', 'a failed complete leaves the old object whole');
+    const after = await openFilesSettle(pid, before);
+    t.true(after <= before, `open descriptors went from ${before} to ${after}`);
+    t.deepEqual(await tmpFiles(server), []);
+    await stillServes(t, server, pid);
+  },
+);
+
+test('an upload id works only for its own key: another key gets NoSuchUpload and nothing is written', async (t) => {
+  const p = uniqueName('upload-key');
+  const uploadId = await createUpload(shared, `${p}/mine`);
+  const etag = await uploadPart(shared, `${p}/mine`, uploadId, 1, Buffer.from('part one'));
+  // Completing under another key would write `mine` while holding the lock of `theirs`.
+  const res = await complete(shared, `${p}/theirs`, uploadId, completeXml([[1, etag]]));
+  t.is(res.status, 404);
+  t.is(res.code, 'NoSuchUpload');
+  const part = await raw(shared.s3.port, 'PUT', `/${shared.bucket}/${p}/theirs?partNumber=2&uploadId=${uploadId}`, {
+    body: 'x',
+  });
+  t.is(part.code, 'NoSuchUpload');
+  const unknown = 'f'.repeat(32);
+  const orphan = await raw(shared.s3.port, 'PUT', `/${shared.bucket}/${p}/mine?partNumber=1&uploadId=${unknown}`, {
+    body: 'x',
+  });
+  t.is(orphan.code, 'NoSuchUpload', 'a part for an upload that was never created');
+  const noNumber = await raw(shared.s3.port, 'PUT', `/${shared.bucket}/${p}/mine?uploadId=${uploadId}`, { body: 'x' });
+  t.is(noNumber.code, 'InvalidArgument', 'UploadPart without partNumber');
+  const partCopy = await raw(shared.s3.port, 'PUT', `/${shared.bucket}/${p}/mine?partNumber=2&uploadId=${uploadId}`, {
+    headers: { 'x-amz-copy-source': `/${shared.bucket}/${p}/mine` },
+  });
+  t.is(partCopy.code, 'NotImplemented', 'UploadPartCopy is not supported');
+  t.deepEqual(await listAll(shared, `${p}/`), [], 'nothing was stored under either key');
+  const uploads = await readdir(path.join(shared.dir, shared.bucket, '._S3rver_uploads'));
+  t.false(uploads.includes(unknown), 'no folder was made for the unknown upload id');
+
+  const done = await complete(shared, `${p}/mine`, uploadId, completeXml([[1, etag]]));
+  t.is(done.status, 200, done.body);
+  t.is((await get(shared, `${p}/mine`)).toString(), 'part one');
+  await stillServes(t);
+});
+
+test('a client that leaves in the middle of a CompleteMultipartUpload body holds no lock afterwards', async (t) => {
+  const key = `${uniqueName('gone')}/object`;
+  const uploadId = await createUpload(shared, key);
+  const etag = await uploadPart(shared, key, uploadId, 1, Buffer.from('the part'));
+  const body = completeXml([[1, etag]]);
+  await new Promise<void>((resolve) => {
+    const socket = net.connect({ host: '127.0.0.1', port: shared.s3.port }, () => {
+      socket.write(
+        `POST /${shared.bucket}/${key}?uploadId=${uploadId} HTTP/1.1\r\nHost: 127.0.0.1\r\n` +
+          `Content-Length: ${body.length}\r\n\r\n${body.slice(0, 40)}`,
+        () =>
+          setTimeout(() => {
+            socket.destroy();
+            resolve();
+          }, 100),
+      );
+    });
+  });
+  await within(10_000, 'PUT after an abandoned complete', put(shared, key, 'written after'));
+  t.is((await get(shared, key)).toString(), 'written after');
+  const done = await complete(shared, key, uploadId, body);
+  t.is(done.status, 200, 'the abandoned attempt left the upload usable');
+  t.is((await get(shared, key)).toString(), 'the part');
+  await stillServes(t);
+});
+
+// --- slow readers -----------------------------------------------------------------------------
+
+test.serial(
+  'a stalled reader does not block writers, and still gets the whole old object under its old ETag',
+  async (t) => {
+    const size = 30 * 1024 * 1024; // far more than the socket buffers between server and client hold
+    const server = onQuiet(t);
+    const key = `${uniqueName('models/slow-reader')}/latest.json`;
+    const old = randomBytes(size);
+    await put(server, key, old);
+
+    // A GET that reads its headers and a few bytes, then stops reading.
+    const socket = net.connect({ host: '127.0.0.1', port: server.s3.port });
+    t.teardown(() => socket.destroy());
+    const chunks: Buffer[] = [];
+    let received = 0;
+    let stalled = false;
+    const started = new Promise<void>((resolve, reject) => {
+      socket.once('error', reject);
+      socket.on('data', (chunk: Buffer) => {
+        chunks.push(chunk);
+        received += chunk.length;
+        if (!stalled) {
+          stalled = true;
+          socket.pause();
+          resolve();
+        }
+      });
+    });
+    socket.write(`GET /${server.bucket}/${key} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
+    await started;
+    t.true(received < size, 'the reader has only begun');
+
+    // The writer is not kept waiting for the reader (it used to wait until the reader's connection closed).
+    const etag = await within(15_000, 'PUT during a stalled GET', put(server, key, 'new body'));
+    t.is(etag, md5('new body'));
+    t.is((await get(server, key)).toString(), 'new body');
+
+    // The stalled reader resumes and gets exactly the object it started reading.
+    const whole = new Promise<Buffer>((resolve) => {
+      const check = (ended = false) => {
+        const all = Buffer.concat(chunks);
+        const end = all.indexOf('\r\n\r\n');
+        if (ended || (end >= 0 && all.length >= end + 4 + size)) resolve(all);
+      };
+      socket.on('data', () => check());
+      socket.on('end', () => check(true));
+      check();
+    });
+    socket.resume();
+    const response = await whole;
+    const end = response.indexOf('\r\n\r\n');
+    const head = response.subarray(0, end).toString('latin1');
+    t.regex(head, /^HTTP\/1\.1 200 /);
+    t.regex(head, new RegExp(`\\r\\netag: ${md5(old)}\\r\\n`, 'i'));
+    t.regex(head, new RegExp(`\\r\\ncontent-length: ${size}\\r\\n`, 'i'));
+    t.true(response.subarray(end + 4).equals(old), 'the old bytes, whole, never mixed with the new');
+  },
+);
+
+test.serial(
+  'a stalled upload does not block readers: a GET during a PUT whose body stalls gets the old object',
+  async (t) => {
+    const server = onQuiet(t);
+    const key = `${uniqueName('models/slow-writer')}/latest.json`;
+    await put(server, key, 'old body');
+
+    // A PUT that sends its headers and part of its body, then stops sending.
+    const socket = net.connect({ host: '127.0.0.1', port: server.s3.port });
+    t.teardown(() => socket.destroy());
+    const answer = new Promise<string>((resolve) => {
+      let text = '';
+      socket.on('data', (chunk: Buffer) => {
+        text += chunk.toString('latin1');
+        if (/\r\n\r\n/.test(text)) resolve(text);
+      });
+    });
+    const body = randomBytes(500_000);
+    await new Promise<void>((resolve) => {
+      socket.once('connect', () => {
+        socket.write(
+          `PUT /${server.bucket}/${key} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ${body.length}\r\n\r\n`,
+        );
+        socket.write(body.subarray(0, 100_000), () => resolve());
+      });
+    });
+
+    // Readers are not kept waiting for the writer's body (they used to wait until its connection closed).
+    const read = await within(10_000, 'GET during a stalled PUT', get(server, key));
+    t.is(read.toString(), 'old body');
+
+    // The writer finishes its body; its object replaces the old one.
+    socket.write(body.subarray(100_000));
+    t.regex(await within(10_000, 'the stalled PUT, once its body is whole', answer), /^HTTP\/1\.1 200 /);
+    t.true((await get(server, key)).equals(body));
+    t.deepEqual(await tmpFiles(server), []);
+  },
+);
+
+test.serial('conditional GETs answered 304 leave no file open', async (t) => {
+  const server = onQuiet(t);
+  const pid = quietPid;
+  const key = uniqueName('conditional');
+  const etag = await put(server, key, 'body');
+  await stillServes(t, server, pid);
+  const before = await openFiles(pid);
+  const tomorrow = new Date(Date.now() + 86_400_000).toUTCString();
+  for (let i = 0; i < 20; i++) {
+    const notChanged = await raw(server.s3.port, 'GET', `/${server.bucket}/${key}`, {
+      headers: { 'if-none-match': String(etag) },
+    });
+    t.is(notChanged.status, 304);
+    const notModified = await raw(server.s3.port, 'GET', `/${server.bucket}/${key}`, {
+      headers: { 'if-modified-since': tomorrow },
+    });
+    t.is(notModified.status, 304);
+  }
+  const after = await openFilesSettle(pid, before);
+  t.true(after <= before, `open descriptors went from ${before} to ${after}`);
   await stillServes(t, server, pid);
 });

@@ -69,3 +69,19 @@ test('an aborted wait holds nothing and lets the waiters behind it in', async (t
   const again = await locks.acquire('k', 'exclusive');
   again();
 });
+
+test('run holds the name only while its work runs, and releases it when the work throws', async (t) => {
+  const locks = new KeyLocks();
+  const inside = await locks.run('k', 'exclusive', async () => locks.size);
+  t.is(inside, 1, 'held while the work runs');
+  t.is(locks.size, 0, 'released after');
+  await t.throwsAsync(
+    locks.run('k', 'exclusive', async () => {
+      throw new Error('disk full');
+    }),
+    { message: 'disk full' },
+  );
+  t.is(locks.size, 0, 'released after a failure too');
+  const again = await locks.acquire('k', 'exclusive');
+  again();
+});
