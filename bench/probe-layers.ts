@@ -13,21 +13,18 @@
  * Features are standardised with all images' mean/sd (no labels involved), so one Gram matrix per
  * node serves every split and both classifiers.
  * Raw 32×32 pixels are scored the same way as the lesson's baseline.
- * Prints a markdown table; the winner is DEFAULT_BUILTIN_NODE in services/extractor/engines/index.ts.
+ * Prints a markdown table; the winner is DEFAULT_BUILTIN_NODE in services/extractor/engines/builtin-model.ts.
  */
 import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs';
 import sharp from 'sharp';
-import { builtinModelArtifacts } from '../services/extractor/engines/index.js';
-import {
-  graphNodeNames,
-  poolToRows,
-  resolveNode,
-  shortestUniqueSuffix,
-  useBackend,
-} from '../services/extractor/engines/tfjs.js';
+import { BUILTIN_INPUT_RANGE, builtinModelArtifacts } from '../services/extractor/engines/builtin-model.js';
+import { graphNodeNames, resolveNode, shortestUniqueSuffix } from '../services/extractor/engines/graph-cut.js';
+import { poolToRows } from '../services/extractor/engines/tfjs.js';
+import { useBackend } from '../services/extractor/engines/tfjs-backend.js';
+import { RAW_PIXELS_RANGE, inputLut } from '../shared/features.js';
 import { decodeImage } from '../services/extractor/image.js';
 import { mulberry32 } from '../shared/random.js';
 
@@ -45,6 +42,9 @@ const BATCH = Number(args.batch);
 const SPLITS = Number(args.splits);
 const CLASSES = ['cats', 'dogs'] as const;
 const SIDE = 32;
+/** Pixel bytes as the engines feed them (shared/features.ts): the backbone's range, and raw pixels'. */
+const builtinLut = inputLut(BUILTIN_INPUT_RANGE);
+const rawLut = inputLut(RAW_PIXELS_RANGE);
 
 const CANDIDATES = [
   ...[11, 12, 13, 14, 15, 16].flatMap((k) => [
@@ -114,7 +114,7 @@ async function extract(
     const t0 = performance.now();
     const pooled = tf.tidy(() => {
       const x = tf.tensor4d(
-        Float32Array.from(concat(decoded), (v) => v / 255),
+        Float32Array.from(concat(decoded), (v) => builtinLut[v]!),
         [chunk.length, side, side, 3],
       );
       const outs = model.execute(x, full) as tf.Tensor[];
@@ -331,7 +331,7 @@ const rows: Array<{ node: string; dim: number; ncm: number; ridge: number; sd: n
 const raw = new Float32Array(pixels.length * SIDE * SIDE * 3);
 for (const [i, p] of pixels.entries())
   raw.set(
-    Float32Array.from(p, (v) => v / 255),
+    Float32Array.from(p, (v) => rawLut[v]!),
     i * p.length,
   );
 rows.push({ node: 'raw pixels 32×32 (baseline)', dim: SIDE * SIDE * 3, ...scoreAll(raw, SIDE * SIDE * 3) });

@@ -4,8 +4,10 @@
  * measured and writes bench/scale-results.json.
  *
  * The dataset is a CSV manifest of N keys (default 1,000,000) whose objects do not exist: the
- * point is planning, queues and status, not pixels. Each missing object is recorded as that
- * image's failure by the extractor, which also exercises the failure bookkeeping at scale.
+ * point is planning, queues and status, not pixels. Keys are as long as real ones (~70 bytes,
+ * e.g. customer-data/photos/site-07/2026/11/class3/IMG_0000123_9e3779b1.jpg). Each missing
+ * object is recorded as that image's failure by the extractor, which also exercises the
+ * failure bookkeeping at scale.
  *
  * Measured, on real parts (spawned redis-server, the embedded S3 server, a planner process and
  * one extractor process started as users start them):
@@ -13,8 +15,10 @@
  * - Redis memory taken by the run (used_memory after planning minus before), and its key count;
  * - `status` and `deepfeat workers` latency (median and worst of repeated calls, in-process
  *   through the same client library the CLI uses) right after planning and while the extractor
- *   works through shards;
- * - the trainer's feature matrix for N × 816 float32, against this host's memory.
+ *   works through shards; the size of a status (it lists the first failures and counts them
+ *   all) and the time to stream every recorded failure (`getFailures`);
+ * - the trainer's feature matrix for N × 816 float32 and the memory its fit needs, against the
+ *   budget a trainer on this host would have (DEEPFEAT_TRAINER_MEMORY unset).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -23,10 +27,19 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CreateBucketCommand } from '@aws-sdk/client-s3';
 import { Redis } from 'ioredis';
-import { createClient, enqueueRun, getQueueCounts, getStatus, listWorkers, type Client } from '../cli/client.js';
+import {
+  createClient,
+  enqueueRun,
+  getFailures,
+  getQueueCounts,
+  getStatus,
+  listWorkers,
+  type Client,
+} from '../cli/client.js';
 import { startRedis, startS3Server } from '../cli/local-stack.js';
 import { loadConfig } from '../shared/config.js';
 import { putObject } from '../shared/s3.js';
+import { trainerMemoryBudget, trainerMemoryNeed } from '../services/trainer/memory.js';
 
 const ROOT = path.resolve(fileURLToPath(new URL('..', import.meta.url)));
 const DATA_BUCKET = 'scale-data';
@@ -93,8 +106,16 @@ export async function runScaleBench(): Promise<void> {
   try {
     for (const b of [client.config.bucket, DATA_BUCKET]) await client.s3.send(new CreateBucketCommand({ Bucket: b }));
     const lines = ['key,label'];
-    for (let i = 0; i < images; i++) lines.push(`img/${String(i).padStart(7, '0')}.png,class${i % 10}`);
+    for (let i = 0; i < images; i++) {
+      const label = `class${i % 10}`;
+      const site = String(i % 50).padStart(2, '0');
+      const hash = (Math.imul(i, 2654435761) >>> 0).toString(16).padStart(8, '0');
+      lines.push(
+        `customer-data/photos/site-${site}/2026/11/${label}/IMG_${String(i).padStart(7, '0')}_${hash}.jpg,${label}`,
+      );
+    }
     const manifest = `${lines.join('\n')}\n`;
+    lines.length = 0;
     await putObject(client.s3, DATA_BUCKET, 'manifest.csv', manifest, 'text/csv');
     out.manifestMiB = round(Buffer.byteLength(manifest) / 2 ** 20);
     console.error(`manifest of ${images} keys (${out.manifestMiB} MiB) uploaded`);
@@ -153,6 +174,11 @@ export async function runScaleBench(): Promise<void> {
       await new Promise((r) => setTimeout(r, 1000));
     }
     const s = await getStatus(client, runId);
+    // Every failure recorded so far, shard by shard (what `status --all-failures` prints).
+    const f0 = performance.now();
+    let streamed = 0;
+    for await (const _ of getFailures(client, runId)) streamed++;
+    const streamMs = performance.now() - f0;
     during.sort((a, b) => a - b);
     workersDuring.sort((a, b) => a - b);
     out.duringExtraction = {
@@ -163,13 +189,26 @@ export async function runScaleBench(): Promise<void> {
       statusWorstMs: round(during[during.length - 1]!),
       workersMedianMs: round(workersDuring[Math.floor(workersDuring.length / 2)]!),
       workersWorstMs: round(workersDuring[workersDuring.length - 1]!),
+      failed: s.failed,
+      failuresTotal: s.failuresTotal,
+      failuresListed: s.failures.length,
+      statusJsonKiB: round(Buffer.byteLength(JSON.stringify(s)) / 1024),
+      allFailuresStreamed: streamed,
+      allFailuresMs: round(streamMs),
     };
     console.error(`during extraction: ${JSON.stringify(out.duringExtraction)}`);
     await probe.quit();
 
-    const matrixBytes = images * DIM * 4;
+    // Train + val: 80% of the images at the default 0.7/0.1/0.2 split.
+    const fitRows = Math.round(images * 0.8);
+    const need = trainerMemoryNeed({ rows: fitRows, dim: DIM, classes: 10 });
+    const budget = trainerMemoryBudget(0);
     out.trainer = {
-      matrixGiB: round(matrixBytes / 2 ** 30, 2),
+      fitRows,
+      matrixGiB: round((fitRows * DIM * 4) / 2 ** 30, 2),
+      needGiB: round(need / 2 ** 30, 2),
+      budgetGiB: round(budget.bytes / 2 ** 30, 1),
+      fits: need <= budget.bytes,
       hostTotalGiB: round(totalmem() / 2 ** 30, 1),
       hostFreeGiB: round(freemem() / 2 ** 30, 1),
     };

@@ -18,9 +18,21 @@ import {
   type QueueName,
   type RunRequest,
 } from '../shared/queues.js';
-import { RUN_ID_PATTERN, RunStore, newRunId, type RunStatus } from '../shared/run-state.js';
-import { createS3Client, getObjectJson, parseS3Url, s3Url } from '../shared/s3.js';
-import { latestKey, modelKey, type LatestPointer, type ModelArtifact } from '../shared/model-format.js';
+import { RUN_ID_PATTERN, RunStore, newRunId, type ImageFailure, type RunStatus } from '../shared/run-state.js';
+import { createS3Client, getObjectJson, getObjectText, parseS3Url, s3Url, splitS3Url } from '../shared/s3.js';
+import { shardKey, type ShardRow } from '../shared/dataset.js';
+import { MAX_MESSAGE_CHARS, capText, quote } from '../shared/text.js';
+import {
+  MODEL_NAME_RULE,
+  MODEL_VERSION_RULE,
+  assertLatestPointer,
+  assertModelArtifact,
+  isModelName,
+  isModelVersion,
+  latestKey,
+  modelKey,
+  type ModelArtifact,
+} from '../shared/model-format.js';
 import { WORKER_KIND, jobOptions, type WorkerKind } from '../shared/worker-kit.js';
 
 export interface Client {
@@ -65,7 +77,8 @@ export interface RunOptions {
 
 /** Model name from the source when none is given: the last path segment, made safe. */
 export function defaultName(source: string): string {
-  const { bucket, key } = parseS3Url(source);
+  // Only a name is derived here; enqueueRun checks the bucket.
+  const { bucket, key } = splitS3Url(source);
   const last =
     key
       .replace(/\.(csv|jsonl|ndjson)$/i, '')
@@ -76,10 +89,19 @@ export function defaultName(source: string): string {
   return safe === '' ? 'model' : safe.slice(0, 100);
 }
 
+/** The value at `path` in `obj`, as a message quotes it. */
+function shownValue(obj: unknown, path: ReadonlyArray<string | number>): string {
+  let v: unknown = obj;
+  for (const p of path)
+    v = v !== null && typeof v === 'object' ? (v as Record<string | number, unknown>)[p] : undefined;
+  return typeof v === 'string' ? quote(v, 100) : capText(JSON.stringify(v) ?? String(v), 100);
+}
+
 /** Records the run and adds its planning job; returns at once with the run id. */
 export async function enqueueRun(client: Client, opts: RunOptions): Promise<string> {
   requireRedisUrl(client.config);
-  parseS3Url(opts.source); // fail fast on a malformed URL, before anything is recorded
+  // A malformed URL or a bucket name S3 would refuse fails here, before anything is recorded.
+  parseS3Url(opts.source);
   const candidate = {
     source: opts.source,
     name: opts.name ?? defaultName(opts.source),
@@ -91,8 +113,9 @@ export async function enqueueRun(client: Client, opts: RunOptions): Promise<stri
   };
   const parsed = runRequestSchema.safeParse(candidate);
   if (!parsed.success) {
-    const issues = parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ');
-    throw new BadRequestError(`invalid run request: ${issues}`);
+    // Each problem with the value it is about (quoted: user text), so the message says what to change.
+    const issues = parsed.error.issues.map((i) => `${i.path.join('.')} ${shownValue(candidate, i.path)}: ${i.message}`);
+    throw new BadRequestError(`invalid run request: ${issues.join('; ')}`);
   }
   const runId = newRunId();
   await client.runs!.create(runId, parsed.data);
@@ -126,6 +149,42 @@ export async function getStatus(client: Client, runId: string): Promise<RunStatu
 }
 
 export const isTerminal = (s: RunStatus) => s.stage === 'published' || s.stage === 'failed';
+
+/**
+ * Every failed image of a run with its reason, shard by shard in manifest order (a status lists
+ * only the first MAX_FAILURES_LISTED). From Redis while it holds the run, else from the shards'
+ * row metadata in the bucket (runs/<id>/features/<shard>.jsonl), a few shards at a time: memory
+ * holds a few shards' failures, however many images failed.
+ */
+export async function* getFailures(client: Client, runId: string): AsyncGenerator<ImageFailure> {
+  const status = await getStatus(client, runId); // checks the id; NotFoundError names the fix
+  if (client.runs && (await client.runs.exists(runId))) {
+    yield* client.runs.failures(runId, status.shards);
+    return;
+  }
+  const bucket = client.config.bucket;
+  // A shard that never completed (a failed run) has no metadata: it has no recorded failures either.
+  const fetchShard = (s: number) =>
+    getObjectText(client.s3, bucket, shardKey(runId, s, 'jsonl')).catch((err: unknown) => {
+      if (err instanceof NotFoundError) return '';
+      throw err;
+    });
+  const ahead: Array<Promise<string>> = [];
+  let next = 0;
+  for (let s = 0; s < status.shards; s++) {
+    while (next < status.shards && ahead.length < 4) {
+      const p = fetchShard(next++);
+      p.catch(() => undefined); // observed when awaited below, or dropped if the reader stops early
+      ahead.push(p);
+    }
+    for (const line of (await ahead.shift()!).split('\n')) {
+      if (line === '') continue;
+      const row = JSON.parse(line) as ShardRow;
+      // Capped as Redis holds them: a reason may quote image data.
+      if ('error' in row) yield { key: row.key, reason: capText(row.error, MAX_MESSAGE_CHARS) };
+    }
+  }
+}
 
 /** Polls until the run is published or failed. */
 export async function waitForRun(
@@ -185,8 +244,12 @@ export async function getQueueCounts(client: Client): Promise<Record<QueueName, 
   return out;
 }
 
+/** How `download` takes its argument, for messages. */
+const REF_FORMS = 'use RUN (a run id like r20261128093000-1a2b3c), NAME (its latest version) or NAME@VERSION';
+
 /**
- * Resolves RUN | NAME | NAME@VERSION to a published model and reads it.
+ * Resolves RUN | NAME | NAME@VERSION to a published model and reads it. Every part is checked
+ * before it becomes part of a key, and what is read is checked to be a whole model.
  */
 export async function fetchModel(client: Client, ref: string): Promise<{ artifact: ModelArtifact; uri: string }> {
   const bucket = client.config.bucket;
@@ -200,14 +263,24 @@ export async function fetchModel(client: Client, ref: string): Promise<{ artifac
     }
     key = modelKey(status.model.name, status.model.version);
   } else {
-    const [name, version] = ref.split('@');
-    if (!name || !/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(name)) {
-      throw new BadRequestError(`not a run id or model name: ${JSON.stringify(ref)}; use RUN, NAME or NAME@VERSION`);
+    const at = ref.indexOf('@');
+    const name = at < 0 ? ref : ref.slice(0, at);
+    const version = at < 0 ? undefined : ref.slice(at + 1);
+    if (!isModelName(name)) {
+      throw new BadRequestError(`not a run id or model name: ${quote(ref)}; ${REF_FORMS}, where ${MODEL_NAME_RULE}`);
     }
-    if (version) key = modelKey(name, version);
-    else {
+    if (version !== undefined) {
+      if (!isModelVersion(version)) {
+        throw new BadRequestError(
+          `invalid version ${quote(version, 100)} in ${quote(ref)}: ${MODEL_VERSION_RULE}; or give ${name} alone for its latest version`,
+        );
+      }
+      key = modelKey(name, version);
+    } else {
+      const pointer = latestKey(name);
+      let latest: unknown;
       try {
-        key = (await getObjectJson<LatestPointer>(client.s3, bucket, latestKey(name))).key;
+        latest = await getObjectJson<unknown>(client.s3, bucket, pointer);
       } catch (err) {
         if (err instanceof NotFoundError)
           throw new NotFoundError(
@@ -215,25 +288,58 @@ export async function fetchModel(client: Client, ref: string): Promise<{ artifac
           );
         throw err;
       }
+      key = assertLatestPointer(latest, name, s3Url(bucket, pointer)).key;
     }
   }
+  const uri = s3Url(bucket, key);
+  let value: unknown;
   try {
-    return { artifact: await getObjectJson<ModelArtifact>(client.s3, bucket, key), uri: s3Url(bucket, key) };
+    value = await getObjectJson<unknown>(client.s3, bucket, key);
   } catch (err) {
-    if (err instanceof NotFoundError) throw new NotFoundError(`model ${ref} not found at ${s3Url(bucket, key)}`);
+    if (err instanceof NotFoundError) throw new NotFoundError(`model ${quote(ref)} not found at ${quote(uri)}`);
     throw err;
   }
+  return { artifact: assertModelArtifact(value, uri), uri };
 }
 
-/** Writes model.json into dir; returns the file path. */
+/** Writes model.json into dir; returns the file path. File-system problems name the folder and the fix. */
 export async function downloadModel(
   client: Client,
   ref: string,
   dir: string,
 ): Promise<{ path: string; artifact: ModelArtifact }> {
   const { artifact } = await fetchModel(client, ref);
-  await mkdir(dir, { recursive: true });
   const path = join(dir, 'model.json');
-  await writeFile(path, `${JSON.stringify(artifact, null, 2)}\n`);
+  try {
+    await mkdir(dir, { recursive: true });
+    await writeFile(path, `${JSON.stringify(artifact, null, 2)}\n`);
+  } catch (err) {
+    throw new BadRequestError(`cannot write to ${quote(dir)}: ${fsProblem(err)}; choose another folder (-o DIR)`, {
+      cause: err,
+    });
+  }
   return { path, artifact };
+}
+
+/** A file-system error in words (Node's own message repeats the path, unquoted). */
+function fsProblem(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException).code;
+  switch (code) {
+    case 'EEXIST':
+    case 'ENOTDIR':
+      return 'it, or a folder above it, is a file, not a folder';
+    case 'EISDIR':
+      return 'model.json there is a folder';
+    case 'EACCES':
+    case 'EPERM':
+      return 'permission denied';
+    case 'EROFS':
+      return 'the file system is read-only';
+    case 'ENOSPC':
+      return 'no space left on the device';
+    case 'EDQUOT':
+      return 'the disk quota is used up';
+    default:
+      return code ?? (err instanceof Error ? err.message : String(err));
+  }
 }

@@ -4,9 +4,10 @@
  * error messages) goes through `field` here: capped, and with its control characters escaped, so
  * a key holding an ANSI escape cannot recolour, clear or rewrite a user's terminal.
  */
-import type { RunStatus } from '../shared/run-state.js';
+import type { ImageFailure, RunStatus } from '../shared/run-state.js';
 import { describeFeatures } from '../shared/features.js';
-import { MAX_MESSAGE_CHARS, MAX_QUOTED_CHARS, capText, terminalSafe, terminalSafeLines } from '../shared/text.js';
+import { ConfigError, errorMessage } from '../shared/errors.js';
+import { MAX_MESSAGE_CHARS, MAX_QUOTED_CHARS, capText, terminalSafe } from '../shared/text.js';
 
 const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
 
@@ -46,10 +47,14 @@ export function formatStatus(s: RunStatus, maxFailures = 10, maxSkipped = 10): s
     `speed     ${s.imagesPerSecond ? `${s.imagesPerSecond.toFixed(1)} images/s` : '-'}   eta ${formatDuration(s.etaSeconds)}`,
   ];
   if (s.error) lines.push(`error     ${field(s.error.message)}`);
-  if (s.failures.length > 0) {
-    lines.push(`failures  (${s.failures.length})`);
-    for (const f of s.failures.slice(0, maxFailures)) lines.push(`  ${field(f.key)}: ${field(f.reason)}`);
-    if (s.failures.length > maxFailures) lines.push(`  ... ${s.failures.length - maxFailures} more (--json for all)`);
+  // A status lists the first failures and counts them all; a run.json written before that lists
+  // every failure and has no count.
+  const failuresTotal = Math.max(s.failuresTotal ?? 0, s.failures.length);
+  if (failuresTotal > 0) {
+    lines.push(`failures  (${failuresTotal})`);
+    for (const f of s.failures.slice(0, maxFailures)) lines.push(`  ${formatFailure(f)}`);
+    const more = failuresTotal - Math.min(maxFailures, s.failures.length);
+    if (more > 0) lines.push(`  ... ${more} more (deepfeat status ${field(s.runId)} --all-failures lists every one)`);
   }
   // A run.json written before skipped objects were recorded has neither field.
   const skipped = s.skipped ?? [];
@@ -83,6 +88,11 @@ export function formatStatus(s: RunStatus, maxFailures = 10, maxSkipped = 10): s
   return lines.join('\n');
 }
 
+/** One failed image for a terminal: `key: reason`, both capped and escaped. */
+export function formatFailure(f: ImageFailure): string {
+  return `${field(f.key)}: ${field(f.reason)}`;
+}
+
 /** What `download` wrote (the model name is the run request's, user data). */
 export function formatDownloaded(
   path: string,
@@ -92,9 +102,14 @@ export function formatDownloaded(
 }
 
 /**
- * An error for stderr: `deepfeat: MESSAGE`. Newlines the message was laid out with (a list of
- * configuration problems) stay; every other control character is escaped.
+ * An error for stderr: `deepfeat: MESSAGE`, on one line. Messages quote user data (keys, names,
+ * a server's reason), so every control character is escaped, newlines included: a key holding
+ * "\n" cannot forge a second error line. The one layout deepfeat makes itself, the list of
+ * configuration problems, is applied after each problem is escaped.
  */
-export function formatError(message: string): string {
-  return `deepfeat: ${terminalSafeLines(capText(message, 4 * MAX_MESSAGE_CHARS))}`;
+export function formatError(err: unknown): string {
+  if (err instanceof ConfigError) {
+    return `deepfeat: invalid configuration:${err.problems.map((p) => `\n  - ${field(p)}`).join('')}`;
+  }
+  return `deepfeat: ${field(errorMessage(err), 4 * MAX_MESSAGE_CHARS)}`;
 }

@@ -8,13 +8,14 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import { ENV_DOC, loadConfig } from '../shared/config.js';
-import { BadRequestError, errorMessage } from '../shared/errors.js';
-import { DEFAULT_FEATURES, RAW_PIXELS, type FeatureSpec } from '../shared/features.js';
+import { INPUT_RANGES } from '../shared/features.js';
+import { parseS3Url } from '../shared/s3.js';
 import type { RunStatus } from '../shared/run-state.js';
 import {
   createClient,
   downloadModel,
   enqueueRun,
+  getFailures,
   getQueueCounts,
   getStatus,
   isTerminal,
@@ -22,13 +23,15 @@ import {
   waitForRun,
   type Client,
 } from './client.js';
-import { formatDownloaded, formatError, formatStatus, table } from './format.js';
+import { formatDownloaded, formatError, formatFailure, formatStatus, table } from './format.js';
 import { EXIT_BAD_INPUT, exitCodeForError, exitCodeForRun } from './exit-codes.js';
 import { runProgress } from './progress.js';
 import { KIND_NAMES, startWorkers } from './workers.js';
 import { WORKER_KIND } from '../shared/worker-kit.js';
 import { DEFAULT_DEMO, runDemo } from './demo.js';
+import { DEMO_MAX_PER_CLASS } from './demo-data.js';
 import { startS3Server } from './local-stack.js';
+import { featureSpec, parseName, parseSeed, parseShardSize, parseSplit, parseWholeNumber } from './flags.js';
 
 const LOCAL_DIR = '.deepfeat';
 
@@ -55,42 +58,6 @@ async function withClient<T>(fn: (client: Client) => Promise<T>): Promise<T> {
   }
 }
 
-function featureSpec(opts: {
-  features: string;
-  model?: string;
-  node?: string;
-  inputSize?: string;
-  inputRange?: string;
-}): FeatureSpec {
-  if (opts.model) {
-    if (!opts.node)
-      throw new BadRequestError(
-        '--model needs --node: the name of the node (graph model) or layer (layers model) to pool',
-      );
-    return {
-      kind: 'tfjs',
-      model: opts.model,
-      node: opts.node,
-      ...(opts.inputSize ? { inputSize: Number(opts.inputSize) } : {}),
-      ...(opts.inputRange ? { inputRange: opts.inputRange as '0,1' } : {}),
-    };
-  }
-  if (opts.features === 'raw-pixels') return RAW_PIXELS;
-  if (opts.features === 'backbone')
-    return opts.node ? ({ ...DEFAULT_FEATURES, node: opts.node } as FeatureSpec) : DEFAULT_FEATURES;
-  throw new BadRequestError(
-    `unknown --features ${JSON.stringify(opts.features)}: use backbone or raw-pixels (or --model PATH --node NAME)`,
-  );
-}
-
-function parseSplit(s: string): { train: number; val: number; test: number } {
-  const parts = s.split(/[,/:]/).map(Number);
-  if (parts.length !== 3 || parts.some((x) => !Number.isFinite(x) || x < 0) || parts[0]! <= 0 || parts[2]! <= 0) {
-    throw new BadRequestError(`--split ${JSON.stringify(s)}: expected TRAIN,VAL,TEST fractions like 0.7,0.1,0.2`);
-  }
-  return { train: parts[0]!, val: parts[1]!, test: parts[2]! };
-}
-
 const program = new Command()
   .name('deepfeat')
   .description('Labelled images in S3 -> deep features -> logistic regression -> published classifier')
@@ -109,32 +76,38 @@ program
   .command('run')
   .description('enqueue a dataset job; prints the run id at once')
   .argument('<source>', 's3://bucket/prefix/ (folder per class) or s3://bucket/manifest.csv|.jsonl')
-  .option('--name <name>', 'model name to publish under (default: last part of the source)')
+  .option(
+    '--name <name>',
+    'model name to publish under: 1-100 letters, digits, . _ - (default: last part of the source)',
+  )
   .addOption(
     new Option('--features <kind>', 'feature extractor').choices(['backbone', 'raw-pixels']).default('backbone'),
   )
   .option('--model <path|s3url>', 'your own TF.js model.json (graph or layers model) instead of the shipped backbone')
   .option('--node <name>', 'node or layer to pool (with --model; or another node of the shipped backbone)')
-  .option('--input-size <n>', 'square input size of --model (default: from the model)')
-  .addOption(new Option('--input-range <range>', 'pixel range --model expects').choices(['0,1', '-1,1', '0,255']))
-  .option('--seed <n>', 'seed of the stratified split', '42')
+  .option('--input-size <n>', 'square input size of --model, 8 to 2048 (default: from the model)')
+  .addOption(new Option('--input-range <range>', 'pixel range --model expects').choices(INPUT_RANGES))
+  .option('--seed <n>', 'seed of the stratified split, 0 to 4294967295', '42')
   .option('--split <fractions>', 'train,val,test fractions when the data has no split folders', '0.7,0.1,0.2')
-  .option('--shard-size <n>', 'images per extract job')
+  .option('--shard-size <n>', 'images per extract job, 1 to 100000 (default: DEEPFEAT_SHARD_SIZE)')
   .option(
     '--wait',
     'wait for the run to finish, with progress; if it fails, exit 2 (bad dataset, model or bucket) or 1 (a fault)',
   )
   .option('--json', 'print JSON')
   .action(async (source: string, o) => {
+    // Every flag and the source are checked before anything is started or connected to.
+    parseS3Url(source);
+    const request = {
+      source,
+      ...(o.name !== undefined ? { name: parseName(o.name) } : {}),
+      features: featureSpec(o),
+      seed: parseSeed(o.seed),
+      split: parseSplit(o.split),
+      ...(o.shardSize !== undefined ? { shardSize: parseShardSize(o.shardSize) } : {}),
+    };
     await withClient(async (client) => {
-      const runId = await enqueueRun(client, {
-        source,
-        name: o.name,
-        features: featureSpec(o),
-        seed: Number(o.seed),
-        split: parseSplit(o.split),
-        ...(o.shardSize ? { shardSize: Number(o.shardSize) } : {}),
-      });
+      const runId = await enqueueRun(client, request);
       const live = await listWorkers(client);
       for (const [queue, kind] of Object.entries(WORKER_KIND)) {
         if (!live.some((w) => w.queue === queue)) {
@@ -168,9 +141,16 @@ program
   .argument('<run>', 'run id')
   .option('--watch', 'refresh until the run ends')
   .option('--json', 'print JSON')
+  .option('--all-failures', 'list every failed image with its reason, one per line (JSON lines with --json)')
   .action(async (runId: string, o) => {
     await withClient(async (client) => {
       let s = await getStatus(client, runId);
+      if (o.allFailures) {
+        // Streamed shard by shard: a million failures never become one document in memory.
+        for await (const f of getFailures(client, runId)) console.log(o.json ? JSON.stringify(f) : formatFailure(f));
+        process.exitCode = exitCodeForRun(s);
+        return;
+      }
       // A terminal gets the whole status redrawn in place; anything else (a log, a pipe) gets
       // plain progress lines, never screen-clearing escapes.
       const redraw = !o.json && process.stdout.isTTY;
@@ -233,9 +213,7 @@ program
   .argument('<kind>', KIND_NAMES.join(' | '))
   .option('--concurrency <n>', 'jobs at once per worker', '1')
   .action(async (kind: string, o) => {
-    const n = Number(o.concurrency);
-    if (!Number.isInteger(n) || n < 1)
-      throw new BadRequestError(`--concurrency ${o.concurrency}: expected a whole number >= 1`);
+    const n = parseWholeNumber('--concurrency', o.concurrency, { min: 1, max: 256 }, 'jobs at once per worker');
     startWorkers(loadConfig(), kind, n);
     await new Promise(() => undefined); // runs until a signal closes it
   });
@@ -247,8 +225,8 @@ program
   .option('--extractors <n>', 'extractor processes', String(DEFAULT_DEMO.extractors))
   .action(async (o) => {
     process.exitCode = await runDemo({
-      perClass: Number(o.perClass),
-      extractors: Number(o.extractors),
+      perClass: parseWholeNumber('--per-class', o.perClass, { min: 1, max: DEMO_MAX_PER_CLASS }, 'images per class'),
+      extractors: parseWholeNumber('--extractors', o.extractors, { min: 1, max: 64 }, 'extractor processes'),
       dataDir: LOCAL_DIR,
     });
   });
@@ -260,7 +238,7 @@ try {
     // Commander has printed its message (and the help); --help and --version exit 0.
     process.exitCode = err.exitCode === 0 ? 0 : EXIT_BAD_INPUT;
   } else {
-    console.error(formatError(errorMessage(err)));
+    console.error(formatError(err));
     process.exitCode = exitCodeForError(err);
   }
 }

@@ -1,4 +1,8 @@
-/** `deepfeat worker KIND`: runs pipeline workers in this process (one handler per queue). */
+/**
+ * `deepfeat worker KIND`: runs pipeline workers in this process (one handler per queue). The one
+ * entry point of every worker process (docker-compose.yml and the Dockerfile start workers this
+ * way too): the services have no main of their own; each exports its `start*Worker(ctx, n)`.
+ */
 import type { Worker } from 'bullmq';
 import type { Config } from '../shared/config.js';
 import { QUEUE_NAMES, type QueueName } from '../shared/queues.js';

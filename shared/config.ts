@@ -6,9 +6,21 @@ import os from 'node:os';
 import path from 'node:path';
 import { ConfigError } from './errors.js';
 
-export type TfjsBackendChoice = 'auto' | 'tensorflow' | 'wasm' | 'cpu';
-export type EngineChoice = 'auto' | 'onnx' | 'tfjs';
-export type OnnxProviderChoice = 'auto' | 'cuda' | 'cpu';
+/**
+ * The values of each choice setting, declared once: the parser, the help text (ENV_DOC) and the
+ * engines' option types (services/extractor/engines/engine.ts) all derive from these.
+ */
+/** Which engine runs graph backbones (DEEPFEAT_ENGINE). */
+export const ENGINE_CHOICES = ['auto', 'onnx', 'tfjs'] as const;
+export type EngineChoice = (typeof ENGINE_CHOICES)[number];
+/** Which TensorFlow.js backend (DEEPFEAT_TFJS_BACKEND); 'auto' prefers native TensorFlow, then WebAssembly, then plain JS. */
+export const TFJS_BACKENDS = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
+export type TfjsBackendChoice = (typeof TFJS_BACKENDS)[number];
+/** ONNX Runtime execution provider (DEEPFEAT_ONNX_PROVIDER); 'auto' tries CUDA, then CPU. */
+export const ONNX_PROVIDERS = ['auto', 'cuda', 'cpu'] as const;
+export type OnnxProviderChoice = (typeof ONNX_PROVIDERS)[number];
+/** pino's levels (LOG_LEVEL). */
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
 export interface S3Config {
   /** Custom endpoint (MinIO, the embedded server); undefined means AWS S3. */
@@ -36,12 +48,10 @@ export interface Config {
   readonly logLevel: string;
   /** Attempts per job before the run is marked failed (transient faults are retried with backoff). */
   readonly jobAttempts: number;
-  /** Jobs at once per worker started by a service main (WORKER_CONCURRENCY). */
-  readonly workerConcurrency: number;
   /**
    * Largest manifest (.csv/.jsonl) the planner reads, in bytes; a larger one fails the run unread.
-   * Parsing holds the planner's event loop (CSV about 4 MB/s on one core), which must keep
-   * renewing its 15 s job lock: the 32 MiB default stays well inside that.
+   * It is parsed a chunk at a time (the planner's event loop keeps renewing its job lock), so the
+   * bound is the planner's memory: the 256 MiB default holds a million images with long keys.
    */
   readonly maxManifestBytes: number;
   readonly extractor: {
@@ -78,6 +88,11 @@ export interface Config {
   readonly trainer: {
     /** Seconds one fit (L2 selection and refit) may take before its threads are ended and the job retried. */
     readonly fitTimeoutSeconds: number;
+    /**
+     * Memory (MiB) a train job may plan to use; a run whose feature matrix and fit would need more
+     * is refused before any shard is read. 0 = 80% of the host's (or the container's) memory.
+     */
+    readonly memoryMiB: number;
   };
 }
 
@@ -98,18 +113,17 @@ export const ENV_DOC: Readonly<Record<string, string>> = {
   DEEPFEAT_JOB_ATTEMPTS: 'attempts per pipeline job (default 3)',
   DEEPFEAT_SHARD_SIZE: 'images per extract job (default 256)',
   DEEPFEAT_MAX_MANIFEST_BYTES:
-    'largest manifest .csv/.jsonl the planner reads (default 33554432 = 32 MiB, about 500,000 images)',
+    'largest manifest .csv/.jsonl the planner reads (default 268435456 = 256 MiB, over a million images)',
   DEEPFEAT_BATCH_SIZE: "images per forward pass (default 0 = the engine's choice: 8 on CPU, 32 on GPU)",
   DEEPFEAT_FETCH_CONCURRENCY: 'parallel S3 downloads per extractor (default 8)',
   DEEPFEAT_MAX_IMAGE_BYTES: 'larger objects are recorded as failures, not read (default 52428800)',
   DEEPFEAT_MAX_IMAGE_PIXELS: 'decoded-size limit against decompression bombs (default 100000000)',
-  DEEPFEAT_ENGINE:
-    'auto|onnx|tfjs: engine for graph backbones (default auto: ONNX Runtime, or TF.js where the graph does not convert or tfjs-node-gpu has a GPU that ONNX Runtime cannot use)',
+  DEEPFEAT_ENGINE: `${ENGINE_CHOICES.join('|')}: engine for graph backbones (default auto: ONNX Runtime, or TF.js where the graph does not convert or tfjs-node-gpu has a GPU that ONNX Runtime cannot use)`,
   DEEPFEAT_ENGINE_THREADS:
     'ONNX Runtime CPU threads per extractor process (default 0 = one per core; with N extractors on one host use cores/N)',
   DEEPFEAT_ENGINE_TIMEOUT:
     'seconds one batch may spend in the engine before its thread is restarted and the job retried (default 600)',
-  DEEPFEAT_ONNX_PROVIDER: 'auto|cuda|cpu (default auto: CUDA where onnxruntime-node has its CUDA binaries, else CPU)',
+  DEEPFEAT_ONNX_PROVIDER: `${ONNX_PROVIDERS.join('|')} (default auto: CUDA where onnxruntime-node has its CUDA binaries, else CPU)`,
   DEEPFEAT_CACHE_DIR:
     'cache of backbones converted to ONNX (default $XDG_CACHE_HOME/deepfeat or ~/.cache/deepfeat; empty = no cache)',
   DEEPFEAT_MODEL_DIRS:
@@ -124,9 +138,10 @@ export const ENV_DOC: Readonly<Record<string, string>> = {
     'MiB of memory each image decoder process may use (its data limit); an image needing more is recorded as a failure (default 1024)',
   DEEPFEAT_FIT_TIMEOUT:
     'seconds one trainer fit may take before its threads are ended and the job retried (default 3600)',
-  DEEPFEAT_TFJS_BACKEND: 'auto|tensorflow|wasm|cpu (default auto: tfjs-node-gpu, tfjs-node, then wasm)',
-  WORKER_CONCURRENCY: 'jobs at once per worker in services/*/main.ts (default 1; the CLI takes --concurrency)',
-  LOG_LEVEL: 'pino level for workers (default info)',
+  DEEPFEAT_TRAINER_MEMORY:
+    "MiB a train job may use; a larger fit is refused before reading features (default 0 = 80% of the host's memory)",
+  DEEPFEAT_TFJS_BACKEND: `${TFJS_BACKENDS.join('|')} (default auto: tfjs-node-gpu, tfjs-node, then wasm)`,
+  LOG_LEVEL: `${LOG_LEVELS.join('|')}: pino level for workers (default info)`,
 };
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -265,21 +280,20 @@ export function loadConfig(env: Env = process.env): Config {
       maxAttempts: r.int('S3_MAX_ATTEMPTS', 5, 1, 20),
       timeoutSeconds: r.int('S3_TIMEOUT', 30, 1, 3600),
     },
-    logLevel: r.oneOf('LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info'),
+    logLevel: r.oneOf('LOG_LEVEL', LOG_LEVELS, 'info'),
     jobAttempts: r.int('DEEPFEAT_JOB_ATTEMPTS', 3, 1, 50),
-    workerConcurrency: r.int('WORKER_CONCURRENCY', 1, 1, 256),
-    maxManifestBytes: r.int('DEEPFEAT_MAX_MANIFEST_BYTES', 32 * 1024 * 1024, 1, 500 * 1024 * 1024),
+    maxManifestBytes: r.int('DEEPFEAT_MAX_MANIFEST_BYTES', 256 * 1024 * 1024, 1, 1024 * 1024 * 1024),
     extractor: {
       shardSize: r.int('DEEPFEAT_SHARD_SIZE', 256, 1, 100_000),
       batchSize: r.int('DEEPFEAT_BATCH_SIZE', 0, 0, 1024),
       fetchConcurrency: r.int('DEEPFEAT_FETCH_CONCURRENCY', 8, 1, 256),
       maxImageBytes: r.int('DEEPFEAT_MAX_IMAGE_BYTES', 50 * 1024 * 1024, 1, 2 ** 31 - 1),
       maxImagePixels: r.int('DEEPFEAT_MAX_IMAGE_PIXELS', 100_000_000, 1, 2 ** 31 - 1),
-      tfjsBackend: r.oneOf('DEEPFEAT_TFJS_BACKEND', ['auto', 'tensorflow', 'wasm', 'cpu'] as const, 'auto'),
-      engine: r.oneOf('DEEPFEAT_ENGINE', ['auto', 'onnx', 'tfjs'] as const, 'auto'),
+      tfjsBackend: r.oneOf('DEEPFEAT_TFJS_BACKEND', TFJS_BACKENDS, 'auto'),
+      engine: r.oneOf('DEEPFEAT_ENGINE', ENGINE_CHOICES, 'auto'),
       engineThreads: r.int('DEEPFEAT_ENGINE_THREADS', 0, 0, 256),
       engineTimeoutSeconds: r.int('DEEPFEAT_ENGINE_TIMEOUT', 600, 1, 86_400),
-      onnxProvider: r.oneOf('DEEPFEAT_ONNX_PROVIDER', ['auto', 'cuda', 'cpu'] as const, 'auto'),
+      onnxProvider: r.oneOf('DEEPFEAT_ONNX_PROVIDER', ONNX_PROVIDERS, 'auto'),
       cacheDir: env.DEEPFEAT_CACHE_DIR !== undefined ? env.DEEPFEAT_CACHE_DIR.trim() : defaultCacheDir(env),
       modelDirs: r.dirList('DEEPFEAT_MODEL_DIRS'),
       maxModelBytes: r.int('DEEPFEAT_MAX_MODEL_BYTES', 1024 * 1024 * 1024, 1, 2 ** 40),
@@ -289,6 +303,7 @@ export function loadConfig(env: Env = process.env): Config {
     },
     trainer: {
       fitTimeoutSeconds: r.int('DEEPFEAT_FIT_TIMEOUT', 3600, 1, 7 * 86_400),
+      memoryMiB: r.int('DEEPFEAT_TRAINER_MEMORY', 0, 0, 1024 * 1024 * 1024),
     },
   };
   if (r.problems.length > 0) throw new ConfigError(r.problems);

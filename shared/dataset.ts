@@ -1,6 +1,7 @@
 /** The manifest: every image of a run, one per line in runs/<id>/manifest.jsonl. */
-export type Split = 'train' | 'val' | 'test';
-export const SPLITS: readonly Split[] = ['train', 'val', 'test'];
+/** The splits of a dataset: train fits, val picks the L2 strength, test scores the published model. */
+export const SPLITS = ['train', 'val', 'test'] as const;
+export type Split = (typeof SPLITS)[number];
 
 export interface ManifestItem {
   /** Object key in the source bucket. */

@@ -3,10 +3,10 @@
  * with one line per manifest item (key, label, split, and either its row or its failure).
  * Written by the extractor; read by the trainer and the evaluator.
  */
-import type { S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { shardKey, type ShardRow, type Split } from './dataset.js';
 import { encodeNpy, decodeNpy } from './npy.js';
-import { getObjectBytes, getObjectText, putObject } from './s3.js';
+import { getObjectBytes, getObjectText, putObject, storageError } from './s3.js';
 import { forEachOrdered, mapLimit } from './concurrency.js';
 import { DatasetError } from './errors.js';
 
@@ -56,6 +56,45 @@ export async function readFeatures(
   return set!;
 }
 
+/** Bytes of a shard's .npy read to learn its shape: the header (128 bytes as written here) with room to spare. */
+const NPY_HEAD_BYTES = 4096;
+
+/**
+ * Features per row of a run's shard, from the first bytes of its .npy (its header), without
+ * reading its rows; undefined when the header does not say (not a 2-d .npy). Every shard of a
+ * run has the same width (readFeatureSets checks), so shard 0 tells for the run.
+ */
+export async function readFeatureDim(
+  s3: S3Client,
+  bucket: string,
+  runId: string,
+  shard = 0,
+): Promise<number | undefined> {
+  const key = shardKey(runId, shard, 'npy');
+  let head: Uint8Array;
+  try {
+    const res = await s3.send(
+      new GetObjectCommand({ Bucket: bucket, Key: key, Range: `bytes=0-${NPY_HEAD_BYTES - 1}` }),
+    );
+    head = res.Body ? await res.Body.transformToByteArray() : new Uint8Array(0);
+  } catch (err) {
+    throw storageError(err, { bucket, key });
+  }
+  // Magic "\x93NUMPY", version, header length, then a Python dict literal with the shape.
+  const text = Buffer.from(head.buffer, head.byteOffset, head.byteLength).toString('latin1', 0, 512);
+  if (!text.startsWith('\x93NUMPY')) return undefined;
+  const m = /'shape':\s*\(\s*\d+\s*,\s*(\d+)\s*\)/.exec(text);
+  return m ? Number(m[1]) : undefined;
+}
+
+export interface ReadFeatureOptions {
+  /**
+   * Called once the matrices' sizes are known (all splits' rows, features per row) and before
+   * they are allocated: it may throw to refuse a size (the trainer's memory budget).
+   */
+  beforeAllocate?(rows: number, dim: number): void;
+}
+
 /**
  * Reads every shard once and returns one matrix per group of splits (e.g. [['train'], ['val']]),
  * rows in shard order, so a caller that needs several sets does not fetch the shards again.
@@ -68,6 +107,7 @@ export async function readFeatureSets(
   runId: string,
   shards: number,
   groups: ReadonlyArray<readonly Split[]>,
+  options: ReadFeatureOptions = {},
 ): Promise<LabelledFeatures[]> {
   type Row = { row: number; label: string; key: string };
   // Pass 1: the small JSON-lines metadata of every shard, to size each matrix exactly.
@@ -107,8 +147,10 @@ export async function readFeatureSets(
         );
       d = dim;
       if (!out) {
+        const rows = sizes.reduce((a, b) => a + b, 0);
+        options.beforeAllocate?.(rows, dim);
         // Shared memory: the trainer's fit threads read it in place (no copy per thread).
-        const buffer = new SharedArrayBuffer(sizes.reduce((a, b) => a + b, 0) * dim * Float32Array.BYTES_PER_ELEMENT);
+        const buffer = new SharedArrayBuffer(rows * dim * Float32Array.BYTES_PER_ELEMENT);
         let offset = 0;
         out = sizes.map((n) => {
           const X = new Float32Array(buffer, offset * dim * Float32Array.BYTES_PER_ELEMENT, n * dim);

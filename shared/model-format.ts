@@ -3,11 +3,24 @@
  * to turn an image into a prediction — how features were made (backbone, node, input size and
  * pixel range), the standardisation, the weights, the classes and the test metrics.
  */
+import { ModelError } from './errors.js';
 import type { FeatureSpec } from './features.js';
-import type { LinearSoftmaxModel } from './softmax-model.js';
-import type { RunMetrics } from './run-state.js';
+import { assertLinearSoftmaxModel, type LinearSoftmaxModel } from './softmax-model.js';
+import { RUN_ID_PATTERN, type RunMetrics } from './run-state.js';
+import { quote } from './text.js';
 
 export const MODEL_FORMAT = 'deepfeat.model/v1';
+
+/** A model name is one segment of its keys (models/<name>/...): no '/', and short. */
+export const MODEL_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
+export const MODEL_NAME_RULE =
+  'a model name is 1 to 100 letters, digits, ".", "_" or "-", starting with a letter or digit';
+/** A version is the id of the run that published it (the evaluator sets it so). */
+export const MODEL_VERSION_RULE =
+  'a version is the id of the run that published it, like r20261128093000-1a2b3c (deepfeat status RUN shows it)';
+
+export const isModelName = (s: string): boolean => MODEL_NAME_PATTERN.test(s);
+export const isModelVersion = (s: string): boolean => RUN_ID_PATTERN.test(s);
 
 /** The trainer's output, read by the evaluator: the classifier plus how it was chosen. */
 export interface Candidate extends LinearSoftmaxModel {
@@ -18,6 +31,12 @@ export interface Candidate extends LinearSoftmaxModel {
   trainImages: number;
   valImages: number;
   fitMs: number;
+  /**
+   * What made the features, as the extract jobs reported it (their results): the engine id
+   * (backbone@node or raw-pixels:NxN), the backends that ran it, the input size images were
+   * decoded to. Absent when the train job had no extract jobs to ask.
+   */
+  features?: { engine: string; backends: string[]; input: { width: number; height: number } };
 }
 
 export interface ModelArtifact extends LinearSoftmaxModel {
@@ -49,3 +68,57 @@ export interface LatestPointer {
 export const candidateKey = (runId: string) => `runs/${runId}/candidate.json`;
 export const modelKey = (name: string, version: string) => `models/${name}/${version}/model.json`;
 export const latestKey = (name: string) => `models/${name}/latest.json`;
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isPositiveInt = (v: unknown): boolean => Number.isInteger(v) && (v as number) > 0;
+
+/**
+ * `value` (a parsed models/<name>/<version>/model.json read from `uri`) checked to be a whole
+ * deepfeat model, so a reader never trips over a missing field. Throws ModelError naming the
+ * first bad field and the way out.
+ */
+export function assertModelArtifact(value: unknown, uri: string): ModelArtifact {
+  const bad = (detail: string, cause?: unknown) =>
+    new ModelError(
+      `${quote(uri)} is not a valid deepfeat model (${detail}): publish it again with deepfeat run, ` +
+        'or download another version',
+      cause === undefined ? {} : { cause },
+    );
+  if (!isObject(value)) throw bad('expected a JSON object');
+  if (value.format !== MODEL_FORMAT) throw bad(`"format" is not ${JSON.stringify(MODEL_FORMAT)}`);
+  if (typeof value.name !== 'string' || !isModelName(value.name)) throw bad(`"name" is not a model name`);
+  if (typeof value.version !== 'string' || !isModelVersion(value.version)) throw bad(`"version" is not a run id`);
+  try {
+    assertLinearSoftmaxModel(value);
+  } catch (err) {
+    throw bad(err instanceof Error ? err.message : String(err), err);
+  }
+  const { features, metrics } = value;
+  const d = (value.mean as number[]).length;
+  if (!isObject(features) || !isObject(features.spec) || typeof features.engine !== 'string')
+    throw bad('"features" must say how features were made: spec, engine, dim, input');
+  if (features.dim !== d) throw bad(`"features.dim" is not ${d}, the length of "mean"`);
+  const input = features.input;
+  if (!isObject(input) || !isPositiveInt(input.width) || !isPositiveInt(input.height))
+    throw bad('"features.input" must give a whole width and height');
+  const accuracy = isObject(metrics) ? metrics.accuracy : undefined;
+  if (typeof accuracy !== 'number' || !(accuracy >= 0 && accuracy <= 1))
+    throw bad('"metrics.accuracy" must be a number from 0 to 1');
+  return value as unknown as ModelArtifact;
+}
+
+/** `value` (models/<name>/latest.json, read from `uri`) checked to point at a version of `name`. */
+export function assertLatestPointer(value: unknown, name: string, uri: string): LatestPointer {
+  if (
+    !isObject(value) ||
+    typeof value.version !== 'string' ||
+    !isModelVersion(value.version) ||
+    value.key !== modelKey(name, value.version)
+  ) {
+    throw new ModelError(
+      `${quote(uri)} does not point at a published version of ${quote(name)} (expected {"version": RUN, "key": ` +
+        `"${modelKey(name, 'RUN')}"}): download NAME@VERSION, or publish the model again`,
+    );
+  }
+  return value as unknown as LatestPointer;
+}

@@ -6,21 +6,37 @@
 import { Queue, Worker, FlowProducer, type Processor, type WorkerOptions, type ConnectionOptions } from 'bullmq';
 import { z } from 'zod';
 import { BadRequestError } from './errors.js';
-import type { FeatureSpec } from './features.js';
+import { BUILTIN_MODELS, INPUT_RANGES, RAW_PIXELS_SIZE, type FeatureSpec } from './features.js';
 import { SPLITS } from './dataset.js';
+import { MODEL_NAME_PATTERN, MODEL_NAME_RULE } from './model-format.js';
 
 export const QUEUE_NAMES = ['plan', 'extract', 'train', 'evaluate'] as const;
 export type QueueName = (typeof QUEUE_NAMES)[number];
 
-const featureSpecSchema: z.ZodType<FeatureSpec> = z.union([
-  z.object({ kind: z.literal('raw-pixels'), size: z.number().int().min(1).max(1024) }),
-  z.object({ kind: z.literal('builtin'), id: z.literal('mobilenet_v2_mid'), node: z.string().min(1).optional() }),
+/** Bounds of a run request's numbers: the schema below and the CLI's flag checks use these. */
+export const RUN_LIMITS = {
+  /** The split's PRNG (mulberry32) takes 32 bits: a larger seed would alias a smaller one (2^32 splits as 0). */
+  seed: { min: 0, max: 2 ** 32 - 1 },
+  /** The same bounds as DEEPFEAT_SHARD_SIZE (shared/config.ts). */
+  shardSize: { min: 1, max: 100_000 },
+  /** Input side of a user's model: what the engines take (inputSide in services/extractor/engines). */
+  modelInputSize: { min: 8, max: 2048 },
+} as const;
+
+// Discriminated by kind, so a bad field is reported by its own path and message (e.g. the input
+// ranges allowed), not as the union's bare "Invalid input".
+const featureSpecSchema: z.ZodType<FeatureSpec> = z.discriminatedUnion('kind', [
+  z.object({
+    kind: z.literal('raw-pixels'),
+    size: z.number().int().min(RAW_PIXELS_SIZE.min).max(RAW_PIXELS_SIZE.max),
+  }),
+  z.object({ kind: z.literal('builtin'), id: z.enum(BUILTIN_MODELS), node: z.string().min(1).optional() }),
   z.object({
     kind: z.literal('tfjs'),
     model: z.string().min(1),
     node: z.string().min(1),
-    inputSize: z.number().int().min(8).max(4096).optional(),
-    inputRange: z.enum(['0,1', '-1,1', '0,255']).optional(),
+    inputSize: z.number().int().min(RUN_LIMITS.modelInputSize.min).max(RUN_LIMITS.modelInputSize.max).optional(),
+    inputRange: z.enum(INPUT_RANGES).optional(),
   }),
 ]);
 
@@ -29,18 +45,22 @@ export const runRequestSchema = z.object({
   /** s3://bucket/prefix/ (folders per class) or s3://bucket/manifest.{csv,jsonl} */
   source: z.string().startsWith('s3://'),
   /** Model name to publish under (models/<name>/...). */
-  name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/),
+  name: z.string().regex(MODEL_NAME_PATTERN, MODEL_NAME_RULE),
   features: featureSpecSchema,
-  seed: z.number().int(),
+  seed: z.number().int().min(RUN_LIMITS.seed.min).max(RUN_LIMITS.seed.max),
   /** Fractions for the seeded stratified split when the dataset has no split folders/column. */
-  split: z.object({ train: z.number().positive(), val: z.number().min(0), test: z.number().positive() }),
-  shardSize: z.number().int().min(1),
+  split: z.object({
+    train: z.number().positive().finite(),
+    val: z.number().min(0).finite(),
+    test: z.number().positive().finite(),
+  }),
+  shardSize: z.number().int().min(RUN_LIMITS.shardSize.min).max(RUN_LIMITS.shardSize.max),
   /** L2 strengths to choose from on the validation split. */
   lambdas: z.array(z.number().positive()).min(1).optional(),
 });
 export type RunRequest = z.infer<typeof runRequestSchema>;
 
-const itemSchema = z.object({ key: z.string(), label: z.string(), split: z.enum(SPLITS as [string, ...string[]]) });
+const itemSchema = z.object({ key: z.string(), label: z.string(), split: z.enum(SPLITS) });
 
 const schemas = {
   plan: z.object({ runId: z.string(), request: runRequestSchema }),
@@ -56,8 +76,17 @@ const schemas = {
     shards: z.number().int().min(1),
     classes: z.array(z.string()).min(2),
     lambdas: z.array(z.number()).optional(),
+    /** Train + val images in the plan: the most rows the fit can have (the trainer's memory check). */
+    fitImages: z.number().int().min(0).optional(),
   }),
-  evaluate: z.object({ runId: z.string(), shards: z.number().int().min(1), name: z.string() }),
+  evaluate: z.object({
+    runId: z.string(),
+    shards: z.number().int().min(1),
+    name: z.string(),
+    /** The run request's source and feature spec, recorded in the published model as they travelled with the run. */
+    source: z.string(),
+    features: featureSpecSchema,
+  }),
 };
 
 /** Queue name → { data, result }. */

@@ -1,8 +1,11 @@
 /**
- * Live state of runs, in one Redis hash per run (`<prefix>:run:<id>`). Every write is
- * idempotent: per-shard progress is a field of its own that a retried shard overwrites, so
- * counts never double. The evaluator copies the final state to runs/<id>/run.json, which is
- * what `status` reads once Redis no longer has the run.
+ * Live state of runs in Redis: one hash per run (`<prefix>:run:<id>`) for stage, plan and per-shard
+ * progress, and one hash of failure reasons beside it (`<prefix>:run:<id>:failures`, a field per
+ * shard). Every write is idempotent: a shard's progress and its failures are fields of their own
+ * that a retried shard overwrites, so counts never double. A status reads the run hash and only
+ * the first page of failures, so its cost and size stay bounded however many images fail; every
+ * failure is read shard by shard (`RunStore.failures`). The evaluator copies the final status to
+ * runs/<id>/run.json, which is what `status` reads once Redis no longer has the run.
  */
 import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
@@ -16,6 +19,13 @@ export type Stage = ActiveStage | 'failed';
 
 /** At most this many skipped objects are listed in a run's state; the rest are only counted. */
 export const MAX_SKIPPED_LISTED = 1000;
+
+/**
+ * At most this many failures are listed in a status (and run.json); `failuresTotal` counts them
+ * all and `RunStore.failures` reads every one. With most of a million images failing, a status
+ * that listed them all was ~60 MB of JSON.
+ */
+export const MAX_FAILURES_LISTED = 100;
 
 export interface ImageFailure {
   readonly key: string;
@@ -56,7 +66,17 @@ export interface RunStatus {
   readonly shardsDone: number;
   readonly done: number;
   readonly failed: number;
+  /**
+   * The first MAX_FAILURES_LISTED failures recorded with their reasons, in manifest order (the
+   * manifest is sorted by key, so this is key order): from the completed shards, lowest first.
+   */
   readonly failures: readonly ImageFailure[];
+  /**
+   * How many failures are recorded with their reasons: those of every completed shard. `failed`
+   * also counts images of shards still being extracted, whose reasons are written when the
+   * shard completes.
+   */
+  readonly failuresTotal: number;
   /** Objects planning did not use (first MAX_SKIPPED_LISTED by key), with why. */
   readonly skipped: readonly SkippedObject[];
   /** How many objects planning skipped in all (can be more than `skipped` lists). */
@@ -102,6 +122,14 @@ interface ShardProgress {
   backend?: string;
   /** Engine input size, 'WxH'. */
   input?: string;
+}
+
+/** Shard progress as a status reads it: one entry per shard field of the run hash. */
+export interface ShardCounts {
+  readonly shard: number;
+  readonly done: number;
+  readonly failed: number;
+  readonly complete: boolean;
 }
 
 /**
@@ -167,6 +195,11 @@ export class RunStore {
     return `${this.prefix}:run:${runId}`;
   }
 
+  /** Failure reasons of the run's shards: field = shard number, value = JSON array of ImageFailure. */
+  private failuresKey(runId: string): string {
+    return `${this.prefix}:run:${runId}:failures`;
+  }
+
   async create(runId: string, request: RunRequest): Promise<void> {
     const now = new Date().toISOString();
     await this.redis
@@ -219,23 +252,34 @@ export class RunStore {
     await this.redis.eval(PLAN_SCRIPT, 1, this.key(runId), new Date().toISOString(), String(Date.now()), ...pairs);
   }
 
-  /** One shard's progress; its failures' reasons are capped (they may quote image data). */
+  /**
+   * One shard's progress, and when the shard is complete its failures (reasons capped: they may
+   * quote image data). The failures replace the shard's earlier ones, so a retried shard never
+   * adds to them; both writes are one transaction, so a status never sees the counts of one
+   * attempt with the reasons of another.
+   */
   async setShardProgress(
     runId: string,
     shard: number,
     p: ShardProgress,
     failures?: readonly ImageFailure[],
   ): Promise<void> {
-    const fields: Record<string, string> = { [`shard:${shard}`]: JSON.stringify(p) };
-    if (failures) {
-      const capped = failures.map((f) => ({ key: f.key, reason: capText(f.reason, MAX_MESSAGE_CHARS) }));
-      fields[`failures:${shard}`] = JSON.stringify(capped);
-    }
+    // Engine, backend and input size are run-wide fields: a status reads every shard field, so
+    // those stay small.
+    const counts = { done: p.done, failed: p.failed, complete: p.complete };
+    const fields: Record<string, string> = { [`shard:${shard}`]: JSON.stringify(counts) };
     if (p.engine) fields.engine = p.engine;
     if (p.backend) fields.backend = p.backend;
     if (p.input) fields.engineInput = p.input;
     fields.lastShardAt = String(Date.now());
-    await this.redis.hset(this.key(runId), fields);
+    const tx = this.redis.multi().hset(this.key(runId), fields);
+    if (failures && failures.length > 0) {
+      const capped = failures.map((f) => ({ key: f.key, reason: capText(f.reason, MAX_MESSAGE_CHARS) }));
+      tx.hset(this.failuresKey(runId), String(shard), JSON.stringify(capped));
+    } else if (failures) {
+      tx.hdel(this.failuresKey(runId), String(shard));
+    }
+    await tx.exec();
   }
 
   /**
@@ -258,10 +302,38 @@ export class RunStore {
     await this.setStage(runId, 'published', { finishedAt: Date.now() });
   }
 
+  /**
+   * The run's status, with the first MAX_FAILURES_LISTED failures: two reads whatever the number
+   * of failures (the run hash, then the failure fields of the first shards that hold enough).
+   */
   async get(runId: string): Promise<RunStatus | undefined> {
     const h = await this.redis.hgetall(this.key(runId));
     if (!h.request) return undefined;
-    return statusFromHash(runId, h, Date.now());
+    const shards = shardCounts(h);
+    const page: number[] = [];
+    let listed = 0;
+    for (const p of shards) {
+      if (listed >= MAX_FAILURES_LISTED) break;
+      if (!p.complete || p.failed === 0) continue;
+      page.push(p.shard);
+      listed += p.failed;
+    }
+    const values = page.length > 0 ? await this.redis.hmget(this.failuresKey(runId), ...page.map(String)) : [];
+    const failures = values.flatMap((v) => (v === null ? [] : (JSON.parse(v) as ImageFailure[])));
+    return statusFromHash(runId, h, Date.now(), failures.slice(0, MAX_FAILURES_LISTED), shards);
+  }
+
+  /**
+   * Every recorded failure of the run's first `shards` shards, shard by shard in manifest order;
+   * holds one batch of shards in memory at a time.
+   */
+  async *failures(runId: string, shards: number, batch = 64): AsyncGenerator<ImageFailure> {
+    for (let start = 0; start < shards; start += batch) {
+      const fields = Array.from({ length: Math.min(batch, shards - start) }, (_, i) => String(start + i));
+      for (const v of await this.redis.hmget(this.failuresKey(runId), ...fields)) {
+        if (v !== null) yield* JSON.parse(v) as ImageFailure[];
+      }
+    }
   }
 
   /** Newest first. */
@@ -274,23 +346,40 @@ function json<T>(s: string | undefined, fallback: T): T {
   return s === undefined ? fallback : (JSON.parse(s) as T);
 }
 
-/** Pure: the status a user sees, from the hash fields. Exported for unit tests. */
-export function statusFromHash(runId: string, h: Record<string, string>, nowMs: number): RunStatus {
+/** Every `shard:<n>` field of a run hash, by shard number. */
+function shardCounts(h: Record<string, string>): ShardCounts[] {
+  const out: ShardCounts[] = [];
+  for (const [field, value] of Object.entries(h)) {
+    if (!field.startsWith('shard:')) continue;
+    const p = JSON.parse(value) as ShardProgress;
+    out.push({ shard: Number(field.slice(6)), done: p.done, failed: p.failed, complete: p.complete });
+  }
+  return out.sort((a, b) => a.shard - b.shard);
+}
+
+/**
+ * Pure: the status a user sees, from the run hash's fields and the page of failures read beside
+ * it (the first MAX_FAILURES_LISTED, see RunStore.get). Exported for unit tests.
+ */
+export function statusFromHash(
+  runId: string,
+  h: Record<string, string>,
+  nowMs: number,
+  failures: readonly ImageFailure[] = [],
+  shards: readonly ShardCounts[] = shardCounts(h),
+): RunStatus {
   let done = 0;
   let failed = 0;
   let shardsDone = 0;
-  const failures: ImageFailure[] = [];
-  for (const [field, value] of Object.entries(h)) {
-    if (field.startsWith('shard:')) {
-      const p = JSON.parse(value) as ShardProgress;
-      done += p.done;
-      failed += p.failed;
-      if (p.complete) shardsDone++;
-    } else if (field.startsWith('failures:')) {
-      failures.push(...(JSON.parse(value) as ImageFailure[]));
+  let failuresTotal = 0;
+  for (const p of shards) {
+    done += p.done;
+    failed += p.failed;
+    if (p.complete) {
+      shardsDone++;
+      failuresTotal += p.failed;
     }
   }
-  failures.sort((a, b) => a.key.localeCompare(b.key));
   const total = Number(h.total ?? 0);
   const started = Number(h.extractStartedAt ?? 0);
   const processed = done + failed;
@@ -311,7 +400,8 @@ export function statusFromHash(runId: string, h: Record<string, string>, nowMs: 
     shardsDone,
     done,
     failed,
-    failures,
+    failures: failures.slice(0, MAX_FAILURES_LISTED),
+    failuresTotal,
     skipped: json(h.skipped, []),
     skippedTotal: Number(h.skippedTotal ?? 0),
     classes: json(h.classes, []),

@@ -1,7 +1,9 @@
 /**
  * All object-storage access goes through here: one client factory with the settings every
  * S3-compatible server needs, and errors turned into deepfeat errors that say whether a retry
- * can help (connection refused, 5xx, throttling) or not (no such bucket, access denied).
+ * can help (connection refused, 5xx, throttling) or not (no such bucket, access denied), and
+ * whether the request itself was refused (an invalid bucket name, a key the server cannot store):
+ * a bad request that carries the server's own reason.
  */
 import {
   GetObjectCommand,
@@ -14,6 +16,7 @@ import {
 } from '@aws-sdk/client-s3';
 import type { S3Config } from './config.js';
 import { BadRequestError, NotFoundError, StorageError } from './errors.js';
+import { capText, quote } from './text.js';
 
 export function createS3Client(cfg: S3Config): S3Client {
   // The SDK warns on every process start that releases after January 2027 need Node 22; we pin
@@ -45,19 +48,61 @@ export interface S3Location {
   readonly key: string;
 }
 
-/** Parses `s3://bucket/some/prefix/`; the message says what a valid URL looks like. */
-export function parseS3Url(url: string): S3Location {
+/** S3's bucket naming rules, as a user reads them in a message. */
+export const BUCKET_NAME_RULE =
+  'bucket names are 3 to 63 characters of lowercase letters, digits, dots and hyphens, start and end with a ' +
+  'letter or digit, have no "..", and are not an IP address (S3\'s naming rules)';
+
+/**
+ * Whether `bucket` follows S3's naming rules (those of the embedded server's guard too). Checked
+ * before a request is made: a HEAD answer carries no reason, so the server could only say "400".
+ */
+export function isValidBucketName(bucket: string): boolean {
+  return (
+    /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket) && !bucket.includes('..') && !/^\d+\.\d+\.\d+\.\d+$/.test(bucket)
+  );
+}
+
+/** Splits `s3://bucket/some/prefix/` into bucket and key, without judging the bucket's name. */
+export function splitS3Url(url: string): S3Location {
   const m = /^s3:\/\/([^/]+)\/?(.*)$/.exec(url.trim());
   if (!m) {
-    throw new BadRequestError(
-      `not an S3 URL: ${JSON.stringify(url)}: expected s3://bucket/prefix/ or s3://bucket/manifest.csv`,
-    );
+    throw new BadRequestError(`not an S3 URL: ${quote(url)}: expected s3://bucket/prefix/ or s3://bucket/manifest.csv`);
   }
   return { bucket: m[1]!, key: m[2]! };
 }
 
+/**
+ * Parses `s3://bucket/some/prefix/`; the message says what a valid URL looks like. A bucket name
+ * S3 would refuse is a bad request here, before any request is recorded or sent.
+ */
+export function parseS3Url(url: string): S3Location {
+  const loc = splitS3Url(url);
+  if (!isValidBucketName(loc.bucket)) {
+    throw new BadRequestError(
+      `invalid bucket name ${quote(loc.bucket, 100)} in ${quote(url)}: ${BUCKET_NAME_RULE}; fix the URL`,
+    );
+  }
+  return loc;
+}
+
 export function s3Url(bucket: string, key: string): string {
   return `s3://${bucket}/${key}`;
+}
+
+/**
+ * What a request was about: one object (`key`), or a bucket as a whole (a HEAD of the bucket, or
+ * a listing of `prefix`). The extractor tells "S3 refused this image's key" (that image fails,
+ * the run goes on) from "S3 refused the bucket" (the run fails) by it.
+ */
+export type StorageTarget =
+  | { readonly bucket: string; readonly key: string }
+  | { readonly bucket: string; readonly prefix?: string };
+
+function targetUrl(t: StorageTarget): string {
+  if ('key' in t) return s3Url(t.bucket, t.key);
+  const p = t.prefix ?? '';
+  return s3Url(t.bucket, p === '' || p.endsWith('/') ? p : `${p}/`);
 }
 
 /** Refusals of our credentials or of access to the bucket (ACCESS_DENIED). */
@@ -67,19 +112,66 @@ const ACCESS_CODES = new Set([
   'SignatureDoesNotMatch',
   'AllAccessDisabled',
   'Forbidden',
+  'ExpiredToken',
+  'InvalidToken',
+  'AuthorizationHeaderMalformed',
 ]);
-/** Other answers that no retry changes (STORAGE_PERMANENT). */
-const PERMANENT_CODES = new Set(['InvalidBucketName', 'NotFound', 'NoSuchKey', 'PermanentRedirect']);
+/** 4xx answers that mean "not now" rather than "never" (the SDK has retried them already). */
+const TRANSIENT_CODES = new Set([
+  'RequestTimeout',
+  'RequestTimeoutException',
+  'SlowDown',
+  'Throttling',
+  'ThrottlingException',
+  'TooManyRequestsException',
+  'RequestLimitExceeded',
+  'OperationAborted',
+]);
+const TRANSIENT_STATUS = new Set([408, 409, 429]);
+/** Longest part of a server's own error message quoted in ours. */
+const MAX_SERVER_MESSAGE_CHARS = 500;
 
-/** Maps an SDK failure to a StorageError (or NotFoundError) naming the object and the fix. */
-export function storageError(err: unknown, what: string): StorageError | NotFoundError {
-  if (err instanceof StorageError || err instanceof NotFoundError) return err;
+/**
+ * The S3 server refused the request itself (HTTP 4xx other than "denied" and "not found"): an
+ * invalid bucket name, a key it cannot store (InvalidArgument, KeyTooLongError), a malformed
+ * URI. No retry changes the answer, and the fix is in the request (exit code 2), so it carries
+ * the server's own reason. `scope` says whether one object's key was refused or the bucket.
+ */
+export class RequestRefusedError extends BadRequestError {
+  constructor(
+    readonly url: string,
+    readonly scope: 'object' | 'bucket',
+    /** Why, without the URL: what a failed image's row says next to its key. */
+    readonly reason: string,
+    message: string,
+    options: { cause?: unknown } = {},
+  ) {
+    super(message, options);
+  }
+}
+
+/**
+ * Maps an SDK failure to a deepfeat error naming the object (quoted: keys are user data and may
+ * hold newlines or escapes) and the fix: NotFoundError, RequestRefusedError (a bad request), or
+ * a StorageError that says whether a retry can help.
+ */
+export function storageError(err: unknown, target: StorageTarget): StorageError | NotFoundError | RequestRefusedError {
+  if (err instanceof StorageError || err instanceof NotFoundError || err instanceof RequestRefusedError) return err;
+  const url = targetUrl(target);
+  const what = quote(url);
+  const isObject = 'key' in target;
   const name = err instanceof Error ? err.name : 'Error';
   const status = err instanceof S3ServiceException ? err.$metadata.httpStatusCode : undefined;
-  if (name === 'NoSuchKey' || (name === 'NotFound' && !what.endsWith('/'))) {
+  // A HEAD request's error has no body, so the SDK names it 'Unknown': show the status instead.
+  const code = name === 'Unknown' || name === 'Error' ? `HTTP ${status ?? '?'}` : name;
+  if (
+    name === 'NoSuchKey' ||
+    (name === 'NotFound' && isObject) ||
+    (status === 404 && isObject && name !== 'NoSuchBucket')
+  ) {
     return new NotFoundError(`${what} does not exist`, { cause: err });
   }
-  if (name === 'NoSuchBucket' || (status === 404 && what.endsWith('/'))) {
+  if (name === 'NoSuchBucket' || status === 404) {
     // Its own code: a bucket that does not exist is a bad request (CLI exit code 2), not a fault.
     return new StorageError(`no such bucket for ${what}: create it or fix the bucket name`, {
       cause: err,
@@ -87,21 +179,59 @@ export function storageError(err: unknown, what: string): StorageError | NotFoun
       code: 'BUCKET_NOT_FOUND',
     });
   }
-  const denied = ACCESS_CODES.has(name) || status === 403;
-  if (denied || PERMANENT_CODES.has(name) || status === 400) {
-    // A HEAD request's error has no body, so the SDK names it 'Unknown': show the status instead.
-    const code = name === 'Unknown' || name === 'Error' ? `HTTP ${status ?? '?'}` : name;
+  if (ACCESS_CODES.has(name) || status === 403) {
     return new StorageError(`access to ${what} refused (${code}): check S3 credentials and the bucket policy`, {
       cause: err,
       permanent: true,
-      ...(denied ? { code: 'ACCESS_DENIED' as const } : {}),
+      code: 'ACCESS_DENIED',
     });
+  }
+  if (name === 'PermanentRedirect' || status === 301) {
+    return new StorageError(
+      `the S3 server says bucket ${quote(target.bucket, 100)} is served elsewhere (${code}): ` +
+        "set S3_REGION to the bucket's region, or S3_ENDPOINT to its endpoint",
+      { cause: err, permanent: true },
+    );
+  }
+  if (name === 'URIError' && isObject) {
+    // The SDK could not put the key in a URL (a lone UTF-16 surrogate, e.g. from a JSON "\ud800"):
+    // no server can be asked for it.
+    const why = 'the key is not valid Unicode text (it holds a lone surrogate), so no S3 request can name it';
+    return new RequestRefusedError(url, 'object', why, `cannot ask S3 for ${what}: ${why}; fix the key`, {
+      cause: err,
+    });
+  }
+  const refused =
+    status !== undefined &&
+    status >= 400 &&
+    status < 500 &&
+    !TRANSIENT_STATUS.has(status) &&
+    !TRANSIENT_CODES.has(name);
+  if (refused) {
+    const serverMessage =
+      err instanceof Error && name !== 'Unknown' && err.message !== 'UnknownError' ? err.message : '';
+    // An invalid bucket name is the bucket's problem even in a request for one of its objects.
+    const scope = isObject && name !== 'InvalidBucketName' ? 'object' : 'bucket';
+    const detail = serverMessage
+      ? `${code}: ${capText(serverMessage, MAX_SERVER_MESSAGE_CHARS)}`
+      : `${code}, no reason given`;
+    const fix = serverMessage
+      ? ''
+      : `: check the bucket name (${BUCKET_NAME_RULE}) and the key (1 to 1024 bytes of UTF-8)`;
+    return new RequestRefusedError(
+      url,
+      scope,
+      `the S3 server refused ${scope === 'object' ? 'this key' : 'the bucket'} (${detail})`,
+      `the S3 server refused the request for ${what} (${detail})${fix}`,
+      { cause: err },
+    );
   }
   // No "will retry" here: this text becomes the run's error after the last attempt too, and the
   // worker that records it says how many attempts were made.
   const detail = err instanceof Error ? err.message : String(err);
   return new StorageError(
-    `storage unavailable for ${what} (${name}: ${detail}): check that the S3 endpoint is up and reachable`,
+    `storage unavailable for ${what} (${name}: ${capText(detail, MAX_SERVER_MESSAGE_CHARS)}): ` +
+      'check that the S3 endpoint is up and reachable',
     { cause: err, permanent: false },
   );
 }
@@ -126,7 +256,7 @@ export async function getObjectBytes(
     return await res.Body.transformToByteArray();
   } catch (err) {
     if (err instanceof ObjectTooLargeError) throw err;
-    throw storageError(err, what);
+    throw storageError(err, { bucket, key });
   }
 }
 
@@ -151,7 +281,7 @@ export async function getObjectJson<T = unknown>(client: S3Client, bucket: strin
   try {
     return JSON.parse(text) as T;
   } catch (err) {
-    throw new StorageError(`${s3Url(bucket, key)} is not valid JSON`, { cause: err, permanent: true });
+    throw new StorageError(`${quote(s3Url(bucket, key))} is not valid JSON`, { cause: err, permanent: true });
   }
 }
 
@@ -165,7 +295,7 @@ export async function putObject(
   try {
     await client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentType: contentType }));
   } catch (err) {
-    throw storageError(err, s3Url(bucket, key));
+    throw storageError(err, { bucket, key });
   }
 }
 
@@ -185,7 +315,7 @@ export async function* listObjects(
     try {
       page = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }));
     } catch (err) {
-      throw storageError(err, `${s3Url(bucket, prefix)}${prefix === '' || prefix.endsWith('/') ? '' : '/'}`);
+      throw storageError(err, { bucket, prefix });
     }
     for (const o of page.Contents ?? []) {
       if (o.Key !== undefined) yield { key: o.Key, size: o.Size ?? 0 };
@@ -199,6 +329,6 @@ export async function assertBucket(client: S3Client, bucket: string): Promise<vo
   try {
     await client.send(new HeadBucketCommand({ Bucket: bucket }));
   } catch (err) {
-    throw storageError(err, `s3://${bucket}/`);
+    throw storageError(err, { bucket });
   }
 }

@@ -4,6 +4,7 @@
  * without the trainer's code.
  */
 import { BadRequestError, ModelError } from './errors.js';
+import { capText } from './text.js';
 
 /** A linear softmax classifier over standardised features. d = mean.length, k = classes.length. */
 export interface LinearSoftmaxModel {
@@ -40,6 +41,11 @@ export function linearSoftmaxModelFromArrays(
   });
 }
 
+/** A bad value as a message shows it: a model.json is untrusted, and one value may be a megabyte of text. */
+function shown(v: unknown): string {
+  return capText(typeof v === 'number' ? String(v) : (JSON.stringify(v) ?? String(v)), 40);
+}
+
 function finiteArray(value: unknown, field: string, length?: number): number[] {
   if (!Array.isArray(value)) throw new ModelError(`softmax model: '${field}' must be an array of numbers`);
   if (length !== undefined && value.length !== length) {
@@ -47,7 +53,7 @@ function finiteArray(value: unknown, field: string, length?: number): number[] {
   }
   value.forEach((v, i) => {
     if (typeof v !== 'number' || !Number.isFinite(v))
-      throw new ModelError(`softmax model: '${field}[${i}]' is not a finite number (${String(v)})`);
+      throw new ModelError(`softmax model: '${field}[${i}]' is not a finite number (${shown(v)})`);
   });
   return value as number[];
 }

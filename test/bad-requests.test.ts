@@ -6,6 +6,11 @@ import test from 'ava';
 import type { Worker } from 'bullmq';
 import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { enqueueRun, waitForRun } from '../cli/client.js';
+import { BadRequestError } from '../shared/errors.js';
+import { RAW_PIXELS } from '../shared/features.js';
+import { makeQueue, type RunRequest } from '../shared/queues.js';
+import { newRunId } from '../shared/run-state.js';
+import { jobOptions } from '../shared/worker-kit.js';
 import { startPlannerWorker } from '../services/planner/worker.js';
 import { createContext, closeContext, type ServiceContext } from '../shared/worker-kit.js';
 import { MAX_MESSAGE_CHARS } from '../shared/text.js';
@@ -117,7 +122,7 @@ test('CLI: a malformed source URL fails before anything is queued', async (t) =>
 test('CLI: every configuration problem is reported at once, exit 2', async (t) => {
   const r = await runCli({ ...dep.env, REDIS_URL: 'http://x', DEEPFEAT_SHARD_SIZE: 'many', S3_ENDPOINT: 'not a url' }, [
     'run',
-    's3://b/p/',
+    's3://bucket/p/',
   ]);
   t.is(r.code, 2);
   t.regex(r.stderr, /REDIS_URL/);
@@ -166,4 +171,63 @@ test('good layouts are planned: a CSV manifest and split folders reach extractio
     t.is(s?.total, total);
     t.true((s?.classes.length ?? 0) === 2);
   }
+});
+
+test('the planner refuses a source bucket name S3 would refuse, from any producer: BAD_REQUEST, exit 2', async (t) => {
+  // Another producer (not enqueueRun, which refuses it first) adds the plan job directly.
+  const request: RunRequest = {
+    source: 's3://BAD_Bucket/x/',
+    name: 'bad-bucket',
+    features: RAW_PIXELS,
+    seed: 1,
+    split: { train: 0.7, val: 0.1, test: 0.2 },
+    shardSize: 8,
+  };
+  const runId = newRunId();
+  await dep.client.runs!.create(runId, request);
+  const plan = makeQueue(dep.client.queues!, 'plan');
+  try {
+    await plan.add('plan', { runId, request }, jobOptions(dep.config, `${runId}-plan`));
+  } finally {
+    await plan.close();
+  }
+  const s = await waitForRun(dep.client, runId, undefined, 100);
+  t.is(s.stage, 'failed');
+  t.is(s.error?.code, 'BAD_REQUEST');
+  t.regex(
+    s.error?.message ?? '',
+    /^plan failed: invalid bucket name "BAD_Bucket" in "s3:\/\/BAD_Bucket\/x\/": bucket names are/,
+  );
+  t.notRegex(s.error?.message ?? '', /credentials/);
+  const status = await runCli(dep.env, ['status', runId]);
+  t.is(status.code, 2, status.stdout + status.stderr);
+});
+
+test('a manifest URL the S3 server refuses fails the run with its reason, not "check credentials"; exit 2', async (t) => {
+  // MinIO or AWS S3 (TEST_S3_ENDPOINT) take the key, and would answer "does not exist".
+  if (process.env.TEST_S3_ENDPOINT) return t.pass();
+  const runId = await enqueueRun(dep.client, { source: `s3://${dep.dataBucket}/lists//pets.csv`, name: 'm-refused' });
+  const s = await waitForRun(dep.client, runId, undefined, 100);
+  t.is(s.stage, 'failed');
+  t.is(s.error?.code, 'BAD_REQUEST');
+  t.regex(
+    s.error?.message ?? '',
+    /^plan failed: the S3 server refused the request for "s3:\/\/.*\/lists\/\/pets\.csv" \(InvalidArgument: .*empty path segment.*use MinIO or AWS S3/,
+  );
+  t.notRegex(s.error?.message ?? '', /credentials/);
+  const status = await runCli(dep.env, ['status', runId]);
+  t.is(status.code, 2, status.stdout + status.stderr);
+});
+
+test('enqueueRun (any library caller) names each bad field with its value quoted and the allowed form', async (t) => {
+  const err = await t.throwsAsync(
+    () => enqueueRun(dep.client, { source: `s3://${dep.dataBucket}/x/`, name: '../../x', seed: 2 ** 32 }),
+    { instanceOf: BadRequestError },
+  );
+  t.regex(err!.message, /^invalid run request: name "\.\.\/\.\.\/x": a model name is 1 to 100 letters, digits/);
+  t.regex(err!.message, /; seed 4294967296: Number must be less than or equal to 4294967295/);
+  await t.throwsAsync(() => enqueueRun(dep.client, { source: 's3://BAD_Bucket/x/' }), {
+    instanceOf: BadRequestError,
+    message: /^invalid bucket name "BAD_Bucket"/,
+  });
 });

@@ -6,13 +6,16 @@
  */
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { hostname } from 'node:os';
-import { resolve } from 'node:path';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { hostname, tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import type { Worker } from 'bullmq';
-import { createClient, enqueueRun, waitForRun } from '../cli/client.js';
+import { createClient, enqueueRun, getQueueCounts, waitForRun } from '../cli/client.js';
 import { loadDemoImages } from '../cli/demo-data.js';
 import { loadConfig } from '../shared/config.js';
 import { RAW_PIXELS } from '../shared/features.js';
+import { MODEL_FORMAT, modelKey } from '../shared/model-format.js';
+import { putObject } from '../shared/s3.js';
 import { closeContext, createContext, type ServiceContext } from '../shared/worker-kit.js';
 import { startEvaluatorWorker } from '../services/evaluator/worker.js';
 import { startExtractorWorker } from '../services/extractor/worker.js';
@@ -54,6 +57,18 @@ test('`run --wait` off a terminal writes progress as plain lines, then the statu
   t.true(progress.length >= 2, r.stderr);
   t.regex(progress.at(-1)!, /^published 20\/20 images/);
   t.regex(r.stdout, /stage\s+published/);
+  // What the evaluator published passes download's checks, by name and by NAME@VERSION.
+  const dir = await mkdtemp(join(tmpdir(), 'deepfeat-dl-'));
+  try {
+    const latest = await runCli(dep.env, ['download', 'cli-plain', '-o', dir]);
+    t.is(latest.code, 0, latest.stderr);
+    const version = (JSON.parse(await readFile(join(dir, 'model.json'), 'utf8')) as { version: string }).version;
+    const byVersion = await runCli(dep.env, ['download', `cli-plain@${version}`, '-o', dir]);
+    t.is(byVersion.code, 0, byVersion.stderr);
+    t.regex(byVersion.stdout, new RegExp(`model\\.json: cli-plain@${version}, 2 classes`));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
 
 test('`status` of a run that failed on a bad dataset exits 2, like `run --wait`', async (t) => {
@@ -83,6 +98,17 @@ const badRequests: Array<[string, string[], string, RegExp]> = [
     'MODEL_INVALID',
     /node "no\/such\/node" not found/,
   ],
+  // A key S3 takes but the embedded server refuses (MinIO or AWS, via TEST_S3_ENDPOINT, store it).
+  ...(process.env.TEST_S3_ENDPOINT
+    ? []
+    : [
+        [
+          'a --model URL the S3 server refuses',
+          ['run', 'PETS', '--model', 's3://DATA/a//model.json', '--node', 'x'],
+          'BAD_REQUEST',
+          /the S3 server refused the request for "s3:\/\/.*\/a\/\/model\.json" \(InvalidArgument: .*use MinIO or AWS S3/,
+        ] as [string, string[], string, RegExp],
+      ]),
 ];
 
 for (const [what, args, code, message] of badRequests) {
@@ -95,6 +121,7 @@ for (const [what, args, code, message] of badRequests) {
     t.is(s.stage, 'failed');
     t.is(s.error.code, code);
     t.regex(s.error.message, message);
+    t.notRegex(s.error.message, /credentials/, 'only refused access says check credentials');
     // The same run, read back later, exits the same way.
     const again = await runCli(dep.env, ['status', (s as unknown as { runId: string }).runId]);
     t.is(again.code, 2);
@@ -154,4 +181,162 @@ test('a usage error (unknown option) exits 2', async (t) => {
   const r = await runCli(dep.env, ['run', pets(), '--no-such-option']);
   t.is(r.code, 2, r.stderr);
   t.regex(r.stderr, /unknown option '--no-such-option'/);
+});
+
+// ---------- odd input refused by the CLI itself: flag, quoted value and fix; exit 2; nothing queued ----------
+
+const oddRuns: Array<[string, string[], RegExp]> = [
+  [
+    '--seed above 2^32-1',
+    ['--seed', '4294967296'],
+    /^deepfeat: --seed "4294967296": expected a whole number from 0 to 4294967295/,
+  ],
+  ['--seed beyond float precision', ['--seed', '9007199254740993'], /^deepfeat: --seed "9007199254740993": expected/],
+  [
+    '--split in hex, binary and blanks',
+    ['--split', ' 0x1,,0b1'],
+    /^deepfeat: --split " 0x1,,0b1": expected three decimal fractions/,
+  ],
+  [
+    '--node with raw pixels',
+    ['--features', 'raw-pixels', '--node', 'x'],
+    /^deepfeat: --node "x": raw pixels have no nodes/,
+  ],
+  [
+    '--input-size with raw pixels',
+    ['--features', 'raw-pixels', '--input-size', '64'],
+    /^deepfeat: --input-size "64": this flag applies only to your own --model/,
+  ],
+  [
+    '--input-size over the engine bound',
+    ['--model', 's3://b/m.json', '--node', 'n', '--input-size', '4096'],
+    /^deepfeat: --input-size "4096": expected a whole number from 8 to 2048/,
+  ],
+  [
+    'a --name that is not one key segment',
+    ['--name', '../../x'],
+    /^deepfeat: --name "\.\.\/\.\.\/x": a model name is 1 to 100 letters, digits/,
+  ],
+  [
+    '--shard-size over the bound',
+    ['--shard-size', '1e9'],
+    /^deepfeat: --shard-size "1e9": expected a whole number from 1 to 100000/,
+  ],
+];
+
+test('odd `run` flags are refused with the flag, the value and the fix; exit 2; nothing is queued', async (t) => {
+  t.timeout(120_000);
+  const env = { ...dep.env, DEEPFEAT_QUEUE_PREFIX: uniqueName('odd') };
+  const results = await Promise.all(oddRuns.map(([, args]) => runCli(env, ['run', pets(), ...args])));
+  results.forEach((r, i) => {
+    const [what, , message] = oddRuns[i]!;
+    t.is(r.code, 2, `${what}: ${r.stderr}`);
+    t.regex(r.stderr.trim(), message, what);
+    t.is(r.stderr.trim().split('\n').length, 1, what);
+    t.is(r.stdout, '', what);
+  });
+  const client = createClient(loadConfig(env));
+  try {
+    t.deepEqual(
+      Object.values((await getQueueCounts(client)).plan).filter((n) => n > 0),
+      [],
+    );
+  } finally {
+    await client.close();
+  }
+});
+
+test('`run --wait` with a bucket name S3 would refuse exits 2 naming the rule, before anything is queued', async (t) => {
+  t.timeout(60_000);
+  const env = { ...dep.env, DEEPFEAT_QUEUE_PREFIX: uniqueName('badbucket') };
+  for (const bucket of ['BAD_Bucket', 'ab']) {
+    const r = await runCli(env, ['run', `s3://${bucket}/x/`, '--wait']);
+    t.is(r.code, 2, r.stderr);
+    t.regex(
+      r.stderr,
+      new RegExp(`^deepfeat: invalid bucket name "${bucket}" in "s3://${bucket}/x/": bucket names are 3 to 63`),
+    );
+    t.notRegex(r.stderr, /credentials/);
+  }
+  const client = createClient(loadConfig(env));
+  try {
+    t.deepEqual(
+      Object.values((await getQueueCounts(client)).plan).filter((n) => n > 0),
+      [],
+    );
+  } finally {
+    await client.close();
+  }
+});
+
+test('`download NAME@VERSION` checks VERSION before it becomes part of a key', async (t) => {
+  const r = await runCli(dep.env, ['download', 'evil@../../x', '-o', '/tmp/deepfeat-none']);
+  t.is(r.code, 2, r.stderr);
+  t.regex(
+    r.stderr,
+    /^deepfeat: invalid version "\.\.\/\.\.\/x" in "evil@\.\.\/\.\.\/x": a version is the id of the run/,
+  );
+});
+
+const VERSION = 'r20261128093000-1a2b3c';
+const artifactJson = (name: string) =>
+  JSON.stringify({
+    format: MODEL_FORMAT,
+    name,
+    version: VERSION,
+    runId: VERSION,
+    createdAt: '2026-11-28T09:30:00.000Z',
+    source: 's3://data/pets/',
+    features: { spec: RAW_PIXELS, engine: 'raw-pixels:32x32', dim: 1, input: { width: 32, height: 32 } },
+    classes: ['cat', 'dog'],
+    mean: [0],
+    std: [1],
+    weights: [[1], [-1]],
+    bias: [0, 0],
+    training: { lambda: 1, trainImages: 2, valImages: 0, validation: [] },
+    metrics: { accuracy: 0.5 },
+  });
+
+test('`download` of a malformed model.json is MODEL_INVALID naming the field, exit 2', async (t) => {
+  const name = uniqueName('broken');
+  await putObject(
+    dep.client.s3,
+    dep.config.bucket,
+    modelKey(name, VERSION),
+    JSON.stringify({ format: MODEL_FORMAT, name }),
+  );
+  const r = await runCli(dep.env, ['download', `${name}@${VERSION}`, '-o', '/tmp/deepfeat-none']);
+  t.is(r.code, 2, r.stderr);
+  t.regex(
+    r.stderr,
+    /is not a valid deepfeat model \(.*\): publish it again with deepfeat run, or download another version/,
+  );
+  t.notRegex(r.stderr, /Cannot read properties/);
+});
+
+test('`download -o` a place that cannot be written names the folder and the fix, exit 2', async (t) => {
+  const name = uniqueName('good');
+  await putObject(dep.client.s3, dep.config.bucket, modelKey(name, VERSION), artifactJson(name));
+  const r = await runCli(dep.env, ['download', `${name}@${VERSION}`, '-o', '/dev/full']);
+  t.is(r.code, 2, r.stderr);
+  t.regex(
+    r.stderr,
+    /^deepfeat: cannot write to "\/dev\/full": it, or a folder above it, is a file, not a folder; choose another folder/,
+  );
+  t.notRegex(r.stderr, /EEXIST/);
+});
+
+test("an error that quotes a newline (a failed run's key) stays on one line of stderr", async (t) => {
+  const env = { ...dep.env, DEEPFEAT_QUEUE_PREFIX: uniqueName('newline') };
+  const client = createClient(loadConfig(env));
+  try {
+    const runId = await enqueueRun(client, { source: pets(), name: 'cli-newline', features: RAW_PIXELS });
+    await client.runs!.fail(runId, 'STORAGE_PERMANENT', 'extract failed: s3://d/cats/a\ndeepfeat: forged second error');
+    const r = await runCli(env, ['download', runId, '-o', '/tmp/deepfeat-none']);
+    t.is(r.code, 2, r.stderr);
+    t.is(r.stderr.trimEnd().split('\n').length, 1, r.stderr);
+    t.true(r.stderr.includes('cats/a\\x0adeepfeat: forged second error'), r.stderr);
+  } finally {
+    await client.close();
+  }
 });

@@ -39,9 +39,8 @@ test('defaults from an empty env', (t) => {
       decodeTimeoutSeconds: 20,
       decodeMemoryMiB: 1024,
     },
-    trainer: { fitTimeoutSeconds: 3600 },
-    workerConcurrency: 1,
-    maxManifestBytes: 32 * 1024 * 1024,
+    trainer: { fitTimeoutSeconds: 3600, memoryMiB: 0 },
+    maxManifestBytes: 256 * 1024 * 1024,
   });
 });
 
@@ -109,6 +108,7 @@ test('values are read, trimmed and typed', (t) => {
     DEEPFEAT_DECODE_TIMEOUT: '3',
     DEEPFEAT_DECODE_MEMORY: '512',
     DEEPFEAT_FIT_TIMEOUT: '60',
+    DEEPFEAT_TRAINER_MEMORY: '2048',
     DEEPFEAT_MAX_MANIFEST_BYTES: '4096',
     LOG_LEVEL: 'debug',
   });
@@ -143,7 +143,7 @@ test('values are read, trimmed and typed', (t) => {
     decodeTimeoutSeconds: 3,
     decodeMemoryMiB: 512,
   });
-  t.deepEqual(c.trainer, { fitTimeoutSeconds: 60 });
+  t.deepEqual(c.trainer, { fitTimeoutSeconds: 60, memoryMiB: 2048 });
   t.is(c.maxManifestBytes, 4096);
   t.is(c.logLevel, 'debug');
 });

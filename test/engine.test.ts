@@ -6,13 +6,10 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import sharp from 'sharp';
-import {
-  DEFAULT_BUILTIN_NODE,
-  builtinModelArtifacts,
-  loadEngine,
-  useBackend,
-} from '../services/extractor/engines/index.js';
-import type { EngineDeps, FeatureEngine } from '../services/extractor/engines/index.js';
+import { DEFAULT_BUILTIN_NODE, builtinModelArtifacts } from '../services/extractor/engines/builtin-model.js';
+import type { EngineDeps, FeatureEngine } from '../services/extractor/engines/engine.js';
+import { loadEngine } from '../services/extractor/engines/load-engine.js';
+import { useBackend } from '../services/extractor/engines/tfjs-backend.js';
 import { decodeImage } from '../services/extractor/image.js';
 import { ModelError } from '../shared/errors.js';
 

@@ -50,7 +50,7 @@ test('after the last attempt the run says how many attempts failed, not that it 
   t.is(s.error?.code, 'STORAGE_TRANSIENT');
   t.regex(
     s.error?.message ?? '',
-    /^plan failed after 2 attempts: storage unavailable for s3:\/\/[^ ]+ \(.*ECONNREFUSED.*\): check that the S3 endpoint is up/,
+    /^plan failed after 2 attempts: storage unavailable for "s3:\/\/[^ ]+" \(.*ECONNREFUSED.*\): check that the S3 endpoint is up/,
   );
   t.notRegex(s.error?.message ?? '', /will retry/);
 

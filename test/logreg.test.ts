@@ -1,16 +1,9 @@
 import test from 'ava';
 import { minimizeLbfgs } from '../services/trainer/lbfgs.js';
-import {
-  applyStandardizer,
-  fitLogisticRegression,
-  fitStandardizer,
-  logisticObjective,
-  objectiveChunks,
-  predictLabels,
-  predictProbaMatrix,
-  selectLambdaAndFit,
-  type LogisticProblem,
-} from '../services/trainer/logreg.js';
+import { selectLambdaAndFit } from '../services/trainer/lambda-selection.js';
+import { logisticObjective, objectiveChunks, type LogisticProblem } from '../services/trainer/logistic-objective.js';
+import { fitLogisticRegression, predictLabels, predictProbaMatrix } from '../services/trainer/logreg.js';
+import { applyStandardizer, fitStandardizer } from '../services/trainer/standardizer.js';
 import { fitInThread } from '../services/trainer/fit-thread.js';
 import { ObjectivePool } from '../services/trainer/objective-pool.js';
 import { InternalError } from '../shared/errors.js';

@@ -11,14 +11,13 @@ import { mkdir, mkdtemp, readdir, rm, symlink, writeFile } from 'node:fs/promise
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import type { EngineDeps } from '../services/extractor/engines/engine.js';
+import { MAX_NODE_CHARS, loadEngine } from '../services/extractor/engines/load-engine.js';
 import {
   MAX_MODEL_JSON_BYTES,
-  MAX_NODE_CHARS,
   MAX_WEIGHT_FILES,
-  loadEngine,
   readTfjsArtifacts,
-  type EngineDeps,
-} from '../services/extractor/engines/index.js';
+} from '../services/extractor/engines/tfjs-artifacts.js';
 import { loadEngineInThread } from '../services/extractor/engines/thread.js';
 import {
   createModelSource,

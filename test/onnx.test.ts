@@ -11,15 +11,12 @@ import path from 'node:path';
 import test from 'ava';
 import type * as tf from '@tensorflow/tfjs';
 import { loadDemoImages } from '../cli/demo-data.js';
-import {
-  builtinModelArtifacts,
-  loadEngine,
-  type EngineDeps,
-  type FeatureEngine,
-} from '../services/extractor/engines/index.js';
+import { builtinModelArtifacts } from '../services/extractor/engines/builtin-model.js';
+import type { EngineDeps, FeatureEngine } from '../services/extractor/engines/engine.js';
+import { graphNodeNames, resolveNode } from '../services/extractor/engines/graph-cut.js';
+import { loadEngine } from '../services/extractor/engines/load-engine.js';
 import { convertGraphToOnnx, UnsupportedGraphError } from '../services/extractor/engines/onnx/convert.js';
 import { loadEngineInThread } from '../services/extractor/engines/thread.js';
-import { graphNodeNames, resolveNode } from '../services/extractor/engines/tfjs.js';
 import { decodeImage } from '../services/extractor/image.js';
 import { DeepfeatError, ModelError } from '../shared/errors.js';
 import type { FeatureSpec } from '../shared/features.js';

@@ -10,7 +10,7 @@ import { enqueueRun, waitForRun } from '../cli/client.js';
 import { startPlannerWorker } from '../services/planner/worker.js';
 import { makeQueue, type JobData } from '../shared/queues.js';
 import type { RunStatus, Stage } from '../shared/run-state.js';
-import { getObjectJson } from '../shared/s3.js';
+import { getObjectJson, getObjectText } from '../shared/s3.js';
 import { createContext, closeContext, type ServiceContext } from '../shared/worker-kit.js';
 import { deployment, type Deployment } from './helpers/pipeline.js';
 
@@ -149,4 +149,42 @@ test('a manifest over DEEPFEAT_MAX_MANIFEST_BYTES fails the run, naming the limi
       `manifest s3://.*/big\\.csv is \\d+ bytes, over the limit of ${MAX_MANIFEST_BYTES} \\(DEEPFEAT_MAX_MANIFEST_BYTES\\)`,
     ),
   );
+});
+
+test('a CSV manifest planned by the worker: manifest.jsonl lists every image; the jobs carry what later stages need', async (t) => {
+  const rows = ['pets/cat/1.png,cat', '"pets/cat/\r\n2.png",cat', 'pets/cat/3.png,cat', 'pets/dog/1.png,dog'];
+  rows.push('pets/dog/2.png,dog', 'pets/dog/3.png,dog');
+  await dep.put('lists/pets.csv', `key,label\r\n${rows.join('\r\n')}\r\n`);
+  const source = `s3://${dep.dataBucket}/lists/pets.csv`;
+  const runId = await enqueueRun(dep.client, { source, name: 'pets-csv', shardSize: 4 });
+  const s = await waitForStage(runId, ['extracting', 'failed']);
+  t.is(s.stage, 'extracting', s.error?.message);
+  const text = await getObjectText(ctx.s3, dep.config.bucket, `runs/${runId}/manifest.jsonl`);
+  const items = text
+    .trimEnd()
+    .split('\n')
+    .map((l) => JSON.parse(l) as { key: string; label: string; split: string });
+  t.deepEqual(
+    items.map((i) => i.key),
+    ['pets/cat/\r\n2.png', 'pets/cat/1.png', 'pets/cat/3.png', 'pets/dog/1.png', 'pets/dog/2.png', 'pets/dog/3.png'],
+  );
+  const trainQueue = makeQueue(ctx.queues, 'train');
+  const train = (await trainQueue.getJob(`${runId}-train`))!.data;
+  await trainQueue.close();
+  t.is(train.fitImages, items.filter((i) => i.split !== 'test').length);
+  const evaluate = (await evaluateQueue.getJob(`${runId}-evaluate`))!.data;
+  t.is(evaluate.source, source);
+  t.deepEqual(evaluate.features, s.request.features);
+  t.is(evaluate.name, 'pets-csv');
+});
+
+test('a bad row after a quoted value holding a CRLF is reported on its true line', async (t) => {
+  const text =
+    'key,label\r\n"pets/cat/0.png",cat\r\n"pets/dog/\r\n0.png",dog\r\npets/cat/1.png,cat\r\npets/dog/1.png,dog,extra\r\n';
+  await dep.put('lists/crlf.csv', text);
+  const runId = await enqueueRun(dep.client, { source: `s3://${dep.dataBucket}/lists/crlf.csv` });
+  const s = await waitForRun(dep.client, runId, undefined, 100);
+  t.is(s.stage, 'failed');
+  t.is(s.error?.code, 'DATASET_INVALID');
+  t.regex(s.error?.message ?? '', /lists\/crlf\.csv line 6: 3 values, expected 2/);
 });

@@ -22,7 +22,7 @@ const valid: Record<QueueName, unknown> = {
     items: [{ key: 'data/cat/1.jpg', label: 'cat', split: 'train' }],
   },
   train: { runId: 'r1', shards: 3, classes: ['cat', 'dog'], lambdas: [0.1, 1] },
-  evaluate: { runId: 'r1', shards: 3, name: 'cats-dogs' },
+  evaluate: { runId: 'r1', shards: 3, name: 'cats-dogs', source: 's3://b/data/', features: request.features },
 };
 
 /** One malformed payload per queue and the path its error must name. */

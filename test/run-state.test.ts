@@ -1,6 +1,7 @@
 import test from 'ava';
 import { Redis } from 'ioredis';
 import {
+  MAX_FAILURES_LISTED,
   MAX_SKIPPED_LISTED,
   RUN_ID_PATTERN,
   RunStore,
@@ -38,18 +39,18 @@ function extractingHash(stage = 'extracting'): Record<string, string> {
     'shard:0': JSON.stringify({ done: 48, failed: 2, complete: true, engine: 'raw', backend: 'cpu' }),
     'shard:1': JSON.stringify({ done: 20, failed: 0, complete: false }),
     'shard:2': JSON.stringify({ done: 9, failed: 1, complete: true }),
-    'failures:0': JSON.stringify([
-      { key: 'z/9.jpg', reason: 'not an image' },
-      { key: 'a/1.jpg', reason: 'too large' },
-    ]),
-    'failures:2': JSON.stringify([{ key: 'm/5.jpg', reason: 'truncated' }]),
     engine: 'raw',
     backend: 'cpu',
   };
 }
 
-test('statusFromHash: sums per-shard progress, counts completed shards, sorts failures', (t) => {
-  const s = statusFromHash('r1', extractingHash(), NOW);
+const PAGE = [
+  { key: 'a/1.jpg', reason: 'too large' },
+  { key: 'm/5.jpg', reason: 'truncated' },
+];
+
+test('statusFromHash: sums per-shard progress, counts completed shards, keeps the page of failures', (t) => {
+  const s = statusFromHash('r1', extractingHash(), NOW, PAGE);
   t.is(s.runId, 'r1');
   t.deepEqual(s.request, request);
   t.is(s.stage, 'extracting');
@@ -58,11 +59,9 @@ test('statusFromHash: sums per-shard progress, counts completed shards, sorts fa
   t.is(s.done, 77);
   t.is(s.failed, 3);
   t.is(s.shardsDone, 2);
-  t.deepEqual(
-    s.failures.map((f) => f.key),
-    ['a/1.jpg', 'm/5.jpg', 'z/9.jpg'],
-  );
-  t.is(s.failures[0]!.reason, 'too large');
+  t.deepEqual(s.failures, PAGE);
+  // Failures with reasons: those of the completed shards 0 and 2 (shard 1 is still running).
+  t.is(s.failuresTotal, 3);
   t.deepEqual(s.classes, ['cat', 'dog']);
   t.deepEqual(s.counts.dog, { train: 35, val: 5, test: 10 });
   t.is(s.engine, 'raw');
@@ -139,6 +138,7 @@ test('statusFromHash: a fresh run with no shards', (t) => {
     error: null,
   });
   t.deepEqual(s.failures, []);
+  t.is(s.failuresTotal, 0);
   t.deepEqual(s.classes, []);
   t.deepEqual(s.counts, {});
 });
@@ -350,4 +350,103 @@ test('fail and setShardProgress cap what they store: a 1 MB message or reason st
   t.regex(s!.error!.message, /more characters\)$/);
   t.is(s!.failures[0]!.key, 'a.jpg');
   t.true(s!.failures[0]!.reason.length <= MAX_MESSAGE_CHARS + 40);
+});
+
+test('statusFromHash: failuresTotal counts only completed shards; the page is never longer than MAX_FAILURES_LISTED', (t) => {
+  const h = extractingHash();
+  h['shard:1'] = JSON.stringify({ done: 0, failed: 20, complete: false });
+  const many = Array.from({ length: MAX_FAILURES_LISTED + 5 }, (_, i) => ({ key: `k${i}`, reason: 'r' }));
+  const s = statusFromHash('r1', h, NOW, many);
+  t.is(s.failed, 23);
+  t.is(s.failuresTotal, 3);
+  t.is(s.failures.length, MAX_FAILURES_LISTED);
+});
+
+/** `n` failures of one shard, keys in manifest (key) order across shards. */
+function shardFailures(shard: number, n: number) {
+  return Array.from({ length: n }, (_, i) => ({
+    key: `img/${String(shard).padStart(5, '0')}/${String(i).padStart(3, '0')}.png`,
+    reason: `object not found (shard ${shard})`,
+  }));
+}
+
+test('a run with 300,000 failures across 1,200 shards: status lists the first page and counts them all; failures() streams every one in order', async (t) => {
+  const [store, , conn, prefix] = await stores();
+  await store.create('r1', request);
+  await store.setPlan('r1', { ...plan, total: 1200 * 256, shards: 1200 });
+  const shards = 1200;
+  const perShard = 250;
+  for (let start = 0; start < shards; start += 100) {
+    await Promise.all(
+      Array.from({ length: 100 }, (_, i) => {
+        const shard = start + i;
+        const failures = shardFailures(shard, perShard);
+        return store.setShardProgress('r1', shard, { done: 6, failed: perShard, complete: true }, failures);
+      }),
+    );
+  }
+  const s = await store.get('r1');
+  t.is(s?.failed, shards * perShard);
+  t.is(s?.failuresTotal, 300_000);
+  t.is(s?.done, shards * 6);
+  t.is(s?.shardsDone, shards);
+  t.is(s?.failures.length, MAX_FAILURES_LISTED);
+  t.deepEqual(s?.failures, shardFailures(0, perShard).slice(0, MAX_FAILURES_LISTED));
+  // Small whatever the number of failures: the page, the plan and the counts.
+  const bytes = Buffer.byteLength(JSON.stringify(s));
+  t.true(bytes < 20_000, `${bytes} bytes`);
+  // The run hash holds counts only; the reasons live beside it.
+  t.false(Object.keys(await conn.hgetall(`${prefix}:run:r1`)).some((f) => f.startsWith('failures')));
+  t.is(await conn.hlen(`${prefix}:run:r1:failures`), shards);
+
+  let n = 0;
+  let previous = '';
+  let ordered = true;
+  for await (const f of store.failures('r1', shards)) {
+    if (f.key <= previous) ordered = false;
+    previous = f.key;
+    n++;
+  }
+  t.is(n, 300_000);
+  t.true(ordered, 'manifest (key) order, shard by shard');
+  t.is(previous, shardFailures(shards - 1, perShard).at(-1)!.key);
+});
+
+test('a retried shard replaces its own failures: counts and reasons never double, and a clean retry clears them', async (t) => {
+  const [store] = await stores();
+  await store.create('r1', request);
+  await store.setPlan('r1', { ...plan, total: 20, shards: 2 });
+  await store.setShardProgress('r1', 0, { done: 7, failed: 3, complete: true }, shardFailures(0, 3));
+  await store.setShardProgress('r1', 1, { done: 8, failed: 2, complete: true }, shardFailures(1, 2));
+  // Shard 0 again (a stalled job run twice): in progress, then complete with other failures.
+  await store.setShardProgress('r1', 0, { done: 2, failed: 1, complete: false });
+  let s = await store.get('r1');
+  t.is(s?.failed, 3);
+  t.is(s?.failuresTotal, 2, 'only completed shards count towards the recorded failures');
+  await store.setShardProgress('r1', 0, { done: 8, failed: 2, complete: true }, shardFailures(0, 2));
+  s = await store.get('r1');
+  t.is(s?.failed, 4);
+  t.is(s?.failuresTotal, 4);
+  t.deepEqual(s?.failures, [...shardFailures(0, 2), ...shardFailures(1, 2)]);
+  await store.setShardProgress('r1', 1, { done: 10, failed: 0, complete: true }, []);
+  s = await store.get('r1');
+  t.is(s?.failed, 2);
+  t.deepEqual(s?.failures, shardFailures(0, 2));
+  const all = [];
+  for await (const f of store.failures('r1', 2)) all.push(f);
+  t.deepEqual(all, shardFailures(0, 2));
+});
+
+test('status lists failures from the first shards that hold any, skipping clean and unfinished shards', async (t) => {
+  const [store] = await stores();
+  await store.create('r1', request);
+  await store.setShardProgress('r1', 0, { done: 10, failed: 0, complete: true }, []);
+  await store.setShardProgress('r1', 1, { done: 0, failed: 5, complete: false });
+  await store.setShardProgress('r1', 2, { done: 0, failed: 60, complete: true }, shardFailures(2, 60));
+  await store.setShardProgress('r1', 3, { done: 0, failed: 60, complete: true }, shardFailures(3, 60));
+  await store.setShardProgress('r1', 4, { done: 0, failed: 60, complete: true }, shardFailures(4, 60));
+  const s = await store.get('r1');
+  t.is(s?.failuresTotal, 180);
+  t.is(s?.failed, 185);
+  t.deepEqual(s?.failures, [...shardFailures(2, 60), ...shardFailures(3, 40)]);
 });

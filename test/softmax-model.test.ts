@@ -6,12 +6,8 @@ import {
   predictProba,
   type LinearSoftmaxModel,
 } from '../shared/softmax-model.js';
-import {
-  applyStandardizer,
-  fitLogisticRegression,
-  fitStandardizer,
-  predictProbaMatrix,
-} from '../services/trainer/logreg.js';
+import { fitLogisticRegression, predictProbaMatrix } from '../services/trainer/logreg.js';
+import { applyStandardizer, fitStandardizer } from '../services/trainer/standardizer.js';
 import { BadRequestError, ModelError } from '../shared/errors.js';
 
 const model: LinearSoftmaxModel = {

@@ -12,6 +12,7 @@ import { startPlannerWorker } from '../services/planner/worker.js';
 import { statusFromHash, type RunMetrics, type RunStatus } from '../shared/run-state.js';
 import type { RunRequest } from '../shared/queues.js';
 import { MAX_MESSAGE_CHARS } from '../shared/text.js';
+import { ConfigError } from '../shared/errors.js';
 import { createContext, closeContext, type ServiceContext } from '../shared/worker-kit.js';
 import { deployment, runCli, type Deployment } from './helpers/pipeline.js';
 
@@ -123,7 +124,7 @@ test('table, formatDownloaded and formatError escape control characters; formatE
       ]),
     ),
   );
-  const e = formatError(`invalid configuration:\n  - X=${JSON.stringify('\u001b[2J')}\n  - raw ${ESC}[31m`);
+  const e = formatError(new ConfigError([`X=${JSON.stringify('\u001b[2J')}`, `raw ${ESC}[31m`]));
   t.is(e.split('\n').length, 3);
   t.false(CONTROL.test(e.replaceAll('\n', '')));
 });

@@ -1,23 +1,17 @@
 /**
  * Evaluate job: score the candidate on the test split, write the versioned model, and only
  * then move latest.json to it (a reader never sees latest point at a half-written version).
+ * The model is built from the job's payload and the candidate (model-artifact.ts), never from
+ * the run's status in Redis.
  */
 import { getObjectJson, putJson, s3Url } from '../../shared/s3.js';
 import { readFeatures } from '../../shared/feature-store.js';
 import { predictProba } from '../../shared/softmax-model.js';
 import { startWorker, type ServiceContext } from '../../shared/worker-kit.js';
-import {
-  MODEL_FORMAT,
-  candidateKey,
-  latestKey,
-  modelKey,
-  type Candidate,
-  type LatestPointer,
-  type ModelArtifact,
-} from '../../shared/model-format.js';
+import { candidateKey, latestKey, modelKey, type Candidate, type LatestPointer } from '../../shared/model-format.js';
 import type { RunMetrics } from '../../shared/run-state.js';
-import { NotFoundError } from '../../shared/errors.js';
 import { classificationReport } from './metrics.js';
+import { buildModelArtifact } from './model-artifact.js';
 
 export function startEvaluatorWorker(ctx: ServiceContext, concurrency = 1) {
   return startWorker(
@@ -50,63 +44,30 @@ export function startEvaluatorWorker(ctx: ServiceContext, concurrency = 1) {
         lambda: candidate.lambda,
         validation: candidate.validation,
       };
-      const status = await ctx.runs.get(runId);
-      if (!status) throw new NotFoundError(`run ${runId} has no state in Redis; it may have expired`);
-      // The version is the run id: sortable by time, and a retried evaluate rewrites the same keys.
-      const version = runId;
-      const artifact: ModelArtifact = {
-        format: MODEL_FORMAT,
-        name,
-        version,
+      const artifact = buildModelArtifact({
         runId,
-        createdAt: new Date().toISOString(),
-        source: status.request.source,
-        features: {
-          spec: status.request.features,
-          engine: status.engine ?? 'unknown',
-          dim: candidate.dim,
-          input: inputSize(status.engineInput, status.request.features),
-        },
-        classes: candidate.classes,
-        mean: candidate.mean,
-        std: candidate.std,
-        weights: candidate.weights,
-        bias: candidate.bias,
-        training: {
-          lambda: candidate.lambda,
-          trainImages: candidate.trainImages,
-          valImages: candidate.valImages,
-          validation: candidate.validation,
-        },
+        name,
+        source: data.source,
+        spec: data.features,
+        candidate,
         metrics,
-      };
+        createdAt: new Date().toISOString(),
+      });
+      const version = artifact.version;
       const key = modelKey(name, version);
       await putJson(ctx.s3, bucket, key, artifact);
       const latest: LatestPointer = { name, version, key, publishedAt: artifact.createdAt };
       await putJson(ctx.s3, bucket, latestKey(name), latest);
       const model = { name, version, uri: s3Url(bucket, key) };
       await ctx.runs.setResult(runId, metrics, model);
+      // run.json is the run's final status, for `status` once Redis no longer has the run
+      // (bounded like every status: the first failures and their count).
       const final = await ctx.runs.get(runId);
-      await putJson(ctx.s3, bucket, `runs/${runId}/run.json`, final);
+      if (final) await putJson(ctx.s3, bucket, `runs/${runId}/run.json`, final);
+      else log.warn({ runId }, 'the run has no status in Redis; model published, run.json not written');
       log.info({ runId, accuracy: report.accuracy, model: model.uri }, 'published');
       return { model: model.uri, accuracy: report.accuracy };
     },
     concurrency,
   );
-}
-
-function inputSize(
-  recorded: string | null,
-  spec: ModelArtifact['features']['spec'],
-): { width: number; height: number } {
-  const m = /^(\d+)x(\d+)$/.exec(recorded ?? '');
-  if (m) return { width: Number(m[1]), height: Number(m[2]) };
-  switch (spec.kind) {
-    case 'raw-pixels':
-      return { width: spec.size, height: spec.size };
-    case 'builtin':
-      return { width: 224, height: 224 };
-    case 'tfjs':
-      return { width: spec.inputSize ?? 224, height: spec.inputSize ?? 224 };
-  }
 }

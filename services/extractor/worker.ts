@@ -9,7 +9,7 @@ import { mapLimit } from '../../shared/concurrency.js';
 import type { ShardRow } from '../../shared/dataset.js';
 import { ImageError, NotFoundError } from '../../shared/errors.js';
 import { writeShard } from '../../shared/feature-store.js';
-import { ObjectTooLargeError, getObjectBytes } from '../../shared/s3.js';
+import { ObjectTooLargeError, RequestRefusedError, getObjectBytes } from '../../shared/s3.js';
 import type { ImageFailure } from '../../shared/run-state.js';
 import { startWorker, type ServiceContext } from '../../shared/worker-kit.js';
 import { createEngineCache } from './engine-cache.js';
@@ -73,6 +73,10 @@ export function startExtractorWorker(ctx: ServiceContext, concurrency = 1) {
           if (err instanceof ImageError || err instanceof ObjectTooLargeError)
             return { ok: false, reason: err.message };
           if (err instanceof NotFoundError) return { ok: false, reason: 'object not found (deleted after planning?)' };
+          // The server refused this image's key (one it cannot store, too long, not valid text):
+          // that image's failure, with the server's reason. A refusal of the bucket, denied
+          // access and storage faults are not about one image: they fail the job.
+          if (err instanceof RequestRefusedError && err.scope === 'object') return { ok: false, reason: err.reason };
           throw err; // storage faults: fail the job so BullMQ retries it, or the run fails
         }
       };

@@ -17,8 +17,14 @@
  *   two). Keys are object keys in the manifest's bucket (an s3:// URL must name that bucket;
  *   leading '/' are dropped), at most 1024 bytes, without '.' or '..' segments, each once.
  *   Control characters are data: allowed, and escaped wherever a person reads them.
+ *
+ * A manifest of a million images is 60–100 MB. It is parsed from its bytes a chunk at a time,
+ * yielding to the event loop between chunks (the planner must keep renewing its 15 s job lock),
+ * and each row becomes its labelled key as it is read: neither the whole text as a string nor
+ * the parsed rows are held besides the result.
  */
-import { parse as parseCsv } from 'csv-parse/sync';
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
+import { Parser, type CsvError } from 'csv-parse';
 import { DatasetError } from '../../shared/errors.js';
 import type { Split } from '../../shared/dataset.js';
 import { capText, quote } from '../../shared/text.js';
@@ -29,17 +35,14 @@ export type ManifestFormat = 'csv' | 'jsonl';
 /** S3's own limit on a key, in bytes of UTF-8. */
 export const MAX_KEY_BYTES = 1024;
 
+/**
+ * Bytes parsed between two yields to the event loop: about 30 ms of CSV parsing on one core
+ * (csv-parse runs at 8–10 MB/s here), far below the 15 s job lock.
+ */
+const CHUNK_BYTES = 256 * 1024;
+
 const COLUMNS = ['key', 'label', 'split'] as const;
 type Column = (typeof COLUMNS)[number];
-
-/** One manifest entry before it is checked; values as found (CSV: strings; JSON: anything). */
-interface RawRow {
-  readonly key: unknown;
-  readonly label: unknown;
-  readonly split: unknown;
-  /** Line the entry starts on, counting from 1 (a quoted CSV value may span several lines). */
-  readonly line: number;
-}
 
 /** `.csv`, `.jsonl` or `.ndjson` (any case) names a manifest; anything else is a folder prefix. */
 export function manifestFormat(key: string): ManifestFormat | undefined {
@@ -48,43 +51,85 @@ export function manifestFormat(key: string): ManifestFormat | undefined {
   return m[1]!.toLowerCase() === 'csv' ? 'csv' : 'jsonl';
 }
 
-/** The labelled keys of a manifest; `where` names it in messages, `bucket` is where its keys live. */
-export function labelsFromManifest(text: string, format: ManifestFormat, where: string, bucket: string): Labelled[] {
-  const rows = format === 'csv' ? csvRows(text, where) : jsonRows(text, where);
-  const firstLine = new Map<string, number>();
-  const out: Labelled[] = [];
-  for (const r of rows) {
-    const at = `${where} line ${r.line}`;
-    const key = manifestKey(textValue(r.key, 'key', at, false), bucket, at);
-    const first = firstLine.get(key);
+/**
+ * The labelled keys of a manifest; `where` names it in messages, `bucket` is where its keys live.
+ * Parses without holding the event loop for more than one chunk at a time.
+ */
+export async function labelsFromManifest(
+  manifest: Uint8Array | string,
+  format: ManifestFormat,
+  where: string,
+  bucket: string,
+): Promise<Labelled[]> {
+  const bytes = typeof manifest === 'string' ? Buffer.from(manifest, 'utf8') : asBuffer(manifest);
+  const rows = new ManifestRows(where, bucket);
+  if (format === 'csv') await csvRows(bytes, where, rows);
+  else await jsonRows(bytes, where, rows);
+  return rows.out;
+}
+
+function asBuffer(u: Uint8Array): Buffer {
+  return Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+}
+
+/** Checks each entry as it is read and keeps its labelled key. */
+class ManifestRows {
+  readonly out: Labelled[] = [];
+  private readonly firstLine = new Map<string, number>();
+  /** One string per label: a million rows of ten classes hold ten label strings, not a million. */
+  private readonly labels = new Map<string, string>();
+
+  constructor(
+    private readonly where: string,
+    private readonly bucket: string,
+  ) {}
+
+  /** One entry; values as found (CSV: strings; JSON: anything); `line` is where it starts (from 1). */
+  add(rawKey: unknown, rawLabel: unknown, rawSplit: unknown, line: number): void {
+    const key = manifestKey(textValue(rawKey, 'key', this.where, line, false), this.bucket, this.where, line);
+    const first = this.firstLine.get(key);
     if (first !== undefined) {
-      throw new DatasetError(`${at}: duplicate key ${quote(key)} (first on line ${first}); each image may appear once`);
+      throw new DatasetError(
+        `${this.where} line ${line}: duplicate key ${quote(key)} (first on line ${first}); each image may appear once`,
+      );
     }
-    firstLine.set(key, r.line);
-    const label = textValue(r.label, 'label', at, true).trim();
-    out.push({ key, label, ...splitOf(r.split, at) });
+    this.firstLine.set(key, line);
+    const text = textValue(rawLabel, 'label', this.where, line, true).trim();
+    let label = this.labels.get(text);
+    if (label === undefined) {
+      label = text;
+      this.labels.set(text, text);
+    }
+    const split = splitOf(rawSplit, this.where, line);
+    this.out.push(split === undefined ? { key, label } : { key, label, split });
   }
-  return out;
 }
 
 /** A key or label: a non-blank string (a label may also be a JSON number, taken as its text). */
-function textValue(v: unknown, what: 'key' | 'label', at: string, numberOk: boolean): string {
-  if (v === undefined || v === null || (typeof v === 'string' && v.trim() === '')) {
-    throw new DatasetError(`${at}: missing ${what}${v === null ? ' (null)' : ''}; every line needs a key and a label`);
+function textValue(v: unknown, what: 'key' | 'label', where: string, line: number, numberOk: boolean): string {
+  if (typeof v === 'string' && v.trim() !== '') return v;
+  if (v === undefined || v === null || typeof v === 'string') {
+    throw new DatasetError(
+      `${where} line ${line}: missing ${what}${v === null ? ' (null)' : ''}; every line needs a key and a label`,
+    );
   }
-  if (typeof v === 'string') return v;
   if (numberOk && typeof v === 'number' && Number.isFinite(v)) return String(v);
-  throw new DatasetError(`${at}: ${what} must be a string${numberOk ? ' or a number' : ''}, not ${typeName(v)}`);
+  throw new DatasetError(
+    `${where} line ${line}: ${what} must be a string${numberOk ? ' or a number' : ''}, not ${typeName(v)}`,
+  );
 }
 
-function splitOf(v: unknown, at: string): { split?: Split } {
-  if (v === undefined || v === null || v === '') return {};
+function splitOf(v: unknown, where: string, line: number): Split | undefined {
+  if (v === undefined || v === null || v === '') return undefined;
   if (typeof v !== 'string')
-    throw new DatasetError(`${at}: split must be a string (train, val or test), not ${typeName(v)}`);
-  if (v.trim() === '') return {};
+    throw new DatasetError(`${where} line ${line}: split must be a string (train, val or test), not ${typeName(v)}`);
+  if (v.trim() === '') return undefined;
   const split = splitNamed(v.trim().toLowerCase());
-  if (!split) throw new DatasetError(`${at}: unknown split ${quote(v)}; use train, val or test (or leave it empty)`);
-  return { split };
+  if (!split)
+    throw new DatasetError(
+      `${where} line ${line}: unknown split ${quote(v)}; use train, val or test (or leave it empty)`,
+    );
+  return split;
 }
 
 function typeName(v: unknown): string {
@@ -96,27 +141,32 @@ function typeName(v: unknown): string {
   return `a ${typeof v}`;
 }
 
+/** A '.' or '..' path segment. */
+const DOT_SEGMENT = /(?:^|\/)\.\.?(?:\/|$)/;
+
 /** Keys are relative to the manifest's bucket; an s3:// URL must name the same bucket. */
-function manifestKey(raw: string, bucket: string, at: string): string {
+function manifestKey(raw: string, bucket: string, where: string, line: number): string {
+  const at = () => `${where} line ${line}`;
   let key = raw;
   if (raw.startsWith('s3://')) {
     const m = /^s3:\/\/([^/]+)\/(.+)$/s.exec(raw);
     if (!m || m[1] !== bucket) {
       throw new DatasetError(
-        `${at}: key ${quote(raw)} is outside the bucket ${bucket}; images must be in the manifest's bucket`,
+        `${at()}: key ${quote(raw)} is outside the bucket ${bucket}; images must be in the manifest's bucket`,
       );
     }
     key = m[2]!;
   }
-  key = key.replace(/^\/+/, '');
-  if (key === '') throw new DatasetError(`${at}: key ${quote(raw)} names no object; give the object key as stored`);
-  if (key.split('/').some((p) => p === '..' || p === '.')) {
-    throw new DatasetError(`${at}: key ${quote(raw)} contains '.' or '..' segments; give the object key as stored`);
+  if (key.charCodeAt(0) === 0x2f) key = key.replace(/^\/+/, '');
+  if (key === '') throw new DatasetError(`${at()}: key ${quote(raw)} names no object; give the object key as stored`);
+  if (DOT_SEGMENT.test(key)) {
+    throw new DatasetError(`${at()}: key ${quote(raw)} contains '.' or '..' segments; give the object key as stored`);
   }
-  const bytes = Buffer.byteLength(key, 'utf8');
+  // A JavaScript string has at most 3 bytes of UTF-8 per UTF-16 unit: most keys need no count.
+  const bytes = key.length * 3 <= MAX_KEY_BYTES ? 0 : Buffer.byteLength(key, 'utf8');
   if (bytes > MAX_KEY_BYTES) {
     throw new DatasetError(
-      `${at}: key ${quote(key)} is ${bytes} bytes; S3 keys are at most ${MAX_KEY_BYTES}. Is the column right?`,
+      `${at()}: key ${quote(key)} is ${bytes} bytes; S3 keys are at most ${MAX_KEY_BYTES}. Is the column right?`,
     );
   }
   return key;
@@ -124,98 +174,176 @@ function manifestKey(raw: string, bucket: string, at: string): string {
 
 // ---------- JSON lines ----------
 
-function jsonRows(text: string, where: string): RawRow[] {
+async function jsonRows(bytes: Buffer, where: string, rows: ManifestRows): Promise<void> {
   // A byte order mark is not whitespace to JSON.parse: without this, line 1 is "not valid JSON".
-  const lines = (text.charCodeAt(0) === 0xfeff ? text.slice(1) : text).split('\n');
-  const rows: RawRow[] = [];
-  for (let i = 0; i < lines.length; i++) {
-    const l = lines[i]!;
+  let start = bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf ? 3 : 0;
+  let nextYield = start + CHUNK_BYTES;
+  // One line past the last '\n' too: a file need not end with a newline.
+  for (let line = 1; start <= bytes.length; line++) {
+    let end = bytes.indexOf(0x0a, start);
+    if (end === -1) end = bytes.length;
+    const l = bytes.toString('utf8', start, end);
+    start = end + 1;
     if (l.trim() === '') continue; // blank lines, and the '\r' left of a CRLF blank line
-    const at = `${where} line ${i + 1}`;
     let v: unknown;
     try {
       v = JSON.parse(l);
     } catch (err) {
       const detail = err instanceof Error ? ` (${capText(err.message)})` : '';
-      throw new DatasetError(`${at}: not valid JSON${detail}; expected {"key": ..., "label": ..., "split"?: ...}`);
+      throw new DatasetError(
+        `${where} line ${line}: not valid JSON${detail}; expected {"key": ..., "label": ..., "split"?: ...}`,
+      );
     }
     if (v === null || typeof v !== 'object' || Array.isArray(v)) {
-      throw new DatasetError(`${at}: expected a JSON object {"key": ..., "label": ...}, not ${typeName(v)}`);
+      throw new DatasetError(
+        `${where} line ${line}: expected a JSON object {"key": ..., "label": ...}, not ${typeName(v)}`,
+      );
     }
     const o = v as Record<string, unknown>;
-    rows.push({ key: o.key, label: o.label, split: o.split, line: i + 1 });
+    rows.add(o.key, o.label, o.split, line);
+    if (start >= nextYield) {
+      nextYield = start + CHUNK_BYTES;
+      await yieldToEventLoop();
+    }
   }
-  if (rows.length === 0) {
+  if (rows.out.length === 0) {
     throw new DatasetError(
       `manifest ${where} is empty: expected one JSON object per line, {"key": ..., "label": ..., "split"?: ...}`,
     );
   }
-  return rows;
 }
 
 // ---------- CSV ----------
 
-/** What csv-parse's CsvError carries besides its message. */
+/**
+ * Line numbers of byte offsets, counted as an editor counts them: `\n`, `\r\n` and a lone `\r`
+ * each end a line. Offsets are asked for in increasing order, so the bytes are read once.
+ */
+class LineCounter {
+  private pos = 0;
+  private line = 1;
+  constructor(private readonly bytes: Buffer) {}
+
+  /** The line (from 1) of the byte at `offset`. */
+  at(offset: number): number {
+    const b = this.bytes;
+    const end = Math.min(offset, b.length);
+    for (let i = this.pos; i < end; i++) {
+      const c = b[i];
+      if (c === 0x0a || (c === 0x0d && b[i + 1] !== 0x0a)) this.line++;
+    }
+    if (end > this.pos) this.pos = end;
+    return this.line;
+  }
+}
+
+/** What a CsvError carries besides its message. */
 interface CsvErrorInfo {
   readonly code?: string;
   readonly lines?: number;
-  readonly empty_lines?: number;
 }
 
-function csvRows(text: string, where: string): RawRow[] {
-  // csv-parse's info reports the line a record *ends* on; a record starts on the first non-blank
-  // line after the previous one. Tracked in on_record as records arrive (its context is that
-  // info; the `info` option would copy it onto every record, 5x slower), so a parse error can
-  // name the start of the record it is in too.
-  let lastEnd = 0;
-  let lastEmpty = 0;
-  const starts: number[] = [];
-  let records: string[][];
-  try {
-    records = parseCsv(text, {
-      bom: true,
-      trim: true, // spaces around unquoted values and around quotes; never inside quotes
-      skip_empty_lines: true,
-      relax_column_count: true, // counted below, so the message names the line and the header
-      on_record: (record: string[], info) => {
-        starts.push(lastEnd + (info.empty_lines - lastEmpty) + 1);
-        lastEnd = info.lines;
-        lastEmpty = info.empty_lines;
-        return record;
-      },
-    }) as string[][];
-  } catch (err) {
-    const emptyNow = (err as CsvErrorInfo).empty_lines ?? lastEmpty;
-    throw csvParseError(err, where, lastEnd + (emptyNow - lastEmpty) + 1);
-  }
-  if (records.length === 0) {
-    throw new DatasetError(
-      `manifest ${where} is empty: expected a header line key,label[,split] and one line per image`,
-    );
-  }
-  const header = records[0]!.map((h) => h.trim().toLowerCase());
-  const index = columnIndex(header, where);
-  if (records.length === 1) {
-    throw new DatasetError(`manifest ${where} has a header but no rows: add one line per image (key,label[,split])`);
-  }
-  const rows: RawRow[] = [];
-  for (let i = 1; i < records.length; i++) {
-    const cells = records[i]!;
-    const line = starts[i]!;
+async function csvRows(bytes: Buffer, where: string, rows: ManifestRows): Promise<void> {
+  // Where records start. csv-parse reports the byte offset just past each record (info.bytes)
+  // and how many blank lines it skipped; the line numbers are counted here from the bytes,
+  // because its own count (info.lines) takes a CRLF inside a quoted value for two lines.
+  const lines = new LineCounter(bytes);
+  let prevEnd = 0; // byte offset just past the previous record
+  let emptyBefore = 0; // csv-parse's count of skipped blank lines at that point
+  let csvLinesAtPrevEnd = 1; // csv-parse's line count there (its own way of counting)
+  let header: string[] | undefined;
+  let index: ReturnType<typeof columnIndex> | undefined;
+  const onRecord = (cells: string[], info: { bytes: number; lines: number; empty_lines: number }): null => {
+    const line = lines.at(prevEnd) + (info.empty_lines - emptyBefore);
+    prevEnd = info.bytes;
+    emptyBefore = info.empty_lines;
+    // Its line count moves past the record's line end when it reads the next byte.
+    csvLinesAtPrevEnd = info.lines + 1;
+    if (header === undefined) {
+      header = cells.map((h) => h.trim().toLowerCase());
+      index = columnIndex(header, where);
+      return null;
+    }
     if (cells.length !== header.length) {
       throw new DatasetError(
         `${where} line ${line}: ${cells.length} ${cells.length === 1 ? 'value' : 'values'}, expected ${header.length} ` +
           `(the header's columns: ${headerList(header)}); quote a value that contains a comma, e.g. "big, cat"`,
       );
     }
-    rows.push({
-      key: cells[index.key],
-      label: cells[index.label],
-      split: index.split === undefined ? undefined : cells[index.split],
+    rows.add(
+      cells[index!.key],
+      cells[index!.label],
+      index!.split === undefined ? undefined : cells[index!.split],
       line,
+    );
+    return null; // nothing is kept by the parser
+  };
+  const parser = new Parser({
+    bom: true,
+    trim: true, // spaces around unquoted values and around quotes; never inside quotes
+    skip_empty_lines: true,
+    relax_column_count: true, // counted above, so the message names the line and the header
+    on_record: onRecord,
+  });
+  let failure: unknown;
+  const done = new Promise<void>((resolve) => {
+    parser.once('finish', resolve);
+    parser.once('error', (err) => {
+      failure ??= err;
+      resolve();
     });
+  });
+  // Each write parses its chunk at once (records go to on_record, none is queued), then the event
+  // loop runs before the next: a parse error, or a refused row, arrives as 'error' in between.
+  for (let off = 0; off < bytes.length && failure === undefined; off += CHUNK_BYTES) {
+    parser.write(bytes.subarray(off, off + CHUNK_BYTES));
+    await yieldToEventLoop();
   }
-  return rows;
+  if (failure === undefined) parser.end();
+  await done;
+  if (failure instanceof DatasetError) throw failure;
+  if (failure !== undefined) {
+    const prevEndLine = lines.at(prevEnd);
+    const start = recordStart(bytes, prevEnd);
+    const startLine = lines.at(start);
+    // csv-parse's count where the record starts: one more per blank line skipped since prevEnd.
+    const csvLinesAtStart = csvLinesAtPrevEnd + (startLine - prevEndLine);
+    throw csvParseError(failure, where, startLine, (csvLines) =>
+      lineOfCsvCount(bytes, start, startLine, csvLines - csvLinesAtStart),
+    );
+  }
+  if (header === undefined) {
+    throw new DatasetError(
+      `manifest ${where} is empty: expected a header line key,label[,split] and one line per image`,
+    );
+  }
+  if (rows.out.length === 0) {
+    throw new DatasetError(`manifest ${where} has a header but no rows: add one line per image (key,label[,split])`);
+  }
+}
+
+/** Offset of the first byte of the record after `from`: blank lines and leading blanks skipped. */
+function recordStart(bytes: Buffer, from: number): number {
+  let i = from;
+  while (i < bytes.length && (bytes[i] === 0x20 || bytes[i] === 0x09 || bytes[i] === 0x0d || bytes[i] === 0x0a)) i++;
+  return i;
+}
+
+/**
+ * The line where csv-parse stopped inside a record that starts at `start` (on `startLine`), from
+ * the number of line-break characters it had read in the record by then (`breaks`): each `\r`
+ * and `\n` is one to it, so a CRLF inside a quoted value counts once here.
+ */
+function lineOfCsvCount(bytes: Buffer, start: number, startLine: number, breaks: number): number {
+  let line = startLine;
+  let seen = 0;
+  for (let i = start; i < bytes.length && seen < breaks; i++) {
+    const c = bytes[i];
+    if (c !== 0x0a && c !== 0x0d) continue;
+    seen++;
+    if (c === 0x0a || bytes[i + 1] !== 0x0a) line++;
+  }
+  return line;
 }
 
 /** Where key, label and split are; every problem with the header named with the fix. */
@@ -249,10 +377,19 @@ function headerList(header: readonly string[]): string {
   return shown.join(', ');
 }
 
-/** csv-parse's error as a DatasetError with the line and the fix; its own text is capped. */
-function csvParseError(err: unknown, where: string, recordStart: number): DatasetError {
-  const e = err as CsvErrorInfo;
-  const line = e.lines ?? recordStart;
+/**
+ * csv-parse's error as a DatasetError with the line and the fix; its own text is capped.
+ * `recordStart` is the line the record in progress starts on; `lineOf` turns csv-parse's line
+ * count at the error into the true line.
+ */
+function csvParseError(
+  err: unknown,
+  where: string,
+  recordStart: number,
+  lineOf: (csvLines: number) => number,
+): DatasetError {
+  const e = err as CsvError & CsvErrorInfo;
+  const line = e.lines === undefined ? recordStart : lineOf(e.lines);
   const quoting = 'quote the whole value and double any quote inside it, e.g. "a ""b"" c"';
   switch (e.code) {
     case 'CSV_QUOTE_NOT_CLOSED':
@@ -265,6 +402,7 @@ function csvParseError(err: unknown, where: string, recordStart: number): Datase
         cause: err,
       });
     case 'CSV_INVALID_CLOSING_QUOTE':
+    case 'CSV_NON_TRIMABLE_CHAR_AFTER_CLOSING_QUOTE':
       return new DatasetError(`${where} line ${line}: text right after a closing quote; ${quoting}`, { cause: err });
     case 'CSV_MAX_RECORD_SIZE':
       return new DatasetError(

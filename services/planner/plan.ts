@@ -4,16 +4,14 @@
  */
 import { DatasetError } from '../../shared/errors.js';
 import { capText, quote } from '../../shared/text.js';
-import type { ManifestItem, Split } from '../../shared/dataset.js';
+import { SPLITS, type ManifestItem, type Split } from '../../shared/dataset.js';
 import { mulberry32 } from '../../shared/random.js';
 
-/** Split folder names (and manifest split values, lower-cased) → split. */
-const SPLIT_NAMES: ReadonlyMap<string, Split> = new Map([
-  ['train', 'train'],
-  ['val', 'val'],
+/** Split folder names (and manifest split values, lower-cased) → split: each split's own name, and aliases. */
+const SPLIT_NAMES: ReadonlyMap<string, Split> = new Map<string, Split>([
+  ...SPLITS.map((s): [string, Split] => [s, s]),
   ['validation', 'val'],
   ['valid', 'val'],
-  ['test', 'test'],
 ]);
 
 /**
@@ -130,30 +128,30 @@ function shuffled<T>(xs: readonly T[], rand: () => number): T[] {
  * is 'val', a validation part is carved out of train the same way (L2 strength is chosen on it).
  */
 export function assignSplits(items: readonly Labelled[], fractions: SplitFractions, seed: number): ManifestItem[] {
-  const byLabel = new Map<string, Labelled[]>();
-  for (const it of items) {
+  // One sort by key: each class's images keep that order (the seeded shuffle starts from it) and
+  // the result is built in it, so a million images are sorted once, not twice. Classes hold
+  // indices into `sorted`, not copies.
+  const sorted = [...items].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  const byLabel = new Map<string, number[]>();
+  sorted.forEach((it, i) => {
     const group = byLabel.get(it.label);
-    if (group) group.push(it);
-    else byLabel.set(it.label, [it]);
-  }
+    if (group) group.push(i);
+    else byLabel.set(it.label, [i]);
+  });
   const anySplit = items.some((i) => i.split !== undefined);
   const allSplit = items.every((i) => i.split !== undefined);
   if (anySplit && !allSplit)
     throw new DatasetError('some images have a split and some do not: give every image a split, or none');
   const hasVal = items.some((i) => i.split === 'val');
-  const out: ManifestItem[] = [];
+  const splits = new Array<Split>(sorted.length);
   for (const label of [...byLabel.keys()].sort()) {
-    const group = [...byLabel.get(label)!].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+    const group = byLabel.get(label)!;
     const rand = mulberry32(seed ^ hashString(label));
     if (allSplit) {
-      const train = group.filter((i) => i.split === 'train');
+      const train = group.filter((i) => sorted[i]!.split === 'train');
       const valCount = hasVal ? 0 : Math.round(train.length * (fractions.val / (fractions.train + fractions.val)));
-      const valKeys = new Set(
-        shuffled(train, rand)
-          .slice(0, Math.min(valCount, train.length - 1))
-          .map((i) => i.key),
-      );
-      for (const i of group) out.push({ key: i.key, label, split: valKeys.has(i.key) ? 'val' : i.split! });
+      for (const i of group) splits[i] = sorted[i]!.split!;
+      for (const i of shuffled(train, rand).slice(0, Math.min(valCount, train.length - 1))) splits[i] = 'val';
       continue;
     }
     const total = fractions.train + fractions.val + fractions.test;
@@ -166,11 +164,10 @@ export function assignSplits(items: readonly Labelled[], fractions: SplitFractio
       nTest = Math.min(nTest, n - 1 - nVal);
     }
     shuffled(group, rand).forEach((i, idx) => {
-      out.push({ key: i.key, label, split: idx < nTest ? 'test' : idx < nTest + nVal ? 'val' : 'train' });
+      splits[i] = idx < nTest ? 'test' : idx < nTest + nVal ? 'val' : 'train';
     });
   }
-  out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
-  return out;
+  return sorted.map((it, i) => ({ key: it.key, label: it.label, split: splits[i]! }));
 }
 
 /**

@@ -2,6 +2,7 @@
  * Planning job: list (or read the manifest), check, split, write the manifest, and add the
  * run's flow evaluate ← train ← extract(shard 0..n). Runs in a worker, never in the client.
  */
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import type { FlowChildJob } from 'bullmq';
 import {
   parseS3Url,
@@ -19,7 +20,8 @@ import { boundSkipped } from '../../shared/run-state.js';
 import { capText } from '../../shared/text.js';
 import { jobOptions, startWorker, type ServiceContext } from '../../shared/worker-kit.js';
 import { assignSplits, checkAndCount, labelsFromListing, shardItems, type Labelled, type Plan } from './plan.js';
-import { labelsFromManifest, manifestFormat } from './manifest.js';
+import { labelsFromManifest, manifestFormat, type ManifestFormat } from './manifest.js';
+import type { ManifestItem } from '../../shared/dataset.js';
 
 /** The source as messages name it: a run request is untrusted, and its URL has no length limit. */
 const MAX_WHERE_CHARS = 300;
@@ -46,36 +48,18 @@ export function startPlannerWorker(ctx: ServiceContext, concurrency = 1) {
         return { images: s?.total ?? 0, shards: s?.shards ?? 0, classes: [...(s?.classes ?? [])] };
       }
       await ctx.runs.setStage(runId, 'planning');
+      // parseS3Url refuses a bucket name S3 would refuse (a bad request, exit code 2), before any
+      // request: the client checks it too, but a plan job from another producer is not trusted,
+      // and the server's answer to a HEAD of such a bucket carries no reason.
       const src = parseS3Url(request.source);
       await assertBucket(ctx.s3, src.bucket);
       const where = capText(request.source, MAX_WHERE_CHARS);
       const format = manifestFormat(src.key);
-      let labelled: Labelled[];
-      let ignored: Plan['ignored'] = [];
-      if (format) {
-        const text = await readManifest(ctx, src.bucket, src.key, where);
-        labelled = labelsFromManifest(text, format, where, src.bucket);
-      } else {
-        const prefix = src.key === '' || src.key.endsWith('/') ? src.key : `${src.key}/`;
-        const keys: string[] = [];
-        for await (const o of listObjects(ctx.s3, src.bucket, prefix)) keys.push(o.key);
-        ({ items: labelled, ignored } = labelsFromListing(
-          keys,
-          prefix,
-          capText(s3Url(src.bucket, prefix), MAX_WHERE_CHARS),
-        ));
-      }
-      const items = assignSplits(labelled, request.split, request.seed);
+      const { items, ignored } = await datasetItems(ctx, src, where, format, request);
       const { classes, counts } = checkAndCount(items, where, format ? 'manifest' : 'folders');
       const shards = shardItems(items, request.shardSize);
       const bucket = ctx.config.bucket;
-      await putObject(
-        ctx.s3,
-        bucket,
-        `runs/${runId}/manifest.jsonl`,
-        `${items.map((i) => JSON.stringify(i)).join('\n')}\n`,
-        'application/x-ndjson',
-      );
+      await putObject(ctx.s3, bucket, `runs/${runId}/manifest.jsonl`, await jsonLines(items), 'application/x-ndjson');
       // Skipped objects as the run state keeps them (bounded); the evaluator's final run.json is
       // a copy of the run state, so it has the same two fields.
       await putJson(ctx.s3, bucket, `runs/${runId}/run.json`, {
@@ -114,8 +98,18 @@ export function startPlannerWorker(ctx: ServiceContext, concurrency = 1) {
         shards: shards.length,
         classes,
         ...(request.lambdas ? { lambdas: request.lambdas } : {}),
+        fitImages: classes.reduce((n, c) => n + counts[c]!.train + counts[c]!.val, 0),
       };
-      const evalData: JobData<'evaluate'> = { runId, shards: shards.length, name: request.name };
+      // What the published model records about its making travels with the job, not through
+      // the run's status in Redis (issue 10): the request's source and feature spec here, the
+      // engine in the trainer's candidate.
+      const evalData: JobData<'evaluate'> = {
+        runId,
+        shards: shards.length,
+        name: request.name,
+        source: request.source,
+        features: request.features,
+      };
       await flows.add({
         name: 'evaluate',
         queueName: 'evaluate',
@@ -139,11 +133,55 @@ export function startPlannerWorker(ctx: ServiceContext, concurrency = 1) {
   return worker;
 }
 
-/** The manifest's text; one larger than DEEPFEAT_MAX_MANIFEST_BYTES is refused before its body is read. */
-async function readManifest(ctx: ServiceContext, bucket: string, key: string, where: string): Promise<string> {
+/**
+ * The run's images, labelled and split. In a function of its own so that what it reads — the
+ * manifest's bytes, the listing, the labelled keys before their split — can be freed as soon as
+ * the items exist: at a million images each is a few hundred megabytes.
+ */
+async function datasetItems(
+  ctx: ServiceContext,
+  src: { bucket: string; key: string },
+  where: string,
+  format: ManifestFormat | undefined,
+  request: JobData<'plan'>['request'],
+): Promise<{ items: ManifestItem[]; ignored: Plan['ignored'] }> {
+  let labelled: Labelled[];
+  let ignored: Plan['ignored'] = [];
+  if (format) {
+    labelled = await labelsFromManifest(await readManifest(ctx, src.bucket, src.key, where), format, where, src.bucket);
+  } else {
+    const prefix = src.key === '' || src.key.endsWith('/') ? src.key : `${src.key}/`;
+    const keys: string[] = [];
+    for await (const o of listObjects(ctx.s3, src.bucket, prefix)) keys.push(o.key);
+    ({ items: labelled, ignored } = labelsFromListing(
+      keys,
+      prefix,
+      capText(s3Url(src.bucket, prefix), MAX_WHERE_CHARS),
+    ));
+  }
+  return { items: assignSplits(labelled, request.split, request.seed), ignored };
+}
+
+/**
+ * runs/<id>/manifest.jsonl's bytes, built a block of lines at a time (yielding between blocks):
+ * never one string of every line plus its copy as bytes.
+ */
+async function jsonLines(items: readonly ManifestItem[]): Promise<Buffer> {
+  const BLOCK = 10_000;
+  const blocks: Buffer[] = [];
+  for (let i = 0; i < items.length; i += BLOCK) {
+    const lines = items.slice(i, i + BLOCK).map((it) => JSON.stringify(it));
+    blocks.push(Buffer.from(`${lines.join('\n')}\n`, 'utf8'));
+    if (i + BLOCK < items.length) await yieldToEventLoop();
+  }
+  return Buffer.concat(blocks);
+}
+
+/** The manifest's bytes; one larger than DEEPFEAT_MAX_MANIFEST_BYTES is refused before its body is read. */
+async function readManifest(ctx: ServiceContext, bucket: string, key: string, where: string): Promise<Uint8Array> {
   const max = ctx.config.maxManifestBytes;
   try {
-    return Buffer.from(await getObjectBytes(ctx.s3, bucket, key, max)).toString('utf8');
+    return await getObjectBytes(ctx.s3, bucket, key, max);
   } catch (err) {
     if (!(err instanceof ObjectTooLargeError)) throw err;
     throw new DatasetError(

@@ -4,7 +4,7 @@
  */
 import { serveThread, transfer } from '../../shared/thread-call.js';
 import type { FitThreadApi } from './fit-thread.js';
-import { selectLambdaAndFit } from './logreg.js';
+import { selectLambdaAndFit } from './lambda-selection.js';
 import { PoolBinder } from './objective-pool.js';
 
 serveThread<FitThreadApi>({

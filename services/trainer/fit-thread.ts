@@ -14,7 +14,8 @@
 import { availableParallelism } from 'node:os';
 import type { Transferable } from 'node:worker_threads';
 import { startThread, type ThreadClient } from '../../shared/thread-call.js';
-import { objectiveChunks, type SelectInput, type SelectResult } from './logreg.js';
+import type { SelectInput, SelectResult } from './lambda-selection.js';
+import { objectiveChunks } from './logistic-objective.js';
 import { ObjectivePool, type PoolHandle } from './objective-pool.js';
 
 /** Calls the fit thread serves. */

@@ -5,7 +5,7 @@
  */
 import type { MessagePort } from 'node:worker_threads';
 import { connect, serveThread, threadData } from '../../shared/thread-call.js';
-import { objectiveChunk } from './logreg.js';
+import { objectiveChunk } from './logistic-objective.js';
 import { LEAVE, SLOTS, type BindMessage, type PoolThreadApi } from './objective-pool.js';
 
 const { GEN, NEXT, DONE, CMD, ACK } = SLOTS;

@@ -1,5 +1,5 @@
 /**
- * Threads that share the trainer's objective: each evaluation's row chunks (logreg.ts
+ * Threads that share the trainer's objective: each evaluation's row chunks (logistic-objective.ts
  * objectiveChunks) are taken from a shared counter by the calling thread and the pool's
  * threads, each writing its chunk's loss and gradient into shared memory; the caller then sums
  * them in chunk order, so the result does not depend on how many threads ran.
@@ -20,7 +20,7 @@
 import { MessageChannel, type MessagePort, type Transferable } from 'node:worker_threads';
 import { InternalError } from '../../shared/errors.js';
 import { connect, startThread, type Channel, type ThreadClient } from '../../shared/thread-call.js';
-import { objectiveChunk, type ChunkRunner, type LogisticProblem } from './logreg.js';
+import { objectiveChunk, type ChunkRunner, type LogisticProblem } from './logistic-objective.js';
 
 /** Slots of the shared control array. */
 const GEN = 0; // bumped to start an evaluation (or to make threads leave their loop)

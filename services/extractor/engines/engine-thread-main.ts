@@ -18,7 +18,7 @@ const inOrder = <T>(work: () => Promise<T>): Promise<T> => {
 
 const owner = serveThread<EngineThreadApi, EngineHostApi>({
   async load({ spec, options }) {
-    const { loadEngine } = await import('./index.js');
+    const { loadEngine } = await import('./load-engine.js');
     const deps: EngineDeps = {
       ...options,
       log: (msg, extra) => owner.notify('log', { msg, extra }),

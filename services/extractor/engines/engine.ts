@@ -1,8 +1,9 @@
 /**
  * The feature-engine contract: a backbone cut at one node, turning a batch of decoded images
- * into rows of a feature matrix. Every implementation (TensorFlow.js on any backend, raw pixels,
- * later ONNX Runtime) meets this one interface, so the extract job does not know which it runs.
+ * into rows of a feature matrix. Every implementation (TensorFlow.js on any backend, ONNX
+ * Runtime, raw pixels) meets this one interface, so the extract job does not know which it runs.
  */
+import type { EngineChoice, OnnxProviderChoice, TfjsBackendChoice } from '../../../shared/config.js';
 
 export interface FeatureEngine {
   /**
@@ -42,14 +43,6 @@ export interface FeatureEngine {
 /** Which engine to build; declared in shared/ because job payloads carry it. */
 export type { FeatureSpec } from '../../../shared/features.js';
 
-/** Which TensorFlow.js backend to run on; 'auto' prefers native TensorFlow, then WebAssembly, then plain JS. */
-export type BackendChoice = 'auto' | 'tensorflow' | 'wasm' | 'cpu';
-
-/** Which engine runs graph backbones; see DEEPFEAT_ENGINE. */
-export type EngineChoice = 'auto' | 'onnx' | 'tfjs';
-/** ONNX Runtime execution provider; 'auto' tries CUDA, then CPU. */
-export type OnnxProvider = 'auto' | 'cuda' | 'cpu';
-
 /** What `loadEngine` needs from its caller. */
 export interface EngineDeps {
   /**
@@ -62,12 +55,13 @@ export interface EngineDeps {
   /** Structured log line (pino-style message + fields). */
   log?: (msg: string, extra?: object) => void;
   /** TensorFlow.js backend; default 'auto'. Process-wide: TensorFlow.js has one active backend. */
-  backend?: BackendChoice;
+  backend?: TfjsBackendChoice;
   /** Engine for graph backbones; default 'auto' (ONNX Runtime where the graph converts). */
   engine?: EngineChoice;
   /** ONNX Runtime intra-op threads; default: one per core. */
   threads?: number;
-  onnxProvider?: OnnxProvider;
+  /** ONNX Runtime execution provider; default 'auto' (CUDA where installed, else CPU). */
+  onnxProvider?: OnnxProviderChoice;
   /** Cache folder for converted ONNX models; undefined = no cache. */
   cacheDir?: string;
 }

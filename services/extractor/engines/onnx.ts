@@ -13,8 +13,10 @@ import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type * as tf from '@tensorflow/tfjs';
 import type * as Ort from 'onnxruntime-node';
+import type { OnnxProviderChoice } from '../../../shared/config.js';
 import { DeepfeatError, ModelError, errorMessage } from '../../../shared/errors.js';
-import type { FeatureEngine, OnnxProvider } from './engine.js';
+import { type InputRange, inputLut } from '../../../shared/features.js';
+import type { FeatureEngine } from './engine.js';
 import {
   CONVERTER_VERSION,
   ONNX_INPUT,
@@ -22,7 +24,6 @@ import {
   UnsupportedGraphError,
   convertGraphToOnnx,
 } from './onnx/convert.js';
-import type { InputRange } from './tfjs.js';
 
 type Log = (msg: string, extra?: object) => void;
 
@@ -36,7 +37,7 @@ export interface OnnxEngineOptions {
   inputRange: InputRange;
   /** Intra-op threads for the CPU provider. */
   threads: number;
-  provider: OnnxProvider;
+  provider: OnnxProviderChoice;
   /** Folder for converted models; undefined disables the cache. */
   cacheDir?: string;
   log?: Log;
@@ -178,8 +179,8 @@ class OnnxEngine implements FeatureEngine {
   readonly preferredBatch: number;
   #dim = 0;
   #disposed = false;
-  /** Input value of each pixel byte, scaled to the model's range. */
-  readonly #lut = new Float32Array(256);
+  /** Input value of each pixel byte, in the model's range (shared/features.ts). */
+  readonly #lut: Float32Array;
   /** The input batch buffer, kept between batches (a fresh 5 MB array per batch cost ~0.5 ms/image). */
   #input: Float32Array | undefined;
   #inputInUse = false;
@@ -194,8 +195,7 @@ class OnnxEngine implements FeatureEngine {
     this.backend = backend;
     this.input = { width: o.size, height: o.size };
     this.preferredBatch = backend.includes('CUDA') ? 32 : 8;
-    const [scale, offset] = { '0,1': [1 / 255, 0], '-1,1': [2 / 255, -1], '0,255': [1, 0] }[o.inputRange];
-    for (let v = 0; v < 256; v++) this.#lut[v] = v * scale + offset;
+    this.#lut = inputLut(o.inputRange);
   }
 
   get dim(): number {

@@ -4,17 +4,16 @@
  * Logistic regression on these reached about 48% on four CIFAR-10 classes in the lesson.
  */
 import { DeepfeatError, ModelError } from '../../../shared/errors.js';
+import { RAW_PIXELS_RANGE, RAW_PIXELS_SIZE, inputLut } from '../../../shared/features.js';
 import type { FeatureEngine } from './engine.js';
 
-export const DEFAULT_RAW_PIXELS_SIZE = 32;
-/** Larger sides make rows of 3·size² floats: 256 → 196,608 per image, already silly for this baseline. */
-const MAX_SIZE = 256;
-
-export function createRawPixelsEngine(size: number = DEFAULT_RAW_PIXELS_SIZE): FeatureEngine {
-  if (!Number.isInteger(size) || size < 1 || size > MAX_SIZE) {
-    throw new ModelError(`raw-pixels size must be an integer from 1 to ${MAX_SIZE}, got ${size}`);
+export function createRawPixelsEngine(size: number = RAW_PIXELS_SIZE.default): FeatureEngine {
+  const { min, max } = RAW_PIXELS_SIZE;
+  if (!Number.isInteger(size) || size < min || size > max) {
+    throw new ModelError(`raw-pixels size must be an integer from ${min} to ${max}, got ${size}`);
   }
   const dim = size * size * 3;
+  const lut = inputLut(RAW_PIXELS_RANGE);
   return {
     id: `raw-pixels:${size}x${size}`,
     backend: 'js',
@@ -32,7 +31,7 @@ export function createRawPixelsEngine(size: number = DEFAULT_RAW_PIXELS_SIZE): F
           );
         }
         const base = row * dim;
-        for (let i = 0; i < dim; i++) out[base + i] = img[i] / 255;
+        for (let i = 0; i < dim; i++) out[base + i] = lut[img[i]!]!;
       });
       return out;
     },

@@ -1,0 +1,130 @@
+/**
+ * Command-line flag values checked and turned into a run request's parts. An odd value is refused
+ * with a message naming the flag, the value (quoted and capped: it is user text) and the fix,
+ * never read loosely: `Number()` takes ' 0x1', '' and '1e3', and a seed above 2^32 would quietly
+ * give the same split as a smaller one. The run request schema (shared/queues.ts) holds the same
+ * bounds for every other producer; these messages speak in flags.
+ */
+import { BadRequestError } from '../shared/errors.js';
+import { DEFAULT_FEATURES, RAW_PIXELS, type FeatureSpec } from '../shared/features.js';
+import { MODEL_NAME_RULE, isModelName } from '../shared/model-format.js';
+import { RUN_LIMITS, type RunRequest } from '../shared/queues.js';
+import { quote } from '../shared/text.js';
+
+/** Longest flag value quoted in a message. */
+const MAX_SHOWN_CHARS = 80;
+
+/** A refusal: `--flag "value": fix`. */
+export function badFlag(flag: string, value: string, fix: string): BadRequestError {
+  return new BadRequestError(`${flag} ${quote(value, MAX_SHOWN_CHARS)}: ${fix}`);
+}
+
+/**
+ * A whole number written in decimal digits (no sign, exponent, hex or spaces) from `range.min` to
+ * `range.max`; `what` says what the number is for.
+ */
+export function parseWholeNumber(
+  flag: string,
+  value: string,
+  range: { readonly min: number; readonly max: number },
+  what: string,
+): number {
+  const n = /^[0-9]{1,20}$/.test(value) ? Number(value) : Number.NaN;
+  if (!(n >= range.min && n <= range.max)) {
+    throw badFlag(flag, value, `expected a whole number from ${range.min} to ${range.max} (${what})`);
+  }
+  return n;
+}
+
+export const parseSeed = (value: string): number =>
+  parseWholeNumber('--seed', value, RUN_LIMITS.seed, "the seed of the split's shuffle");
+
+export const parseShardSize = (value: string): number =>
+  parseWholeNumber('--shard-size', value, RUN_LIMITS.shardSize, 'images per extract job');
+
+/** A decimal fraction: digits with an optional decimal point (`0.7`, `.7`, `7`, `7.`). */
+const DECIMAL = /^(?:[0-9]{1,20}(?:\.[0-9]{0,20})?|\.[0-9]{1,20})$/;
+
+/** `TRAIN,VAL,TEST` (or with `/` or `:`): relative sizes, so 0.7,0.1,0.2 and 7,1,2 are the same split. */
+export function parseSplit(value: string): RunRequest['split'] {
+  const parts = value.split(/[,/:]/);
+  const [train, val, test] = parts.map(Number) as [number, number, number];
+  if (parts.length !== 3 || !parts.every((p) => DECIMAL.test(p)) || !(train > 0) || !(test > 0)) {
+    throw badFlag(
+      '--split',
+      value,
+      'expected three decimal fractions TRAIN,VAL,TEST like 0.7,0.1,0.2, with TRAIN and TEST above 0',
+    );
+  }
+  return { train, val, test };
+}
+
+export function parseName(value: string): string {
+  if (!isModelName(value)) throw badFlag('--name', value, `${MODEL_NAME_RULE} (it becomes part of models/NAME/)`);
+  return value;
+}
+
+export interface FeatureFlags {
+  /** backbone | raw-pixels (commander checks the choice; raw-pixels is never the default). */
+  readonly features: string;
+  readonly model?: string;
+  readonly node?: string;
+  readonly inputSize?: string;
+  readonly inputRange?: string;
+}
+
+/**
+ * The feature spec the flags ask for. A flag that would be ignored is refused instead: the user
+ * meant something by it, and a run that silently did something else wastes their time.
+ */
+export function featureSpec(o: FeatureFlags): FeatureSpec {
+  if (o.node === '') throw badFlag('--node', o.node, 'give the name of the node or layer to pool');
+  if (o.model !== undefined) {
+    if (o.model === '') throw badFlag('--model', o.model, 'give the path or s3:// URL of a TF.js model.json');
+    if (o.features === 'raw-pixels') {
+      throw new BadRequestError('--model and --features raw-pixels ask for two different extractors: choose one');
+    }
+    if (o.node === undefined) {
+      throw new BadRequestError(
+        '--model needs --node: the name of the node (graph model) or layer (layers model) to pool',
+      );
+    }
+    return {
+      kind: 'tfjs',
+      model: o.model,
+      node: o.node,
+      ...(o.inputSize !== undefined
+        ? {
+            inputSize: parseWholeNumber(
+              '--input-size',
+              o.inputSize,
+              RUN_LIMITS.modelInputSize,
+              'the side of the square input --model takes',
+            ),
+          }
+        : {}),
+      ...(o.inputRange !== undefined ? { inputRange: o.inputRange as '0,1' } : {}),
+    };
+  }
+  for (const [flag, value] of [
+    ['--input-size', o.inputSize],
+    ['--input-range', o.inputRange],
+  ] as const) {
+    if (value !== undefined) {
+      throw badFlag(
+        flag,
+        value,
+        'this flag applies only to your own --model (the shipped backbone and raw pixels fix their input): drop it, or add --model',
+      );
+    }
+  }
+  if (o.features === 'raw-pixels') {
+    if (o.node !== undefined) {
+      throw badFlag('--node', o.node, 'raw pixels have no nodes to pool: drop --node, or use --features backbone');
+    }
+    return RAW_PIXELS;
+  }
+  if (o.features === 'backbone')
+    return o.node !== undefined ? { kind: 'builtin', id: 'mobilenet_v2_mid', node: o.node } : DEFAULT_FEATURES;
+  throw badFlag('--features', o.features, 'use backbone or raw-pixels (or --model PATH --node NAME)');
+}
