@@ -5,7 +5,12 @@
  */
 import { InternalError } from '../../shared/errors.js';
 import { minimizeLbfgs } from './lbfgs.js';
-import { computeLogits, createLogisticObjective, type RunnerFactory } from './logistic-objective.js';
+import {
+  computeLogits,
+  createLogisticObjective,
+  type LogisticProblem,
+  type RunnerFactory,
+} from './logistic-objective.js';
 
 /** Fitted linear softmax parameters. W is k×d row-major. */
 export interface SoftmaxParams {
@@ -13,14 +18,8 @@ export interface SoftmaxParams {
   b: Float64Array;
 }
 
-/** Input of fitLogisticRegression; X must already be standardised. */
-export interface FitInput {
-  X: Float32Array;
-  n: number;
-  d: number;
-  y: Int32Array;
-  k: number;
-  lambda: number;
+/** Input of fitLogisticRegression: the problem (X already standardised) and how to solve it. */
+export interface FitInput extends LogisticProblem {
   /** L-BFGS iteration cap; default 300. */
   maxIterations?: number;
   /** Warm start; default all zeros (deterministic). */
