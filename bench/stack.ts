@@ -242,11 +242,8 @@ export async function bullmqOverhead(
 ): Promise<{ msPerJob: number; redisUsecPerJob: number; redisCallsPerJob: number }> {
   const connection = stack.client.queues!.connection;
   const name = `overhead-${Date.now()}`;
-  const items = Array.from({ length: 256 }, (_, i) => ({
-    key: `cifar/cat/cat-${String(i).padStart(4, '0')}.png`,
-    label: 'cat',
-    split: 'train',
-  }));
+  // An extract payload as the planner makes it: a range of the run's manifest, not its 256 keys.
+  const manifest = { key: 'runs/bench/manifest.jsonl', start: 0, end: 256 * 70, count: 256 };
   const queue = new Queue(name, { connection, prefix: 'benchoverhead' });
   const events = new QueueEvents(name, { connection, prefix: 'benchoverhead' });
   await events.waitUntilReady();
@@ -280,7 +277,7 @@ export async function bullmqOverhead(
     for (let i = 0; i < jobs; i++)
       await queue.add(
         'extract',
-        { runId: 'bench', shard: i, items, sourceBucket: DATA_BUCKET },
+        { runId: 'bench', shard: i, manifest, sourceBucket: DATA_BUCKET },
         { removeOnComplete: true },
       );
     await all;

@@ -60,7 +60,15 @@ export const runRequestSchema = z.object({
 });
 export type RunRequest = z.infer<typeof runRequestSchema>;
 
-const itemSchema = z.object({ key: z.string(), label: z.string(), split: z.enum(SPLITS) });
+/**
+ * The longest line of a run's manifest.jsonl: the planner refuses an item whose line is longer,
+ * and the extractor refuses a shard range over count × this before reading it (a payload is not
+ * trusted). An S3 key is at most 1024 bytes; JSON escapes can make it up to 6× that.
+ */
+export const MAX_MANIFEST_LINE_BYTES = 8 * 1024;
+
+/** One manifest.jsonl line: the planner writes it, the extractor reads its shard's lines back. */
+export const itemSchema = z.object({ key: z.string(), label: z.string(), split: z.enum(SPLITS) });
 
 const schemas = {
   plan: z.object({ runId: z.string(), request: runRequestSchema }),
@@ -69,7 +77,19 @@ const schemas = {
     shard: z.number().int().min(0),
     sourceBucket: z.string(),
     features: featureSpecSchema,
-    items: z.array(itemSchema),
+    /**
+     * The shard's items: bytes [start, end) of the run's manifest.jsonl (`count` lines), not the
+     * items themselves — at a million images their keys would be most of the run's Redis memory.
+     */
+    manifest: z
+      .object({
+        key: z.string().min(1),
+        start: z.number().int().min(0),
+        end: z.number().int().min(1),
+        count: z.number().int().min(1).max(RUN_LIMITS.shardSize.max),
+      })
+      .strict()
+      .refine((m) => m.end > m.start, { message: 'end must be after start', path: ['end'] }),
   }),
   train: z.object({
     runId: z.string(),

@@ -260,6 +260,59 @@ export async function getObjectBytes(
   }
 }
 
+/**
+ * Reads bytes [start, endExclusive) of an object with one ranged GET (`Range: bytes=start-(end-1)`).
+ * The range is checked against `maxBytes` before any request, and the answer must be exactly that
+ * many bytes: a server that ignores Range (and sends the whole object) or an object shorter than
+ * the range is refused rather than trusted. Returns the bytes; storage faults map as getObjectBytes'.
+ */
+export async function getObjectRange(
+  client: S3Client,
+  bucket: string,
+  key: string,
+  start: number,
+  endExclusive: number,
+  maxBytes: number,
+): Promise<Uint8Array> {
+  const what = s3Url(bucket, key);
+  if (!Number.isSafeInteger(start) || !Number.isSafeInteger(endExclusive) || start < 0 || endExclusive <= start) {
+    throw new RangeError(`invalid byte range [${start}, ${endExclusive}) of ${quote(what)}`);
+  }
+  const want = endExclusive - start;
+  if (want > maxBytes)
+    throw new RangeError(`range [${start}, ${endExclusive}) of ${quote(what)} is ${want} bytes, over ${maxBytes}`);
+  let bytes: Uint8Array;
+  try {
+    const res = await client.send(
+      new GetObjectCommand({ Bucket: bucket, Key: key, Range: `bytes=${start}-${endExclusive - 1}` }),
+    );
+    if (res.ContentLength !== undefined && res.ContentLength !== want) {
+      res.Body?.transformToWebStream()
+        .cancel()
+        .catch(() => undefined);
+      throw new RangeError(
+        `the S3 server answered ${res.ContentLength} bytes for range [${start}, ${endExclusive}) ` +
+          `of ${quote(what)}, not ${want}`,
+      );
+    }
+    bytes = res.Body ? await res.Body.transformToByteArray() : new Uint8Array(0);
+  } catch (err) {
+    if (err instanceof RangeError) throw err;
+    // 416: the object is shorter than the range (it changed, or the range is wrong).
+    if (err instanceof S3ServiceException && err.$metadata.httpStatusCode === 416) {
+      throw new RangeError(`range [${start}, ${endExclusive}) is past the end of ${quote(what)}`, { cause: err });
+    }
+    throw storageError(err, { bucket, key });
+  }
+  if (bytes.length !== want) {
+    throw new RangeError(
+      `the S3 server answered ${bytes.length} bytes for range [${start}, ${endExclusive}) of ${quote(what)}, ` +
+        `not ${want}`,
+    );
+  }
+  return bytes;
+}
+
 /** The object is over the configured limit; a per-image failure, not a storage fault. */
 export class ObjectTooLargeError extends Error {
   constructor(

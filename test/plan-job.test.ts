@@ -8,6 +8,7 @@ import type { Job, Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { enqueueRun, waitForRun } from '../cli/client.js';
 import { startPlannerWorker } from '../services/planner/worker.js';
+import { shardItems } from '../services/extractor/shard-items.js';
 import { makeQueue, type JobData } from '../shared/queues.js';
 import type { RunStatus, Stage } from '../shared/run-state.js';
 import { getObjectJson, getObjectText } from '../shared/s3.js';
@@ -172,6 +173,14 @@ test('a CSV manifest planned by the worker: manifest.jsonl lists every image; th
   const train = (await trainQueue.getJob(`${runId}-train`))!.data;
   await trainQueue.close();
   t.is(train.fitImages, items.filter((i) => i.split !== 'test').length);
+  // Extract jobs carry a range of manifest.jsonl (issue 10), and it reads back as the shard's items.
+  const extractQueue = makeQueue(ctx.queues, 'extract');
+  for (const shard of [0, 1]) {
+    const { manifest } = (await extractQueue.getJob(`${runId}-extract-${shard}`))!.data;
+    t.is(manifest.key, `runs/${runId}/manifest.jsonl`);
+    t.deepEqual(await shardItems(ctx, runId, shard, manifest), items.slice(shard * 4, shard * 4 + 4));
+  }
+  await extractQueue.close();
   const evaluate = (await evaluateQueue.getJob(`${runId}-evaluate`))!.data;
   t.is(evaluate.source, source);
   t.deepEqual(evaluate.features, s.request.features);

@@ -19,7 +19,7 @@ const valid: Record<QueueName, unknown> = {
     shard: 0,
     sourceBucket: 'b',
     features: { kind: 'tfjs', model: 's3://b/m/model.json', node: 'pool', inputSize: 224, inputRange: '-1,1' },
-    items: [{ key: 'data/cat/1.jpg', label: 'cat', split: 'train' }],
+    manifest: { key: 'runs/r1/manifest.jsonl', start: 0, end: 60, count: 1 },
   },
   train: { runId: 'r1', shards: 3, classes: ['cat', 'dog'], lambdas: [0.1, 1] },
   evaluate: { runId: 'r1', shards: 3, name: 'cats-dogs', source: 's3://b/data/', features: request.features },
@@ -28,7 +28,10 @@ const valid: Record<QueueName, unknown> = {
 /** One malformed payload per queue and the path its error must name. */
 const invalid: Record<QueueName, [unknown, string]> = {
   plan: [{ runId: 'r1', request: { ...request, split: { ...request.split, test: 0 } } }, 'request.split.test'],
-  extract: [{ ...(valid.extract as object), items: [{ key: 'k', label: 'cat', split: 'holdout' }] }, 'items.0.split'],
+  extract: [
+    { ...(valid.extract as object), manifest: { key: 'runs/r1/manifest.jsonl', start: 0, end: 60, count: 0 } },
+    'manifest.count',
+  ],
   train: [{ runId: 'r1', shards: 3, classes: ['cat'] }, 'classes'],
   evaluate: [{ runId: 'r1', shards: 0, name: 'x' }, 'shards'],
 };
@@ -133,4 +136,19 @@ test('defaultName: odd characters made safe for a model name', (t) => {
 
 test('defaultName: a malformed URL is a BadRequestError', (t) => {
   t.throws(() => defaultName('b/data/'), { instanceOf: BadRequestError });
+});
+
+test('parseJobData(extract): a manifest range must be non-empty, and the old payload with items is refused', (t) => {
+  const base = valid.extract as Record<string, unknown>;
+  const m = { key: 'runs/r1/manifest.jsonl', start: 60, end: 60, count: 1 };
+  const empty = t.throws(() => parseJobData('extract', { ...base, manifest: m }), { instanceOf: BadRequestError });
+  t.true(empty!.message.includes('manifest.end: '), empty!.message);
+  const extra = t.throws(() => parseJobData('extract', { ...base, manifest: { ...m, end: 61, items: [] } }), {
+    instanceOf: BadRequestError,
+  });
+  t.true(extra!.message.includes('manifest: '), extra!.message);
+  const { manifest: _, ...old } = base;
+  const itemsOnly = { ...old, items: [{ key: 'data/cat/1.jpg', label: 'cat', split: 'train' }] };
+  const err = t.throws(() => parseJobData('extract', itemsOnly), { instanceOf: BadRequestError });
+  t.true(err!.message.includes('manifest: '), err!.message);
 });

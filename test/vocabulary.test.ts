@@ -25,14 +25,14 @@ import {
   RAW_PIXELS_SIZE,
   inputLut,
 } from '../shared/features.js';
-import { parseJobData } from '../shared/queues.js';
+import { itemSchema, parseJobData } from '../shared/queues.js';
 
-const extract = (features: unknown, split: unknown = 'train') => ({
+const extract = (features: unknown) => ({
   runId: 'r1',
   shard: 0,
   sourceBucket: 'b',
   features,
-  items: [{ key: 'k/1.jpg', label: 'cat', split }],
+  manifest: { key: 'runs/r1/manifest.jsonl', start: 0, end: 50, count: 1 },
 });
 const tfjsSpec = (inputRange: unknown) => ({ kind: 'tfjs', model: 's3://b/m/model.json', node: 'pool', inputRange });
 
@@ -45,13 +45,15 @@ test('every input range is accepted by the job schema; another is refused with t
   for (const range of INPUT_RANGES) t.true(err!.message.includes(`'${range}'`), `${range} in: ${err!.message}`);
 });
 
-test('every split is accepted by the job schema and named by the planner; another is refused', (t) => {
+test('every split is accepted by the manifest item schema and named by the planner; another is refused', (t) => {
+  const item = (split: unknown) => itemSchema.safeParse({ key: 'k/1.jpg', label: 'cat', split });
   for (const split of SPLITS) {
-    t.is(parseJobData('extract', extract(RAW_PIXELS, split)).items[0]!.split, split);
+    t.is(item(split).data?.split, split);
     t.is(splitNamed(split), split);
   }
-  const err = t.throws(() => parseJobData('extract', extract(RAW_PIXELS, 'holdout')), { instanceOf: BadRequestError });
-  for (const split of SPLITS) t.true(err!.message.includes(`'${split}'`), err!.message);
+  const r = item('holdout');
+  t.false(r.success);
+  for (const split of SPLITS) t.true(r.error!.message.includes(`'${split}'`), r.error!.message);
 });
 
 test('every builtin model id is accepted by the job schema', (t) => {

@@ -10,6 +10,7 @@ import type { ShardRow } from '../../shared/dataset.js';
 import { ImageError, NotFoundError } from '../../shared/errors.js';
 import { writeShard } from '../../shared/feature-store.js';
 import { ObjectTooLargeError, RequestRefusedError, getObjectBytes } from '../../shared/s3.js';
+import { shardItems } from './shard-items.js';
 import type { ImageFailure } from '../../shared/run-state.js';
 import { startWorker, type ServiceContext } from '../../shared/worker-kit.js';
 import { createEngineCache } from './engine-cache.js';
@@ -55,7 +56,8 @@ export function startExtractorWorker(ctx: ServiceContext, concurrency = 1) {
     ctx,
     'extract',
     async (data, _job, log) => {
-      const { runId, shard, items, sourceBucket } = data;
+      const { runId, shard, sourceBucket } = data;
+      const items = await shardItems(ctx, runId, shard, data.manifest);
       // Held until the job ends, so a concurrent job for another spec cannot dispose it (engine-cache.ts).
       using lease = await engines.acquire(data.features);
       const engine = lease.engine;

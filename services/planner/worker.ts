@@ -14,12 +14,12 @@ import {
   s3Url,
   ObjectTooLargeError,
 } from '../../shared/s3.js';
-import { makeFlowProducer, type JobData } from '../../shared/queues.js';
-import { DatasetError } from '../../shared/errors.js';
+import { MAX_MANIFEST_LINE_BYTES, makeFlowProducer, type JobData } from '../../shared/queues.js';
+import { DatasetError, InternalError } from '../../shared/errors.js';
 import { boundSkipped } from '../../shared/run-state.js';
-import { capText } from '../../shared/text.js';
+import { capText, quote } from '../../shared/text.js';
 import { jobOptions, startWorker, type ServiceContext } from '../../shared/worker-kit.js';
-import { assignSplits, checkAndCount, labelsFromListing, shardItems, type Labelled, type Plan } from './plan.js';
+import { assignSplits, checkAndCount, labelsFromListing, type Labelled, type Plan } from './plan.js';
 import { labelsFromManifest, manifestFormat, type ManifestFormat } from './manifest.js';
 import type { ManifestItem } from '../../shared/dataset.js';
 
@@ -57,9 +57,12 @@ export function startPlannerWorker(ctx: ServiceContext, concurrency = 1) {
       const format = manifestFormat(src.key);
       const { items, ignored } = await datasetItems(ctx, src, where, format, request);
       const { classes, counts } = checkAndCount(items, where, format ? 'manifest' : 'folders');
-      const shards = shardItems(items, request.shardSize);
       const bucket = ctx.config.bucket;
-      await putObject(ctx.s3, bucket, `runs/${runId}/manifest.jsonl`, await jsonLines(items), 'application/x-ndjson');
+      const manifestKey = `runs/${runId}/manifest.jsonl`;
+      // Shard i is lines [i × shardSize, (i+1) × shardSize) of the manifest, in order; its extract
+      // job carries only their byte range, not the keys (issue 10: Redis memory at scale).
+      const { bytes: manifestBytes, shards } = await jsonLines(items, request.shardSize);
+      await putObject(ctx.s3, bucket, manifestKey, manifestBytes, 'application/x-ndjson');
       // Skipped objects as the run state keeps them (bounded); the evaluator's final run.json is
       // a copy of the run state, so it has the same two fields.
       await putJson(ctx.s3, bucket, `runs/${runId}/run.json`, {
@@ -78,13 +81,13 @@ export function startPlannerWorker(ctx: ServiceContext, concurrency = 1) {
         'planned',
       );
 
-      const extractChildren: FlowChildJob[] = shards.map((shardItemsList, shard) => {
+      const extractChildren: FlowChildJob[] = shards.map((range, shard) => {
         const payload: JobData<'extract'> = {
           runId,
           shard,
           sourceBucket: src.bucket,
           features: request.features,
-          items: shardItemsList,
+          manifest: { key: manifestKey, ...range },
         };
         return {
           name: 'extract',
@@ -162,19 +165,52 @@ async function datasetItems(
   return { items: assignSplits(labelled, request.split, request.seed), ignored };
 }
 
+/** Shard i's lines of runs/<id>/manifest.jsonl: bytes [start, end), `count` lines. */
+export interface ShardRange {
+  start: number;
+  end: number;
+  count: number;
+}
+
 /**
  * runs/<id>/manifest.jsonl's bytes, built a block of lines at a time (yielding between blocks):
- * never one string of every line plus its copy as bytes.
+ * never one string of every line plus its copy as bytes. Also each shard's byte range: shard i
+ * is items [i × shardSize, (i+1) × shardSize), which are consecutive lines, since the items are
+ * written in order.
  */
-async function jsonLines(items: readonly ManifestItem[]): Promise<Buffer> {
+export async function jsonLines(
+  items: readonly ManifestItem[],
+  shardSize: number,
+): Promise<{ bytes: Buffer; shards: ShardRange[] }> {
   const BLOCK = 10_000;
   const blocks: Buffer[] = [];
+  const shards: ShardRange[] = [];
+  let offset = 0;
+  let shardStart = 0;
   for (let i = 0; i < items.length; i += BLOCK) {
     const lines = items.slice(i, i + BLOCK).map((it) => JSON.stringify(it));
+    lines.forEach((line, j) => {
+      const size = Buffer.byteLength(line, 'utf8') + 1; // + the newline
+      if (size > MAX_MANIFEST_LINE_BYTES) {
+        throw new DatasetError(
+          `the item for key ${quote(items[i + j]!.key, 200)} is ${size} bytes as a manifest line, over the limit of ` +
+            `${MAX_MANIFEST_LINE_BYTES}: shorten its key or label`,
+        );
+      }
+      offset += size;
+      const n = i + j + 1; // items written so far
+      if (n % shardSize === 0 || n === items.length) {
+        shards.push({ start: shardStart, end: offset, count: n - shards.length * shardSize });
+        shardStart = offset;
+      }
+    });
     blocks.push(Buffer.from(`${lines.join('\n')}\n`, 'utf8'));
     if (i + BLOCK < items.length) await yieldToEventLoop();
   }
-  return Buffer.concat(blocks);
+  const bytes = Buffer.concat(blocks);
+  // The ranges were counted line by line; the bytes are what the extractors will read.
+  if (bytes.length !== offset) throw new InternalError(`manifest.jsonl is ${bytes.length} bytes, its lines ${offset}`);
+  return { bytes, shards };
 }
 
 /** The manifest's bytes; one larger than DEEPFEAT_MAX_MANIFEST_BYTES is refused before its body is read. */
