@@ -5,11 +5,13 @@
  * give the same split as a smaller one. The run request schema (shared/queues.ts) holds the same
  * bounds for every other producer; these messages speak in flags.
  */
+import path from 'node:path';
 import { BadRequestError } from '../shared/errors.js';
 import { DEFAULT_FEATURES, RAW_PIXELS, type FeatureSpec } from '../shared/features.js';
 import { MODEL_NAME_RULE, isModelName } from '../shared/model-format.js';
 import { RUN_LIMITS, type RunRequest } from '../shared/queues.js';
 import { quote } from '../shared/text.js';
+import { parseModelS3Url } from '../services/extractor/model-source.js';
 
 /** Longest flag value quoted in a message. */
 const MAX_SHOWN_CHARS = 80;
@@ -77,6 +79,27 @@ export interface FeatureFlags {
  * The feature spec the flags ask for. A flag that would be ignored is refused instead: the user
  * meant something by it, and a run that silently did something else wastes their time.
  */
+/**
+ * `--model` as the workers will read it, checked here so a bad one is refused before anything is
+ * queued: an s3:// URL naming an object (checked as the extractor checks it, plus no empty, `.` or
+ * `..` key segments, which S3-compatible stores treat inconsistently), or a local path, made
+ * absolute from this directory (workers read local models only inside DEEPFEAT_MODEL_DIRS, and
+ * only by absolute path). Any other scheme (file:, http:) is refused.
+ */
+export function modelReference(model: string): string {
+  if (model.startsWith('s3://')) {
+    const { key } = parseModelS3Url(model);
+    if (key.split('/').some((seg) => seg === '' || seg === '.' || seg === '..')) {
+      throw badFlag('--model', model, 'name the object without empty, "." or ".." path segments');
+    }
+    return model;
+  }
+  if (/^[a-z][a-z0-9+.-]*:/i.test(model)) {
+    throw badFlag('--model', model, 'give an s3:// URL or a local path of model.json (other URL schemes are not read)');
+  }
+  return path.resolve(model);
+}
+
 export function featureSpec(o: FeatureFlags): FeatureSpec {
   if (o.node === '') throw badFlag('--node', o.node, 'give the name of the node or layer to pool');
   if (o.model !== undefined) {
@@ -91,7 +114,7 @@ export function featureSpec(o: FeatureFlags): FeatureSpec {
     }
     return {
       kind: 'tfjs',
-      model: o.model,
+      model: modelReference(o.model),
       node: o.node,
       ...(o.inputSize !== undefined
         ? {

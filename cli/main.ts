@@ -10,6 +10,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { ENV_DOC, loadConfig } from '../shared/config.js';
 import { INPUT_RANGES } from '../shared/features.js';
 import { parseS3Url } from '../shared/s3.js';
+import { terminalSafeLines } from '../shared/text.js';
 import type { RunStatus } from '../shared/run-state.js';
 import {
   createClient,
@@ -58,6 +59,15 @@ async function withClient<T>(fn: (client: Client) => Promise<T>): Promise<T> {
   }
 }
 
+// A reader that stops early (`deepfeat status RUN --all-failures | head`) closes the pipe: that is
+// the reader's choice, not a fault, so end quietly with success instead of a stack trace.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(0);
+    throw err;
+  });
+}
+
 const program = new Command()
   .name('deepfeat')
   .description('Labelled images in S3 -> deep features -> logistic regression -> published classifier')
@@ -65,6 +75,9 @@ const program = new Command()
   // Commander's own usage errors (unknown option, missing argument) are bad requests too: exit 2.
   // Set before the subcommands are declared, which copy it.
   .exitOverride()
+  // Its messages quote what the user typed ("unknown option '--x\x1b]0;T'"): escape them like
+  // every other message. Set before the subcommands are declared, which copy it.
+  .configureOutput({ writeErr: (text) => process.stderr.write(terminalSafeLines(text)) })
   .addHelpText(
     'after',
     `\nEnvironment:\n${Object.entries(ENV_DOC)

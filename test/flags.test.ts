@@ -2,8 +2,17 @@
  * `deepfeat run`'s flag values (cli/flags.ts) and the run request schema's bounds: every odd value
  * is refused with the flag, the value quoted and the fix, never read loosely by Number().
  */
+import path from 'node:path';
 import test from 'ava';
-import { featureSpec, parseName, parseSeed, parseShardSize, parseSplit, parseWholeNumber } from '../cli/flags.js';
+import {
+  featureSpec,
+  modelReference,
+  parseName,
+  parseSeed,
+  parseShardSize,
+  parseSplit,
+  parseWholeNumber,
+} from '../cli/flags.js';
 import { BadRequestError } from '../shared/errors.js';
 import { DEFAULT_FEATURES, RAW_PIXELS } from '../shared/features.js';
 import { RUN_LIMITS, runRequestSchema } from '../shared/queues.js';
@@ -100,10 +109,10 @@ test('--node, --input-size and --input-range that would be ignored are refused',
   }
   refused(
     t,
-    () => featureSpec(flags({ features: 'raw-pixels', model: 's3://b/m.json', node: 'n' })),
+    () => featureSpec(flags({ features: 'raw-pixels', model: 's3://bkt/m.json', node: 'n' })),
     /--model and --features raw-pixels .*: choose one/,
   );
-  refused(t, () => featureSpec(flags({ model: 's3://b/m.json' })), /--model needs --node/);
+  refused(t, () => featureSpec(flags({ model: 's3://bkt/m.json' })), /--model needs --node/);
   refused(t, () => featureSpec(flags({ node: '' })), /^--node "": give the name/);
   t.deepEqual(featureSpec(flags({ features: 'raw-pixels' })), RAW_PIXELS);
   t.deepEqual(featureSpec(flags({})), DEFAULT_FEATURES);
@@ -111,8 +120,8 @@ test('--node, --input-size and --input-range that would be ignored are refused',
 });
 
 test('--input-size has the engine bounds, 8..2048, in the CLI and in the schema', (t) => {
-  const spec = (inputSize: string) => featureSpec(flags({ model: 's3://b/m.json', node: 'n', inputSize }));
-  t.deepEqual(spec('2048'), { kind: 'tfjs', model: 's3://b/m.json', node: 'n', inputSize: 2048 });
+  const spec = (inputSize: string) => featureSpec(flags({ model: 's3://bkt/m.json', node: 'n', inputSize }));
+  t.deepEqual(spec('2048'), { kind: 'tfjs', model: 's3://bkt/m.json', node: 'n', inputSize: 2048 });
   for (const bad of ['4096', '7', '224.0', '0x100']) {
     refused(t, () => spec(bad), /^--input-size ".*": expected a whole number from 8 to 2048/);
   }
@@ -148,4 +157,20 @@ test('the run request schema holds the same bounds for every producer', (t) => {
   const name = runRequestSchema.safeParse({ ...base, name: '../../x' });
   t.false(name.success);
   t.regex(name.error!.issues[0]!.message, /a model name is 1 to 100 letters/);
+});
+
+test('--model: other URL schemes and dot segments are refused before queueing; a relative path is made absolute', (t) => {
+  // Found by an attacker: file:, http: and s3://b/../.. were queued and failed only in the extractor.
+  for (const bad of [
+    'file:///etc/passwd',
+    'http://127.0.0.1/model.json',
+    's3://src/../../etc/passwd',
+    's3://bkt//m.json',
+  ]) {
+    const err = t.throws(() => modelReference(bad), { instanceOf: BadRequestError }, bad);
+    t.true(err!.message.startsWith(`--model ${JSON.stringify(bad)}`), err!.message);
+  }
+  t.is(modelReference('s3://models/mobilenet/model.json'), 's3://models/mobilenet/model.json');
+  t.is(modelReference('m/model.json'), path.resolve('m/model.json'));
+  t.is(modelReference('/srv/models/m/model.json'), '/srv/models/m/model.json');
 });

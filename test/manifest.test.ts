@@ -325,3 +325,14 @@ test('labels are shared strings: a million rows of a few classes do not hold a m
   t.is(out[0]!.label, 'cat');
   t.is(out[2]!.label, 'cat');
 });
+
+test('a manifest line longer than 64 KiB (a 2 MiB header, a 2 MiB JSON line) is refused before parsing, with its line', async (t) => {
+  // Found by an attacker: a 150 MiB header with no newline held the planner for two minutes.
+  const header = `${'k'.repeat(2 * 2 ** 20)}\na.png,cat\n`;
+  const csvErr = await t.throwsAsync(labelsFromManifest(header, 'csv', 's3://b/m.csv', 'b'));
+  t.regex(csvErr!.message, /^s3:\/\/b\/m\.csv line 1 is longer than 64 KiB/);
+  t.true(csvErr!.message.length < 300);
+  const jsonl = `{"key":"a.png","label":"cat"}\n{"key":"${'x'.repeat(2 * 2 ** 20)}","label":"dog"}\n`;
+  const jsonErr = await t.throwsAsync(labelsFromManifest(jsonl, 'jsonl', 's3://b/m.jsonl', 'b'));
+  t.regex(jsonErr!.message, /line 2 is longer than 64 KiB/);
+});

@@ -9,6 +9,7 @@ import {
   checkTrainerMemory,
   trainerMemoryBudget,
   trainerMemoryNeed,
+  TRAINER_PARAM_VECTORS,
 } from '../services/trainer/memory.js';
 import { featureProvenance } from '../services/trainer/worker.js';
 import { buildModelArtifact } from '../services/evaluator/model-artifact.js';
@@ -23,7 +24,10 @@ test('trainerMemoryNeed: a fixed part plus the matrix and a little more per row'
   const matrix = 1_000_000 * 816 * 4;
   t.true(million > matrix + TRAINER_FIXED_BYTES);
   t.true(million < 1.25 * matrix + TRAINER_FIXED_BYTES, `${million / GiB} GiB`);
-  t.is(trainerMemoryNeed({ rows: 0, dim: 816, classes: 10 }), TRAINER_FIXED_BYTES);
+  t.is(
+    trainerMemoryNeed({ rows: 0, dim: 816, classes: 10 }),
+    TRAINER_FIXED_BYTES + 10 * 817 * 8 * TRAINER_PARAM_VECTORS,
+  );
   // The bench's train job (README "Memory"): 337 MiB peak for 20,000 × 816; the estimate is above it.
   const bench = trainerMemoryNeed({ rows: 20_000, dim: 816, classes: 10 }) / 2 ** 20;
   t.true(bench >= 337 && bench < 500, `${bench} MiB`);
@@ -122,4 +126,15 @@ test('buildModelArtifact: from the payload and the candidate alone; the spec fil
   t.deepEqual(withEngine.features, { spec: inputs.spec, engine: 'm@pool', dim: 2, input: { width: 96, height: 96 } });
   const without = buildModelArtifact({ ...inputs, candidate });
   t.deepEqual(without.features, { spec: inputs.spec, engine: 'unknown', dim: 2, input: { width: 96, height: 96 } });
+});
+
+test('trainerMemoryNeed: many classes count, not only rows (2,000 classes × 3,072 raw pixels do not fit 700 MiB)', (t) => {
+  // Found by an attacker: 2,000 classes with one train image each passed a 700 MiB budget at an
+  // estimated 405 MiB, and the trainer then grew to 2.4 GiB (weights, gradients, L-BFGS history).
+  const need = trainerMemoryNeed({ rows: 2000, dim: 3072, classes: 2000 });
+  t.true(need > 2 * GiB, `${need / GiB} GiB`);
+  const err = t.throws(() =>
+    checkTrainerMemory({ rows: 2000, dim: 3072, classes: 2000 }, trainerMemoryBudget(700), 'r2'),
+  );
+  t.regex(err!.message, /with 2,000 classes the fit needs about/);
 });

@@ -62,10 +62,39 @@ export async function labelsFromManifest(
   bucket: string,
 ): Promise<Labelled[]> {
   const bytes = typeof manifest === 'string' ? Buffer.from(manifest, 'utf8') : asBuffer(manifest);
+  await checkLineLengths(bytes, where);
   const rows = new ManifestRows(where, bucket);
   if (format === 'csv') await csvRows(bytes, where, rows);
   else await jsonRows(bytes, where, rows);
   return rows.out;
+}
+
+/**
+ * Longest physical line a manifest may have. A key is at most 1,024 bytes and a run's own
+ * manifest line at most 8 KiB (MAX_MANIFEST_LINE_BYTES), so no usable row comes near this; the
+ * rest is room for columns deepfeat ignores. Checked before parsing: the parsers would otherwise
+ * spend minutes of planner time on a 150 MiB header or JSON line before refusing it.
+ */
+export const MAX_MANIFEST_PHYSICAL_LINE_BYTES = 64 * 1024;
+
+async function checkLineLengths(bytes: Buffer, where: string): Promise<void> {
+  let start = 0;
+  let nextYield = 16 * 2 ** 20;
+  for (let line = 1; start < bytes.length; line++) {
+    let end = bytes.indexOf(0x0a, start);
+    if (end === -1) end = bytes.length;
+    if (end - start > MAX_MANIFEST_PHYSICAL_LINE_BYTES) {
+      throw new DatasetError(
+        `${where} line ${line} is longer than ${MAX_MANIFEST_PHYSICAL_LINE_BYTES / 1024} KiB: a manifest line holds one ` +
+          'image (key, label, split); check that the file is a manifest with one image per line',
+      );
+    }
+    start = end + 1;
+    if (start >= nextYield) {
+      nextYield = start + 16 * 2 ** 20;
+      await yieldToEventLoop();
+    }
+  }
 }
 
 function asBuffer(u: Uint8Array): Buffer {

@@ -21,6 +21,15 @@ export const TRAINER_FIXED_BYTES = 320 * 2 ** 20;
 export const TRAINER_ROW_BYTES = 300;
 /** Per row and class: the fit's probabilities and scratch (float64), over the fit's threads. */
 export const TRAINER_ROW_CLASS_BYTES = 16;
+/**
+ * Float64 vectors of the model's size (classes × (features + 1)) the fit holds at once: L-BFGS keeps
+ * 10 pairs of history (20 vectors), plus the iterate, gradient, direction and line-search copies,
+ * plus one gradient per row chunk of the objective (at most 32 chunks). With many classes this,
+ * not the feature matrix, is what fills memory: 2,000 classes × 3,072 raw pixels is 6 M parameters,
+ * about 2.9 GiB at 60 vectors (the previous estimate left it out, and such a run grew a trainer
+ * far past its budget).
+ */
+export const TRAINER_PARAM_VECTORS = 60;
 /** Share of the host's (or container's) memory a train job may plan to use by default. */
 export const DEFAULT_MEMORY_SHARE = 0.8;
 
@@ -35,7 +44,8 @@ export interface FitSize {
 /** Bytes a train job of this size needs at its peak. */
 export function trainerMemoryNeed(size: FitSize): number {
   const perRow = size.dim * Float32Array.BYTES_PER_ELEMENT + TRAINER_ROW_BYTES + size.classes * TRAINER_ROW_CLASS_BYTES;
-  return TRAINER_FIXED_BYTES + size.rows * perRow;
+  const params = size.classes * (size.dim + 1) * Float64Array.BYTES_PER_ELEMENT * TRAINER_PARAM_VECTORS;
+  return TRAINER_FIXED_BYTES + size.rows * perRow + params;
 }
 
 export interface MemoryBudget {
@@ -72,10 +82,11 @@ export function checkTrainerMemory(size: FitSize, budget: MemoryBudget, runId: s
   const matrix = size.rows * size.dim * Float32Array.BYTES_PER_ELEMENT;
   throw new DatasetError(
     `run ${runId} is too large for this trainer: ${size.rows.toLocaleString('en-US')} train+val images × ` +
-      `${size.dim} features is a ${gib(matrix)} float32 matrix, and the fit needs about ${gib(need)} in all, ` +
+      `${size.dim} features is a ${gib(matrix)} float32 matrix, and with ${size.classes.toLocaleString('en-US')} ` +
+      `classes the fit needs about ${gib(need)} in all, ` +
       `over its budget of ${gib(budget.bytes)} (${budget.source}). Run the trainer on a host with more memory ` +
       '(and raise DEEPFEAT_TRAINER_MEMORY if it is set), or train on fewer images: a sample of the dataset ' +
-      '(e.g. a manifest listing some of each class)',
+      '(e.g. a manifest listing some of each class), or fewer classes or features',
   );
 }
 
