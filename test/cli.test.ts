@@ -185,6 +185,18 @@ test('a usage error (unknown option) exits 2', async (t) => {
   t.regex(r.stderr, /unknown option '--no-such-option'/);
 });
 
+test('a mistyped option or command holding control characters is echoed escaped, never raw', async (t) => {
+  // Found by an attacker: Commander's own "unknown option '--x␛]0;T␇'" reached the terminal raw.
+  const opt = await runCli(dep.env, ['run', pets(), '--x\x1b]0;T\x07']);
+  t.is(opt.code, 2, opt.stderr);
+  t.regex(opt.stderr, /unknown option '--x\\x1b\]0;T\\x07'/);
+  const cmd = await runCli(dep.env, ['bogus\x1b[2J']);
+  t.is(cmd.code, 2, cmd.stderr);
+  for (const out of [opt.stderr, cmd.stderr]) {
+    t.false(/[\x00-\x08\x0b-\x1f\x7f]/.test(out), JSON.stringify(out));
+  }
+});
+
 // ---------- odd input refused by the CLI itself: flag, quoted value and fix; exit 2; nothing queued ----------
 
 const oddRuns: Array<[string, string[], RegExp]> = [
