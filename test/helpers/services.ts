@@ -5,6 +5,7 @@
  *   3. a local child process (redis-server from PATH, s3rver) on a free port.
  * Each call starts its own service; the caller stops it (e.g. in `test.after.always`).
  */
+import { registerCompletionHandler } from 'ava';
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -13,6 +14,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { startRedis, startS3Server } from '../../cli/local-stack.js';
+
+// AVA waits for a test file's process to exit by itself once its tests are done. A socket or
+// timer a library leaves behind (a client reconnecting to a service the file already stopped)
+// then keeps it alive, busy, and the whole run waits forever (seen once in CI, in
+// storage-faults.e2e, after every test had passed). Every file that starts real services exits
+// as soon as AVA is done with it.
+registerCompletionHandler(() => process.exit());
 
 export interface TestRedis {
   url: string;
