@@ -21,7 +21,7 @@ test('bench --quick measures every stage and writes them as JSON', async (t) => 
         let se = '';
         child.stdout.on('data', (d) => (so += d));
         child.stderr.on('data', (d) => (se += d));
-        child.on('exit', (c) => resolve({ code: c, stdout: so, stderr: se }));
+        child.on('close', (c) => resolve({ code: c, stdout: so, stderr: se }));
       },
     );
     t.is(code, 0, stderr.slice(-2000));

@@ -150,7 +150,7 @@ test('`status --watch` off a terminal prints progress lines, never screen-cleari
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
     child.stderr.on('data', (d) => (stderr += d));
-    const exited = new Promise<number | null>((r) => child.once('exit', r));
+    const exited = new Promise<number | null>((r) => child.once('close', r));
     for (let i = 0; i < 600 && !stdout.includes('queued'); i++) await new Promise((r) => setTimeout(r, 50));
     await client.runs!.fail(runId, 'DATASET_INVALID', 'ended by the test');
     const code = await exited;

@@ -99,6 +99,8 @@ export function runCli(
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
     child.stderr.on('data', (d) => (stderr += d));
-    child.once('exit', (code) => res({ code, stdout, stderr }));
+    // 'close', not 'exit': 'exit' can come before the last output is read from the pipes, and a
+    // test then sees an empty stderr (seen once in CI under load).
+    child.once('close', (code) => res({ code, stdout, stderr }));
   });
 }
