@@ -7,6 +7,7 @@ export const SLOW = [
   'test/**/*.e2e.test.ts',
   'test/bad-requests.test.ts',
   'test/bench.test.ts',
+  'test/classifier-onnx.test.ts',
   'test/cli.test.ts',
   'test/embedded-s3.test.ts',
   'test/engine.test.ts',

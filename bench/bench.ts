@@ -19,8 +19,8 @@
  * --quick: the same code paths on small inputs with one repetition, for the test suite's smoke
  * check (figures from it are not meaningful). --out FILE: write the JSON there instead.
  */
-import { availableParallelism } from 'node:os';
-import { writeFile } from 'node:fs/promises';
+import { availableParallelism, tmpdir } from 'node:os';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
@@ -36,13 +36,19 @@ import { mulberry32 } from '../shared/random.js';
 import {
   bullmqOverhead,
   machineCpuSeconds,
+  publishModel,
+  runMeasured,
   s3GetCost,
   startStack,
   startWorkers,
   timeExtraction,
+  timePrediction,
   trainerJob,
+  writeStackImages,
   type Stack,
 } from './stack.js';
+import { predictLocal } from '../cli/predict-local.js';
+import { makeQueue } from '../shared/queues.js';
 
 if (process.argv.includes('--scale')) {
   // The control plane at a million images: its own script (minutes, gigabytes; see scale.ts).
@@ -334,6 +340,112 @@ try {
       '',
     );
   }
+
+  // ───────────── 3b. prediction ─────────────
+  section(
+    `predict: the same ${stack.images} images, classified by a model published from them (1 extractor, ${cores} threads)`,
+  );
+  // The timed runs above left train jobs queued (no trainer ran): drop them, or the trainer
+  // started here would fit them all while predictions are timed.
+  const trainQueue = makeQueue(stack.client.queues!, 'train');
+  await trainQueue.obliterate({ force: true });
+  await trainQueue.close();
+  const evaluator = await startWorkers(stack, 'evaluator', 1);
+  stopLater.push(() => evaluator.stop());
+  const predictShard = Math.min(shardSize, Math.ceil(stack.images / 2));
+  const extractorEnv = { DEEPFEAT_ENGINE_THREADS: String(cores) };
+  // Extraction and batch prediction each in a fresh extractor process, so each peak RSS is its own.
+  let model = '';
+  const extractTimes: number[] = [];
+  let extractRss = 0;
+  {
+    const ex = await startWorkers(stack, 'extractor', 1, extractorEnv);
+    const trainer = await startWorkers(stack, 'trainer', 1);
+    try {
+      model = await publishModel(stack, 'bench-predict'); // also loads the engine
+      await trainer.stop(); // the timed runs below must not be fitted meanwhile
+      for (let i = 0; i < pipelineReps; i++) extractTimes.push((await timeExtraction(stack, predictShard)).seconds);
+      extractRss = await ex.peakRssMiB();
+    } finally {
+      await trainer.stop();
+      await ex.stop();
+    }
+  }
+  const extractRate = stack.images / median(extractTimes);
+  record(
+    'predict_extract_rate',
+    '  extraction of the images (enqueue -> last shard written)',
+    extractRate,
+    'images/s',
+    `${median(extractTimes).toFixed(2)} s; extractor peak RSS ${extractRss.toFixed(0)} MiB`,
+  );
+  const batchRuns: Array<Awaited<ReturnType<typeof timePrediction>>> = [];
+  let batchRss = 0;
+  {
+    const ex = await startWorkers(stack, 'extractor', 1, extractorEnv);
+    try {
+      await timePrediction(stack, model, predictShard); // warm-up: engine load, model read
+      for (let i = 0; i < pipelineReps; i++) batchRuns.push(await timePrediction(stack, model, predictShard));
+      batchRss = await ex.peakRssMiB();
+    } finally {
+      await ex.stop();
+    }
+  }
+  const batchSeconds = median(batchRuns.map((r) => r.seconds));
+  record(
+    'predict_batch_rate',
+    '  batch prediction on the pipeline (enqueue -> last shard written)',
+    stack.images / batchSeconds,
+    'images/s',
+    `${batchSeconds.toFixed(2)} s; ${median(batchRuns.map((r) => r.secondsToCsv)).toFixed(2)} s to predictions.csv; ${batchRuns[0]!.classified}/${batchRuns[0]!.images} classified`,
+  );
+  record(
+    'predict_batch_vs_extract',
+    '  batch prediction / extraction',
+    stack.images / batchSeconds / extractRate,
+    'ratio',
+    'target >= 0.9',
+  );
+  record(
+    'predict_batch_rss',
+    '  extractor peak RSS, batch prediction',
+    batchRss,
+    'MiB',
+    `extraction: ${extractRss.toFixed(0)} MiB`,
+  );
+
+  // Local prediction: the same images as files, one process (the CLI's code, in this process for
+  // the rate; as `deepfeat predict` in a child process for its peak RSS).
+  const imageDir = await mkdtemp(path.join(tmpdir(), 'deepfeat-bench-predict-'));
+  stopLater.push(() => rm(imageDir, { recursive: true, force: true }));
+  await writeStackImages(stack, imageDir);
+  const silent = () => undefined;
+  const local = () => predictLocal(stack.client, model, [imageDir], { format: 'json' }, silent);
+  const localMs = await timeIt(local, pipelineReps);
+  const localRate = stack.images / (localMs / 1000);
+  record(
+    'predict_local_rate',
+    `  deepfeat predict on local files (one process, classifier.onnx, ${cores} threads)`,
+    localRate,
+    'images/s',
+    `${(localMs / 1000).toFixed(2)} s for ${stack.images} files`,
+  );
+  record(
+    'predict_local_vs_extract',
+    '  local prediction / extraction',
+    localRate / extractRate,
+    'ratio',
+    'target >= 0.9',
+  );
+  const child = await runMeasured(['predict', model, imageDir, '--json'], stack.env);
+  if (child.code !== 0) throw new Error(`deepfeat predict exited ${child.code}: ${child.stderr}`);
+  record(
+    'predict_local_rss',
+    '  deepfeat predict peak RSS (the CLI process; decoders are separate)',
+    child.peakMiB,
+    'MiB',
+    `${child.seconds.toFixed(1)} s wall with start-up and model load`,
+  );
 
   // ───────────── 4. BullMQ overhead ─────────────
   section('BullMQ overhead per shard job (no-op processor, 256-key payload)');

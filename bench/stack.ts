@@ -5,13 +5,14 @@
  * trainer job on a large synthetic feature matrix. Peak memory is read from /proc (VmHWM).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CreateBucketCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { Queue, QueueEvents, Worker } from 'bullmq';
-import { createClient, enqueueRun, getStatus, listWorkers, type Client } from '../cli/client.js';
+import { createClient, enqueueRun, getStatus, listWorkers, waitForRun, type Client } from '../cli/client.js';
+import { enqueuePredict } from '../cli/predict-client.js';
 import { loadDemoImages } from '../cli/demo-data.js';
 import { startRedis, startS3Server, type LocalRedis, type LocalS3 } from '../cli/local-stack.js';
 import { loadConfig } from '../shared/config.js';
@@ -201,14 +202,50 @@ export async function timeExtraction(
 }
 
 /**
- * What one image's download costs the extractor: all the stack's images fetched with the AWS SDK
- * `concurrency` at a time, as the extractor fetches them. Client CPU per GET (this process) and
- * wall time per GET (the server's share included, on the same cores here).
+ * Trains and publishes a model on the stack's images with the default backbone (needs a planner,
+ * extractors, a trainer and an evaluator running); returns its name.
  */
-export async function s3GetCost(
+export async function publishModel(stack: Stack, name: string): Promise<string> {
+  const runId = await enqueueRun(stack.client, { source: stack.source, features: DEFAULT_FEATURES, name });
+  const s = await waitForRun(stack.client, runId, undefined, 250);
+  if (s.stage !== 'published') throw new Error(`bench model run ${runId} failed: ${s.error?.message}`);
+  return name;
+}
+
+/**
+ * One batch prediction over the stack's images with the published `model`: seconds from enqueue
+ * until the last predict job finished (its shard's predictions written; the same end point as
+ * timeExtraction), and until the run is done (predictions.csv written). Needs a planner,
+ * extractors and an evaluator running.
+ */
+export async function timePrediction(
   stack: Stack,
-  concurrency: number,
-): Promise<{ cpuMsPerGet: number; wallMsPerGet: number; gets: number }> {
+  model: string,
+  shardSize: number,
+): Promise<{ seconds: number; secondsToCsv: number; images: number; classified: number }> {
+  const started = Date.now();
+  const runId = await enqueuePredict(stack.client, { model, source: stack.source, shardSize });
+  const s = await waitForRun(stack.client, runId, undefined, 250);
+  if (s.stage !== 'done') throw new Error(`bench prediction ${runId} failed: ${s.error?.message}`);
+  const q = makeQueue(stack.client.queues!, 'predict');
+  try {
+    let last = 0;
+    for (let i = 0; i < s.shards; i++)
+      last = Math.max(last, (await q.getJob(`${runId}-predict-${i}`))?.finishedOn ?? 0);
+    const finished = Number(new Date(s.updatedAt));
+    return {
+      seconds: (last - started) / 1000,
+      secondsToCsv: (finished - started) / 1000,
+      images: s.total,
+      classified: s.done,
+    };
+  } finally {
+    await q.close();
+  }
+}
+
+/** Keys of the stack's images. */
+async function imageKeys(stack: Stack): Promise<string[]> {
   const keys: string[] = [];
   let token: string | undefined;
   do {
@@ -218,6 +255,50 @@ export async function s3GetCost(
     for (const o of page.Contents ?? []) keys.push(o.Key!);
     token = page.NextContinuationToken;
   } while (token);
+  return keys;
+}
+
+/** The stack's images written as files into `dir` (for local prediction). */
+export async function writeStackImages(stack: Stack, dir: string): Promise<void> {
+  const keys = await imageKeys(stack);
+  await mapLimit(keys, 16, async (key) =>
+    writeFile(path.join(dir, key.replaceAll('/', '-')), await getObjectBytes(stack.client.s3, DATA_BUCKET, key)),
+  );
+}
+
+/** Peak resident set (VmHWM, MiB) of a process, polled until it exits; and its wall seconds. */
+export async function runMeasured(
+  args: string[],
+  env: Record<string, string>,
+): Promise<{ code: number | null; peakMiB: number; seconds: number; stderr: string }> {
+  const t0 = performance.now();
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'cli/main.ts'), ...args], {
+    cwd: ROOT,
+    env,
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr!.on('data', (d) => (stderr += d));
+  let peak = 0;
+  const timer = setInterval(async () => {
+    const status = await readFile(`/proc/${child.pid}/status`, 'utf8').catch(() => '');
+    peak = Math.max(peak, Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024);
+  }, 50);
+  const code = await new Promise<number | null>((r) => child.once('close', r));
+  clearInterval(timer);
+  return { code, peakMiB: peak, seconds: (performance.now() - t0) / 1000, stderr };
+}
+
+/**
+ * What one image's download costs the extractor: all the stack's images fetched with the AWS SDK
+ * `concurrency` at a time, as the extractor fetches them. Client CPU per GET (this process) and
+ * wall time per GET (the server's share included, on the same cores here).
+ */
+export async function s3GetCost(
+  stack: Stack,
+  concurrency: number,
+): Promise<{ cpuMsPerGet: number; wallMsPerGet: number; gets: number }> {
+  const keys = await imageKeys(stack);
   const c0 = process.cpuUsage();
   const t0 = performance.now();
   await mapLimit(keys, concurrency, (key) => getObjectBytes(stack.client.s3, DATA_BUCKET, key));

@@ -2,7 +2,6 @@
  * The producer/reader side: enqueue a run, read its status, list workers, download a model.
  * Used by the CLI and by tests; never runs pipeline work itself.
  */
-import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import type { S3Client } from '@aws-sdk/client-s3';
@@ -17,10 +16,19 @@ import {
   type QueueContext,
   type QueueName,
   type RunRequest,
+  isPredictRequest,
 } from '../shared/queues.js';
-import { RUN_ID_PATTERN, RunStore, newRunId, type ImageFailure, type RunStatus } from '../shared/run-state.js';
+import {
+  RUN_ID_PATTERN,
+  RunStore,
+  isFinalStage,
+  newRunId,
+  type ImageFailure,
+  type RunStatus,
+} from '../shared/run-state.js';
 import { createS3Client, getObjectJson, getObjectText, parseS3Url, s3Url, splitS3Url } from '../shared/s3.js';
 import { shardKey, type ShardRow } from '../shared/dataset.js';
+import { predictionsShardKey } from '../shared/predictions.js';
 import { MAX_MESSAGE_CHARS, capText, quote } from '../shared/text.js';
 import {
   MODEL_NAME_RULE,
@@ -34,6 +42,7 @@ import {
   type ModelArtifact,
 } from '../shared/model-format.js';
 import { WORKER_KIND, jobOptions, type WorkerKind } from '../shared/worker-kit.js';
+import { downloadVersion } from './model-files.js';
 
 export interface Client {
   readonly config: Config;
@@ -148,7 +157,8 @@ export async function getStatus(client: Client, runId: string): Promise<RunStatu
   );
 }
 
-export const isTerminal = (s: RunStatus) => s.stage === 'published' || s.stage === 'failed';
+/** The run has ended: published (training), done (prediction) or failed. */
+export const isTerminal = (s: Pick<RunStatus, 'stage'>) => s.stage === 'failed' || isFinalStage(s.stage);
 
 /**
  * Every failed image of a run with its reason, shard by shard in manifest order (a status lists
@@ -163,9 +173,13 @@ export async function* getFailures(client: Client, runId: string): AsyncGenerato
     return;
   }
   const bucket = client.config.bucket;
+  // A training run's rows are its features' metadata; a prediction run's, its predictions (both
+  // lines carry the key and, for a failed image, the error).
+  const rowsKey = (s: number) =>
+    isPredictRequest(status.request) ? predictionsShardKey(runId, s) : shardKey(runId, s, 'jsonl');
   // A shard that never completed (a failed run) has no metadata: it has no recorded failures either.
   const fetchShard = (s: number) =>
-    getObjectText(client.s3, bucket, shardKey(runId, s, 'jsonl')).catch((err: unknown) => {
+    getObjectText(client.s3, bucket, rowsKey(s)).catch((err: unknown) => {
       if (err instanceof NotFoundError) return '';
       throw err;
     });
@@ -204,17 +218,24 @@ export async function waitForRun(
 export interface WorkerInfo {
   /** planner, extractor, trainer or evaluator. */
   kind: WorkerKind;
+  /** The kind's main queue (an extractor's is extract, an evaluator's evaluate). */
   queue: QueueName;
+  /** Every queue the worker serves: an extractor also runs predict jobs, an evaluator collect jobs. */
+  queues: QueueName[];
   /** kind@host:pid */
   name: string;
   addr: string;
   age: number;
 }
 
-/** Live workers of every queue (from Redis CLIENT LIST via BullMQ). */
+/**
+ * Live workers (from Redis CLIENT LIST via BullMQ), one per worker of a process: a process
+ * serving several queues of its kind (an extractor serves extract and predict) is one worker,
+ * with those queues, so counts of workers mean processes of each kind, as users start them.
+ */
 export async function listWorkers(client: Client): Promise<WorkerInfo[]> {
   requireRedisUrl(client.config);
-  const out: WorkerInfo[] = [];
+  const byName = new Map<string, WorkerInfo>();
   for (const q of QUEUE_NAMES) {
     const queue = makeQueue(client.queues!, q);
     try {
@@ -222,13 +243,19 @@ export async function listWorkers(client: Client): Promise<WorkerInfo[]> {
         // BullMQ names worker connections <prefix>:<queue>:w:<worker name>.
         const raw = String(w.rawname ?? w.name ?? '');
         const name = raw.includes(':w:') ? raw.slice(raw.indexOf(':w:') + 3) : raw;
-        out.push({ kind: WORKER_KIND[q], queue: q, name, addr: String(w.addr ?? ''), age: Number(w.age ?? 0) });
+        const seen = byName.get(name);
+        if (seen) {
+          if (!seen.queues.includes(q)) seen.queues.push(q);
+          continue;
+        }
+        const kind = WORKER_KIND[q];
+        byName.set(name, { kind, queue: q, queues: [q], name, addr: String(w.addr ?? ''), age: Number(w.age ?? 0) });
       }
     } finally {
       await queue.close();
     }
   }
-  return out;
+  return [...byName.values()];
 }
 
 export async function getQueueCounts(client: Client): Promise<Record<QueueName, Record<string, number>>> {
@@ -302,44 +329,17 @@ export async function fetchModel(client: Client, ref: string): Promise<{ artifac
   return { artifact: assertModelArtifact(value, uri), uri };
 }
 
-/** Writes model.json into dir; returns the file path. File-system problems name the folder and the fix. */
+/**
+ * Writes the published version's folder into dir (model.json, classifier.onnx, see
+ * model-files.ts); returns model.json's path and the files written. File-system problems name
+ * the folder and the fix.
+ */
 export async function downloadModel(
   client: Client,
   ref: string,
   dir: string,
-): Promise<{ path: string; artifact: ModelArtifact }> {
-  const { artifact } = await fetchModel(client, ref);
-  const path = join(dir, 'model.json');
-  try {
-    await mkdir(dir, { recursive: true });
-    await writeFile(path, `${JSON.stringify(artifact, null, 2)}\n`);
-  } catch (err) {
-    throw new BadRequestError(`cannot write to ${quote(dir)}: ${fsProblem(err)}; choose another folder (-o DIR)`, {
-      cause: err,
-    });
-  }
-  return { path, artifact };
-}
-
-/** A file-system error in words (Node's own message repeats the path, unquoted). */
-function fsProblem(err: unknown): string {
-  const code = (err as NodeJS.ErrnoException).code;
-  switch (code) {
-    case 'EEXIST':
-    case 'ENOTDIR':
-      return 'it, or a folder above it, is a file, not a folder';
-    case 'EISDIR':
-      return 'model.json there is a folder';
-    case 'EACCES':
-    case 'EPERM':
-      return 'permission denied';
-    case 'EROFS':
-      return 'the file system is read-only';
-    case 'ENOSPC':
-      return 'no space left on the device';
-    case 'EDQUOT':
-      return 'the disk quota is used up';
-    default:
-      return code ?? (err instanceof Error ? err.message : String(err));
-  }
+): Promise<{ path: string; artifact: ModelArtifact; files: string[] }> {
+  const { artifact, uri } = await fetchModel(client, ref);
+  const files = await downloadVersion(client, artifact, uri, dir);
+  return { path: join(dir, 'model.json'), artifact, files };
 }

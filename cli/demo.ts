@@ -6,7 +6,8 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { availableParallelism } from 'node:os';
-import { resolve } from 'node:path';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CreateBucketCommand } from '@aws-sdk/client-s3';
 import cliProgress from 'cli-progress';
@@ -18,6 +19,7 @@ import { createClient, enqueueRun, listWorkers, waitForRun, type Client } from '
 import { loadDemoImages } from './demo-data.js';
 import { startRedis, startS3Server } from './local-stack.js';
 import { formatDuration, table } from './format.js';
+import { predictLocal } from './predict-local.js';
 
 const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
 const DEMO_BUCKET = 'deepfeat-demo';
@@ -74,8 +76,20 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     }
     say(`workers    ${kinds.length} processes: planner, trainer, evaluator, ${opts.extractors} extractor(s)`);
 
-    const images = await loadDemoImages({ perClass: opts.perClass });
-    const prefix = `cifar-cats-dogs-${opts.perClass}/`;
+    // A few images per class are held back from the upload: the pipeline never sees them, and
+    // `deepfeat predict` classifies them at the end.
+    const all = await loadDemoImages({ perClass: opts.perClass });
+    const holdBack = Math.min(3, Math.floor(opts.perClass / 10));
+    const perLabel = new Map<string, number>();
+    const heldBack: typeof all = [];
+    const images = all.filter((img) => {
+      const n = (perLabel.get(img.label) ?? 0) + 1;
+      perLabel.set(img.label, n);
+      if (n <= opts.perClass - holdBack) return true;
+      heldBack.push(img);
+      return false;
+    });
+    const prefix = `cifar-cats-dogs-${opts.perClass - holdBack}/`;
     const bar = new cliProgress.SingleBar(
       { format: 'upload     [{bar}] {value}/{total} images', hideCursor: true },
       cliProgress.Presets.shades_classic,
@@ -127,7 +141,22 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     );
     const deep = results[1]!.status;
     say(`\npublished  ${deep.model!.uri}`);
+    say(
+      `onnx       ${deep.model!.classifier ?? `none: ${deep.model!.classifierUnavailable}`}` +
+        (deep.model!.classifier ? '  (image in, probabilities out; README "Using a model")' : ''),
+    );
     say(`download   S3_ENDPOINT unset, from this folder: npx deepfeat download ${deep.model!.name} -o ./model`);
+    if (heldBack.length > 0) {
+      const dir = resolve(opts.dataDir, 'held-back');
+      await rm(dir, { recursive: true, force: true });
+      await mkdir(dir, { recursive: true });
+      await Promise.all(heldBack.map((img) => writeFile(join(dir, img.name), img.png)));
+      say(`\npredict    images the pipeline never saw (the true label starts the file name):`);
+      const shown = relative(process.cwd(), dir) || '.';
+      say(`           npx deepfeat predict ${deep.model!.name} ${shown}\n`);
+      const code = await predictLocal(client, deep.model!.name, [shown], { format: 'table' }, say);
+      if (code !== 0) return code;
+    }
     return 0;
   } finally {
     for (const c of children) c.kill('SIGTERM');

@@ -5,6 +5,8 @@
  * a key holding an ANSI escape cannot recolour, clear or rewrite a user's terminal.
  */
 import type { ImageFailure, RunStatus } from '../shared/run-state.js';
+import { isPredictRequest } from '../shared/queues.js';
+import type { ModelArtifact } from '../shared/model-format.js';
 import { describeFeatures } from '../shared/features.js';
 import { ConfigError, errorMessage } from '../shared/errors.js';
 import { MAX_MESSAGE_CHARS, MAX_QUOTED_CHARS, capText, terminalSafe } from '../shared/text.js';
@@ -41,7 +43,10 @@ export function formatStatus(s: RunStatus, maxFailures = 10, maxSkipped = 10): s
   const lines = [
     `run       ${field(s.runId)}`,
     `source    ${field(s.request.source)}`,
-    `features  ${field(describeFeatures(s.request.features))}${engine}`,
+    // A prediction run names the model it classifies with; its features are the model's.
+    isPredictRequest(s.request)
+      ? `model     ${field(`${s.request.model.name}@${s.request.model.version}`)}, top ${s.request.top}${engine}`
+      : `features  ${field(describeFeatures(s.request.features))}${engine}`,
     `stage     ${field(s.stage)}`,
     `images    ${s.done + s.failed}/${s.total} processed, ${s.failed} failed, shards ${s.shardsDone}/${s.shards}`,
     `speed     ${s.imagesPerSecond ? `${s.imagesPerSecond.toFixed(1)} images/s` : '-'}   eta ${formatDuration(s.etaSeconds)}`,
@@ -85,6 +90,14 @@ export function formatStatus(s: RunStatus, maxFailures = 10, maxSkipped = 10): s
     lines.push(`  confusion (rows true, cols predicted): ${m.confusion.map((r) => `[${r.join(' ')}]`).join(' ')}`);
   }
   if (s.model) lines.push(`model     ${field(s.model.uri)}  (deepfeat download ${field(s.runId)} -o DIR)`);
+  // A run.json written before prediction runs existed has no `predictions`.
+  const p = s.predictions;
+  if (p) {
+    lines.push(`results   ${field(p.uri)}  (${p.images} images: ${p.predicted} classified, ${p.failed} failed)`);
+  }
+  if (s.model?.classifier)
+    lines.push(`onnx      ${field(s.model.classifier)}  (the whole classifier: image in, probabilities out)`);
+  if (s.model?.classifierUnavailable) lines.push(`onnx      none: ${field(s.model.classifierUnavailable)}`);
   return lines.join('\n');
 }
 
@@ -96,9 +109,15 @@ export function formatFailure(f: ImageFailure): string {
 /** What `download` wrote (the model name is the run request's, user data). */
 export function formatDownloaded(
   path: string,
-  a: { name: string; version: string; classes: readonly string[]; metrics: { accuracy: number } },
+  a: Pick<ModelArtifact, 'name' | 'version' | 'classes' | 'classifier'> & { metrics: { accuracy: number } },
+  files: readonly string[] = ['model.json'],
 ): string {
-  return `${field(path)}: ${field(a.name)}@${field(a.version)}, ${a.classes.length} classes, test accuracy ${pct(a.metrics.accuracy)}`;
+  const lines = [
+    `${field(path)}: ${field(a.name)}@${field(a.version)}, ${a.classes.length} classes, test accuracy ${pct(a.metrics.accuracy)}`,
+    `files     ${files.map((f) => field(f)).join(', ')}`,
+  ];
+  if (a.classifier?.file === null) lines.push(`no classifier.onnx: ${field(a.classifier.reason)}`);
+  return lines.join('\n');
 }
 
 /**

@@ -5,7 +5,7 @@
  * enormous line of carriage returns.
  */
 import { Presets, SingleBar } from 'cli-progress';
-import type { RunStatus } from '../shared/run-state.js';
+import { isImageStage, type RunStatus } from '../shared/run-state.js';
 import { terminalSafe } from '../shared/text.js';
 import { formatDuration } from './format.js';
 
@@ -24,12 +24,12 @@ export interface ProgressStream {
 /** Seconds between plain progress lines while the stage stays the same. */
 export const PLAIN_PROGRESS_INTERVAL_MS = 5_000;
 
-/** One line: `extracting 120/300 images, 2 failed, 45.1 images/s, eta 4s`. */
+/** One line: `extracting 120/300 images, 2 failed, 45.1 images/s, eta 4s` (or `predicting …`). */
 export function progressLine(s: RunStatus): string {
   const parts = [`${terminalSafe(s.stage)} ${s.done + s.failed}/${s.total} images`];
   if (s.failed > 0) parts.push(`${s.failed} failed`);
   if (s.imagesPerSecond) parts.push(`${s.imagesPerSecond.toFixed(1)} images/s`);
-  if (s.etaSeconds !== null && Number.isFinite(s.etaSeconds) && s.stage === 'extracting')
+  if (s.etaSeconds !== null && Number.isFinite(s.etaSeconds) && isImageStage(s.stage))
     parts.push(`eta ${formatDuration(s.etaSeconds)}`);
   return parts.join(', ');
 }

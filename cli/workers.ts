@@ -6,11 +6,13 @@
 import type { Worker } from 'bullmq';
 import type { Config } from '../shared/config.js';
 import { QUEUE_NAMES, type QueueName } from '../shared/queues.js';
-import { WORKER_KIND, closeOnSignal, createContext, type ServiceContext } from '../shared/worker-kit.js';
+import { KIND_QUEUES, closeOnSignal, createContext, type ServiceContext } from '../shared/worker-kit.js';
 import { startPlannerWorker } from '../services/planner/worker.js';
 import { startExtractorWorker } from '../services/extractor/worker.js';
+import { startPredictWorker } from '../services/extractor/predict.js';
 import { startTrainerWorker } from '../services/trainer/worker.js';
 import { startEvaluatorWorker } from '../services/evaluator/worker.js';
+import { startCollectWorker } from '../services/evaluator/collect.js';
 import { BadRequestError } from '../shared/errors.js';
 
 /** Exactly one handler per queue; the satisfies check makes a missing one a type error. */
@@ -19,11 +21,16 @@ const STARTERS = {
   extract: startExtractorWorker,
   train: startTrainerWorker,
   evaluate: startEvaluatorWorker,
+  predict: startPredictWorker,
+  collect: startCollectWorker,
 } satisfies Record<QueueName, (ctx: ServiceContext, concurrency: number) => Worker>;
 
-/** Kind names users type, mapped to queues: one kind per queue (WORKER_KIND), and `all`. */
+/**
+ * Kind names users type, mapped to the queues a process of that kind serves (WORKER_KIND: an
+ * extractor serves extract and predict, an evaluator evaluate and collect), and `all`.
+ */
 export const KINDS: Record<string, QueueName[]> = {
-  ...Object.fromEntries(QUEUE_NAMES.map((q) => [WORKER_KIND[q], [q]])),
+  ...Object.fromEntries([...KIND_QUEUES].map(([kind, queues]) => [kind, [...queues]])),
   all: [...QUEUE_NAMES],
 };
 export const KIND_NAMES = Object.keys(KINDS);

@@ -39,6 +39,52 @@ export interface Candidate extends LinearSoftmaxModel {
   features?: { engine: string; backends: string[]; input: { width: number; height: number } };
 }
 
+/** The portable classifier's file name, beside model.json in the version's folder. */
+export const CLASSIFIER_FILE = 'classifier.onnx';
+
+/**
+ * What a caller must do to an image before classifier.onnx, in order: exactly what the pipeline
+ * did to every training image (services/extractor/image.ts). Written into model.json.
+ */
+export function classifierPreprocessing(size: number): string[] {
+  return [
+    'decode the file (the first frame of an animation, the first page of a multi-page file)',
+    'apply its EXIF orientation',
+    'flatten transparency onto white (255, 255, 255)',
+    'convert to 8-bit sRGB with 3 channels (no alpha)',
+    `resize to cover ${size}x${size} keeping the aspect ratio (Lanczos-3, as sharp's fit 'cover' does), then crop the centre ${size}x${size}`,
+    `lay the pixels out as uint8 [N, ${size}, ${size}, 3] (rows, columns, RGB): no scaling or normalisation, the graph does that`,
+  ];
+}
+
+/** model.json's description of classifier.onnx: image (uint8 NHWC) → probabilities and features. */
+export interface ClassifierInfo {
+  file: typeof CLASSIFIER_FILE;
+  sha256: string;
+  bytes: number;
+  format: 'onnx';
+  opset: number;
+  input: {
+    name: string;
+    dtype: 'uint8';
+    layout: 'NHWC';
+    shape: [string, number, number, 3];
+    channels: 'RGB';
+    normalisation: string;
+  };
+  outputs: {
+    probabilities: { name: string; shape: [string, number]; order: string };
+    features: { name: string; shape: [string, number]; note: string };
+  };
+  preprocessing: string[];
+}
+
+/** Why a version has no classifier.onnx (a backbone the ONNX writer cannot express). */
+export interface ClassifierUnavailable {
+  file: null;
+  reason: string;
+}
+
 export interface ModelArtifact extends LinearSoftmaxModel {
   format: typeof MODEL_FORMAT;
   name: string;
@@ -56,6 +102,8 @@ export interface ModelArtifact extends LinearSoftmaxModel {
   };
   training: { lambda: number; trainImages: number; valImages: number; validation: Candidate['validation'] };
   metrics: RunMetrics;
+  /** The whole classifier as ONNX, or why there is none. Absent in versions published before it existed. */
+  classifier?: ClassifierInfo | ClassifierUnavailable;
 }
 
 export interface LatestPointer {
@@ -68,6 +116,8 @@ export interface LatestPointer {
 export const candidateKey = (runId: string) => `runs/${runId}/candidate.json`;
 export const modelKey = (name: string, version: string) => `models/${name}/${version}/model.json`;
 export const latestKey = (name: string) => `models/${name}/latest.json`;
+/** A version's folder: model.json and every file beside it (classifier.onnx). */
+export const versionPrefix = (name: string, version: string) => `models/${name}/${version}/`;
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 const isPositiveInt = (v: unknown): boolean => Number.isInteger(v) && (v as number) > 0;
@@ -104,6 +154,22 @@ export function assertModelArtifact(value: unknown, uri: string): ModelArtifact 
   const accuracy = isObject(metrics) ? metrics.accuracy : undefined;
   if (typeof accuracy !== 'number' || !(accuracy >= 0 && accuracy <= 1))
     throw bad('"metrics.accuracy" must be a number from 0 to 1');
+  const c = value.classifier;
+  if (c !== undefined) {
+    const ok =
+      isObject(c) &&
+      (c.file === null
+        ? typeof c.reason === 'string'
+        : c.file === CLASSIFIER_FILE &&
+          typeof c.sha256 === 'string' &&
+          /^[0-9a-f]{64}$/.test(c.sha256) &&
+          isPositiveInt(c.bytes) &&
+          isObject(c.input) &&
+          Array.isArray(c.input.shape) &&
+          isPositiveInt(c.input.shape[1]) &&
+          c.input.shape[1] === c.input.shape[2]);
+    if (!ok) throw bad(`"classifier" must name ${CLASSIFIER_FILE} with its sha256, size and input, or give a reason`);
+  }
   return value as unknown as ModelArtifact;
 }
 

@@ -8,9 +8,14 @@ import { z } from 'zod';
 import { BadRequestError } from './errors.js';
 import { BUILTIN_MODELS, INPUT_RANGES, RAW_PIXELS_SIZE, type FeatureSpec } from './features.js';
 import { SPLITS } from './dataset.js';
-import { MODEL_NAME_PATTERN, MODEL_NAME_RULE } from './model-format.js';
+import { MODEL_NAME_PATTERN, MODEL_NAME_RULE, MODEL_VERSION_RULE, modelKey } from './model-format.js';
+import { RUN_ID_PATTERN } from './run-state.js';
 
-export const QUEUE_NAMES = ['plan', 'extract', 'train', 'evaluate'] as const;
+/**
+ * Training runs use plan → extract → train → evaluate; prediction runs plan → predict → collect.
+ * Which worker kind serves each queue is WORKER_KIND (shared/worker-kit.ts).
+ */
+export const QUEUE_NAMES = ['plan', 'extract', 'train', 'evaluate', 'predict', 'collect'] as const;
 export type QueueName = (typeof QUEUE_NAMES)[number];
 
 /** Bounds of a run request's numbers: the schema below and the CLI's flag checks use these. */
@@ -21,6 +26,11 @@ export const RUN_LIMITS = {
   shardSize: { min: 1, max: 100_000 },
   /** Input side of a user's model: what the engines take (inputSide in services/extractor/engines). */
   modelInputSize: { min: 8, max: 2048 },
+  /**
+   * Labels per image a prediction run reports. The model's class count is the real bound (the
+   * client and the planner check it); this one keeps a payload from asking for absurd rows.
+   */
+  top: { min: 1, max: 1000 },
 } as const;
 
 // Discriminated by kind, so a bad field is reported by its own path and message (e.g. the input
@@ -40,8 +50,13 @@ const featureSpecSchema: z.ZodType<FeatureSpec> = z.discriminatedUnion('kind', [
   }),
 ]);
 
-/** What a user asks for; stored in the run and in the plan job. */
+/** What a user asks for when training; stored in the run and in the plan job. */
 export const runRequestSchema = z.object({
+  /**
+   * Absent on every training request written before prediction runs existed, and on those
+   * written since: a request without `kind` is a training run (see isPredictRequest).
+   */
+  kind: z.literal('train').optional(),
   /** s3://bucket/prefix/ (folders per class) or s3://bucket/manifest.{csv,jsonl} */
   source: z.string().startsWith('s3://'),
   /** Model name to publish under (models/<name>/...). */
@@ -60,6 +75,56 @@ export const runRequestSchema = z.object({
 });
 export type RunRequest = z.infer<typeof runRequestSchema>;
 
+/** A model name and version as a prediction run carries it; `key` is where its model.json is. */
+const modelRefSchema = z
+  .object({
+    name: z.string().regex(MODEL_NAME_PATTERN, MODEL_NAME_RULE),
+    version: z.string().regex(RUN_ID_PATTERN, MODEL_VERSION_RULE),
+    key: z.string(),
+  })
+  .strict()
+  // Only the published model of that name and version: a payload is not trusted to name another object.
+  .refine((m) => m.key === modelKey(m.name, m.version), {
+    message: 'must be models/<name>/<version>/model.json of the name and version given',
+    path: ['key'],
+  });
+
+/**
+ * A batch prediction: classify every image under a prefix (or listed in a manifest) with a
+ * published model. Stored in the run and in the plan job like a training request; `kind`
+ * tells them apart.
+ */
+export const predictRequestSchema = z.object({
+  kind: z.literal('predict'),
+  /** s3://bucket/prefix/ (every image under it, recursively) or s3://bucket/manifest.{csv,jsonl} */
+  source: z.string().startsWith('s3://'),
+  model: modelRefSchema,
+  /** Labels per image, most probable first. */
+  top: z.number().int().min(RUN_LIMITS.top.min).max(RUN_LIMITS.top.max),
+  shardSize: z.number().int().min(RUN_LIMITS.shardSize.min).max(RUN_LIMITS.shardSize.max),
+});
+export type PredictRequest = z.infer<typeof predictRequestSchema>;
+
+/** Either request, as a run stores it. */
+export type AnyRequest = RunRequest | PredictRequest;
+
+export function isPredictRequest(r: AnyRequest): r is PredictRequest {
+  return r.kind === 'predict';
+}
+
+/**
+ * A plan job's request, either kind. Dispatched on `kind` rather than a zod union, so a bad
+ * field is reported by its own path and message (`request.top: …`), not as the union's bare
+ * "Invalid input".
+ */
+const anyRequestSchema = z.unknown().transform((v, ctx): AnyRequest => {
+  const predict = typeof v === 'object' && v !== null && (v as { kind?: unknown }).kind === 'predict';
+  const r = (predict ? predictRequestSchema : runRequestSchema).safeParse(v);
+  if (r.success) return r.data;
+  for (const issue of r.error.issues) ctx.addIssue(issue);
+  return z.NEVER;
+});
+
 /**
  * The longest line of a run's manifest.jsonl: the planner refuses an item whose line is longer,
  * and the extractor refuses a shard range over count × this before reading it (a payload is not
@@ -70,8 +135,26 @@ export const MAX_MANIFEST_LINE_BYTES = 8 * 1024;
 /** One manifest.jsonl line: the planner writes it, the extractor reads its shard's lines back. */
 export const itemSchema = z.object({ key: z.string(), label: z.string(), split: z.enum(SPLITS) });
 
+/**
+ * One manifest.jsonl line of a prediction run: the key, and the label when the source manifest
+ * gave one (prediction needs none; a training manifest can be used as it is).
+ */
+export const predictItemSchema = z.object({ key: z.string(), label: z.string().optional() }).strict();
+export type PredictItem = z.infer<typeof predictItemSchema>;
+
+/** A shard's lines of the run's manifest.jsonl: bytes [start, end), `count` lines. */
+const manifestRangeSchema = z
+  .object({
+    key: z.string().min(1),
+    start: z.number().int().min(0),
+    end: z.number().int().min(1),
+    count: z.number().int().min(1).max(RUN_LIMITS.shardSize.max),
+  })
+  .strict()
+  .refine((m) => m.end > m.start, { message: 'end must be after start', path: ['end'] });
+
 const schemas = {
-  plan: z.object({ runId: z.string(), request: runRequestSchema }),
+  plan: z.object({ runId: z.string(), request: anyRequestSchema }),
   extract: z.object({
     runId: z.string(),
     shard: z.number().int().min(0),
@@ -81,15 +164,7 @@ const schemas = {
      * The shard's items: bytes [start, end) of the run's manifest.jsonl (`count` lines), not the
      * items themselves — at a million images their keys would be most of the run's Redis memory.
      */
-    manifest: z
-      .object({
-        key: z.string().min(1),
-        start: z.number().int().min(0),
-        end: z.number().int().min(1),
-        count: z.number().int().min(1).max(RUN_LIMITS.shardSize.max),
-      })
-      .strict()
-      .refine((m) => m.end > m.start, { message: 'end must be after start', path: ['end'] }),
+    manifest: manifestRangeSchema,
   }),
   train: z.object({
     runId: z.string(),
@@ -107,6 +182,24 @@ const schemas = {
     source: z.string(),
     features: featureSpecSchema,
   }),
+  /** One shard of a prediction run: classify its images with the model, write predictions/<shard>.jsonl. */
+  predict: z.object({
+    runId: z.string(),
+    shard: z.number().int().min(0),
+    sourceBucket: z.string(),
+    model: modelRefSchema,
+    top: z.number().int().min(RUN_LIMITS.top.min).max(RUN_LIMITS.top.max),
+    /** As for extract: the shard's byte range of the run's manifest.jsonl, not its keys. */
+    manifest: manifestRangeSchema,
+  }),
+  /** The end of a prediction run: join the shards' predictions into predictions.csv. */
+  collect: z.object({
+    runId: z.string(),
+    shards: z.number().int().min(1),
+    /** Images in the plan: every one must be in the shards' files exactly once. */
+    images: z.number().int().min(1),
+    top: z.number().int().min(RUN_LIMITS.top.min).max(RUN_LIMITS.top.max),
+  }),
 };
 
 /** Queue name → { data, result }. */
@@ -121,6 +214,14 @@ export interface JobMap {
     result: { lambda: number; trainImages: number; valImages: number; dim: number };
   };
   evaluate: { data: z.infer<typeof schemas.evaluate>; result: { model: string; accuracy: number } };
+  predict: {
+    data: z.infer<typeof schemas.predict>;
+    result: { shard: number; rows: number; failed: number; engine: string; backend: string };
+  };
+  collect: {
+    data: z.infer<typeof schemas.collect>;
+    result: { predictions: string; images: number; predicted: number; failed: number };
+  };
 }
 export type JobData<N extends QueueName> = JobMap[N]['data'];
 export type JobResult<N extends QueueName> = JobMap[N]['result'];

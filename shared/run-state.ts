@@ -9,13 +9,22 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import type { RunRequest } from './queues.js';
+import type { AnyRequest } from './queues.js';
 import { capText, MAX_MESSAGE_CHARS } from './text.js';
 
-/** A run's stages in the order it moves through them; 'failed' can follow any of them. */
+/** A training run's stages in the order it moves through them; 'failed' can follow any of them. */
 export const STAGE_ORDER = ['queued', 'planning', 'extracting', 'training', 'evaluating', 'published'] as const;
-export type ActiveStage = (typeof STAGE_ORDER)[number];
+/** A prediction run's stages, in order; the first two are the training run's. */
+export const PREDICT_STAGE_ORDER = ['queued', 'planning', 'predicting', 'collecting', 'done'] as const;
+export type ActiveStage = (typeof STAGE_ORDER)[number] | (typeof PREDICT_STAGE_ORDER)[number];
 export type Stage = ActiveStage | 'failed';
+/** The stages a run ends in besides 'failed': nothing moves a run out of them. */
+export const FINAL_STAGES = ['published', 'done'] as const satisfies readonly ActiveStage[];
+/** The stages in which images are fetched and run through the engine: throughput and ETA are measured there. */
+export const IMAGE_STAGES = ['extracting', 'predicting'] as const satisfies readonly ActiveStage[];
+
+export const isFinalStage = (stage: string): boolean => (FINAL_STAGES as readonly string[]).includes(stage);
+export const isImageStage = (stage: string): boolean => (IMAGE_STAGES as readonly string[]).includes(stage);
 
 /** At most this many skipped objects are listed in a run's state; the rest are only counted. */
 export const MAX_SKIPPED_LISTED = 1000;
@@ -41,7 +50,12 @@ export interface SkippedObject {
 export interface PublishedModel {
   readonly name: string;
   readonly version: string;
+  /** s3:// URI of model.json. */
   readonly uri: string;
+  /** s3:// URI of classifier.onnx beside it, when the backbone could be written as ONNX. */
+  readonly classifier?: string;
+  /** Why the version has no classifier.onnx. */
+  readonly classifierUnavailable?: string;
 }
 
 export interface RunMetrics {
@@ -55,9 +69,21 @@ export interface RunMetrics {
   readonly validation: ReadonlyArray<{ lambda: number; accuracy: number; logLoss: number }>;
 }
 
+/** Where a prediction run's results are, once it is done. */
+export interface PredictionsSummary {
+  /** s3:// URI of runs/<id>/predictions.csv. */
+  readonly uri: string;
+  /** Rows in it: every image of the plan, once. */
+  readonly images: number;
+  /** Images classified; the others have their failure reason in the csv's error column. */
+  readonly predicted: number;
+  readonly failed: number;
+}
+
 export interface RunStatus {
   readonly runId: string;
-  readonly request: RunRequest;
+  /** A training request, or a prediction request (`kind: 'predict'`, see isPredictRequest). */
+  readonly request: AnyRequest;
   readonly stage: Stage;
   readonly createdAt: string;
   readonly updatedAt: string;
@@ -91,6 +117,8 @@ export interface RunStatus {
   readonly engineInput: string | null;
   readonly metrics: RunMetrics | null;
   readonly model: PublishedModel | null;
+  /** A prediction run's results once it is done; null otherwise (and absent from older run.json files). */
+  readonly predictions?: PredictionsSummary | null;
   readonly error: { code: string; message: string } | null;
 }
 
@@ -132,14 +160,18 @@ export interface ShardCounts {
   readonly complete: boolean;
 }
 
+/** Lua table of the final stages, for the scripts below. */
+const FINAL_LUA = `{${FINAL_STAGES.map((s) => `${s} = true`).join(', ')}}`;
+
 /**
  * RunStore.fail as one Redis script. KEYS[1] the run hash; ARGV: code, error JSON, updatedAt.
- * Never leaves 'published'; an existing error is replaced only when it is INTERNAL and the new
- * one is not.
+ * Never leaves a final stage ('published', 'done'); an existing error is replaced only when it
+ * is INTERNAL and the new one is not.
  */
 const FAIL_SCRIPT = `
+local final = ${FINAL_LUA}
 local stage = redis.call('HGET', KEYS[1], 'stage')
-if stage == 'published' then return 0 end
+if stage and final[stage] then return 0 end
 local previous = redis.call('HGET', KEYS[1], 'error')
 if previous and (ARGV[1] == 'INTERNAL' or cjson.decode(previous).code ~= 'INTERNAL') then return 0 end
 redis.call('HSET', KEYS[1], 'stage', 'failed', 'error', ARGV[2], 'updatedAt', ARGV[3])
@@ -147,18 +179,49 @@ return 1
 `;
 
 /**
- * Lua: moveStage(key, to, updatedAt, extra) moves the run forward along STAGE_ORDER and writes
- * the `extra` field/value pairs with it; a move backwards, sideways, or out of 'failed' or
- * 'published' changes nothing. Returns 1 when it moved.
+ * Each stage's rank in its order, and the track ('train' or 'predict') of the stages the two
+ * orders do not share. A run moves only forward in rank and only onto its own track (the run
+ * hash's `kind`, written by create(); a hash without one is a training run's, as every run
+ * before prediction runs), so a training run's order is exactly STAGE_ORDER, and a prediction
+ * run's PREDICT_STAGE_ORDER.
+ */
+function stageTables(): { rank: string; track: string } {
+  const rank = new Map<string, number>();
+  const track = new Map<string, string>();
+  for (const [name, order] of [
+    ['train', STAGE_ORDER],
+    ['predict', PREDICT_STAGE_ORDER],
+  ] as const) {
+    order.forEach((s, i) => {
+      rank.set(s, i);
+      if (!(STAGE_ORDER as readonly string[]).includes(s) || !(PREDICT_STAGE_ORDER as readonly string[]).includes(s))
+        track.set(s, name);
+    });
+  }
+  const lua = (m: Map<string, string | number>) =>
+    `{${[...m].map(([k, v]) => `${k} = ${typeof v === 'number' ? v : `'${v}'`}`).join(', ')}}`;
+  return { rank: lua(rank), track: lua(track) };
+}
+const STAGE_TABLES = stageTables();
+
+/**
+ * Lua: moveStage(key, to, updatedAt, extra) moves the run forward along its order (STAGE_ORDER
+ * or PREDICT_STAGE_ORDER) and writes the `extra` field/value pairs with it; a move backwards,
+ * sideways, to the other order's track, or out of 'failed' or a final stage changes nothing.
+ * Returns 1 when it moved.
  */
 const MOVE_STAGE_LUA = `
-local rank = {${STAGE_ORDER.map((s, i) => `${s} = ${i}`).join(', ')}}
+local rank = ${STAGE_TABLES.rank}
+local track = ${STAGE_TABLES.track}
+local final = ${FINAL_LUA}
 local function moveStage(key, to, now, extra)
   local cur = redis.call('HGET', key, 'stage')
-  if cur == 'failed' or cur == 'published' then return 0 end
+  if cur == 'failed' or (cur and final[cur]) then return 0 end
   local from = (cur and rank[cur]) or 0
   local target = rank[to]
   if target == nil or target <= from then return 0 end
+  local kind = redis.call('HGET', key, 'kind') or 'train'
+  if track[to] and track[to] ~= kind then return 0 end
   redis.call('HSET', key, 'stage', to, 'updatedAt', now, unpack(extra))
   return 1
 end
@@ -175,14 +238,15 @@ return moveStage(KEYS[1], ARGV[1], ARGV[2], rest(3))
 `;
 
 /**
- * RunStore.setPlan. KEYS[1] the run hash; ARGV: updatedAt, extractStartedAt (ms), then the plan's
- * field/value pairs. The first extractStartedAt stays: a re-run plan job must not restart the
- * throughput clock of a run that is already extracting.
+ * RunStore.setPlan. KEYS[1] the run hash; ARGV: updatedAt, extractStartedAt (ms), the stage to
+ * move to ('extracting' or 'predicting'), then the plan's field/value pairs. The first
+ * extractStartedAt stays: a re-run plan job must not restart the throughput clock of a run that
+ * is already extracting.
  */
 const PLAN_SCRIPT = `${MOVE_STAGE_LUA}
-redis.call('HSET', KEYS[1], unpack(rest(3)))
+redis.call('HSET', KEYS[1], unpack(rest(4)))
 redis.call('HSETNX', KEYS[1], 'extractStartedAt', ARGV[2])
-return moveStage(KEYS[1], 'extracting', ARGV[1], {})
+return moveStage(KEYS[1], ARGV[3], ARGV[1], {})
 `;
 
 export class RunStore {
@@ -200,11 +264,20 @@ export class RunStore {
     return `${this.prefix}:run:${runId}:failures`;
   }
 
-  async create(runId: string, request: RunRequest): Promise<void> {
+  async create(runId: string, request: AnyRequest): Promise<void> {
     const now = new Date().toISOString();
+    // The run's track of stages (MOVE_STAGE_LUA); read from the request here, not with
+    // isPredictRequest, which would make this module import queues.ts at run time (a cycle).
+    const kind = request.kind === 'predict' ? 'predict' : 'train';
     await this.redis
       .multi()
-      .hset(this.key(runId), { request: JSON.stringify(request), stage: 'queued', createdAt: now, updatedAt: now })
+      .hset(this.key(runId), {
+        request: JSON.stringify(request),
+        kind,
+        stage: 'queued',
+        createdAt: now,
+        updatedAt: now,
+      })
       .zadd(`${this.prefix}:runs`, Date.now(), runId)
       .exec();
   }
@@ -214,8 +287,8 @@ export class RunStore {
   }
 
   /**
-   * Moves the run forward along STAGE_ORDER, with `fields`; never backwards and never out of
-   * 'failed' or 'published'. One script, so the check and the write are atomic: a retried or
+   * Moves the run forward along its order (STAGE_ORDER or PREDICT_STAGE_ORDER), with `fields`;
+   * never backwards, never to the other order, and never out of 'failed' or a final stage. One script, so the check and the write are atomic: a retried or
    * re-run job (a plan job after its run reached extraction, a late stage move racing fail())
    * can neither move a live run back nor bring a failed one back to life. Returns whether it moved.
    */
@@ -225,9 +298,10 @@ export class RunStore {
   }
 
   /**
-   * Records the plan and moves the run to 'extracting' (if it is not further on). Keeps the first
-   * extractStartedAt. Skipped objects: the first MAX_SKIPPED_LISTED (by key) are listed, the
-   * others only counted, so a prefix with a million stray files cannot blow up the run's state.
+   * Records the plan and moves the run to `stage` — 'extracting', or 'predicting' for a
+   * prediction run — (if it is not further on). Keeps the first extractStartedAt. Skipped
+   * objects: the first MAX_SKIPPED_LISTED (by key) are listed, the others only counted, so a
+   * prefix with a million stray files cannot blow up the run's state.
    */
   async setPlan(
     runId: string,
@@ -238,6 +312,7 @@ export class RunStore {
       counts: Readonly<Record<string, Readonly<Record<string, number>>>>;
       skipped?: readonly SkippedObject[];
     },
+    stage: (typeof IMAGE_STAGES)[number] = 'extracting',
   ): Promise<void> {
     const { skipped, skippedTotal } = boundSkipped(plan.skipped ?? []);
     const fields: Record<string, string> = {
@@ -249,7 +324,8 @@ export class RunStore {
       skippedTotal: String(skippedTotal),
     };
     const pairs = Object.entries(fields).flat();
-    await this.redis.eval(PLAN_SCRIPT, 1, this.key(runId), new Date().toISOString(), String(Date.now()), ...pairs);
+    const now = new Date().toISOString();
+    await this.redis.eval(PLAN_SCRIPT, 1, this.key(runId), now, String(Date.now()), stage, ...pairs);
   }
 
   /**
@@ -300,6 +376,12 @@ export class RunStore {
   async setResult(runId: string, metrics: RunMetrics, model: PublishedModel): Promise<void> {
     await this.redis.hset(this.key(runId), { metrics: JSON.stringify(metrics), model: JSON.stringify(model) });
     await this.setStage(runId, 'published', { finishedAt: Date.now() });
+  }
+
+  /** A prediction run's results: recorded, then the run moves to 'done'. */
+  async setPredictions(runId: string, predictions: PredictionsSummary): Promise<void> {
+    await this.redis.hset(this.key(runId), { predictions: JSON.stringify(predictions) });
+    await this.setStage(runId, 'done', { finishedAt: Date.now() });
   }
 
   /**
@@ -383,9 +465,10 @@ export function statusFromHash(
   const total = Number(h.total ?? 0);
   const started = Number(h.extractStartedAt ?? 0);
   const processed = done + failed;
-  const extracting = h.stage === 'extracting';
+  // Images are extracted (training) or classified (prediction) in one stage each.
+  const extracting = isImageStage(h.stage ?? '');
   // Extraction throughput: up to now while extracting, then up to the last shard update (so
-  // training and evaluation time do not dilute it).
+  // training and evaluation, or collecting, do not dilute it).
   const end = extracting ? nowMs : Number(h.lastShardAt ?? h.finishedAt ?? nowMs);
   const elapsed = (end - started) / 1000;
   const rate = started > 0 && processed > 0 && elapsed > 0 ? processed / elapsed : null;
@@ -413,6 +496,7 @@ export function statusFromHash(
     engineInput: h.engineInput ?? null,
     metrics: json(h.metrics, null),
     model: json(h.model, null),
+    predictions: json(h.predictions, null),
     error: json(h.error, null),
   };
 }

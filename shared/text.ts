@@ -51,3 +51,14 @@ export function terminalSafe(s: string): string {
 export function terminalSafeLines(s: string): string {
   return s.replace(CONTROL_BUT_LAYOUT, escapeChar);
 }
+
+/**
+ * JSON text of `value` that is safe on a terminal and still the same JSON: JSON.stringify escapes
+ * C0 controls, and this also writes DEL, C1 and the Unicode line and bidi controls as \uXXXX.
+ */
+export function terminalSafeJson(value: unknown, space?: number): string {
+  return JSON.stringify(value, null, space).replace(
+    CONTROL,
+    (ch) => `\\u${ch.charCodeAt(0).toString(16).padStart(4, '0')}`,
+  );
+}

@@ -11,6 +11,7 @@ import { requireRedisUrl, type Config } from './config.js';
 import { DeepfeatError } from './errors.js';
 import { createLogger, type Logger } from './logger.js';
 import {
+  QUEUE_NAMES,
   connectionFromUrl,
   makeWorker,
   parseJobData,
@@ -67,14 +68,33 @@ export type Handler<N extends QueueName> = (
   log: Logger,
 ) => Promise<JobResult<N>>;
 
-/** The kind of worker that serves each queue: what users start (`deepfeat worker KIND`) and see. */
+/**
+ * The kind of worker that serves each queue: what users start (`deepfeat worker KIND`) and see.
+ * A kind may serve several queues: extractor processes run prediction shards too (they hold the
+ * engines and decoders), and evaluators collect a prediction run's results, so batch prediction
+ * needs no new kind of process to deploy.
+ */
 export const WORKER_KIND = {
   plan: 'planner',
   extract: 'extractor',
   train: 'trainer',
   evaluate: 'evaluator',
+  predict: 'extractor',
+  collect: 'evaluator',
 } as const satisfies Record<QueueName, string>;
 export type WorkerKind = (typeof WORKER_KIND)[QueueName];
+
+/** Each kind with the queues it serves, in QUEUE_NAMES order (its first queue is its main one). */
+export const KIND_QUEUES: ReadonlyMap<WorkerKind, readonly QueueName[]> = (() => {
+  const m = new Map<WorkerKind, QueueName[]>();
+  for (const q of QUEUE_NAMES) {
+    const kind = WORKER_KIND[q];
+    const queues = m.get(kind);
+    if (queues) queues.push(q);
+    else m.set(kind, [q]);
+  }
+  return m;
+})();
 
 /** A worker's name as `deepfeat workers` shows it: `kind@host:pid`. */
 export function workerName(queue: QueueName, host = hostname(), pid = process.pid): string {

@@ -175,7 +175,7 @@ test('`deepfeat workers` names workers kind@host:pid and shows their kind', asyn
     ['trainer', 'train', `trainer@${hostname()}:${process.pid}`],
   ]);
   const table = await runCli(dep.env, ['workers']);
-  t.regex(table.stdout, /^kind\s+worker\s+queue\s+address\s+age$/m);
+  t.regex(table.stdout, /^kind\s+worker\s+queues\s+address\s+age$/m);
   t.regex(table.stdout, new RegExp(`^extractor\\s+extractor@${hostname()}:${process.pid}\\s+extract\\s`, 'm'));
 });
 

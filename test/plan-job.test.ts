@@ -9,7 +9,7 @@ import { Redis } from 'ioredis';
 import { enqueueRun, waitForRun } from '../cli/client.js';
 import { startPlannerWorker } from '../services/planner/worker.js';
 import { shardItems } from '../services/extractor/shard-items.js';
-import { makeQueue, type JobData } from '../shared/queues.js';
+import { makeQueue, type JobData, type RunRequest } from '../shared/queues.js';
 import type { RunStatus, Stage } from '../shared/run-state.js';
 import { getObjectJson, getObjectText } from '../shared/s3.js';
 import { createContext, closeContext, type ServiceContext } from '../shared/worker-kit.js';
@@ -183,7 +183,7 @@ test('a CSV manifest planned by the worker: manifest.jsonl lists every image; th
   await extractQueue.close();
   const evaluate = (await evaluateQueue.getJob(`${runId}-evaluate`))!.data;
   t.is(evaluate.source, source);
-  t.deepEqual(evaluate.features, s.request.features);
+  t.deepEqual(evaluate.features, (s.request as RunRequest).features);
   t.is(evaluate.name, 'pets-csv');
 });
 

@@ -23,6 +23,15 @@ const valid: Record<QueueName, unknown> = {
   },
   train: { runId: 'r1', shards: 3, classes: ['cat', 'dog'], lambdas: [0.1, 1] },
   evaluate: { runId: 'r1', shards: 3, name: 'cats-dogs', source: 's3://b/data/', features: request.features },
+  predict: {
+    runId: 'r1',
+    shard: 2,
+    sourceBucket: 'b',
+    model: { name: 'pets', version: 'r20240101000000-abcdef', key: 'models/pets/r20240101000000-abcdef/model.json' },
+    top: 3,
+    manifest: { key: 'runs/r1/manifest.jsonl', start: 0, end: 20, count: 1 },
+  },
+  collect: { runId: 'r1', shards: 3, images: 700, top: 3 },
 };
 
 /** One malformed payload per queue and the path its error must name. */
@@ -34,6 +43,8 @@ const invalid: Record<QueueName, [unknown, string]> = {
   ],
   train: [{ runId: 'r1', shards: 3, classes: ['cat'] }, 'classes'],
   evaluate: [{ runId: 'r1', shards: 0, name: 'x' }, 'shards'],
+  predict: [{ ...(valid.predict as object), top: 0 }, 'top'],
+  collect: [{ runId: 'r1', shards: 3, images: 0, top: 3 }, 'images'],
 };
 
 test('every queue has a valid and an invalid fixture', (t) => {

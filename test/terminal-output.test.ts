@@ -109,13 +109,23 @@ test('formatStatus: skipped objects are listed with a count of the rest; old run
 });
 
 test('table, formatDownloaded and formatError escape control characters; formatError keeps its own line breaks', (t) => {
-  const d = formatDownloaded('out/model.json', {
-    name: `m${TITLE}`,
-    version: 'v1',
-    classes: ['a', 'b'],
-    metrics: { accuracy: 0.5 },
-  });
-  t.is(d, 'out/model.json: m\\x1b]0;owned\\x07@v1, 2 classes, test accuracy 50.0%');
+  const d = formatDownloaded(
+    'out/model.json',
+    {
+      name: `m${TITLE}`,
+      version: 'v1',
+      classes: ['a', 'b'],
+      metrics: { accuracy: 0.5 },
+      classifier: { file: null, reason: `layers${TITLE}` },
+    },
+    ['model.json', `extra${TITLE}`],
+  );
+  t.is(
+    d,
+    'out/model.json: m\\x1b]0;owned\\x07@v1, 2 classes, test accuracy 50.0%\n' +
+      'files     model.json, extra\\x1b]0;owned\\x07\n' +
+      'no classifier.onnx: layers\\x1b]0;owned\\x07',
+  );
   t.false(
     CONTROL.test(
       table([

@@ -5,7 +5,13 @@
  * here reads the run's status in Redis, which may have been changed, expired or lost meanwhile.
  */
 import type { FeatureSpec } from '../../shared/features.js';
-import { MODEL_FORMAT, type Candidate, type ModelArtifact } from '../../shared/model-format.js';
+import {
+  MODEL_FORMAT,
+  type Candidate,
+  type ClassifierInfo,
+  type ClassifierUnavailable,
+  type ModelArtifact,
+} from '../../shared/model-format.js';
 import type { RunMetrics } from '../../shared/run-state.js';
 
 export interface ArtifactInputs {
@@ -15,6 +21,8 @@ export interface ArtifactInputs {
   readonly spec: FeatureSpec;
   readonly candidate: Candidate;
   readonly metrics: RunMetrics;
+  /** classifier.onnx as published beside model.json, or why there is none. */
+  readonly classifier?: ClassifierInfo | ClassifierUnavailable;
   readonly createdAt: string;
 }
 
@@ -46,6 +54,7 @@ export function buildModelArtifact(a: ArtifactInputs): ModelArtifact {
       validation: candidate.validation,
     },
     metrics: a.metrics,
+    ...(a.classifier ? { classifier: a.classifier } : {}),
   };
 }
 

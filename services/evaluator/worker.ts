@@ -4,16 +4,30 @@
  * The model is built from the job's payload and the candidate (model-artifact.ts), never from
  * the run's status in Redis.
  */
-import { getObjectJson, putJson, s3Url } from '../../shared/s3.js';
+import { getObjectJson, putJson, putObject, s3Url } from '../../shared/s3.js';
 import { readFeatures } from '../../shared/feature-store.js';
 import { predictProba } from '../../shared/softmax-model.js';
 import { startWorker, type ServiceContext } from '../../shared/worker-kit.js';
-import { candidateKey, latestKey, modelKey, type Candidate, type LatestPointer } from '../../shared/model-format.js';
+import {
+  CLASSIFIER_FILE,
+  candidateKey,
+  latestKey,
+  modelKey,
+  versionPrefix,
+  type Candidate,
+  type LatestPointer,
+} from '../../shared/model-format.js';
+import type { PublishedModel } from '../../shared/run-state.js';
+import { exportClassifier } from '../extractor/engines/classifier-export.js';
+import { createModelSource } from '../extractor/model-source.js';
 import type { RunMetrics } from '../../shared/run-state.js';
 import { classificationReport } from './metrics.js';
 import { buildModelArtifact } from './model-artifact.js';
 
 export function startEvaluatorWorker(ctx: ServiceContext, concurrency = 1) {
+  const { modelDirs, maxModelBytes } = ctx.config.extractor;
+  // The backbone is read as the extractors read it: s3:// or DEEPFEAT_MODEL_DIRS, size-bounded.
+  const readObject = createModelSource({ s3: ctx.s3, modelDirs, maxModelBytes });
   return startWorker(
     ctx,
     'evaluate',
@@ -44,6 +58,17 @@ export function startEvaluatorWorker(ctx: ServiceContext, concurrency = 1) {
         lambda: candidate.lambda,
         validation: candidate.validation,
       };
+      // The whole classifier as ONNX, written before model.json names it (and latest.json, last).
+      const exported = await exportClassifier({
+        spec: data.features,
+        head: candidate,
+        engineId: candidate.features?.engine,
+        deps: { readObject, maxModelBytes },
+      });
+      const version = runId; // buildModelArtifact sets the same: the version is the run id
+      const classifierKey = `${versionPrefix(name, version)}${CLASSIFIER_FILE}`;
+      if (exported.ok) await putObject(ctx.s3, bucket, classifierKey, exported.bytes, 'application/octet-stream');
+      else log.warn({ runId, reason: exported.reason }, 'published without classifier.onnx');
       const artifact = buildModelArtifact({
         runId,
         name,
@@ -51,14 +76,19 @@ export function startEvaluatorWorker(ctx: ServiceContext, concurrency = 1) {
         spec: data.features,
         candidate,
         metrics,
+        classifier: exported.ok ? exported.info : { file: null, reason: exported.reason },
         createdAt: new Date().toISOString(),
       });
-      const version = artifact.version;
       const key = modelKey(name, version);
       await putJson(ctx.s3, bucket, key, artifact);
       const latest: LatestPointer = { name, version, key, publishedAt: artifact.createdAt };
       await putJson(ctx.s3, bucket, latestKey(name), latest);
-      const model = { name, version, uri: s3Url(bucket, key) };
+      const model: PublishedModel = {
+        name,
+        version,
+        uri: s3Url(bucket, key),
+        ...(exported.ok ? { classifier: s3Url(bucket, classifierKey) } : { classifierUnavailable: exported.reason }),
+      };
       await ctx.runs.setResult(runId, metrics, model);
       // run.json is the run's final status, for `status` once Redis no longer has the run
       // (bounded like every status: the first failures and their count).

@@ -1,12 +1,13 @@
-/** An extract job's items, read back from the run's manifest.jsonl (issue 10: Redis memory at scale). */
+/**
+ * An extract or predict job's items, read back from the run's manifest.jsonl (issue 10: Redis
+ * memory at scale). Training runs' lines are {key, label, split}; prediction runs' {key, label?}.
+ */
 import type { S3Client } from '@aws-sdk/client-s3';
-import type { ShardRow } from '../../shared/dataset.js';
+import type { z } from 'zod';
 import { InternalError } from '../../shared/errors.js';
 import { MAX_MANIFEST_LINE_BYTES, itemSchema, type JobData } from '../../shared/queues.js';
 import { getObjectRange, s3Url } from '../../shared/s3.js';
 import { quote } from '../../shared/text.js';
-
-type ShardItem = { key: string; label: string; split: ShardRow['split'] };
 
 /**
  * A shard's items: its lines of the run's manifest.jsonl, read with one ranged GET (the job
@@ -15,32 +16,33 @@ type ShardItem = { key: string; label: string; split: ShardRow['split'] };
  * count that differs is a broken invariant (a permanent INTERNAL error), never a bad image. A
  * retried job reads the same bytes: the manifest is written once, before the flow is added.
  */
-export async function shardItems(
+export async function shardItems<S extends z.ZodTypeAny = typeof itemSchema>(
   ctx: { s3: S3Client; config: { bucket: string } },
   runId: string,
   shard: number,
   m: JobData<'extract'>['manifest'],
-): Promise<ShardItem[]> {
+  schema: S = itemSchema as unknown as S,
+): Promise<z.infer<S>[]> {
   const url = quote(s3Url(ctx.config.bucket, m.key), 200);
   const where = `shard ${shard} of run ${quote(runId, 100)} (bytes ${m.start}-${m.end} of ${url})`;
   // Only the run's own manifest: a payload is not trusted to name another object of the bucket.
   if (m.key !== `runs/${runId}/manifest.jsonl`) {
-    throw new InternalError(`${where} names another object than the run's manifest.jsonl; plan the run again`);
+    throw new InternalError(`${where} names another object than the run's manifest.jsonl; start the run again`);
   }
   let bytes: Uint8Array;
   try {
     bytes = await getObjectRange(ctx.s3, ctx.config.bucket, m.key, m.start, m.end, m.count * MAX_MANIFEST_LINE_BYTES);
   } catch (err) {
     if (!(err instanceof RangeError)) throw err; // storage faults: retried as any other
-    throw new InternalError(`cannot read the items of ${where}: ${err.message}; plan the run again`, { cause: err });
+    throw new InternalError(`cannot read the items of ${where}: ${err.message}; start the run again`, { cause: err });
   }
   const text = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8');
   if (!text.endsWith('\n')) {
-    throw new InternalError(`the items of ${where} do not end on a line boundary; plan the run again`);
+    throw new InternalError(`the items of ${where} do not end on a line boundary; start the run again`);
   }
   const lines = text.slice(0, -1).split('\n');
   if (lines.length !== m.count) {
-    throw new InternalError(`${where} holds ${lines.length} lines, not the ${m.count} planned; plan the run again`);
+    throw new InternalError(`${where} holds ${lines.length} lines, not the ${m.count} planned; start the run again`);
   }
   return lines.map((line, i) => {
     let value: unknown;
@@ -49,10 +51,10 @@ export async function shardItems(
     } catch {
       value = undefined;
     }
-    const r = itemSchema.safeParse(value);
+    const r = schema.safeParse(value);
     if (!r.success) {
-      throw new InternalError(`line ${i + 1} of ${where} is not a manifest item; plan the run again`);
+      throw new InternalError(`line ${i + 1} of ${where} is not a manifest item; start the run again`);
     }
-    return r.data;
+    return r.data as z.infer<S>;
   });
 }

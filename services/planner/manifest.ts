@@ -3,7 +3,8 @@
  * is untrusted input: every problem is refused with the line it is on, and every piece of the
  * manifest quoted in a message is capped, so a junk file cannot become a junk-sized error.
  *
- * Rules (README "Dataset layouts"):
+ * Rules (README "Dataset layouts"); a prediction run's manifest (keysFromManifest) follows the
+ * same rules with only `key` required: a label is kept when given, a split is not read.
  * - CSV (RFC 4180, parsed by csv-parse): a header naming `key` and `label` (and optionally
  *   `split`), in any order and case; other columns are ignored, a known column named twice is
  *   refused. Every row has as many values as the header. Values may be quoted ("big, cat",
@@ -51,6 +52,19 @@ export function manifestFormat(key: string): ManifestFormat | undefined {
   return m[1]!.toLowerCase() === 'csv' ? 'csv' : 'jsonl';
 }
 
+/** A manifest entry: a key, its label (always, for training), and its split when given. */
+interface Entry {
+  key: string;
+  label?: string;
+  split?: Split;
+}
+
+/** What a manifest must give: training needs key and label; prediction only the key. */
+type Need = 'labels' | 'keys';
+
+/** The columns a manifest has, as messages name them. */
+const COLUMNS_OF: Record<Need, string> = { labels: 'key,label[,split]', keys: 'key[,label]' };
+
 /**
  * The labelled keys of a manifest; `where` names it in messages, `bucket` is where its keys live.
  * Parses without holding the event loop for more than one chunk at a time.
@@ -61,9 +75,33 @@ export async function labelsFromManifest(
   where: string,
   bucket: string,
 ): Promise<Labelled[]> {
+  // Every entry has its label: ManifestRows refuses a row without one when labels are needed.
+  return (await entries(manifest, format, where, bucket, 'labels')) as Labelled[];
+}
+
+/**
+ * The keys of a prediction run's manifest, each with its label when the manifest gives one
+ * (a training manifest can be used as it is; its split column is not read).
+ */
+export async function keysFromManifest(
+  manifest: Uint8Array | string,
+  format: ManifestFormat,
+  where: string,
+  bucket: string,
+): Promise<Array<{ key: string; label?: string }>> {
+  return entries(manifest, format, where, bucket, 'keys');
+}
+
+async function entries(
+  manifest: Uint8Array | string,
+  format: ManifestFormat,
+  where: string,
+  bucket: string,
+  need: Need,
+): Promise<Entry[]> {
   const bytes = typeof manifest === 'string' ? Buffer.from(manifest, 'utf8') : asBuffer(manifest);
   await checkLineLengths(bytes, where);
-  const rows = new ManifestRows(where, bucket);
+  const rows = new ManifestRows(where, bucket, need);
   if (format === 'csv') await csvRows(bytes, where, rows);
   else await jsonRows(bytes, where, rows);
   return rows.out;
@@ -101,9 +139,9 @@ function asBuffer(u: Uint8Array): Buffer {
   return Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 }
 
-/** Checks each entry as it is read and keeps its labelled key. */
+/** Checks each entry as it is read and keeps its (labelled) key. */
 class ManifestRows {
-  readonly out: Labelled[] = [];
+  readonly out: Entry[] = [];
   private readonly firstLine = new Map<string, number>();
   /** One string per label: a million rows of ten classes hold ten label strings, not a million. */
   private readonly labels = new Map<string, string>();
@@ -111,11 +149,13 @@ class ManifestRows {
   constructor(
     private readonly where: string,
     private readonly bucket: string,
+    readonly need: Need = 'labels',
   ) {}
 
   /** One entry; values as found (CSV: strings; JSON: anything); `line` is where it starts (from 1). */
   add(rawKey: unknown, rawLabel: unknown, rawSplit: unknown, line: number): void {
-    const key = manifestKey(textValue(rawKey, 'key', this.where, line, false), this.bucket, this.where, line);
+    const need = this.need;
+    const key = manifestKey(textValue(rawKey, 'key', this.where, line, false, need), this.bucket, this.where, line);
     const first = this.firstLine.get(key);
     if (first !== undefined) {
       throw new DatasetError(
@@ -123,11 +163,20 @@ class ManifestRows {
       );
     }
     this.firstLine.set(key, line);
-    const text = textValue(rawLabel, 'label', this.where, line, true).trim();
+    // A prediction run takes a label only when there is one, and reads no split.
+    if (need === 'keys' && (rawLabel === undefined || rawLabel === null || rawLabel === '')) {
+      this.out.push({ key });
+      return;
+    }
+    const text = textValue(rawLabel, 'label', this.where, line, true, need).trim();
     let label = this.labels.get(text);
     if (label === undefined) {
       label = text;
       this.labels.set(text, text);
+    }
+    if (need === 'keys') {
+      this.out.push(label === '' ? { key } : { key, label });
+      return;
     }
     const split = splitOf(rawSplit, this.where, line);
     this.out.push(split === undefined ? { key, label } : { key, label, split });
@@ -135,11 +184,21 @@ class ManifestRows {
 }
 
 /** A key or label: a non-blank string (a label may also be a JSON number, taken as its text). */
-function textValue(v: unknown, what: 'key' | 'label', where: string, line: number, numberOk: boolean): string {
+function textValue(
+  v: unknown,
+  what: 'key' | 'label',
+  where: string,
+  line: number,
+  numberOk: boolean,
+  need: Need,
+): string {
   if (typeof v === 'string' && v.trim() !== '') return v;
+  // A blank label of a prediction manifest is no label (the caller keeps none).
+  if (need === 'keys' && what === 'label' && typeof v === 'string') return '';
   if (v === undefined || v === null || typeof v === 'string') {
+    const needs = need === 'labels' ? 'a key and a label' : 'a key';
     throw new DatasetError(
-      `${where} line ${line}: missing ${what}${v === null ? ' (null)' : ''}; every line needs a key and a label`,
+      `${where} line ${line}: missing ${what}${v === null ? ' (null)' : ''}; every line needs ${needs}`,
     );
   }
   if (numberOk && typeof v === 'number' && Number.isFinite(v)) return String(v);
@@ -224,9 +283,8 @@ async function jsonRows(bytes: Buffer, where: string, rows: ManifestRows): Promi
       );
     }
     if (v === null || typeof v !== 'object' || Array.isArray(v)) {
-      throw new DatasetError(
-        `${where} line ${line}: expected a JSON object {"key": ..., "label": ...}, not ${typeName(v)}`,
-      );
+      const shape = rows.need === 'labels' ? '{"key": ..., "label": ...}' : '{"key": ...}';
+      throw new DatasetError(`${where} line ${line}: expected a JSON object ${shape}, not ${typeName(v)}`);
     }
     const o = v as Record<string, unknown>;
     rows.add(o.key, o.label, o.split, line);
@@ -290,7 +348,7 @@ async function csvRows(bytes: Buffer, where: string, rows: ManifestRows): Promis
     csvLinesAtPrevEnd = info.lines + 1;
     if (header === undefined) {
       header = cells.map((h) => h.trim().toLowerCase());
-      index = columnIndex(header, where);
+      index = columnIndex(header, where, rows.need);
       return null;
     }
     if (cells.length !== header.length) {
@@ -301,7 +359,7 @@ async function csvRows(bytes: Buffer, where: string, rows: ManifestRows): Promis
     }
     rows.add(
       cells[index!.key],
-      cells[index!.label],
+      index!.label === undefined ? undefined : cells[index!.label],
       index!.split === undefined ? undefined : cells[index!.split],
       line,
     );
@@ -341,13 +399,12 @@ async function csvRows(bytes: Buffer, where: string, rows: ManifestRows): Promis
       lineOfCsvCount(bytes, start, startLine, csvLines - csvLinesAtStart),
     );
   }
+  const columns = COLUMNS_OF[rows.need];
   if (header === undefined) {
-    throw new DatasetError(
-      `manifest ${where} is empty: expected a header line key,label[,split] and one line per image`,
-    );
+    throw new DatasetError(`manifest ${where} is empty: expected a header line ${columns} and one line per image`);
   }
   if (rows.out.length === 0) {
-    throw new DatasetError(`manifest ${where} has a header but no rows: add one line per image (key,label[,split])`);
+    throw new DatasetError(`manifest ${where} has a header but no rows: add one line per image (${columns})`);
   }
 }
 
@@ -376,7 +433,11 @@ function lineOfCsvCount(bytes: Buffer, start: number, startLine: number, breaks:
 }
 
 /** Where key, label and split are; every problem with the header named with the fix. */
-function columnIndex(header: readonly string[], where: string): { key: number; label: number; split?: number } {
+function columnIndex(
+  header: readonly string[],
+  where: string,
+  need: Need,
+): { key: number; label?: number; split?: number } {
   const found: Partial<Record<Column, number>> = {};
   header.forEach((h, i) => {
     if (!(COLUMNS as readonly string[]).includes(h)) return; // other columns may carry notes
@@ -388,15 +449,19 @@ function columnIndex(header: readonly string[], where: string): { key: number; l
     }
     found[c] = i;
   });
-  for (const col of ['key', 'label'] as const) {
+  for (const col of need === 'labels' ? (['key', 'label'] as const) : (['key'] as const)) {
     if (found[col] === undefined) {
       const hint = header.length === 1 && /[;\t|]/.test(header[0]!) ? '; columns must be separated by commas' : '';
       throw new DatasetError(
-        `${where}: the header has no "${col}" column (found: ${headerList(header) || 'nothing'}${hint}); expected key,label[,split]`,
+        `${where}: the header has no "${col}" column (found: ${headerList(header) || 'nothing'}${hint}); expected ${COLUMNS_OF[need]}`,
       );
     }
   }
-  return { key: found.key!, label: found.label!, ...(found.split !== undefined ? { split: found.split } : {}) };
+  return {
+    key: found.key!,
+    ...(found.label !== undefined ? { label: found.label } : {}),
+    ...(found.split !== undefined ? { split: found.split } : {}),
+  };
 }
 
 /** The header's names for a message: each capped, and at most ten of them. */

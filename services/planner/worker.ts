@@ -1,30 +1,23 @@
 /**
- * Planning job: list (or read the manifest), check, split, write the manifest, and add the
- * run's flow evaluate ← train ← extract(shard 0..n). Runs in a worker, never in the client.
+ * Planning job: for a training run, list (or read the manifest), check, split, write the
+ * manifest, and add the run's flow evaluate ← train ← extract(shard 0..n); for a prediction run,
+ * the same without labels or split, and the flow collect ← predict(shard 0..n)
+ * (predict-plan.ts). Runs in a worker, never in the client.
  */
-import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import type { FlowChildJob } from 'bullmq';
-import {
-  parseS3Url,
-  listObjects,
-  getObjectBytes,
-  assertBucket,
-  putObject,
-  putJson,
-  s3Url,
-  ObjectTooLargeError,
-} from '../../shared/s3.js';
-import { MAX_MANIFEST_LINE_BYTES, makeFlowProducer, type JobData } from '../../shared/queues.js';
-import { DatasetError, InternalError } from '../../shared/errors.js';
+import { parseS3Url, listObjects, assertBucket, putObject, putJson, s3Url } from '../../shared/s3.js';
+import { isPredictRequest, makeFlowProducer, type JobData, type RunRequest } from '../../shared/queues.js';
 import { boundSkipped } from '../../shared/run-state.js';
-import { capText, quote } from '../../shared/text.js';
+import { capText } from '../../shared/text.js';
 import { jobOptions, startWorker, type ServiceContext } from '../../shared/worker-kit.js';
 import { assignSplits, checkAndCount, labelsFromListing, type Labelled, type Plan } from './plan.js';
 import { labelsFromManifest, manifestFormat, type ManifestFormat } from './manifest.js';
 import type { ManifestItem } from '../../shared/dataset.js';
+import { jsonLines } from './manifest-lines.js';
+import { planPredictRun } from './predict-plan.js';
+import { MAX_WHERE_CHARS, readManifest } from './sources.js';
 
-/** The source as messages name it: a run request is untrusted, and its URL has no length limit. */
-const MAX_WHERE_CHARS = 300;
+export { jsonLines, type ShardRange } from './manifest-lines.js';
 
 export function startPlannerWorker(ctx: ServiceContext, concurrency = 1) {
   const flows = makeFlowProducer(ctx.queues);
@@ -33,12 +26,13 @@ export function startPlannerWorker(ctx: ServiceContext, concurrency = 1) {
     'plan',
     async (data, _job, log) => {
       const { runId, request } = data;
+      const predict = isPredictRequest(request);
       // A plan job whose first attempt already added the run's flow (it died before it could
       // report done) must not plan again: the listing may have changed since, and the extract
-      // jobs already hold the first plan. The flow is added atomically, so its root tells.
+      // (or predict) jobs already hold the first plan. The flow is added atomically, so its root tells.
       const existing = await flows.getFlow({
-        id: `${runId}-evaluate`,
-        queueName: 'evaluate',
+        id: predict ? `${runId}-collect` : `${runId}-evaluate`,
+        queueName: predict ? 'collect' : 'evaluate',
         depth: 1,
         maxChildren: 1,
       });
@@ -47,6 +41,7 @@ export function startPlannerWorker(ctx: ServiceContext, concurrency = 1) {
         log.info({ runId }, 'already planned by an earlier attempt; nothing to do');
         return { images: s?.total ?? 0, shards: s?.shards ?? 0, classes: [...(s?.classes ?? [])] };
       }
+      if (predict) return planPredictRun(ctx, flows, runId, request, log);
       await ctx.runs.setStage(runId, 'planning');
       // parseS3Url refuses a bucket name S3 would refuse (a bad request, exit code 2), before any
       // request: the client checks it too, but a plan job from another producer is not trusted,
@@ -146,7 +141,7 @@ async function datasetItems(
   src: { bucket: string; key: string },
   where: string,
   format: ManifestFormat | undefined,
-  request: JobData<'plan'>['request'],
+  request: RunRequest,
 ): Promise<{ items: ManifestItem[]; ignored: Plan['ignored'] }> {
   let labelled: Labelled[];
   let ignored: Plan['ignored'] = [];
@@ -163,66 +158,4 @@ async function datasetItems(
     ));
   }
   return { items: assignSplits(labelled, request.split, request.seed), ignored };
-}
-
-/** Shard i's lines of runs/<id>/manifest.jsonl: bytes [start, end), `count` lines. */
-export interface ShardRange {
-  start: number;
-  end: number;
-  count: number;
-}
-
-/**
- * runs/<id>/manifest.jsonl's bytes, built a block of lines at a time (yielding between blocks):
- * never one string of every line plus its copy as bytes. Also each shard's byte range: shard i
- * is items [i × shardSize, (i+1) × shardSize), which are consecutive lines, since the items are
- * written in order.
- */
-export async function jsonLines(
-  items: readonly ManifestItem[],
-  shardSize: number,
-): Promise<{ bytes: Buffer; shards: ShardRange[] }> {
-  const BLOCK = 10_000;
-  const blocks: Buffer[] = [];
-  const shards: ShardRange[] = [];
-  let offset = 0;
-  let shardStart = 0;
-  for (let i = 0; i < items.length; i += BLOCK) {
-    const lines = items.slice(i, i + BLOCK).map((it) => JSON.stringify(it));
-    lines.forEach((line, j) => {
-      const size = Buffer.byteLength(line, 'utf8') + 1; // + the newline
-      if (size > MAX_MANIFEST_LINE_BYTES) {
-        throw new DatasetError(
-          `the item for key ${quote(items[i + j]!.key, 200)} is ${size} bytes as a manifest line, over the limit of ` +
-            `${MAX_MANIFEST_LINE_BYTES}: shorten its key or label`,
-        );
-      }
-      offset += size;
-      const n = i + j + 1; // items written so far
-      if (n % shardSize === 0 || n === items.length) {
-        shards.push({ start: shardStart, end: offset, count: n - shards.length * shardSize });
-        shardStart = offset;
-      }
-    });
-    blocks.push(Buffer.from(`${lines.join('\n')}\n`, 'utf8'));
-    if (i + BLOCK < items.length) await yieldToEventLoop();
-  }
-  const bytes = Buffer.concat(blocks);
-  // The ranges were counted line by line; the bytes are what the extractors will read.
-  if (bytes.length !== offset) throw new InternalError(`manifest.jsonl is ${bytes.length} bytes, its lines ${offset}`);
-  return { bytes, shards };
-}
-
-/** The manifest's bytes; one larger than DEEPFEAT_MAX_MANIFEST_BYTES is refused before its body is read. */
-async function readManifest(ctx: ServiceContext, bucket: string, key: string, where: string): Promise<Uint8Array> {
-  const max = ctx.config.maxManifestBytes;
-  try {
-    return await getObjectBytes(ctx.s3, bucket, key, max);
-  } catch (err) {
-    if (!(err instanceof ObjectTooLargeError)) throw err;
-    throw new DatasetError(
-      `manifest ${where} is ${err.size} bytes, over the limit of ${max} (DEEPFEAT_MAX_MANIFEST_BYTES): split the dataset into several runs, or raise the limit`,
-      { cause: err },
-    );
-  }
 }

@@ -45,9 +45,27 @@ export async function loadEngine(spec: FeatureSpec, deps: EngineDeps): Promise<F
 }
 
 async function build(spec: FeatureSpec, deps: EngineDeps): Promise<FeatureEngine> {
+  const backbone = await resolveBackbone(spec, deps);
+  return backbone.kind === 'raw-pixels' ? createRawPixelsEngine(backbone.size) : graphEngine(backbone, deps);
+}
+
+/** What a spec names, read and checked: raw pixels at a size, or a TF.js model with its cut. */
+export type Backbone = { kind: 'raw-pixels'; size: number } | ({ kind: 'graph' } & GraphModelSource);
+
+/**
+ * The backbone `spec` names: its artifacts read (the builtin from the installed package, a
+ * user's through deps.readObject), node and pixel range resolved to their defaults. The feature
+ * engines and the published classifier (classifier-export.ts) both start here, so they run the
+ * same model, cut and range.
+ * @throws ModelError when the spec is malformed or the model cannot be read.
+ */
+export async function resolveBackbone(
+  spec: FeatureSpec,
+  deps: Pick<EngineDeps, 'readObject' | 'maxModelBytes'>,
+): Promise<Backbone> {
   switch (spec.kind) {
     case 'raw-pixels':
-      return createRawPixelsEngine(spec.size ?? RAW_PIXELS_SIZE.default);
+      return { kind: 'raw-pixels', size: spec.size ?? RAW_PIXELS_SIZE.default };
     case 'builtin': {
       if (spec.id !== BUILTIN_MODEL_ID) {
         throw new ModelError(
@@ -55,15 +73,13 @@ async function build(spec: FeatureSpec, deps: EngineDeps): Promise<FeatureEngine
         );
       }
       if (spec.node !== undefined) checkNodeName(spec.node);
-      return graphEngine(
-        {
-          artifacts: await builtinModelArtifacts(),
-          modelName: BUILTIN_MODEL_ID,
-          node: spec.node ?? DEFAULT_BUILTIN_NODE,
-          inputRange: BUILTIN_INPUT_RANGE,
-        },
-        deps,
-      );
+      return {
+        kind: 'graph',
+        artifacts: await builtinModelArtifacts(),
+        modelName: BUILTIN_MODEL_ID,
+        node: spec.node ?? DEFAULT_BUILTIN_NODE,
+        inputRange: BUILTIN_INPUT_RANGE,
+      };
     }
     case 'tfjs': {
       if (typeof spec.model !== 'string' || spec.model === '' || typeof spec.node !== 'string' || spec.node === '') {
@@ -75,16 +91,14 @@ async function build(spec: FeatureSpec, deps: EngineDeps): Promise<FeatureEngine
         );
       }
       checkNodeName(spec.node);
-      return graphEngine(
-        {
-          artifacts: await readTfjsArtifacts(spec.model, deps.readObject, deps.maxModelBytes),
-          modelName: spec.model,
-          node: spec.node,
-          inputSize: spec.inputSize,
-          inputRange: spec.inputRange ?? DEFAULT_INPUT_RANGE,
-        },
-        deps,
-      );
+      return {
+        kind: 'graph',
+        artifacts: await readTfjsArtifacts(spec.model, deps.readObject, deps.maxModelBytes),
+        modelName: spec.model,
+        node: spec.node,
+        inputSize: spec.inputSize,
+        inputRange: spec.inputRange ?? DEFAULT_INPUT_RANGE,
+      };
     }
     default: {
       const kind = (spec as { kind?: unknown }).kind;
@@ -93,7 +107,7 @@ async function build(spec: FeatureSpec, deps: EngineDeps): Promise<FeatureEngine
   }
 }
 
-interface GraphModelSource {
+export interface GraphModelSource {
   artifacts: tf.io.ModelArtifacts;
   modelName: string;
   node: string;

@@ -93,6 +93,38 @@ export function convertGraphToOnnx(
   node: string,
   producerVersion: string,
 ): ConvertedModel {
+  const b = new GraphBuilder();
+  const converted = emitBackbone(b, artifacts, node, { input: ONNX_INPUT, output: ONNX_OUTPUT });
+  const bytes = encodeModel({
+    producerName: 'deepfeat',
+    producerVersion,
+    opsetVersion: OPSET,
+    docString: `converted from a TensorFlow.js graph model, cut at ${node}, averaged over height and width`,
+    graph: {
+      name: 'deepfeat_features',
+      nodes: b.nodes,
+      initializers: b.initializers,
+      inputs: [{ name: ONNX_INPUT, elemType: DataType.FLOAT, shape: ['N', 3, 'H', 'W'] }],
+      outputs: [{ name: ONNX_OUTPUT, elemType: DataType.FLOAT, shape: ['N', 'D'] }],
+    },
+  });
+  return { bytes, nodes: converted.nodes };
+}
+
+/**
+ * Adds the graph model's nodes up to `node` to `b`, reading the image from `io.input` (float32
+ * NCHW, already in the model's pixel range) and writing the pooled features [N, D] to
+ * `io.output`: the node's activation averaged over H and W, or the node itself when it is
+ * already [N, D]. Both names must be reserved in `b` (GraphBuilder's constructor). Shared by the
+ * feature engine's model (convertGraphToOnnx) and the published classifier (classifier.ts).
+ * @throws UnsupportedGraphError when the graph uses an op or layout this converter does not cover.
+ */
+export function emitBackbone(
+  b: GraphBuilder,
+  artifacts: tf.io.ModelArtifacts,
+  node: string,
+  io: { input: string; output: string },
+): { nodes: number } {
   const topo = artifacts.modelTopology as { node?: TfNode[] } | undefined;
   const tfNodes = topo?.node;
   if (!Array.isArray(tfNodes)) throw new UnsupportedGraphError('not a TensorFlow.js graph model (no node list)');
@@ -126,7 +158,6 @@ export function convertGraphToOnnx(
   }
 
   const weights = decodeConstants(artifacts, new Set(order.filter((n) => n.op === 'Const').map((n) => n.name)));
-  const b = new GraphBuilder();
   const values = new Map<string, Value>();
   const input = (n: TfNode, i: number): Value => {
     const ref = (n.input ?? []).filter((r) => !r.startsWith('^'))[i];
@@ -161,7 +192,7 @@ export function convertGraphToOnnx(
         const dtype = n.attr?.dtype?.type;
         if (dtype !== undefined && dtype !== 'DT_FLOAT')
           throw new UnsupportedGraphError(`input ${n.name} has dtype ${dtype}, not float32`);
-        b.node('Identity', [ONNX_INPUT], [out]);
+        b.node('Identity', [io.input], [out]);
         set('nchw', 4);
         break;
       }
@@ -313,39 +344,30 @@ export function convertGraphToOnnx(
   const last = values.get(target[0])!;
   if (last.kind !== 'tensor') throw new UnsupportedGraphError(`node ${node} is a constant`);
   if (last.layout === 'nchw') {
-    b.node('ReduceMean', [last.name], [ONNX_OUTPUT], {
+    b.node('ReduceMean', [last.name], [io.output], {
       axes: { kind: 'ints', value: [2, 3] },
       keepdims: { kind: 'int', value: 0 },
     });
   } else if (last.rank === 2) {
-    b.node('Identity', [last.name], [ONNX_OUTPUT]);
+    b.node('Identity', [last.name], [io.output]);
   } else {
     throw new UnsupportedGraphError(
       `node ${node} gives a rank-${last.rank} tensor; features need a 4-D activation or [N, D]`,
     );
   }
-  const bytes = encodeModel({
-    producerName: 'deepfeat',
-    producerVersion,
-    opsetVersion: OPSET,
-    docString: `converted from a TensorFlow.js graph model, cut at ${node}, averaged over height and width`,
-    graph: {
-      name: 'deepfeat_features',
-      nodes: b.nodes,
-      initializers: b.initializers,
-      inputs: [{ name: ONNX_INPUT, elemType: DataType.FLOAT, shape: ['N', 3, 'H', 'W'] }],
-      outputs: [{ name: ONNX_OUTPUT, elemType: DataType.FLOAT, shape: ['N', 'D'] }],
-    },
-  });
-  return { bytes, nodes: order.length };
+  return { nodes: order.length };
 }
 
 /** ONNX nodes and initializers with unique names (every name goes through fresh()). */
-class GraphBuilder {
+export class GraphBuilder {
   readonly nodes: NodeInit[] = [];
   readonly initializers: TensorInit[] = [];
-  /** The graph's own input and output are taken: a TF node of either name gets another. */
-  #names = new Set<string>([ONNX_INPUT, ONNX_OUTPUT]);
+  /** The graph's own inputs and outputs are taken: a TF node of such a name gets another. */
+  readonly #names: Set<string>;
+
+  constructor(reserved: readonly string[] = [ONNX_INPUT, ONNX_OUTPUT]) {
+    this.#names = new Set(reserved);
+  }
 
   fresh(base: string): string {
     let name = base;

@@ -1,0 +1,93 @@
+/**
+ * What an extractor process holds once, whichever of its queues a job comes from: the feature
+ * engines (engine-cache.ts, each in its own thread) and the decoder processes (decoder-pool.ts).
+ * The extract handler (worker.ts) and the predict handler (predict.ts) run in the same process
+ * and share them, so a prediction run on a backbone an extraction just used reuses its engine,
+ * and the process never holds two pools of decoders.
+ *
+ * Both workers of a process acquire the resources of their context; the last one to close
+ * releases them. With `--concurrency N`, each of the two workers runs up to N jobs, so a process
+ * may run an extract job and a predict job at once: on the same backbone they share one engine,
+ * on two backbones it holds two (the engine cache never disposes an engine a job holds).
+ */
+import { availableParallelism } from 'node:os';
+import type { ServiceContext } from '../../shared/worker-kit.js';
+import { createEngineCache, type EngineCache } from './engine-cache.js';
+import { loadEngineInThread, type ThreadedEngine } from './engines/thread.js';
+import { DecoderPool } from './decoder-pool.js';
+import { createModelSource } from './model-source.js';
+
+export interface ExtractorResources {
+  readonly engines: EngineCache<ThreadedEngine>;
+  readonly decoders: DecoderPool;
+}
+
+interface Held {
+  readonly resources: ExtractorResources;
+  users: number;
+}
+
+/** One set per context, and a context per worker process (cli/workers.ts). */
+const held = new WeakMap<ServiceContext, Held>();
+
+/**
+ * The process's engines and decoders, made on first use; `release()` once the caller's worker
+ * has closed. The last release disposes the engines and ends the decoder processes.
+ */
+export function acquireExtractorResources(ctx: ServiceContext): {
+  resources: ExtractorResources;
+  release(): void;
+} {
+  let h = held.get(ctx);
+  if (!h) {
+    h = { resources: createResources(ctx), users: 0 };
+    held.set(ctx, h);
+  }
+  const mine = h;
+  mine.users++;
+  let released = false;
+  return {
+    resources: mine.resources,
+    release() {
+      if (released) return;
+      released = true;
+      if (--mine.users > 0) return;
+      if (held.get(ctx) === mine) held.delete(ctx);
+      mine.resources.engines.close();
+      void mine.resources.decoders.close();
+    },
+  };
+}
+
+function createResources(ctx: ServiceContext): ExtractorResources {
+  const { extractor: cfg } = ctx.config;
+  // One engine per process and spec, in its own thread (see engine-cache.ts).
+  const engines = createEngineCache(
+    (spec) =>
+      loadEngineInThread(
+        spec,
+        {
+          backend: cfg.tfjsBackend,
+          engine: cfg.engine,
+          threads: cfg.engineThreads,
+          onnxProvider: cfg.onnxProvider,
+          cacheDir: cfg.cacheDir,
+          log: (msg, extra) => ctx.log.info(extra ?? {}, msg),
+          // A run request names the model: only s3:// and DEEPFEAT_MODEL_DIRS folders, size-bounded.
+          readObject: createModelSource({ s3: ctx.s3, modelDirs: cfg.modelDirs, maxModelBytes: cfg.maxModelBytes }),
+          maxModelBytes: cfg.maxModelBytes,
+        },
+        { timeoutMs: cfg.engineTimeoutSeconds * 1000, timeoutSetting: 'DEEPFEAT_ENGINE_TIMEOUT' },
+      ),
+    (reason) => ctx.log.error({ reason }, 'feature engine thread ended; a new one starts with the next job'),
+  );
+  // Images are decoded in separate processes, each bounded in time and memory (decoder-pool.ts).
+  // More of them than cores would only queue for the CPU; each holds at most DEEPFEAT_DECODE_MEMORY.
+  const decoders = new DecoderPool({
+    processes: Math.max(1, Math.min(cfg.fetchConcurrency, availableParallelism())),
+    timeoutSeconds: cfg.decodeTimeoutSeconds,
+    memoryLimitMiB: cfg.decodeMemoryMiB,
+    log: (msg, extra) => ctx.log.warn(extra ?? {}, msg),
+  });
+  return { engines, decoders };
+}

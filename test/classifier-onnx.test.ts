@@ -1,0 +1,168 @@
+/**
+ * classifier.onnx (services/extractor/engines/classifier-export.ts): one ONNX graph from uint8
+ * NHWC images to probabilities and features gives what the pipeline gives — the feature engine's
+ * vectors, then predictProba on the head — for the builtin backbone, a user's graph model with
+ * another pixel range, and raw pixels; backbones it cannot express say why instead.
+ */
+import test from 'ava';
+import * as ort from 'onnxruntime-node';
+import { loadDemoImages } from '../cli/demo-data.js';
+import { exportClassifier } from '../services/extractor/engines/classifier-export.js';
+import type { EngineDeps } from '../services/extractor/engines/engine.js';
+import { loadEngine } from '../services/extractor/engines/load-engine.js';
+import { decodeImage } from '../services/extractor/image.js';
+import type { FeatureSpec } from '../shared/features.js';
+import { assertModelArtifact } from '../shared/model-format.js';
+import { predictProba, type LinearSoftmaxModel } from '../shared/softmax-model.js';
+import { tinyGraphModel, tinyLayersModel } from './helpers/tiny-models.js';
+
+const files = new Map<string, Uint8Array>();
+const deps: Pick<EngineDeps, 'readObject' | 'maxModelBytes'> & EngineDeps = {
+  readObject: async (url) => {
+    const f = files.get(url);
+    if (!f) throw new Error(`no such test file ${url}`);
+    return f;
+  },
+  threads: 1,
+  engine: 'onnx',
+};
+
+/** A head with fixed pseudo-random weights over d features and k classes. */
+function head(d: number, k: number, seed = 1): LinearSoftmaxModel {
+  const r = (i: number) => Math.sin(seed * 1000 + i * 12.9898) * 0.5;
+  return {
+    classes: Array.from({ length: k }, (_, c) => `class-${c}`),
+    mean: Array.from({ length: d }, (_, j) => r(j) * 0.1),
+    std: Array.from({ length: d }, (_, j) => 0.5 + Math.abs(r(j + d))),
+    weights: Array.from({ length: k }, (_, c) => Array.from({ length: d }, (_, j) => r(c * d + j + 7) * 0.2)),
+    bias: Array.from({ length: k }, (_, c) => r(c + 99)),
+  };
+}
+
+async function demoPixels(size: number, n = 6): Promise<Uint8Array[]> {
+  const demo = await loadDemoImages({ perClass: n / 2 });
+  return Promise.all(demo.map((d) => decodeImage(d.png, { width: size, height: size, maxPixels: 1e7 })));
+}
+
+/** Runs classifier.onnx on images; returns its two outputs. */
+async function runClassifier(bytes: Uint8Array, images: Uint8Array[], size: number) {
+  const session = await ort.InferenceSession.create(bytes);
+  try {
+    const batch = new Uint8Array(images.length * size * size * 3);
+    for (const [i, img] of images.entries()) batch.set(img, i * img.length);
+    const out = await session.run({ image: new ort.Tensor('uint8', batch, [images.length, size, size, 3]) });
+    return { probabilities: out.probabilities!.data as Float32Array, features: out.features!.data as Float32Array };
+  } finally {
+    await session.release();
+  }
+}
+
+/** The pipeline's answer and the classifier's agree: features (relative) and probabilities (absolute). */
+async function checkAgainstPipeline(t: import('ava').ExecutionContext, spec: FeatureSpec, k: number) {
+  const engine = await loadEngine(spec, deps);
+  try {
+    const size = engine.input.width;
+    const images = await demoPixels(size);
+    const features = await engine.embed(images);
+    const h = head(engine.dim, k);
+    const exported = await exportClassifier({ spec, head: h, engineId: engine.id, deps });
+    if (!exported.ok) return t.fail(exported.reason);
+    t.deepEqual(exported.info.input.shape, ['N', size, size, 3]);
+    t.is(exported.info.bytes, exported.bytes.byteLength);
+    t.regex(exported.info.sha256, /^[0-9a-f]{64}$/);
+    const out = await runClassifier(exported.bytes, images, size);
+    let worstFeature = 0;
+    let worstP = 0;
+    for (let i = 0; i < images.length; i++) {
+      const row = features.subarray(i * engine.dim, (i + 1) * engine.dim);
+      let num = 0;
+      let den = 0;
+      for (let j = 0; j < engine.dim; j++) {
+        num += (out.features[i * engine.dim + j]! - row[j]!) ** 2;
+        den += row[j]! ** 2;
+      }
+      worstFeature = Math.max(worstFeature, Math.sqrt(num / Math.max(den, 1e-30)));
+      const p = predictProba(h, row);
+      for (let c = 0; c < k; c++) worstP = Math.max(worstP, Math.abs(p[c]! - out.probabilities[i * k + c]!));
+    }
+    t.log(`${engine.id}: features rel. error ${worstFeature.toExponential(2)}, |Δp| ${worstP.toExponential(2)}`);
+    t.true(worstFeature < 1e-5, `features differ by ${worstFeature}`);
+    t.true(worstP < 1e-5, `probabilities differ by ${worstP}`);
+  } finally {
+    engine.dispose();
+  }
+}
+
+test('builtin backbone: classifier.onnx gives the engine features and the head probabilities', async (t) => {
+  t.timeout(120_000);
+  await checkAgainstPipeline(t, { kind: 'builtin', id: 'mobilenet_v2_mid' }, 4);
+});
+
+test('raw pixels: the 32x32 classifier gives the raw-pixel features exactly', async (t) => {
+  await checkAgainstPipeline(t, { kind: 'raw-pixels', size: 32 }, 3);
+});
+
+test("a user's graph model with the [-1, 1] range: the graph scales pixels as the engine does", async (t) => {
+  const m = tinyGraphModel();
+  files.set('/models/tiny/model.json', new TextEncoder().encode(m.json));
+  files.set('/models/tiny/w.bin', m.weights);
+  await checkAgainstPipeline(
+    t,
+    { kind: 'tfjs', model: '/models/tiny/model.json', node: 'relu', inputRange: '-1,1' },
+    2,
+  );
+});
+
+test('a layers model gets no classifier.onnx, and a reason that says what still works', async (t) => {
+  const m = await tinyLayersModel();
+  files.set('/models/layers/model.json', new TextEncoder().encode(m.json));
+  files.set('/models/layers/w.bin', m.weights);
+  const r = await exportClassifier({
+    spec: { kind: 'tfjs', model: '/models/layers/model.json', node: 'gap' },
+    head: head(6, 2),
+    deps,
+  });
+  t.false(r.ok);
+  if (!r.ok) {
+    t.is(r.file, null);
+    t.regex(r.reason, /layers model.*deepfeat predict/);
+  }
+});
+
+test('a model the evaluator cannot read, or a spec that no longer matches the features, gives a reason', async (t) => {
+  const unreadable = await exportClassifier({
+    spec: { kind: 'tfjs', model: '/models/gone/model.json', node: 'relu' },
+    head: head(4, 2),
+    deps,
+  });
+  t.false(unreadable.ok);
+  if (!unreadable.ok) t.regex(unreadable.reason, /could not read the backbone/);
+  const mismatch = await exportClassifier({
+    spec: { kind: 'raw-pixels', size: 8 },
+    head: head(8 * 8 * 3, 2),
+    engineId: 'raw-pixels:16x16',
+    deps,
+  });
+  t.false(mismatch.ok);
+  if (!mismatch.ok) t.regex(mismatch.reason, /raw-pixels:16x16.*raw-pixels:8x8/);
+});
+
+test('model.json checks the classifier field it names', (t) => {
+  const base = {
+    format: 'deepfeat.model/v1',
+    name: 'm',
+    version: 'r20261130000000-abcdef',
+    ...head(2, 2),
+    features: {
+      spec: { kind: 'raw-pixels', size: 1 },
+      engine: 'raw-pixels:1x1',
+      dim: 2,
+      input: { width: 1, height: 1 },
+    },
+    metrics: { accuracy: 0.5 },
+  };
+  t.notThrows(() => assertModelArtifact({ ...base, classifier: { file: null, reason: 'layers model' } }, 'x'));
+  t.throws(() => assertModelArtifact({ ...base, classifier: { file: '../../etc/passwd', sha256: 'x' } }, 'x'), {
+    message: /"classifier" must name classifier.onnx/,
+  });
+});
