@@ -14,6 +14,7 @@ export const SLOW = [
   'test/hostile-images.test.ts',
   'test/image.test.ts',
   'test/job-failure.test.ts',
+  'test/keras-era.test.ts',
   'test/local-stack.test.ts',
   'test/logreg.test.ts',
   'test/model-sources.test.ts',

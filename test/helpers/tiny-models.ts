@@ -88,3 +88,16 @@ export function tinyGraphModel(prefix = ''): ModelFiles {
   });
   return { json, weights: Buffer.from(filter.buffer) };
 }
+
+/**
+ * The same layers model as older tfjs-converter versions wrote it (most public TF.js models):
+ * `modelTopology` is `{keras_version, backend, model_config}` and there is no `format` field.
+ */
+export function kerasEraModel(files: ModelFiles): ModelFiles {
+  const modern = JSON.parse(files.json) as { modelTopology: unknown; weightsManifest: unknown };
+  const json = JSON.stringify({
+    modelTopology: { keras_version: '2.1.6', backend: 'tensorflow', model_config: modern.modelTopology },
+    weightsManifest: modern.weightsManifest,
+  });
+  return { json, weights: files.weights };
+}

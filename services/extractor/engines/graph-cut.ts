@@ -8,12 +8,18 @@
 import type * as tf from '@tensorflow/tfjs';
 import { ModelError } from '../../../shared/errors.js';
 
-/** A layers model (Keras-style topology, cut by layer name) rather than a graph model (cut here). */
+/**
+ * A layers model (Keras-style topology, cut by layer name) rather than a graph model (cut here).
+ * Three forms: `format: "layers-model"` (tfjs-converter 1.x and later); no format and the Keras
+ * model config as the topology; and the Keras-era form older converters wrote (most public TF.js
+ * models), `{keras_version, backend, model_config: {class_name, config}}` with no format, which
+ * TensorFlow.js's own loader unwraps.
+ */
 export function isLayersModel(artifacts: tf.io.ModelArtifacts): boolean {
-  return (
-    artifacts.format === 'layers-model' ||
-    (artifacts.format === undefined && isRecord(artifacts.modelTopology) && 'class_name' in artifacts.modelTopology)
-  );
+  const topo = artifacts.modelTopology;
+  if (artifacts.format === 'layers-model') return true;
+  if (artifacts.format !== undefined || !isRecord(topo)) return false;
+  return 'class_name' in topo || (isRecord(topo.model_config) && 'class_name' in topo.model_config);
 }
 
 /**
@@ -126,6 +132,13 @@ export function resolveNode(names: readonly string[], node: string, modelName: s
           .slice(0, 5)
           .map((h) => shortestUniqueSuffix(h, names))
           .join(', ')}; give more of the name`,
+    );
+  }
+  if (names.length === 0) {
+    throw new ModelError(
+      `${modelName} has no graph nodes to pool: its model.json is neither a TF.js graph model (modelTopology.node) ` +
+        'nor a layers model (modelTopology.class_name, or model_config.class_name in older exports); ' +
+        're-export it with tensorflowjs_converter',
     );
   }
   throw new ModelError(

@@ -11,7 +11,7 @@ import { BUILTIN_MODELS, DEFAULT_INPUT_RANGE, type InputRange, RAW_PIXELS_SIZE }
 import { quote } from '../../../shared/text.js';
 import { BUILTIN_INPUT_RANGE, BUILTIN_MODEL_ID, DEFAULT_BUILTIN_NODE, builtinModelArtifacts } from './builtin-model.js';
 import type { EngineDeps, FeatureEngine, FeatureSpec } from './engine.js';
-import { isLayersModel, planGraphCut } from './graph-cut.js';
+import { graphNodeNames, isLayersModel, planGraphCut, resolveNode } from './graph-cut.js';
 import { createOnnxEngine } from './onnx.js';
 import { createRawPixelsEngine } from './raw-pixels.js';
 import { readTfjsArtifacts } from './tfjs-artifacts.js';
@@ -91,9 +91,15 @@ export async function resolveBackbone(
         );
       }
       checkNodeName(spec.node);
+      const artifacts = await readTfjsArtifacts(spec.model, deps.readObject, deps.maxModelBytes);
+      // Before any loader sees it: a model.json with no nodes and no layers would otherwise fail
+      // inside TensorFlow.js with a message about its internals.
+      if (!isLayersModel(artifacts) && graphNodeNames(artifacts).length === 0) {
+        resolveNode([], spec.node, spec.model);
+      }
       return {
         kind: 'graph',
-        artifacts: await readTfjsArtifacts(spec.model, deps.readObject, deps.maxModelBytes),
+        artifacts,
         modelName: spec.model,
         node: spec.node,
         inputSize: spec.inputSize,
