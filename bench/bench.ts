@@ -12,8 +12,14 @@
  *    shard written, for 1 extractor (all cores), 1 extractor (1 thread) and 2 extractors
  *    (1 thread each); Redis CPU per image; extractor peak RSS after the first and the last run.
  * 4. BullMQ's own cost per shard job (no-op processor), wall time and Redis CPU.
+ * 3c. The feature cache: the same images twice through the whole pipeline (planner, extractor,
+ *    trainer, evaluator; enqueue -> published), the second run with a new seed and name; the rerun
+ *    as a ratio of the first, its hits, where each run's time goes; Redis memory per index entry.
  * 5. The trainer: one L-BFGS fit in-process, and a real train job (trainer process reading
  *    shards from S3, choosing L2, refitting) with its peak RSS, on 20,000 × 816 × 10 classes.
+ * 6. Retrieval: one query's exact top-5 over 10,000 and 100,000 stored 816-d unit vectors
+ *    (synthetic), by a scalar JavaScript scan and by the ONNX Runtime scan `similar` uses (one
+ *    thread), one query at a time and 8 at once; and the evaluator's kNN metrics at their caps.
  *
  * --scale: instead of the above, the control plane at a million images (bench/scale.ts).
  * --quick: the same code paths on small inputs with one repetition, for the test suite's smoke
@@ -35,6 +41,7 @@ import { DEFAULT_FEATURES } from '../shared/features.js';
 import { mulberry32 } from '../shared/random.js';
 import {
   bullmqOverhead,
+  copyImages,
   machineCpuSeconds,
   publishModel,
   runMeasured,
@@ -43,12 +50,19 @@ import {
   startWorkers,
   timeExtraction,
   timePrediction,
+  timeWholeRun,
   trainerJob,
   writeStackImages,
+  type RunTimes,
   type Stack,
 } from './stack.js';
 import { predictLocal } from '../cli/predict-local.js';
 import { makeQueue } from '../shared/queues.js';
+import { randomBytes } from 'node:crypto';
+import { CacheIndex } from '../services/extractor/feature-cache/cache-index.js';
+import { redisKeys, specHash } from '../services/extractor/feature-cache/keys.js';
+import { pruneCache } from '../services/extractor/feature-cache/maintenance.js';
+import { mapLimit } from '../shared/concurrency.js';
 
 if (process.argv.includes('--scale')) {
   // The control plane at a million images: its own script (minutes, gigabytes; see scale.ts).
@@ -447,6 +461,91 @@ try {
     `${child.seconds.toFixed(1)} s wall with start-up and model load`,
   );
 
+  // ───────────── 3c. feature cache ─────────────
+  section(
+    `feature cache: the same ${stack.images} images twice, planner + extractor + trainer + evaluator, enqueue -> published`,
+  );
+  {
+    // The runs above left train jobs queued (their trainer was stopped): drop them, or the trainer
+    // started here would fit them first.
+    const trainJobs = makeQueue(stack.client.queues!, 'train');
+    await trainJobs.obliterate({ force: true });
+    await trainJobs.close();
+    const cacheDeps = {
+      redis: stack.client.redis!,
+      prefix: stack.client.config.queuePrefix,
+      s3: stack.client.s3,
+      bucket: stack.client.config.bucket,
+    };
+    const ex = await startWorkers(stack, 'extractor', 1, { ...extractorEnv, DEEPFEAT_FEATURE_CACHE: 'on' });
+    const trainer = await startWorkers(stack, 'trainer', 1);
+    try {
+      // Warm-up on copies of a few images (keys, so cache entries, of their own): the engine loads.
+      await timeWholeRun(stack, await copyImages(stack, 'cache-warm-up', 16), 'bench-cache-warm-up', 1);
+      const pairs: Array<{ first: RunTimes; rerun: RunTimes }> = [];
+      for (let i = 0; i < pipelineReps; i++) {
+        await pruneCache(cacheDeps, { all: true }); // every pair starts with nothing cached
+        const first = await timeWholeRun(stack, stack.source, `bench-cache-${i}`, 100 + i);
+        const rerun = await timeWholeRun(stack, stack.source, `bench-cache-${i}-again`, 200 + i);
+        pairs.push({ first, rerun });
+      }
+      const med = (f: (r: RunTimes) => number, which: 'first' | 'rerun') => median(pairs.map((p) => f(p[which])));
+      const stages = (which: 'first' | 'rerun') =>
+        `plan ${med((r) => r.plan, which).toFixed(2)} s, extract ${med((r) => r.extract, which).toFixed(2)} s, ` +
+        `train ${med((r) => r.train, which).toFixed(2)} s (job ${med((r) => r.trainWork, which).toFixed(2)}), ` +
+        `evaluate ${med((r) => r.evaluate, which).toFixed(2)} s (job ${med((r) => r.evaluateWork, which).toFixed(2)})`;
+      record(
+        'cache_first_run',
+        '  first run (nothing cached)',
+        med((r) => r.seconds, 'first'),
+        's',
+        stages('first'),
+      );
+      const hits = Math.min(...pairs.map((p) => p.rerun.cache?.hits ?? 0));
+      record(
+        'cache_rerun',
+        '  rerun, new seed and name (every image cached)',
+        med((r) => r.seconds, 'rerun'),
+        's',
+        stages('rerun'),
+      );
+      record(
+        'cache_rerun_hits',
+        '  rerun cache hits',
+        hits,
+        'images',
+        `of ${pairs[0]!.rerun.images} (fewest over ${pairs.length} reruns)`,
+      );
+      record(
+        'cache_rerun_ratio',
+        '  rerun / first run, enqueue -> published',
+        median(pairs.map((p) => p.rerun.seconds / p.first.seconds)),
+        'ratio',
+        'goal <= 0.1',
+      );
+      record(
+        'cache_rerun_extract_ms_per_image',
+        '  rerun extract stage per image (lookups, segment reads, shard writes)',
+        (med((r) => r.extract, 'rerun') * 1000) / pairs[0]!.rerun.images,
+        'ms',
+        `first run: ${((med((r) => r.extract, 'first') * 1000) / pairs[0]!.first.images).toFixed(2)} ms`,
+      );
+    } finally {
+      await trainer.stop();
+      await ex.stop();
+    }
+    // The index's memory in Redis per entry at scale (synthetic keys, filed as 256-row segments).
+    const entries = quick ? 20_000 : 1_000_000;
+    const mem = await cacheIndexMemory(stack, entries);
+    record(
+      'cache_redis_bytes_per_entry',
+      `  feature cache index in Redis, per entry at ${entries} entries`,
+      mem.bytesPerEntry,
+      'bytes',
+      `${(mem.totalBytes / 2 ** 20).toFixed(1)} MiB in ${mem.keys} keys; buckets ${mem.encoding}-encoded`,
+    );
+  }
+
   // ───────────── 4. BullMQ overhead ─────────────
   section('BullMQ overhead per shard job (no-op processor, 256-key payload)');
   const overheadJobs = quick ? 20 : 300;
@@ -553,11 +652,116 @@ try {
   await stack.close();
 }
 
+/**
+ * Redis memory of the feature cache's index at `entries` entries (random keys, 256-row segments,
+ * filed as the extractor files them), from INFO's used_memory before and after; then removed.
+ */
+async function cacheIndexMemory(
+  s: Stack,
+  entries: number,
+): Promise<{ bytesPerEntry: number; totalBytes: number; keys: number; encoding: string }> {
+  const redis = s.client.redis!;
+  const prefix = 'bench-cache-memory';
+  const index = new CacheIndex(redis, prefix);
+  const hash = specHash('bench-cache-memory');
+  const used = async () => Number(/used_memory:(\d+)/.exec(await redis.info('memory'))![1]);
+  const before = await used();
+  const record = { name: 'synthetic', rows: 256, dim: DIM, offset: 128, bytes: 0, createdAt: Date.now() };
+  const segments = Math.ceil(entries / 256);
+  await mapLimit(
+    Array.from({ length: segments }, (_, i) => i),
+    8,
+    async (i) => {
+      const rows = Math.min(256, entries - i * 256);
+      const keys = Array.from({ length: rows }, () => randomBytes(32));
+      await index.addSegment({ hash, spec: 'synthetic', dim: DIM }, await index.nextSegment(hash), record, keys);
+    },
+  );
+  const totalBytes = (await used()) - before;
+  const keys = (await redis.keys(`${prefix}:fcache:*`)).length;
+  const encoding = String(await redis.object('ENCODING', redisKeys(prefix, hash).bucket(0)));
+  await index.removeSpec(hash);
+  return { bytesPerEntry: totalBytes / entries, totalBytes, keys, encoding };
+}
+
 async function redisUsec(s: Stack): Promise<number> {
   const info = await s.client.redis!.info('commandstats');
   let usec = 0;
   for (const m of info.matchAll(/usec=(\d+)/g)) usec += Number(m[1]);
   return usec;
+}
+
+// ───────────── 6. retrieval ─────────────
+{
+  const { openScanner } = await import('../services/retrieval/scan.js');
+  const { exactTopK, normaliseRows } = await import('../services/retrieval/top-k.js');
+  const { KNN_MAX_QUERIES, knnDatabaseCap, knnMetrics } = await import('../services/retrieval/knn.js');
+  const sizes = quick ? [1_000, 10_000] : [10_000, 100_000];
+  const name = (n: number) => `${n / 1000}k`;
+  section(`retrieval: exact top-5 by cosine over ${DIM}-d unit vectors (synthetic), one core`);
+  const scanner = await openScanner(1);
+  const rand = mulberry32(13);
+  const unitRows = (n: number) => {
+    const X = new Float32Array(n * DIM);
+    for (let i = 0; i < X.length; i++) X[i] = rand() * 2 - 1;
+    normaliseRows(X, n, DIM);
+    return X;
+  };
+  try {
+    const queries = unitRows(8);
+    for (const n of sizes) {
+      const X = unitRows(n);
+      const mb = (n * DIM * 4) / 1e6;
+      const q = queries.subarray(0, DIM);
+      const jsMs = await timeIt(() => exactTopK(X, n, DIM, q, 5));
+      record(
+        `retrieval_js_${name(n)}`,
+        `scalar JS scan, ${n.toLocaleString('en-US')} vectors`,
+        jsMs,
+        'ms/query',
+        `${mb.toFixed(0)} MB matrix`,
+      );
+      const onnxMs = await timeIt(() => scanner.topK(X, n, DIM, q, 1, 5), quick ? 1 : 9);
+      record(
+        `retrieval_onnx_${name(n)}`,
+        `ONNX Runtime MatMul + TopK, 1 thread, ${n.toLocaleString('en-US')} vectors`,
+        onnxMs,
+        'ms/query',
+        `${(mb / onnxMs).toFixed(1)} GB/s of matrix; ${(jsMs / onnxMs).toFixed(1)}x the JS scan; goal < 50 ms at 100k`,
+      );
+      const batchMs = await timeIt(() => scanner.topK(X, n, DIM, queries, 8, 5), quick ? 1 : 5);
+      record(
+        `retrieval_onnx_batch8_${name(n)}`,
+        '  the same, 8 queries at once (as `similar` sends a batch)',
+        batchMs / 8,
+        'ms/query',
+        `${batchMs.toFixed(1)} ms for the batch`,
+      );
+    }
+    // The evaluator's kNN metrics at both caps: 1,000 queries over an 82,241-row database.
+    const dbRows = quick ? 5_000 : knnDatabaseCap(DIM);
+    const qRows = quick ? 200 : KNN_MAX_QUERIES;
+    const db = new Float32Array(dbRows * DIM);
+    for (let i = 0; i < db.length; i++) db[i] = rand();
+    const test = unitRows(qRows);
+    const labels = (n: number) => Array.from({ length: n }, (_, i) => `c${i % CLASSES}`);
+    const t0 = performance.now();
+    await knnMetrics({
+      database: { X: db, n: dbRows, d: DIM, labels: labels(dbRows) },
+      databaseOf: dbRows,
+      test: { X: test, n: qRows, d: DIM, labels: labels(qRows), keys: labels(qRows).map((l, i) => `${l}/${i}`) },
+      scanner,
+    });
+    record(
+      'knn_metrics_at_caps',
+      `evaluator kNN metrics, ${qRows.toLocaleString('en-US')} queries x ${dbRows.toLocaleString('en-US')} rows, 1 thread`,
+      (performance.now() - t0) / 1000,
+      's',
+      'one run; the caps bound it at any run size',
+    );
+  } finally {
+    await scanner.close();
+  }
 }
 
 await writeFile(

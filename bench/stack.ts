@@ -54,6 +54,9 @@ export async function startStack(images: number): Promise<Stack> {
       S3_SECRET_ACCESS_KEY: 'S3RVER',
       DEEPFEAT_QUEUE_PREFIX: 'bench',
       LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn',
+      // The pipeline figures time extraction, run after run over the same images: the feature
+      // cache would serve every run after the first. Its own section turns it on (bench.ts 3c).
+      DEEPFEAT_FEATURE_CACHE: 'off',
       DEEPFEAT_CACHE_DIR: path.join(dir, 'cache'),
     };
     client = createClient(loadConfig(env));
@@ -242,6 +245,87 @@ export async function timePrediction(
   } finally {
     await q.close();
   }
+}
+
+/**
+ * About `count` of the stack's images, as many of each class, copied under another prefix of the
+ * data bucket, where they have cache keys of their own (the feature cache keys by bucket, key and
+ * ETag); returns the s3:// source of the copy.
+ */
+export async function copyImages(stack: Stack, prefix: string, count: number): Promise<string> {
+  const all = await imageKeys(stack);
+  const classes = [...new Set(all.map((k) => k.split('/')[1]!))];
+  const perClass = Math.ceil(count / classes.length);
+  const keys = classes.flatMap((c) => all.filter((k) => k.split('/')[1] === c).slice(0, perClass));
+  await mapLimit(keys, 16, async (key) =>
+    putObject(
+      stack.client.s3,
+      DATA_BUCKET,
+      `${prefix}/${key.slice('cifar/'.length)}`,
+      await getObjectBytes(stack.client.s3, DATA_BUCKET, key),
+      'image/png',
+    ),
+  );
+  return `s3://${DATA_BUCKET}/${prefix}/`;
+}
+
+/** Where a training run's time went, in seconds from enqueue: each stage ends when its last job finished. */
+export interface RunTimes {
+  /** Enqueue → published. */
+  seconds: number;
+  /** Enqueue → plan job done (queue wait, listing, manifest, flow added). */
+  plan: number;
+  /** Plan done → last extract job done (jobs' queue wait, lookups, extraction, shard writes). */
+  extract: number;
+  /** Last extract done → train job done; `trainWork` of it is the job itself (reading shards, fit). */
+  train: number;
+  trainWork: number;
+  /** Train done → published; `evaluateWork` of it is the job (metrics, classifier.onnx, publish). */
+  evaluate: number;
+  evaluateWork: number;
+  images: number;
+  cache: { hits: number; misses: number } | null;
+}
+
+/**
+ * One training run of the default backbone over `source`, enqueue → published, with each stage's
+ * share read from its BullMQ jobs' timestamps and the run's own finishedAt. Needs a planner,
+ * extractors, a trainer and an evaluator running.
+ */
+export async function timeWholeRun(stack: Stack, source: string, name: string, seed: number): Promise<RunTimes> {
+  const started = Date.now();
+  const runId = await enqueueRun(stack.client, { source, features: DEFAULT_FEATURES, name, seed });
+  const s = await waitForRun(stack.client, runId, undefined, 100);
+  if (s.stage !== 'published') throw new Error(`bench run ${runId} ${s.stage}: ${s.error?.message}`);
+  const published = Number(
+    await stack.client.redis!.hget(`${stack.client.config.queuePrefix}:run:${runId}`, 'finishedAt'),
+  );
+  const job = async (queue: 'plan' | 'extract' | 'train' | 'evaluate', id: string) => {
+    const q = makeQueue(stack.client.queues!, queue);
+    try {
+      const j = await q.getJob(id);
+      return { processedOn: j?.processedOn ?? 0, finishedOn: j?.finishedOn ?? 0 };
+    } finally {
+      await q.close();
+    }
+  };
+  const plan = await job('plan', `${runId}-plan`);
+  let extracted = 0;
+  for (let i = 0; i < s.shards; i++)
+    extracted = Math.max(extracted, (await job('extract', `${runId}-extract-${i}`)).finishedOn);
+  const train = await job('train', `${runId}-train`);
+  const evaluate = await job('evaluate', `${runId}-evaluate`);
+  return {
+    seconds: (published - started) / 1000,
+    plan: (plan.finishedOn - started) / 1000,
+    extract: (extracted - plan.finishedOn) / 1000,
+    train: (train.finishedOn - extracted) / 1000,
+    trainWork: (train.finishedOn - train.processedOn) / 1000,
+    evaluate: (published - train.finishedOn) / 1000,
+    evaluateWork: (evaluate.finishedOn - evaluate.processedOn) / 1000,
+    images: s.total,
+    cache: s.cache ?? null,
+  };
 }
 
 /** Keys of the stack's images. */

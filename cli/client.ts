@@ -29,12 +29,12 @@ import {
 import { createS3Client, getObjectJson, getObjectText, parseS3Url, s3Url, splitS3Url } from '../shared/s3.js';
 import { shardKey, type ShardRow } from '../shared/dataset.js';
 import { predictionsShardKey } from '../shared/predictions.js';
+import { readPublishedModel } from '../shared/published-model.js';
 import { MAX_MESSAGE_CHARS, capText, quote } from '../shared/text.js';
 import {
   MODEL_NAME_RULE,
   MODEL_VERSION_RULE,
   assertLatestPointer,
-  assertModelArtifact,
   isModelName,
   isModelVersion,
   latestKey,
@@ -283,6 +283,13 @@ export async function fetchModel(client: Client, ref: string): Promise<{ artifac
   let key: string;
   if (RUN_ID_PATTERN.test(ref)) {
     const status = await getStatus(client, ref);
+    if (isPredictRequest(status.request)) {
+      const m = status.request.model;
+      throw new BadRequestError(
+        `run ${ref} is a prediction run (it used ${quote(`${m.name}@${m.version}`)}), not a training run: give the ` +
+          'id of the run that published a model, or NAME[@VERSION]',
+      );
+    }
     if (!status.model) {
       throw new NotFoundError(
         `run ${ref} has not published a model (stage: ${status.stage}${status.error ? `, ${status.error.message}` : ''})`,
@@ -319,14 +326,12 @@ export async function fetchModel(client: Client, ref: string): Promise<{ artifac
     }
   }
   const uri = s3Url(bucket, key);
-  let value: unknown;
   try {
-    value = await getObjectJson<unknown>(client.s3, bucket, key);
+    return { artifact: await readPublishedModel(client.s3, bucket, key, client.config.extractor.maxModelBytes), uri };
   } catch (err) {
     if (err instanceof NotFoundError) throw new NotFoundError(`model ${quote(ref)} not found at ${quote(uri)}`);
     throw err;
   }
-  return { artifact: assertModelArtifact(value, uri), uri };
 }
 
 /**

@@ -127,13 +127,20 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     say(
       '\n' +
         table([
-          ['features', 'test accuracy', 'macro F1', 'images', 'failed', 'time', 'run'],
+          ['features', 'test accuracy', 'macro F1', '1-NN', '5-NN', 'images', 'failed', 'cached', 'time', 'run'],
           ...results.map((r) => [
             r.title,
             `${(100 * r.status.metrics!.accuracy).toFixed(1)}%`,
             `${(100 * r.status.metrics!.macroF1).toFixed(1)}%`,
+            // kNN test accuracy on the same features (train+val as the database): retrieval quality.
+            ...[1, 5].map((k) => {
+              const a = r.status.metrics!.knn?.accuracy.find((x) => x.k === k)?.accuracy;
+              return a === undefined ? '-' : `${(100 * a).toFixed(1)}%`;
+            }),
             String(r.status.total),
             String(r.status.failed),
+            // Feature-cache hits: a second demo over the same images extracts nothing again.
+            String(r.status.cache?.hits ?? 0),
             formatDuration(r.seconds),
             r.status.runId,
           ]),

@@ -7,7 +7,17 @@
  */
 import path from 'node:path';
 import { BadRequestError } from '../shared/errors.js';
-import { DEFAULT_FEATURES, RAW_PIXELS, type FeatureSpec } from '../shared/features.js';
+import { parseBackboneRef } from '../shared/backbones.js';
+import {
+  BUILTIN_MODELS,
+  CHANNEL_STAT_LIMIT,
+  DEFAULT_FEATURES,
+  RAW_PIXELS,
+  isOnnxModelRef,
+  type FeatureSpec,
+  type InputLayout,
+  type InputRange,
+} from '../shared/features.js';
 import { MODEL_NAME_RULE, isModelName } from '../shared/model-format.js';
 import { RUN_LIMITS, type RunRequest } from '../shared/queues.js';
 import { quote } from '../shared/text.js';
@@ -73,6 +83,12 @@ export interface FeatureFlags {
   readonly node?: string;
   readonly inputSize?: string;
   readonly inputRange?: string;
+  /** `NAME[:NODE]`: a builtin backbone (shared/backbones.ts) and optionally its node. */
+  readonly backbone?: string;
+  /** ONNX models only: nchw | nhwc (commander checks the choice), and torchvision-style R,G,B mean and std. */
+  readonly inputLayout?: string;
+  readonly mean?: string;
+  readonly std?: string;
 }
 
 /**
@@ -102,6 +118,21 @@ export function modelReference(model: string): string {
 
 export function featureSpec(o: FeatureFlags): FeatureSpec {
   if (o.node === '') throw badFlag('--node', o.node, 'give the name of the node or layer to pool');
+  const onnx = o.model !== undefined && o.backbone === undefined && isOnnxModelRef(o.model);
+  for (const [flag, value] of [
+    ['--input-layout', o.inputLayout],
+    ['--mean', o.mean],
+    ['--std', o.std],
+  ] as const) {
+    if (value !== undefined && !onnx) {
+      throw badFlag(
+        flag,
+        value,
+        'this flag applies only to an ONNX --model (a .onnx file): drop it, or give --model MODEL.onnx',
+      );
+    }
+  }
+  if (o.backbone !== undefined) return backboneSpec(o.backbone, o);
   if (o.model !== undefined) {
     if (o.model === '') throw badFlag('--model', o.model, 'give the path or s3:// URL of a TF.js model.json');
     if (o.features === 'raw-pixels') {
@@ -109,9 +140,12 @@ export function featureSpec(o: FeatureFlags): FeatureSpec {
     }
     if (o.node === undefined) {
       throw new BadRequestError(
-        '--model needs --node: the name of the node (graph model) or layer (layers model) to pool',
+        onnx
+          ? "--model needs --node: the name of the tensor to pool (an output of one of the ONNX graph's nodes)"
+          : '--model needs --node: the name of the node (graph model) or layer (layers model) to pool',
       );
     }
+    if (onnx) return onnxSpec(o, o.model, o.node);
     return {
       kind: 'tfjs',
       model: modelReference(o.model),
@@ -150,4 +184,89 @@ export function featureSpec(o: FeatureFlags): FeatureSpec {
   if (o.features === 'backbone')
     return o.node !== undefined ? { kind: 'builtin', id: 'mobilenet_v2_mid', node: o.node } : DEFAULT_FEATURES;
   throw badFlag('--features', o.features, 'use backbone or raw-pixels (or --model PATH --node NAME)');
+}
+
+/**
+ * `--backbone NAME[:NODE]`: one of the shipped backbones, at its measured default node or NODE.
+ * It chooses the extractor, so --model and --features raw-pixels (other extractors) are refused
+ * with it, as is --node together with a `:NODE` (two nodes).
+ */
+function backboneSpec(value: string, o: FeatureFlags): FeatureSpec {
+  const known = BUILTIN_MODELS.join(', ');
+  if (o.model !== undefined) {
+    throw new BadRequestError('--backbone and --model ask for two different extractors: choose one');
+  }
+  if (o.features === 'raw-pixels') {
+    throw new BadRequestError('--backbone and --features raw-pixels ask for two different extractors: choose one');
+  }
+  for (const [flag, v] of [
+    ['--input-size', o.inputSize],
+    ['--input-range', o.inputRange],
+  ] as const) {
+    if (v !== undefined) {
+      throw badFlag(flag, v, 'a shipped backbone fixes its input size and range (see deepfeat backbones): drop it');
+    }
+  }
+  const ref = parseBackboneRef(value);
+  if (ref === undefined) {
+    throw badFlag('--backbone', value, `expected NAME or NAME:NODE with NAME one of ${known} (deepfeat backbones)`);
+  }
+  if (ref.node === '') throw badFlag('--backbone', value, `give a node after the colon, or drop the colon`);
+  if (ref.node !== undefined && o.node !== undefined) {
+    throw badFlag('--node', o.node, `--backbone ${ref.id}:NODE already names a node: give the node once`);
+  }
+  const node = ref.node ?? o.node;
+  return node !== undefined ? { kind: 'builtin', id: ref.id, node } : { kind: 'builtin', id: ref.id };
+}
+
+/** `--model MODEL.onnx --node TENSOR` with its input flags, each checked. */
+function onnxSpec(o: FeatureFlags, model: string, node: string): FeatureSpec {
+  return {
+    kind: 'onnx',
+    model: modelReference(model),
+    node,
+    ...(o.inputSize !== undefined
+      ? {
+          inputSize: parseWholeNumber(
+            '--input-size',
+            o.inputSize,
+            RUN_LIMITS.modelInputSize,
+            'the side of the square input --model takes',
+          ),
+        }
+      : {}),
+    ...(o.inputLayout !== undefined ? { inputLayout: o.inputLayout as InputLayout } : {}),
+    ...(o.inputRange !== undefined ? { inputRange: o.inputRange as InputRange } : {}),
+    ...(o.mean !== undefined ? { mean: parseChannelStats('--mean', o.mean, false) } : {}),
+    ...(o.std !== undefined ? { std: parseChannelStats('--std', o.std, true) } : {}),
+  };
+}
+
+/** A signed decimal: `0.485`, `-1`, `.5`, `2.` (no exponent, hex or spaces). */
+const SIGNED_DECIMAL = /^-?(?:[0-9]{1,20}(?:\.[0-9]{0,20})?|\.[0-9]{1,20})$/;
+
+/**
+ * `R,G,B`: three decimals, one per channel, as torchvision's Normalize takes them (for pixels in
+ * 0..1: mean 0.485,0.456,0.406 and std 0.229,0.224,0.225 for ImageNet models).
+ */
+export function parseChannelStats(
+  flag: '--mean' | '--std',
+  value: string,
+  positive: boolean,
+): [number, number, number] {
+  const parts = value.split(',');
+  const nums = parts.map(Number);
+  const ok =
+    parts.length === 3 &&
+    parts.every((p) => SIGNED_DECIMAL.test(p)) &&
+    nums.every((n) => Math.abs(n) <= CHANNEL_STAT_LIMIT && (!positive || n > 0));
+  if (!ok) {
+    throw badFlag(
+      flag,
+      value,
+      `expected three decimals R,G,B like ${positive ? '0.229,0.224,0.225' : '0.485,0.456,0.406'}` +
+        `${positive ? ', each above 0' : ''}, at most ${CHANNEL_STAT_LIMIT} in size, in the scale of --input-range`,
+    );
+  }
+  return nums as [number, number, number];
 }

@@ -4,7 +4,7 @@
  * error messages) goes through `field` here: capped, and with its control characters escaped, so
  * a key holding an ANSI escape cannot recolour, clear or rewrite a user's terminal.
  */
-import type { ImageFailure, RunStatus } from '../shared/run-state.js';
+import type { ImageFailure, KnnMetrics, RunStatus } from '../shared/run-state.js';
 import { isPredictRequest } from '../shared/queues.js';
 import type { ModelArtifact } from '../shared/model-format.js';
 import { describeFeatures } from '../shared/features.js';
@@ -51,6 +51,8 @@ export function formatStatus(s: RunStatus, maxFailures = 10, maxSkipped = 10): s
     `images    ${s.done + s.failed}/${s.total} processed, ${s.failed} failed, shards ${s.shardsDone}/${s.shards}`,
     `speed     ${s.imagesPerSecond ? `${s.imagesPerSecond.toFixed(1)} images/s` : '-'}   eta ${formatDuration(s.etaSeconds)}`,
   ];
+  // Feature cache lookups; absent when the run looked nothing up (and from older run.json files).
+  if (s.cache) lines.push(`cache     ${s.cache.hits}/${s.cache.hits + s.cache.misses} hits`);
   if (s.error) lines.push(`error     ${field(s.error.message)}`);
   // A status lists the first failures and counts them all; a run.json written before that lists
   // every failure and has no count.
@@ -88,6 +90,7 @@ export function formatStatus(s: RunStatus, maxFailures = 10, maxSkipped = 10): s
         .join('\n'),
     );
     lines.push(`  confusion (rows true, cols predicted): ${m.confusion.map((r) => `[${r.join(' ')}]`).join(' ')}`);
+    if (m.knn) lines.push(`knn       ${formatKnn(m.knn)}`);
   }
   if (s.model) lines.push(`model     ${field(s.model.uri)}  (deepfeat download ${field(s.runId)} -o DIR)`);
   // A run.json written before prediction runs existed has no `predictions`.
@@ -99,6 +102,22 @@ export function formatStatus(s: RunStatus, maxFailures = 10, maxSkipped = 10): s
     lines.push(`onnx      ${field(s.model.classifier)}  (the whole classifier: image in, probabilities out)`);
   if (s.model?.classifierUnavailable) lines.push(`onnx      none: ${field(s.model.classifierUnavailable)}`);
   return lines.join('\n');
+}
+
+/**
+ * The kNN metrics in one line: `1-NN 71.2%, 5-NN 74.0% (train+val as the database)`, and the
+ * sample sizes when the evaluator sampled either side.
+ */
+export function formatKnn(k: KnnMetrics): string {
+  const n = (x: number) => x.toLocaleString('en-US');
+  const sampled = [
+    ...(k.database < k.databaseOf ? [`${n(k.database)} of ${n(k.databaseOf)} train+val images`] : []),
+    ...(k.queries < k.testImages ? [`${n(k.queries)} of ${n(k.testImages)} test images as queries`] : []),
+  ];
+  return (
+    `${k.accuracy.map((a) => `${a.k}-NN ${pct(a.accuracy)}`).join(', ')} (train+val as the database` +
+    `${sampled.length > 0 ? `; seeded samples: ${sampled.join(', ')}` : ''})`
+  );
 }
 
 /** One failed image for a terminal: `key: reason`, both capped and escaped. */

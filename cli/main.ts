@@ -8,9 +8,10 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import { ENV_DOC, loadConfig } from '../shared/config.js';
-import { INPUT_RANGES } from '../shared/features.js';
+import { BUILTIN_MODELS, INPUT_LAYOUTS, INPUT_RANGES } from '../shared/features.js';
+import { backboneRows, formatBackbones } from './backbones.js';
 import { parseS3Url } from '../shared/s3.js';
-import { terminalSafeLines } from '../shared/text.js';
+import { terminalSafeJson, terminalSafeLines } from '../shared/text.js';
 import type { RunStatus } from '../shared/run-state.js';
 import {
   createClient,
@@ -35,6 +36,9 @@ import { startS3Server } from './local-stack.js';
 import { featureSpec, parseName, parseSeed, parseShardSize, parseSplit, parseWholeNumber } from './flags.js';
 import { DEFAULT_TOP, enqueuePredict } from './predict-client.js';
 import { predictLocal } from './predict-local.js';
+import { registerCacheCommand } from './cache.js';
+import { DEFAULT_NEIGHBOURS, MAX_NEIGHBOURS, similar } from './similar.js';
+import { SEARCH_SPLITS, type SearchSplit } from '../services/retrieval/run-index.js';
 import { RUN_LIMITS, type QueueName } from '../shared/queues.js';
 import { BadRequestError } from '../shared/errors.js';
 
@@ -100,10 +104,24 @@ program
   .addOption(
     new Option('--features <kind>', 'feature extractor').choices(['backbone', 'raw-pixels']).default('backbone'),
   )
-  .option('--model <path|s3url>', 'your own TF.js model.json (graph or layers model) instead of the shipped backbone')
+  .option(
+    '--model <path|s3url>',
+    'your own TF.js model.json (graph or layers model) or ONNX model (.onnx) instead of the shipped backbone',
+  )
   .option('--node <name>', 'node or layer to pool (with --model; or another node of the shipped backbone)')
+  .option(
+    '--backbone <name[:node]>',
+    `shipped backbone to use: ${BUILTIN_MODELS.join(', ')} (default ${BUILTIN_MODELS[0]}), optionally at NODE; see deepfeat backbones`,
+  )
   .option('--input-size <n>', 'square input size of --model, 8 to 2048 (default: from the model)')
   .addOption(new Option('--input-range <range>', 'pixel range --model expects').choices(INPUT_RANGES))
+  .addOption(
+    new Option('--input-layout <layout>', 'ONNX --model: image layout, when its input shape does not tell').choices(
+      INPUT_LAYOUTS,
+    ),
+  )
+  .option('--mean <r,g,b>', 'ONNX --model: per-channel mean subtracted after --input-range (torchvision Normalize)')
+  .option('--std <r,g,b>', 'ONNX --model: per-channel std divided by after --mean (torchvision Normalize)')
   .option('--seed <n>', 'seed of the stratified split, 0 to 4294967295', '42')
   .option('--split <fractions>', 'train,val,test fractions when the data has no split folders', '0.7,0.1,0.2')
   .option('--shard-size <n>', 'images per extract job, 1 to 100000 (default: DEEPFEAT_SHARD_SIZE)')
@@ -191,6 +209,41 @@ program
     });
   });
 
+program
+  .command('similar')
+  .description(
+    "the images of a run most similar to each query image (cosine similarity of the run's deep features), " +
+      "found with the run's own backbone; a query that cannot be used gets its reason and the others still print",
+  )
+  .argument('<ref>', 'NAME (its latest version), NAME@VERSION, or RUN (a run with features and no model yet, too)')
+  .argument('<queries...>', 'image files, or objects s3://bucket/key')
+  .option(
+    '-k, --neighbours <k>',
+    `images per query, most similar first: 1 to ${MAX_NEIGHBOURS}`,
+    String(DEFAULT_NEIGHBOURS),
+  )
+  .addOption(
+    new Option('--split <split>', "search one split of the run's images, or all").choices(SEARCH_SPLITS).default('all'),
+  )
+  .option('--memory <MiB>', "most memory the run's index may take (default: half of this host's or container's memory)")
+  .option('--json', 'print JSON lines, one per query')
+  .action(async (ref: string, queries: string[], o) => {
+    // Every flag is checked before anything is connected to.
+    const k = parseWholeNumber('-k', o.neighbours, { min: 1, max: MAX_NEIGHBOURS }, 'images per query');
+    const memoryMiB =
+      o.memory === undefined
+        ? undefined
+        : parseWholeNumber('--memory', o.memory, { min: 1, max: 2 ** 30 }, "MiB the run's index may take");
+    await withClient(async (client) => {
+      process.exitCode = await similar(client, ref, queries, {
+        k,
+        split: o.split as SearchSplit,
+        format: o.json ? 'json' : 'table',
+        ...(memoryMiB !== undefined ? { memoryMiB } : {}),
+      });
+    });
+  });
+
 /** The queues a training run's jobs go through, and a prediction run's. */
 const TRAINING_QUEUES: readonly QueueName[] = ['plan', 'extract', 'train', 'evaluate'];
 const PREDICTION_QUEUES: readonly QueueName[] = ['plan', 'predict', 'collect'];
@@ -213,7 +266,7 @@ async function warnMissingWorkers(client: Client, queues: readonly QueueName[]):
 /** After a run is queued: its id at once, or with --wait its progress, final status and exit code. */
 async function printOrWait(client: Client, runId: string, o: { wait?: boolean; json?: boolean }): Promise<void> {
   if (!o.wait) {
-    console.log(o.json ? JSON.stringify({ runId }) : runId);
+    console.log(o.json ? terminalSafeJson({ runId }) : runId);
     return;
   }
   if (!o.json) console.error(`run ${runId} queued; waiting (Ctrl-C stops waiting, not the run)`);
@@ -224,7 +277,7 @@ async function printOrWait(client: Client, runId: string, o: { wait?: boolean; j
   } finally {
     progress?.stop();
   }
-  console.log(o.json ? JSON.stringify(s, null, 2) : formatStatus(s));
+  console.log(o.json ? terminalSafeJson(s, 2) : formatStatus(s));
   process.exitCode = exitCodeForRun(s);
 }
 
@@ -242,7 +295,7 @@ program
       let s = await getStatus(client, runId);
       if (o.allFailures) {
         // Streamed shard by shard: a million failures never become one document in memory.
-        for await (const f of getFailures(client, runId)) console.log(o.json ? JSON.stringify(f) : formatFailure(f));
+        for await (const f of getFailures(client, runId)) console.log(o.json ? terminalSafeJson(f) : formatFailure(f));
         process.exitCode = exitCodeForRun(s);
         return;
       }
@@ -256,7 +309,7 @@ program
         await new Promise((r) => setTimeout(r, 1000));
         s = await getStatus(client, runId);
       }
-      console.log(o.json ? JSON.stringify(s, null, 2) : formatStatus(s));
+      console.log(o.json ? terminalSafeJson(s, 2) : formatStatus(s));
       process.exitCode = exitCodeForRun(s);
     });
   });
@@ -274,13 +327,23 @@ program
   });
 
 program
+  .command('backbones')
+  .description('the shipped backbones: input size, default node, dimension, engine, measured speed and accuracy')
+  .option('--json', 'print JSON')
+  .action((o) => {
+    const rows = backboneRows();
+    if (o.json) return console.log(terminalSafeJson(rows, 2));
+    console.log(formatBackbones(rows));
+  });
+
+program
   .command('workers')
   .description('live workers and job counts of each queue')
   .option('--json', 'print JSON')
   .action(async (o) => {
     await withClient(async (client) => {
       const [workers, counts] = await Promise.all([listWorkers(client), getQueueCounts(client)]);
-      if (o.json) return console.log(JSON.stringify({ workers, counts }, null, 2));
+      if (o.json) return console.log(terminalSafeJson({ workers, counts }, 2));
       console.log(
         table([
           ['kind', 'worker', 'queues', 'address', 'age'],
@@ -312,6 +375,8 @@ program
     startWorkers(loadConfig(), kind, n);
     await new Promise(() => undefined); // runs until a signal closes it
   });
+
+registerCacheCommand(program, withClient);
 
 program
   .command('demo')

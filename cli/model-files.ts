@@ -1,6 +1,6 @@
 /**
  * A published version's files: models/<name>/<version>/ holds model.json and, beside it,
- * classifier.onnx (and whatever later versions add). `deepfeat download` writes the whole folder;
+ * classifier.onnx. `deepfeat download` writes both (nothing else from the folder);
  * `deepfeat predict` reads classifier.onnx, checked against the size and sha256 model.json gives
  * and kept in DEEPFEAT_CACHE_DIR by its hash, so a model is fetched once per host.
  */
@@ -9,14 +9,9 @@ import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BadRequestError, ModelError, NotFoundError } from '../shared/errors.js';
 import { CLASSIFIER_FILE, type ClassifierInfo, type ModelArtifact } from '../shared/model-format.js';
-import { getObjectBytes, listObjects, s3Url, splitS3Url } from '../shared/s3.js';
+import { getObjectBytes, s3Url, splitS3Url } from '../shared/s3.js';
 import { quote } from '../shared/text.js';
 import type { Client } from './client.js';
-
-/** A file name a version folder may hold: one plain segment (never '..', never a path). */
-const FILE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
-/** Most files downloaded from one version folder: it holds two today. */
-const MAX_FILES = 64;
 
 /** The classifier model.json names, or undefined (an older version, or a backbone ONNX cannot express). */
 export function classifierOf(a: ModelArtifact): ClassifierInfo | undefined {
@@ -51,6 +46,12 @@ export async function classifierBytes(client: Client, artifact: ModelArtifact, m
 async function fetchChecked(client: Client, modelUri: string, info: ClassifierInfo): Promise<Uint8Array> {
   const { bucket, key } = splitS3Url(modelUri);
   const fileKey = key.replace(/model\.json$/, CLASSIFIER_FILE);
+  const limit = client.config.extractor.maxModelBytes;
+  if (info.bytes > limit) {
+    throw new ModelError(
+      `${quote(s3Url(bucket, fileKey))} is ${info.bytes} bytes, over the limit of ${limit} (DEEPFEAT_MAX_MODEL_BYTES)`,
+    );
+  }
   let bytes: Uint8Array;
   try {
     bytes = await getObjectBytes(client.s3, bucket, fileKey, info.bytes);
@@ -75,10 +76,11 @@ async function fetchChecked(client: Client, modelUri: string, info: ClassifierIn
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 /**
- * Writes every file of the version folder holding `modelUri` into `dir`: model.json (as read and
- * checked, `artifact`), classifier.onnx (checked against model.json), and any other plain file
- * there up to DEEPFEAT_MAX_MODEL_BYTES. Files are written under a temporary name and renamed, so
- * a folder never holds half a file. Returns the names written.
+ * Writes the version holding `modelUri` into `dir`: model.json (as read and checked, `artifact`)
+ * and classifier.onnx (checked against model.json), and nothing else — another object someone put
+ * in the version's folder in the bucket never becomes a file here (it could be a package.json).
+ * Files are written under a temporary name and renamed, so a folder never holds half a file.
+ * Returns the names written.
  */
 export async function downloadVersion(
   client: Client,
@@ -86,17 +88,9 @@ export async function downloadVersion(
   modelUri: string,
   dir: string,
 ): Promise<string[]> {
-  const { bucket, key } = splitS3Url(modelUri);
-  const prefix = key.slice(0, key.lastIndexOf('/') + 1);
   const files = new Map<string, Uint8Array | string>([['model.json', `${JSON.stringify(artifact, null, 2)}\n`]]);
   const info = classifierOf(artifact);
   if (info) files.set(CLASSIFIER_FILE, await fetchChecked(client, modelUri, info));
-  for await (const o of listObjects(client.s3, bucket, prefix)) {
-    const name = o.key.slice(prefix.length);
-    // Nested keys and odd names are not part of a version's layout; they are never a path here.
-    if (files.has(name) || !FILE_NAME.test(name) || files.size >= MAX_FILES) continue;
-    files.set(name, await getObjectBytes(client.s3, bucket, o.key, client.config.extractor.maxModelBytes));
-  }
   try {
     await mkdir(dir, { recursive: true });
     for (const [name, body] of files) {

@@ -8,10 +8,12 @@
  * Rows stream out batch by batch in --json (JSON lines) and --csv; the table waits for the end
  * to align its columns.
  */
-import { lstat, readFile, readdir, stat } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { type FileHandle, lstat, open, readdir, stat } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { DecoderPool } from '../services/extractor/decoder-pool.js';
+import { readBounded } from '../services/extractor/model-source.js';
 import { BadRequestError, ImageError, errorMessage } from '../shared/errors.js';
 import type { Client } from './client.js';
 import { fetchModel } from './client.js';
@@ -55,12 +57,7 @@ export async function predictLocal(
   }
   const classifier = await openClassifier(client, artifact, uri);
   const cfg = client.config.extractor;
-  const decoders = new DecoderPool({
-    processes: Math.max(1, Math.min(BATCH, availableParallelism())),
-    timeoutSeconds: cfg.decodeTimeoutSeconds,
-    memoryLimitMiB: cfg.decodeMemoryMiB,
-    log: () => undefined, // a decoder replaced after a bad image: the row says what happened
-  });
+  const decoders = localDecoderPool(cfg);
   const rows: LocalPrediction[] = [];
   let classified = 0;
   const emit = (r: LocalPrediction) => {
@@ -118,22 +115,38 @@ export async function predictLocal(
   } finally {
     await Promise.all([decoders.close(), classifier.close()]);
   }
-  if (o.format === 'table') out(formatPredictions(rows, top));
+  // One line at a time: `out` escapes what it writes on a terminal, and the table's cells are escaped already.
+  if (o.format === 'table') for (const line of formatPredictions(rows, top).split('\n')) out(line);
   return classified > 0 ? 0 : EXIT_BAD_INPUT;
 }
 
-/** The human table: file, then each top label with its probability, and a reason for a file that failed. */
+/** The human table: file, then each top label with its probability; a file that failed has its reason in the last column. */
 export function formatPredictions(rows: readonly LocalPrediction[], top: number): string {
-  const head = ['file', ...Array.from({ length: top }, (_, i) => (top === 1 ? 'label' : `#${i + 1}`))];
+  const labels = Array.from({ length: top }, (_, i) => (top === 1 ? 'label' : `#${i + 1}`));
+  const failed = rows.some((r) => 'error' in r);
+  const head = ['file', ...labels, ...(failed ? ['error'] : [])];
   const body = rows.map((r) =>
     'top' in r
       ? [r.file, ...r.top.map((t) => `${t.label} ${(100 * t.probability).toFixed(1)}%`)]
-      : [r.file, `error: ${r.error}`],
+      : [r.file, ...labels.map(() => '-'), r.error],
   );
   return table([head, ...body]);
 }
 
-type FileItem = { file: string; bytes?: Uint8Array; error?: string };
+/**
+ * Decoder processes for a CLI command that decodes local images (predict, similar): the
+ * pipeline's limits, one process per core up to a batch.
+ */
+export function localDecoderPool(cfg: Client['config']['extractor']): DecoderPool {
+  return new DecoderPool({
+    processes: Math.max(1, Math.min(BATCH, availableParallelism())),
+    timeoutSeconds: cfg.decodeTimeoutSeconds,
+    memoryLimitMiB: cfg.decodeMemoryMiB,
+    log: () => undefined, // a decoder replaced after a bad image: the row says what happened
+  });
+}
+
+export type FileItem = { file: string; bytes?: Uint8Array; error?: string };
 
 /** `items` in arrays of `size` (the last may be shorter). */
 async function* batchesOf<T>(items: AsyncIterable<T>, size: number): AsyncGenerator<T[]> {
@@ -151,7 +164,8 @@ async function* batchesOf<T>(items: AsyncIterable<T>, size: number): AsyncGenera
 /**
  * The files `paths` name, in order: a file as given, a folder's files recursively in name order
  * (hidden names and symbolic links inside folders skipped: no loops, nothing outside the folder).
- * A path that cannot be read, or a file over the size limit, comes back with its reason.
+ * A path that cannot be read, anything that is not a regular file, a file over the size limit,
+ * and a folder with no files come back with their reason.
  */
 async function* imageFiles(paths: readonly string[], maxBytes: number): AsyncGenerator<FileItem> {
   for (const path of paths) {
@@ -162,8 +176,16 @@ async function* imageFiles(paths: readonly string[], maxBytes: number): AsyncGen
       yield { file: path, error: fileProblem(err) };
       continue;
     }
-    if (info.isDirectory()) yield* walk(path, maxBytes);
-    else yield readImage(path, info.size, maxBytes, info.isFile());
+    if (!info.isDirectory()) {
+      yield readImageFile(path, maxBytes, true);
+      continue;
+    }
+    let found = false;
+    for await (const item of walk(path, maxBytes)) {
+      found = true;
+      yield item;
+    }
+    if (!found) yield { file: path, error: 'no files in this folder (hidden names and symbolic links are skipped)' };
   }
 }
 
@@ -178,25 +200,43 @@ async function* walk(dir: string, maxBytes: number): AsyncGenerator<FileItem> {
   for (const name of names) {
     if (name.startsWith('.')) continue;
     const path = join(dir, name);
-    const info = await lstat(path).catch(() => undefined);
-    if (!info || info.isSymbolicLink()) continue;
-    if (info.isDirectory()) yield* walk(path, maxBytes);
-    else if (info.isFile()) yield readImage(path, info.size, maxBytes, true);
+    const info = await lstat(path).catch((err: unknown) => err as NodeJS.ErrnoException);
+    if (info instanceof Error) yield { file: path, error: fileProblem(info) };
+    else if (info.isSymbolicLink()) continue;
+    else if (info.isDirectory()) yield* walk(path, maxBytes);
+    else yield readImageFile(path, maxBytes, false);
   }
 }
 
-async function readImage(path: string, size: number, maxBytes: number, regular: boolean): Promise<FileItem> {
-  if (!regular) return { file: path, error: 'not a regular file' };
-  if (size > maxBytes) {
-    return {
-      file: path,
-      error: `file too large: ${size} bytes exceeds the limit of ${maxBytes} (DEEPFEAT_MAX_IMAGE_BYTES)`,
-    };
-  }
+/**
+ * The file's bytes, read from one open handle: opened without blocking (a FIFO cannot hang it)
+ * and, inside a walked folder, without following a symbolic link (one swapped in after the walk
+ * looked is refused); checked to be a regular file by fstat; and read only up to the limit, since
+ * the size on disk is only a hint (a file may grow; /proc files report 0).
+ */
+export async function readImageFile(path: string, maxBytes: number, follow: boolean): Promise<FileItem> {
+  const flags = constants.O_RDONLY | constants.O_NONBLOCK | (follow ? 0 : constants.O_NOFOLLOW);
+  let fh: FileHandle;
   try {
-    return { file: path, bytes: new Uint8Array(await readFile(path)) };
+    fh = await open(path, flags);
   } catch (err) {
     return { file: path, error: fileProblem(err) };
+  }
+  try {
+    const info = await fh.stat();
+    if (info.isDirectory()) return { file: path, error: 'a folder: give image files' };
+    if (!info.isFile()) return { file: path, error: 'not a regular file' };
+    const tooLarge = (size: string) => ({
+      file: path,
+      error: `file too large: ${size} exceeds the limit of ${maxBytes} bytes (DEEPFEAT_MAX_IMAGE_BYTES)`,
+    });
+    if (info.size > maxBytes) return tooLarge(`${info.size} bytes`);
+    const bytes = await readBounded(fh, info.size, maxBytes);
+    return bytes ? { file: path, bytes } : tooLarge('what it holds');
+  } catch (err) {
+    return { file: path, error: fileProblem(err) };
+  } finally {
+    await fh.close().catch(() => undefined);
   }
 }
 
@@ -209,6 +249,8 @@ function fileProblem(err: unknown): string {
       return 'permission denied';
     case 'EISDIR':
       return 'a folder';
+    case 'ELOOP':
+      return 'a symbolic link (inside a folder, links are not followed) or a loop of them';
     default:
       return `cannot read: ${field(errorMessage(err), 200)}`;
   }

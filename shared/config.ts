@@ -19,6 +19,9 @@ export type TfjsBackendChoice = (typeof TFJS_BACKENDS)[number];
 /** ONNX Runtime execution provider (DEEPFEAT_ONNX_PROVIDER); 'auto' tries CUDA, then CPU. */
 export const ONNX_PROVIDERS = ['auto', 'cuda', 'cpu'] as const;
 export type OnnxProviderChoice = (typeof ONNX_PROVIDERS)[number];
+/** Whether extractors look vectors up in, and add them to, the feature cache (DEEPFEAT_FEATURE_CACHE). */
+export const FEATURE_CACHE_CHOICES = ['on', 'off'] as const;
+export type FeatureCacheChoice = (typeof FEATURE_CACHE_CHOICES)[number];
 /** pino's levels (LOG_LEVEL). */
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
@@ -54,6 +57,11 @@ export interface Config {
    * bound is the planner's memory: the 256 MiB default holds a million images with long keys.
    */
   readonly maxManifestBytes: number;
+  /**
+   * The feature cache (services/extractor/feature-cache/): 'on' looks every image's vector up
+   * before extracting it and adds the new ones; 'off' neither looks up nor writes.
+   */
+  readonly featureCache: FeatureCacheChoice;
   readonly extractor: {
     readonly shardSize: number;
     /** Images per forward pass; 0 = the engine's preferred batch (FeatureEngine.preferredBatch). */
@@ -114,6 +122,7 @@ export const ENV_DOC: Readonly<Record<string, string>> = {
   DEEPFEAT_SHARD_SIZE: 'images per extract job (default 256)',
   DEEPFEAT_MAX_MANIFEST_BYTES:
     'largest manifest .csv/.jsonl the planner reads (default 268435456 = 256 MiB, over a million images)',
+  DEEPFEAT_FEATURE_CACHE: `${FEATURE_CACHE_CHOICES.join('|')}: reuse feature vectors already extracted for the same object version and feature spec (default on; off = no lookups, no writes)`,
   DEEPFEAT_BATCH_SIZE: "images per forward pass (default 0 = the engine's choice: 8 on CPU, 32 on GPU)",
   DEEPFEAT_FETCH_CONCURRENCY: 'parallel S3 downloads per extractor (default 8)',
   DEEPFEAT_MAX_IMAGE_BYTES: 'larger objects are recorded as failures, not read (default 52428800)',
@@ -283,6 +292,7 @@ export function loadConfig(env: Env = process.env): Config {
     logLevel: r.oneOf('LOG_LEVEL', LOG_LEVELS, 'info'),
     jobAttempts: r.int('DEEPFEAT_JOB_ATTEMPTS', 3, 1, 50),
     maxManifestBytes: r.int('DEEPFEAT_MAX_MANIFEST_BYTES', 256 * 1024 * 1024, 1, 1024 * 1024 * 1024),
+    featureCache: r.oneOf('DEEPFEAT_FEATURE_CACHE', FEATURE_CACHE_CHOICES, 'on'),
     extractor: {
       shardSize: r.int('DEEPFEAT_SHARD_SIZE', 256, 1, 100_000),
       batchSize: r.int('DEEPFEAT_BATCH_SIZE', 0, 0, 1024),

@@ -34,6 +34,36 @@ export function inputLut(range: InputRange): Float32Array {
   return lut;
 }
 
+/** Image input layouts an ONNX model may take: channels first (PyTorch exports) or last (TF exports). */
+export const INPUT_LAYOUTS = ['nchw', 'nhwc'] as const;
+export type InputLayout = (typeof INPUT_LAYOUTS)[number];
+/** Whether `--model` names an ONNX model: by its extension, `.onnx` (any case); anything else is TF.js's model.json. */
+export function isOnnxModelRef(model: string): boolean {
+  return /\.onnx$/i.test(model);
+}
+/** Bounds of --mean and --std values: std must be positive; both finite and of a sane size. */
+export const CHANNEL_STAT_LIMIT = 1e6;
+
+/**
+ * One 256-entry table per channel (R, G, B): the input value of each pixel byte in `range`, then
+ * (value − mean[c]) / std[c] (torchvision's Normalize after ToTensor when range is 0,1), computed
+ * in double precision and rounded once to float32. Without mean and std each table equals
+ * inputLut(range).
+ */
+export function channelLuts(
+  range: InputRange,
+  mean: readonly number[] = [0, 0, 0],
+  std: readonly number[] = [1, 1, 1],
+): [Float32Array, Float32Array, Float32Array] {
+  const { scale, offset } = INPUT_RANGE_SCALES[range];
+  const luts = [0, 1, 2].map((c) => {
+    const lut = new Float32Array(256);
+    for (let v = 0; v < 256; v++) lut[v] = (v * scale + offset - mean[c]!) / std[c]!;
+    return lut;
+  });
+  return luts as [Float32Array, Float32Array, Float32Array];
+}
+
 /**
  * Sides the raw-pixels baseline may be decoded at. Larger sides make rows of 3·size² floats:
  * 256 → 196,608 per image, already silly for this baseline.
@@ -42,17 +72,35 @@ export const RAW_PIXELS_SIZE = { min: 1, max: 256, default: 32 } as const;
 /** Raw pixels are scaled to [0, 1], as in the lesson. */
 export const RAW_PIXELS_RANGE: InputRange = '0,1';
 
-/** Backbones that ship with the install (see services/extractor/engines/builtin-model.ts). */
-export const BUILTIN_MODELS = ['mobilenet_v2_mid'] as const;
+/**
+ * Backbones that ship with the install, all from nsfwjs@4.4.0 (catalogue: shared/backbones.ts;
+ * loaders: services/extractor/engines/builtin-model.ts). The first is the default.
+ */
+export const BUILTIN_MODELS = ['mobilenet_v2_mid', 'mobilenet_v2', 'inception_v3'] as const;
 export type BuiltinModelId = (typeof BUILTIN_MODELS)[number];
 
 export type FeatureSpec =
   /** The lesson's baseline: the image resized to size×size, pixels/255 flattened. */
   | { kind: 'raw-pixels'; size: number }
-  /** The backbone that ships with the install (MobileNetV2 in nsfwjs@4.4.0); node defaults to the measured best. */
+  /** A backbone that ships with the install (nsfwjs@4.4.0); node defaults to its measured best. */
   | { kind: 'builtin'; id: BuiltinModelId; node?: string }
   /** A user's TF.js graph or layers model: local path or s3:// URL of model.json, plus the node to pool. */
-  | { kind: 'tfjs'; model: string; node: string; inputSize?: number; inputRange?: InputRange };
+  | { kind: 'tfjs'; model: string; node: string; inputSize?: number; inputRange?: InputRange }
+  /**
+   * A user's ONNX model (local path or s3:// URL of a .onnx file) pooled at any tensor `node`.
+   * Layout and size come from the model's input unless given; mean/std follow torchvision:
+   * x = (range value − mean) / std per channel (RGB).
+   */
+  | {
+      kind: 'onnx';
+      model: string;
+      node: string;
+      inputSize?: number;
+      inputLayout?: InputLayout;
+      inputRange?: InputRange;
+      mean?: [number, number, number];
+      std?: [number, number, number];
+    };
 
 export const DEFAULT_FEATURES: FeatureSpec = { kind: 'builtin', id: 'mobilenet_v2_mid' };
 export const RAW_PIXELS: FeatureSpec = { kind: 'raw-pixels', size: RAW_PIXELS_SIZE.default };
@@ -65,6 +113,7 @@ export function describeFeatures(spec: FeatureSpec): string {
     case 'builtin':
       return `${spec.id}${spec.node ? `@${spec.node}` : ''}`;
     case 'tfjs':
+    case 'onnx':
       return `${spec.model}@${spec.node}`;
   }
 }

@@ -11,6 +11,13 @@ import { quote } from './text.js';
 
 export const MODEL_FORMAT = 'deepfeat.model/v1';
 
+/**
+ * Largest model.json read: its weights are classes × features numbers as JSON text (~20 bytes
+ * each), so 128 MiB holds about 6 million weights (2,000 classes × 3,072 raw pixels). A reader
+ * refuses a larger one before reading its body: parsed, it would take several times its size.
+ */
+export const MAX_PUBLISHED_MODEL_BYTES = 128 * 1024 * 1024;
+
 /** A model name is one segment of its keys (models/<name>/...): no '/', and short. */
 export const MODEL_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 export const MODEL_NAME_RULE =
@@ -38,6 +45,9 @@ export interface Candidate extends LinearSoftmaxModel {
    */
   features?: { engine: string; backends: string[]; input: { width: number; height: number } };
 }
+
+/** Largest input side a classifier may declare: the engines' own bound on a model's input (RUN_LIMITS). */
+const MAX_CLASSIFIER_SIDE = 2048;
 
 /** The portable classifier's file name, beside model.json in the version's folder. */
 export const CLASSIFIER_FILE = 'classifier.onnx';
@@ -167,6 +177,7 @@ export function assertModelArtifact(value: unknown, uri: string): ModelArtifact 
           isObject(c.input) &&
           Array.isArray(c.input.shape) &&
           isPositiveInt(c.input.shape[1]) &&
+          (c.input.shape[1] as number) <= MAX_CLASSIFIER_SIDE &&
           c.input.shape[1] === c.input.shape[2]);
     if (!ok) throw bad(`"classifier" must name ${CLASSIFIER_FILE} with its sha256, size and input, or give a reason`);
   }

@@ -6,7 +6,14 @@
 import { Queue, Worker, FlowProducer, type Processor, type WorkerOptions, type ConnectionOptions } from 'bullmq';
 import { z } from 'zod';
 import { BadRequestError } from './errors.js';
-import { BUILTIN_MODELS, INPUT_RANGES, RAW_PIXELS_SIZE, type FeatureSpec } from './features.js';
+import {
+  BUILTIN_MODELS,
+  CHANNEL_STAT_LIMIT,
+  INPUT_LAYOUTS,
+  INPUT_RANGES,
+  RAW_PIXELS_SIZE,
+  type FeatureSpec,
+} from './features.js';
 import { SPLITS } from './dataset.js';
 import { MODEL_NAME_PATTERN, MODEL_NAME_RULE, MODEL_VERSION_RULE, modelKey } from './model-format.js';
 import { RUN_ID_PATTERN } from './run-state.js';
@@ -33,6 +40,9 @@ export const RUN_LIMITS = {
   top: { min: 1, max: 1000 },
 } as const;
 
+const channelStat = z.number().finite().min(-CHANNEL_STAT_LIMIT).max(CHANNEL_STAT_LIMIT);
+const channelScale = z.number().finite().positive().max(CHANNEL_STAT_LIMIT);
+
 // Discriminated by kind, so a bad field is reported by its own path and message (e.g. the input
 // ranges allowed), not as the union's bare "Invalid input".
 const featureSpecSchema: z.ZodType<FeatureSpec> = z.discriminatedUnion('kind', [
@@ -47,6 +57,16 @@ const featureSpecSchema: z.ZodType<FeatureSpec> = z.discriminatedUnion('kind', [
     node: z.string().min(1),
     inputSize: z.number().int().min(RUN_LIMITS.modelInputSize.min).max(RUN_LIMITS.modelInputSize.max).optional(),
     inputRange: z.enum(INPUT_RANGES).optional(),
+  }),
+  z.object({
+    kind: z.literal('onnx'),
+    model: z.string().min(1),
+    node: z.string().min(1),
+    inputSize: z.number().int().min(RUN_LIMITS.modelInputSize.min).max(RUN_LIMITS.modelInputSize.max).optional(),
+    inputLayout: z.enum(INPUT_LAYOUTS).optional(),
+    inputRange: z.enum(INPUT_RANGES).optional(),
+    mean: z.tuple([channelStat, channelStat, channelStat]).optional(),
+    std: z.tuple([channelScale, channelScale, channelScale]).optional(),
   }),
 ]);
 
@@ -132,14 +152,32 @@ const anyRequestSchema = z.unknown().transform((v, ctx): AnyRequest => {
  */
 export const MAX_MANIFEST_LINE_BYTES = 8 * 1024;
 
+/**
+ * The version of an image the planner saw in the source's listing: its ETag (without quotes) and
+ * size, the feature cache's key for it (services/extractor/feature-cache/). Optional: manifests
+ * written before the cache have none, and a manifest source gives none (the planner never copies
+ * an etag column a user wrote; the extractor asks the store with a HEAD instead).
+ */
+const objectVersionFields = {
+  etag: z.string().min(1).max(1024).optional(),
+  size: z.number().int().min(0).optional(),
+};
+
 /** One manifest.jsonl line: the planner writes it, the extractor reads its shard's lines back. */
-export const itemSchema = z.object({ key: z.string(), label: z.string(), split: z.enum(SPLITS) });
+export const itemSchema = z.object({
+  key: z.string(),
+  label: z.string(),
+  split: z.enum(SPLITS),
+  ...objectVersionFields,
+});
 
 /**
  * One manifest.jsonl line of a prediction run: the key, and the label when the source manifest
  * gave one (prediction needs none; a training manifest can be used as it is).
  */
-export const predictItemSchema = z.object({ key: z.string(), label: z.string().optional() }).strict();
+export const predictItemSchema = z
+  .object({ key: z.string(), label: z.string().optional(), ...objectVersionFields })
+  .strict();
 export type PredictItem = z.infer<typeof predictItemSchema>;
 
 /** A shard's lines of the run's manifest.jsonl: bytes [start, end), `count` lines. */

@@ -67,6 +67,28 @@ export interface RunMetrics {
   readonly testImages: number;
   readonly lambda: number;
   readonly validation: ReadonlyArray<{ lambda: number; accuracy: number; logLoss: number }>;
+  /** Retrieval quality beside the regression's; absent from runs evaluated before it existed. */
+  readonly knn?: KnnMetrics;
+}
+
+/**
+ * k-nearest-neighbour test accuracy: each test image (query) takes the majority label of its k
+ * most similar train+val images (cosine similarity of the L2-normalised pooled features; a tie
+ * goes to the tied label of the nearest neighbour). At scale both sides are seeded samples by key
+ * (services/retrieval/knn.ts), so the cost stays bounded; the counts say how many were used.
+ */
+export interface KnnMetrics {
+  /** Accuracy for each k, in increasing k (1 and 5). */
+  readonly accuracy: ReadonlyArray<{ readonly k: number; readonly accuracy: number }>;
+  readonly similarity: 'cosine';
+  /** Test images used as queries, of `testImages` in the run. */
+  readonly queries: number;
+  readonly testImages: number;
+  /** Train+val images searched, of `databaseOf` in the run. */
+  readonly database: number;
+  readonly databaseOf: number;
+  /** Seed of the samples (used only when a side is larger than its cap). */
+  readonly seed: number;
 }
 
 /** Where a prediction run's results are, once it is done. */
@@ -119,6 +141,12 @@ export interface RunStatus {
   readonly model: PublishedModel | null;
   /** A prediction run's results once it is done; null otherwise (and absent from older run.json files). */
   readonly predictions?: PredictionsSummary | null;
+  /**
+   * Feature cache lookups of the run's images so far: hits were copied from the cache, misses
+   * extracted. Null when no shard looked anything up (DEEPFEAT_FEATURE_CACHE=off, a user's model,
+   * runs before the cache); absent from older run.json files.
+   */
+  readonly cache?: CacheCounts | null;
   readonly error: { code: string; message: string } | null;
 }
 
@@ -142,10 +170,18 @@ export function newRunId(now = new Date()): string {
 
 export const RUN_ID_PATTERN = /^r\d{14}-[0-9a-f]{6}$/;
 
+/** Feature cache lookups: images whose vector was found, and images looked up and not found. */
+export interface CacheCounts {
+  readonly hits: number;
+  readonly misses: number;
+}
+
 interface ShardProgress {
   done: number;
   failed: number;
   complete: boolean;
+  /** The shard's feature cache lookups so far; absent when it looked nothing up. */
+  cache?: CacheCounts;
   engine?: string;
   backend?: string;
   /** Engine input size, 'WxH'. */
@@ -158,6 +194,7 @@ export interface ShardCounts {
   readonly done: number;
   readonly failed: number;
   readonly complete: boolean;
+  readonly cache?: CacheCounts;
 }
 
 /** Lua table of the final stages, for the scripts below. */
@@ -342,7 +379,7 @@ export class RunStore {
   ): Promise<void> {
     // Engine, backend and input size are run-wide fields: a status reads every shard field, so
     // those stay small.
-    const counts = { done: p.done, failed: p.failed, complete: p.complete };
+    const counts = { done: p.done, failed: p.failed, complete: p.complete, ...(p.cache ? { cache: p.cache } : {}) };
     const fields: Record<string, string> = { [`shard:${shard}`]: JSON.stringify(counts) };
     if (p.engine) fields.engine = p.engine;
     if (p.backend) fields.backend = p.backend;
@@ -434,7 +471,13 @@ function shardCounts(h: Record<string, string>): ShardCounts[] {
   for (const [field, value] of Object.entries(h)) {
     if (!field.startsWith('shard:')) continue;
     const p = JSON.parse(value) as ShardProgress;
-    out.push({ shard: Number(field.slice(6)), done: p.done, failed: p.failed, complete: p.complete });
+    out.push({
+      shard: Number(field.slice(6)),
+      done: p.done,
+      failed: p.failed,
+      complete: p.complete,
+      ...(p.cache ? { cache: p.cache } : {}),
+    });
   }
   return out.sort((a, b) => a.shard - b.shard);
 }
@@ -454,9 +497,15 @@ export function statusFromHash(
   let failed = 0;
   let shardsDone = 0;
   let failuresTotal = 0;
+  let cache: { hits: number; misses: number } | null = null;
   for (const p of shards) {
     done += p.done;
     failed += p.failed;
+    if (p.cache) {
+      cache ??= { hits: 0, misses: 0 };
+      cache.hits += p.cache.hits;
+      cache.misses += p.cache.misses;
+    }
     if (p.complete) {
       shardsDone++;
       failuresTotal += p.failed;
@@ -497,6 +546,7 @@ export function statusFromHash(
     metrics: json(h.metrics, null),
     model: json(h.model, null),
     predictions: json(h.predictions, null),
+    cache,
     error: json(h.error, null),
   };
 }

@@ -6,8 +6,10 @@
  * a bad request that carries the server's own reason.
  */
 import {
+  DeleteObjectCommand,
   GetObjectCommand,
   HeadBucketCommand,
+  HeadObjectCommand,
   ListObjectsV2Command,
   type ListObjectsV2CommandOutput,
   PutObjectCommand,
@@ -243,6 +245,31 @@ export async function getObjectBytes(
   key: string,
   maxBytes?: number,
 ): Promise<Uint8Array> {
+  return (await getObjectVersion(client, bucket, key, maxBytes)).bytes;
+}
+
+/**
+ * An object's ETag as the feature cache compares it: without the quotes S3 puts around it and
+ * without a weak-validator `W/` mark, so a listing, a HEAD and a GET of one version give the same
+ * text; undefined when the store gives none.
+ */
+export function normalizeEtag(etag: string | undefined): string | undefined {
+  if (etag === undefined) return undefined;
+  const bare = etag.replace(/^W\//, '').replace(/^"(.*)"$/, '$1');
+  return bare === '' ? undefined : bare;
+}
+
+/**
+ * Reads a whole object with the ETag of the bytes returned (normalised; undefined when the
+ * store sends none): the feature cache records a vector under the version it was made from,
+ * not the one listed at planning, which may have been overwritten since.
+ */
+export async function getObjectVersion(
+  client: S3Client,
+  bucket: string,
+  key: string,
+  maxBytes?: number,
+): Promise<{ bytes: Uint8Array; etag: string | undefined }> {
   const what = s3Url(bucket, key);
   try {
     const res = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
@@ -252,11 +279,36 @@ export async function getObjectBytes(
         .catch(() => undefined);
       throw new ObjectTooLargeError(what, res.ContentLength, maxBytes);
     }
-    if (!res.Body) return new Uint8Array(0);
-    return await res.Body.transformToByteArray();
+    const bytes = res.Body ? await res.Body.transformToByteArray() : new Uint8Array(0);
+    return { bytes, etag: normalizeEtag(res.ETag) };
   } catch (err) {
     if (err instanceof ObjectTooLargeError) throw err;
     throw storageError(err, { bucket, key });
+  }
+}
+
+/** An object's ETag (normalised; undefined when the store gives none) and size, without its body. */
+export async function headObject(
+  client: S3Client,
+  bucket: string,
+  key: string,
+): Promise<{ etag: string | undefined; size: number }> {
+  try {
+    const res = await client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
+    return { etag: normalizeEtag(res.ETag), size: res.ContentLength ?? 0 };
+  } catch (err) {
+    throw storageError(err, { bucket, key });
+  }
+}
+
+/** Deletes one object; one that is already gone is not an error (S3 answers 204 either way). */
+export async function deleteObject(client: S3Client, bucket: string, key: string): Promise<void> {
+  try {
+    await client.send(new DeleteObjectCommand({ Bucket: bucket, Key: key }));
+  } catch (err) {
+    const mapped = storageError(err, { bucket, key });
+    if (mapped instanceof NotFoundError) return;
+    throw mapped;
   }
 }
 
@@ -356,12 +408,19 @@ export async function putJson(client: S3Client, bucket: string, key: string, val
   await putObject(client, bucket, key, `${JSON.stringify(value, null, 2)}\n`, 'application/json');
 }
 
-/** Every object under a prefix, page by page. */
-export async function* listObjects(
-  client: S3Client,
-  bucket: string,
-  prefix: string,
-): AsyncGenerator<{ key: string; size: number }> {
+/** One object of a listing: its key, size, ETag (normalised; absent when the store gives none) and age. */
+export interface ListedObject {
+  readonly key: string;
+  readonly size: number;
+  readonly etag?: string;
+  readonly lastModified?: Date;
+}
+
+/**
+ * Every object under a prefix, page by page. The ETag and size come free with the listing: the
+ * planner records them for the feature cache, so a folder source needs no request per image.
+ */
+export async function* listObjects(client: S3Client, bucket: string, prefix: string): AsyncGenerator<ListedObject> {
   let token: string | undefined;
   do {
     let page: ListObjectsV2CommandOutput;
@@ -371,7 +430,14 @@ export async function* listObjects(
       throw storageError(err, { bucket, prefix });
     }
     for (const o of page.Contents ?? []) {
-      if (o.Key !== undefined) yield { key: o.Key, size: o.Size ?? 0 };
+      if (o.Key === undefined) continue;
+      const etag = normalizeEtag(o.ETag);
+      yield {
+        key: o.Key,
+        size: o.Size ?? 0,
+        ...(etag !== undefined ? { etag } : {}),
+        ...(o.LastModified !== undefined ? { lastModified: o.LastModified } : {}),
+      };
     }
     token = page.IsTruncated ? page.NextContinuationToken : undefined;
   } while (token);

@@ -57,8 +57,11 @@ export function terminalSafeLines(s: string): string {
  * C0 controls, and this also writes DEL, C1 and the Unicode line and bidi controls as \uXXXX.
  */
 export function terminalSafeJson(value: unknown, space?: number): string {
+  // Not C0: JSON.stringify escapes those inside strings, and any other is its own layout newline.
   return JSON.stringify(value, null, space).replace(
-    CONTROL,
+    NON_C0_CONTROL,
     (ch) => `\\u${ch.charCodeAt(0).toString(16).padStart(4, '0')}`,
   );
 }
+
+const NON_C0_CONTROL = /[\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;

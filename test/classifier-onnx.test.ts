@@ -2,7 +2,8 @@
  * classifier.onnx (services/extractor/engines/classifier-export.ts): one ONNX graph from uint8
  * NHWC images to probabilities and features gives what the pipeline gives — the feature engine's
  * vectors, then predictProba on the head — for the builtin backbone, a user's graph model with
- * another pixel range, and raw pixels; backbones it cannot express say why instead.
+ * another pixel range, a user's layers model (modern and Keras-era), and raw pixels; backbones it
+ * cannot express say why instead.
  */
 import test from 'ava';
 import * as ort from 'onnxruntime-node';
@@ -14,7 +15,7 @@ import { decodeImage } from '../services/extractor/image.js';
 import type { FeatureSpec } from '../shared/features.js';
 import { assertModelArtifact } from '../shared/model-format.js';
 import { predictProba, type LinearSoftmaxModel } from '../shared/softmax-model.js';
-import { tinyGraphModel, tinyLayersModel } from './helpers/tiny-models.js';
+import { kerasEraModel, tinyGraphModel, tinyLayersModel, type ModelFiles } from './helpers/tiny-models.js';
 
 const files = new Map<string, Uint8Array>();
 const deps: Pick<EngineDeps, 'readObject' | 'maxModelBytes'> & EngineDeps = {
@@ -113,19 +114,41 @@ test("a user's graph model with the [-1, 1] range: the graph scales pixels as th
   );
 });
 
-test('a layers model gets no classifier.onnx, and a reason that says what still works', async (t) => {
-  const m = await tinyLayersModel();
-  files.set('/models/layers/model.json', new TextEncoder().encode(m.json));
-  files.set('/models/layers/w.bin', m.weights);
+for (const [form, make] of [
+  ['modern', tinyLayersModel],
+  ['Keras-era', async () => kerasEraModel(await tinyLayersModel())],
+] as const) {
+  test(`a ${form} layers model: classifier.onnx gives the engine features and the head probabilities`, async (t) => {
+    const m = await make();
+    const dir = `/models/layers-${form}`;
+    files.set(`${dir}/model.json`, new TextEncoder().encode(m.json));
+    files.set(`${dir}/w.bin`, m.weights);
+    await checkAgainstPipeline(t, { kind: 'tfjs', model: `${dir}/model.json`, node: 'conv', inputRange: '-1,1' }, 3);
+    await checkAgainstPipeline(t, { kind: 'tfjs', model: `${dir}/model.json`, node: 'gap' }, 2);
+  });
+}
+
+/** tinyGraphModel with its Relu swapped for Softplus: TF.js runs it, the ONNX converter does not cover it. */
+function softplusGraphModel(): ModelFiles {
+  const m = tinyGraphModel();
+  const json = JSON.parse(m.json) as { modelTopology: { node: Array<{ name: string; op: string }> } };
+  json.modelTopology.node.find((n) => n.name === 'relu')!.op = 'Softplus';
+  return { json: JSON.stringify(json), weights: m.weights };
+}
+
+test('a backbone the converter does not cover gets no classifier.onnx, and a reason that says what still works', async (t) => {
+  const m = softplusGraphModel();
+  files.set('/models/softplus/model.json', new TextEncoder().encode(m.json));
+  files.set('/models/softplus/w.bin', m.weights);
   const r = await exportClassifier({
-    spec: { kind: 'tfjs', model: '/models/layers/model.json', node: 'gap' },
-    head: head(6, 2),
+    spec: { kind: 'tfjs', model: '/models/softplus/model.json', node: 'relu' },
+    head: head(4, 2),
     deps,
   });
   t.false(r.ok);
   if (!r.ok) {
     t.is(r.file, null);
-    t.regex(r.reason, /layers model.*deepfeat predict/);
+    t.regex(r.reason, /cannot be written as ONNX: op Softplus \(node relu\) is not covered.*deepfeat predict/);
   }
 });
 

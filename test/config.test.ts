@@ -21,6 +21,7 @@ test('defaults from an empty env', (t) => {
     },
     logLevel: 'info',
     jobAttempts: 3,
+    featureCache: 'on',
     extractor: {
       shardSize: 256,
       batchSize: 0,

@@ -36,7 +36,12 @@ let deepRun: string;
 const petKeys = () => images.map((img) => `pets/${img.label}/${img.name}`).sort();
 
 test.before(async () => {
-  dep = await deployment({ DEEPFEAT_SHARD_SIZE: '16', DEEPFEAT_BATCH_SIZE: '4' });
+  dep = await deployment({
+    DEEPFEAT_SHARD_SIZE: '16',
+    DEEPFEAT_BATCH_SIZE: '4',
+    // Every run here must really extract: a cached vector would finish a shard before the fault.
+    DEEPFEAT_FEATURE_CACHE: 'off',
+  });
   images = await loadDemoImages({ perClass: PER_CLASS });
   await Promise.all(images.map((img) => dep.put(`pets/${img.label}/${img.name}`, img.png)));
   extractor = spawnWorker(dep.env, 'extractor');

@@ -11,7 +11,15 @@ import { enqueueRun, fetchModel, getStatus, isTerminal } from '../cli/client.js'
 import { RAW_PIXELS } from '../shared/features.js';
 import { NotFoundError } from '../shared/errors.js';
 import { getObjectJson, listObjects } from '../shared/s3.js';
-import { candidateKey, latestKey, modelKey, type LatestPointer, type ModelArtifact } from '../shared/model-format.js';
+import {
+  candidateKey,
+  latestKey,
+  modelKey,
+  type LatestPointer,
+  type ModelArtifact,
+  CLASSIFIER_FILE,
+  versionPrefix,
+} from '../shared/model-format.js';
 import type { RunStatus } from '../shared/run-state.js';
 import { deployment, spawnWorker, type Deployment, type WorkerProcess } from './helpers/pipeline.js';
 import { startFaultProxy, type FaultProxy } from './helpers/fault-proxy.js';
@@ -85,11 +93,12 @@ async function exists(key: string): Promise<boolean> {
   }
 }
 
-/** Keys under models/<name>/: exactly latest.json and one <version>/model.json, for `runId`. */
+/** Keys under models/<name>/: exactly latest.json and one version (model.json, classifier.onnx), for `runId`. */
 async function assertOneVersion(t: import('ava').ExecutionContext, name: string, runId: string): Promise<void> {
   const keys: string[] = [];
   for await (const o of listObjects(dep.client.s3, dep.config.bucket, `models/${name}/`)) keys.push(o.key);
-  t.deepEqual(keys.sort(), [modelKey(name, runId), latestKey(name)].sort());
+  const classifier = `${versionPrefix(name, runId)}${CLASSIFIER_FILE}`;
+  t.deepEqual(keys.sort(), [modelKey(name, runId), classifier, latestKey(name)].sort());
   const latest = await getObjectJson<LatestPointer>(dep.client.s3, dep.config.bucket, latestKey(name));
   t.is(latest.version, runId);
   t.is(latest.key, modelKey(name, runId));

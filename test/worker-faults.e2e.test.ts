@@ -17,7 +17,12 @@ const workers: WorkerProcess[] = [];
 const source = () => `s3://${dep.dataBucket}/pets/`;
 
 test.before(async () => {
-  dep = await deployment({ DEEPFEAT_SHARD_SIZE: '16', DEEPFEAT_BATCH_SIZE: '4' });
+  dep = await deployment({
+    DEEPFEAT_SHARD_SIZE: '16',
+    DEEPFEAT_BATCH_SIZE: '4',
+    // Every run here must really extract: a cached vector would finish a shard before the fault.
+    DEEPFEAT_FEATURE_CACHE: 'off',
+  });
   const images = await loadDemoImages({ perClass: PER_CLASS });
   await Promise.all(images.map((img) => dep.put(`pets/${img.label}/${img.name}`, img.png)));
   workers.push(spawnWorker(dep.env, 'planner'), spawnWorker(dep.env, 'trainer'), spawnWorker(dep.env, 'evaluator'));

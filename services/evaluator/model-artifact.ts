@@ -4,6 +4,7 @@
  * classifier, and the engine that made its features, from the extract jobs' results). Nothing
  * here reads the run's status in Redis, which may have been changed, expired or lost meanwhile.
  */
+import { BUILTIN_BACKBONES } from '../../shared/backbones.js';
 import type { FeatureSpec } from '../../shared/features.js';
 import {
   MODEL_FORMAT,
@@ -63,9 +64,12 @@ function specInputSize(spec: FeatureSpec): { width: number; height: number } {
   switch (spec.kind) {
     case 'raw-pixels':
       return { width: spec.size, height: spec.size };
-    case 'builtin':
-      return { width: 224, height: 224 };
+    case 'builtin': {
+      const side = BUILTIN_BACKBONES[spec.id]?.inputSize ?? 224;
+      return { width: side, height: side };
+    }
     case 'tfjs':
+    case 'onnx':
       return { width: spec.inputSize ?? 224, height: spec.inputSize ?? 224 };
   }
 }

@@ -1,11 +1,11 @@
 /**
- * Evaluate job: score the candidate on the test split, write the versioned model, and only
- * then move latest.json to it (a reader never sees latest point at a half-written version).
+ * Evaluate job: score the candidate on the test split (and the features' kNN accuracy beside it),
+ * write the versioned model, and only then move latest.json to it (a reader never sees latest
+ * point at a half-written version).
  * The model is built from the job's payload and the candidate (model-artifact.ts), never from
  * the run's status in Redis.
  */
 import { getObjectJson, putJson, putObject, s3Url } from '../../shared/s3.js';
-import { readFeatures } from '../../shared/feature-store.js';
 import { predictProba } from '../../shared/softmax-model.js';
 import { startWorker, type ServiceContext } from '../../shared/worker-kit.js';
 import {
@@ -22,6 +22,9 @@ import { exportClassifier } from '../extractor/engines/classifier-export.js';
 import { createModelSource } from '../extractor/model-source.js';
 import type { RunMetrics } from '../../shared/run-state.js';
 import { classificationReport } from './metrics.js';
+import { KNN_SEED, knnDatabaseCap, knnMetrics } from '../retrieval/knn.js';
+import { readRunVectors } from '../retrieval/run-vectors.js';
+import { sharedScanner } from '../retrieval/scan.js';
 import { buildModelArtifact } from './model-artifact.js';
 
 export function startEvaluatorWorker(ctx: ServiceContext, concurrency = 1) {
@@ -36,7 +39,20 @@ export function startEvaluatorWorker(ctx: ServiceContext, concurrency = 1) {
       const bucket = ctx.config.bucket;
       await ctx.runs.setStage(runId, 'evaluating');
       const candidate = await getObjectJson<Candidate>(ctx.s3, bucket, candidateKey(runId));
-      const test = await readFeatures(ctx.s3, bucket, runId, shards, ['test']);
+      // One read of the shards for both metrics: every test row (the regression's score) and
+      // train+val rows for the kNN database, a seeded sample when there are more than its cap.
+      const vectors = await readRunVectors(
+        ctx.s3,
+        bucket,
+        runId,
+        shards,
+        [{ splits: ['test'] }, { splits: ['train', 'val'], max: knnDatabaseCap(candidate.dim) }],
+        { seed: KNN_SEED },
+      );
+      const testRows = vectors.groups[0]!;
+      const dbRows = vectors.groups[1]!;
+      const d = vectors.d;
+      const test = { ...testRows, d, X: vectors.X.subarray(0, testRows.n * d) };
       const index = new Map(candidate.classes.map((c, i) => [c, i]));
       const yTrue = Int32Array.from(test.labels, (l) => index.get(l)!);
       const yPred = new Int32Array(test.n);
@@ -57,6 +73,12 @@ export function startEvaluatorWorker(ctx: ServiceContext, concurrency = 1) {
         testImages: test.n,
         lambda: candidate.lambda,
         validation: candidate.validation,
+        knn: await knnMetrics({
+          test,
+          database: { ...dbRows, d, X: vectors.X.subarray(dbRows.start * d, (dbRows.start + dbRows.n) * d) },
+          databaseOf: dbRows.of,
+          scanner: await sharedScanner(),
+        }),
       };
       // The whole classifier as ONNX, written before model.json names it (and latest.json, last).
       const exported = await exportClassifier({

@@ -46,6 +46,14 @@ export interface DecodeOptions {
 const HEVC_DECODER = !('aom' in sharp.versions) || 'de265' in sharp.versions;
 
 /**
+ * Version of what `decodeImage` makes of a file's bytes. The feature cache keys every vector by it
+ * (services/extractor/feature-cache/): bump it with any change that can alter the decoded pixels
+ * (orientation, colour conversion, alpha, frame choice, resize kernel or crop, a sharp or libvips
+ * upgrade that changes pixels), so no vector made by the old decoding is reused.
+ */
+export const PREPROCESSING_VERSION = 1;
+
+/**
  * Largest side of the cover-scaled image before cropping. Past it, the crop is taken from the
  * source first: libvips coordinates stop at 10 million, and a 100000×1 strip scaled to cover
  * 224×224 would be 22.4 million pixels wide.

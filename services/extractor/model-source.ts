@@ -221,7 +221,7 @@ async function readLocal(p: string, dirs: readonly string[], limit: number): Pro
  * The whole file, or undefined once more than `limit` bytes turn up. The size from stat is only a
  * hint: a file may grow while read, and kernel files (/proc) report 0 and have content.
  */
-async function readBounded(fh: FileHandle, sizeHint: number, limit: number): Promise<Uint8Array | undefined> {
+export async function readBounded(fh: FileHandle, sizeHint: number, limit: number): Promise<Uint8Array | undefined> {
   let buf = Buffer.allocUnsafeSlow(Math.min(Math.max(sizeHint, 64 * 1024), limit) + 1);
   let n = 0;
   for (;;) {

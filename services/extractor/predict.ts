@@ -5,7 +5,9 @@
  * by the model's linear softmax (shared/softmax-model.ts) and written with its top-k labels to
  * runs/<id>/predictions/<shard>.jsonl, one line per item in manifest order, a bad image with its
  * reason. A retried shard rewrites the same file with the same lines (features are deterministic
- * for the same images and engine), so nothing is lost or doubled.
+ * for the same images and engine), so nothing is lost or doubled. The feature cache serves the
+ * images it holds for the model's feature spec (a model's own training images, say), and keeps
+ * the new vectors, as for extraction.
  */
 import { ModelError } from '../../shared/errors.js';
 import type { ModelArtifact } from '../../shared/model-format.js';
@@ -21,6 +23,7 @@ import { readPublishedModel } from '../../shared/published-model.js';
 import { shardItems } from './shard-items.js';
 import { acquireExtractorResources } from './resources.js';
 import { completeShard, embedShard } from './shard-loop.js';
+import { openShardCache } from './feature-cache/shard-cache.js';
 
 export function startPredictWorker(ctx: ServiceContext, concurrency = 1) {
   // The engines and decoders are the process's, shared with the extract worker (resources.ts).
@@ -45,23 +48,31 @@ export function startPredictWorker(ctx: ServiceContext, concurrency = 1) {
       using lease = await engines.acquire(model.features.spec);
       const engine = lease.engine;
       assertEngineFits(model, engine, uri);
+      const cache = await openShardCache(ctx, log, model.features.spec, engine, sourceBucket, items);
 
       const lines: string[] = [];
-      const outcome = await embedShard({ ...ctx, decoders }, ref, engine, items, (batch) => {
-        let row = 0;
-        batch.items.forEach((it, i) => {
-          const error = batch.errors[i];
-          const base = it.label === undefined ? { key: it.key } : { key: it.key, label: it.label };
-          let line: PredictionLine;
-          if (error !== undefined) line = { ...base, error };
-          else {
-            const x = batch.features.subarray(row * engine.dim, (row + 1) * engine.dim);
-            row++;
-            line = { ...base, top: topK(model.classes, predictProba(model, x), top) };
-          }
-          lines.push(JSON.stringify(line));
-        });
-      });
+      const outcome = await embedShard(
+        { ...ctx, decoders },
+        ref,
+        engine,
+        items,
+        (batch) => {
+          let row = 0;
+          batch.items.forEach((it, i) => {
+            const error = batch.errors[i];
+            const base = it.label === undefined ? { key: it.key } : { key: it.key, label: it.label };
+            let line: PredictionLine;
+            if (error !== undefined) line = { ...base, error };
+            else {
+              const x = batch.features.subarray(row * engine.dim, (row + 1) * engine.dim);
+              row++;
+              line = { ...base, top: topK(model.classes, predictProba(model, x), top) };
+            }
+            lines.push(JSON.stringify(line));
+          });
+        },
+        cache,
+      );
       // Results first, then the shard counts as complete: a shard marked complete has its file.
       await putObject(
         ctx.s3,
@@ -70,6 +81,7 @@ export function startPredictWorker(ctx: ServiceContext, concurrency = 1) {
         lines.length > 0 ? `${lines.join('\n')}\n` : '',
         'application/x-ndjson',
       );
+      await cache?.flush();
       await completeShard(ctx.runs, ref, engine, outcome);
       const { failures } = outcome;
       if (failures.length > 0) log.warn({ runId, shard, failed: failures.length, first: failures[0] }, 'images failed');

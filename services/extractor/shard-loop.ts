@@ -6,17 +6,35 @@
  * retried by BullMQ, permanent ones end the run). The shard's progress is recorded after every
  * batch, and once complete with its failures (`completeShard`), so status, throughput and ETA
  * read the same fields for both kinds of run.
+ *
+ * With the feature cache (feature-cache/shard-cache.ts), images whose vector it holds are neither
+ * fetched nor embedded: their cached rows take their place in the batch, in item order, so the
+ * handlers write exactly what extraction would have. Only the images to extract fill a batch.
  */
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { Config } from '../../shared/config.js';
 import { mapLimit } from '../../shared/concurrency.js';
 import { ImageError, NotFoundError } from '../../shared/errors.js';
-import type { ImageFailure, RunStore } from '../../shared/run-state.js';
-import { ObjectTooLargeError, RequestRefusedError, getObjectBytes } from '../../shared/s3.js';
+import type { CacheCounts, ImageFailure, RunStore } from '../../shared/run-state.js';
+import { ObjectTooLargeError, RequestRefusedError, getObjectVersion } from '../../shared/s3.js';
 import type { DecoderPool } from './decoder-pool.js';
 import type { FeatureEngine } from './engines/engine.js';
 
-type Decoded = { ok: true; pixels: Uint8Array } | { ok: false; reason: string };
+/** An image ready for the engine, a vector the cache gave instead, or why the image cannot be used. */
+type Decoded = { ok: true; pixels: Uint8Array } | { ok: true; vector: Float32Array } | { ok: false; reason: string };
+
+/**
+ * The feature cache's side of the loop, for one shard (feature-cache/shard-cache.ts ShardCache);
+ * absent when the cache is off or does not apply to the spec.
+ */
+export interface LoopCache {
+  /** Item i's vector if the lookup before fetching found it: then it is neither fetched nor embedded. */
+  hit(index: number): Float32Array | undefined;
+  /** Called with each object fetched: the version read becomes the item's key; may answer with a vector. */
+  fetched(index: number, object: { bytes: Uint8Array; etag: string | undefined }): Promise<Float32Array | undefined>;
+  /** Called with each vector the engine made (engine.dim floats), to be stored once the shard is written. */
+  embedded(index: number, vector: Float32Array): void;
+}
 
 /** What the loop needs from the worker's context. */
 export interface ShardLoopDeps {
@@ -48,6 +66,8 @@ export interface ShardOutcome {
   readonly done: number;
   /** Images that could not be used, with why, in item order. */
   readonly failures: ImageFailure[];
+  /** Images served by the feature cache, and the others; absent when the shard had no cache. */
+  readonly cache?: CacheCounts;
 }
 
 /** The engine fields of a shard's progress (run-wide fields of the run's state). */
@@ -58,7 +78,7 @@ function engineFields(engine: FeatureEngine) {
 /**
  * Fetches, decodes and embeds `items` a batch at a time, hands each batch to `onBatch` in order,
  * and records the shard's progress after each. The handler writes its own output from the
- * batches, then calls `completeShard`.
+ * batches, then calls `completeShard`. With `cache`, its vectors replace fetching and embedding.
  */
 export async function embedShard<T extends { readonly key: string }>(
   deps: ShardLoopDeps,
@@ -66,13 +86,17 @@ export async function embedShard<T extends { readonly key: string }>(
   engine: FeatureEngine,
   items: readonly T[],
   onBatch: (batch: EmbeddedBatch<T>) => void | Promise<void>,
+  cache?: LoopCache,
 ): Promise<ShardOutcome> {
   const cfg = deps.config.extractor;
-  const fetchAndDecode = async (key: string): Promise<Decoded> => {
+  const fetchAndDecode = async (index: number): Promise<Decoded> => {
+    const key = items[index]!.key;
     try {
-      const bytes = await getObjectBytes(deps.s3, ref.sourceBucket, key, cfg.maxImageBytes);
+      const object = await getObjectVersion(deps.s3, ref.sourceBucket, key, cfg.maxImageBytes);
+      const cached = await cache?.fetched(index, object);
+      if (cached) return { ok: true, vector: cached };
       const size = { width: engine.input.width, height: engine.input.height };
-      const pixels = await deps.decoders.decode(bytes, {
+      const pixels = await deps.decoders.decode(object.bytes, {
         ...size,
         maxPixels: cfg.maxImagePixels,
         formats: cfg.imageFormats,
@@ -89,40 +113,84 @@ export async function embedShard<T extends { readonly key: string }>(
     }
   };
 
-  const batches: Array<readonly T[]> = [];
+  // Batches of item indices, each with `batchSize` images to extract; images the cache already
+  // holds ride along with the batch they fall in, so a shard of hits is one batch, never fetched.
+  const batches: number[][] = [];
   const batchSize = cfg.batchSize || engine.preferredBatch;
-  for (let i = 0; i < items.length; i += batchSize) batches.push(items.slice(i, i + batchSize));
-  const decodeBatch = (b: number) => mapLimit(batches[b]!, cfg.fetchConcurrency, (it) => fetchAndDecode(it.key));
+  let current: number[] = [];
+  let toEmbed = 0;
+  for (let i = 0; i < items.length; i++) {
+    current.push(i);
+    if (cache?.hit(i) === undefined && ++toEmbed === batchSize) {
+      batches.push(current);
+      current = [];
+      toEmbed = 0;
+    }
+  }
+  if (current.length > 0) batches.push(current);
+  const decodeBatch = (b: number) =>
+    mapLimit(batches[b]!, cfg.fetchConcurrency, async (i): Promise<Decoded> => {
+      const vector = cache?.hit(i);
+      return vector ? { ok: true, vector } : fetchAndDecode(i);
+    });
 
+  const dim = engine.dim;
   const failures: ImageFailure[] = [];
   let done = 0;
+  let processed = 0;
+  let fromCache = 0;
   let pending = batches.length > 0 ? decodeBatch(0) : undefined;
   for (let b = 0; b < batches.length; b++) {
     const decoded = await pending!;
     // Start the next batch's downloads before running this one through the engine.
     pending = b + 1 < batches.length ? decodeBatch(b + 1) : undefined;
     pending?.catch(() => undefined); // a rejection is rethrown when awaited above
-    const batch = batches[b]!;
-    const ok: Uint8Array[] = [];
-    const errors = decoded.map((d, i) => {
-      if (d.ok) {
-        ok.push(d.pixels);
-        return undefined;
+    const indices = batches[b]!;
+    const batch = indices.map((i) => items[i]!);
+    const pixels: Uint8Array[] = [];
+    let cachedRows = 0;
+    const errors = decoded.map((d, j) => {
+      if (!d.ok) {
+        failures.push({ key: batch[j]!.key, reason: d.reason });
+        return d.reason;
       }
-      failures.push({ key: batch[i]!.key, reason: d.reason });
-      return d.reason;
+      if ('pixels' in d) pixels.push(d.pixels);
+      else cachedRows++;
+      return undefined;
     });
-    const features = ok.length > 0 ? await engine.embed(ok) : new Float32Array(0);
-    done += ok.length;
+    const embedded = pixels.length > 0 ? await engine.embed(pixels) : new Float32Array(0);
+    // Rows in item order: the cache's vector where it had one, else the engine's next row.
+    const features = cachedRows === 0 ? embedded : new Float32Array((pixels.length + cachedRows) * dim);
+    let row = 0;
+    let next = 0;
+    decoded.forEach((d, j) => {
+      if (!d.ok) return;
+      if ('vector' in d) features.set(d.vector, row * dim);
+      else {
+        const vector = embedded.subarray(next * dim, (next + 1) * dim);
+        next++;
+        if (features !== embedded) features.set(vector, row * dim);
+        cache?.embedded(indices[j]!, vector);
+      }
+      row++;
+    });
+    done += row;
+    processed += indices.length;
+    fromCache += cachedRows;
     await onBatch({ items: batch, errors, features });
     await deps.runs.setShardProgress(ref.runId, ref.shard, {
       done,
       failed: failures.length,
       complete: false,
       ...engineFields(engine),
+      ...(cache ? { cache: { hits: fromCache, misses: processed - fromCache } } : {}),
     });
   }
-  return { done, failures };
+  return {
+    done,
+    failures,
+    ...(cache ? { cache: { hits: fromCache, misses: items.length - fromCache } } : {}),
+  };
 }
 
 /**
@@ -138,7 +206,13 @@ export async function completeShard(
   await runs.setShardProgress(
     ref.runId,
     ref.shard,
-    { done: outcome.done, failed: outcome.failures.length, complete: true, ...engineFields(engine) },
+    {
+      done: outcome.done,
+      failed: outcome.failures.length,
+      complete: true,
+      ...engineFields(engine),
+      ...(outcome.cache ? { cache: outcome.cache } : {}),
+    },
     outcome.failures,
   );
 }

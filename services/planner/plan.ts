@@ -6,6 +6,7 @@ import { DatasetError } from '../../shared/errors.js';
 import { capText, quote } from '../../shared/text.js';
 import { SPLITS, type ManifestItem, type Split } from '../../shared/dataset.js';
 import { mulberry32 } from '../../shared/random.js';
+import type { ListedObject } from '../../shared/s3.js';
 
 /** Split folder names (and manifest split values, lower-cased) → split: each split's own name, and aliases. */
 const SPLIT_NAMES: ReadonlyMap<string, Split> = new Map<string, Split>([
@@ -37,11 +38,41 @@ export interface Plan {
   readonly ignored: Array<{ key: string; reason: string }>;
 }
 
-/** An image with its label, and its split when the dataset gives one. */
-export interface Labelled {
+/**
+ * The version of an object its listing gave: ETag and size, the feature cache's key for the image
+ * (shared/queues.ts itemSchema). Only a listing gives them; the planner never reads them from a
+ * user's manifest.
+ */
+export interface ObjectVersion {
+  etag?: string;
+  size?: number;
+}
+
+/** A listed object: its key, and its version when the store gave one. */
+export type ListedKey = string | ({ key: string } & ObjectVersion);
+
+/** An image with its label, its split when the dataset gives one, and its listed version. */
+export interface Labelled extends ObjectVersion {
   key: string;
   label: string;
   split?: Split;
+}
+
+/** A manifest item as the planner writes it: with the listed version, when there is one. */
+export type PlannedItem = ManifestItem & ObjectVersion;
+
+/** A listing's object as planning keeps it: the key, with its ETag and size when the store gave an ETag. */
+export function listedKey(o: ListedObject): ListedKey {
+  return o.etag !== undefined ? { key: o.key, etag: o.etag, size: o.size } : o.key;
+}
+
+/** The version fields of a listed object, for spreading into an item (nothing for a bare key). */
+export function versionOf(o: ListedKey | Labelled): ObjectVersion {
+  if (typeof o === 'string') return {};
+  return {
+    ...(o.etag !== undefined ? { etag: o.etag } : {}),
+    ...(o.size !== undefined && o.etag !== undefined ? { size: o.size } : {}),
+  };
 }
 
 /**
@@ -50,7 +81,7 @@ export interface Labelled {
  * file is never dropped without a word.
  */
 export function labelsFromListing(
-  keys: readonly string[],
+  keys: readonly ListedKey[],
   prefix: string,
   where: string,
 ): { items: Labelled[]; ignored: Plan['ignored'] } {
@@ -61,8 +92,10 @@ export function labelsFromListing(
   // Files directly inside a split folder (train/README.md) are strays when the layout has
   // split folders, but a class may legitimately be called "test" when it has none.
   const inSplitFolder: Labelled[] = [];
-  for (const key of keys) {
+  for (const listed of keys) {
+    const key = typeof listed === 'string' ? listed : listed.key;
     if (key.endsWith('/')) continue; // folder marker objects
+    const version = versionOf(listed);
     const parts = key.slice(prefix.length).split('/');
     if (parts.some((p) => p === '')) {
       // `cat//1.jpg` is not in folder `cat`: S3 keys are plain strings, '' is a folder name too.
@@ -71,12 +104,12 @@ export function labelsFromListing(
         reason: "a folder with an empty name ('//' or a leading '/') in its key; expected <label>/<file>",
       });
     } else if (parts.length === 3 && splitNamed(parts[0]!) !== undefined) {
-      items.push({ key, label: parts[1]!, split: splitNamed(parts[0]!)! });
+      items.push({ key, label: parts[1]!, split: splitNamed(parts[0]!)!, ...version });
       withSplit++;
     } else if (parts.length === 2 && splitNamed(parts[0]!) !== undefined) {
-      inSplitFolder.push({ key, label: parts[0]! });
+      inSplitFolder.push({ key, label: parts[0]!, ...version });
     } else if (parts.length === 2) {
-      items.push({ key, label: parts[0]! });
+      items.push({ key, label: parts[0]!, ...version });
       withoutSplit++;
     } else if (parts.length === 1) {
       ignored.push({ key, reason: 'at the top of the prefix, not in a <label>/ folder' });
@@ -127,7 +160,7 @@ function shuffled<T>(xs: readonly T[], rand: () => number): T[] {
  * Assigns missing splits, stratified by class and seeded. When every item has a split but none
  * is 'val', a validation part is carved out of train the same way (L2 strength is chosen on it).
  */
-export function assignSplits(items: readonly Labelled[], fractions: SplitFractions, seed: number): ManifestItem[] {
+export function assignSplits(items: readonly Labelled[], fractions: SplitFractions, seed: number): PlannedItem[] {
   // One sort by key: each class's images keep that order (the seeded shuffle starts from it) and
   // the result is built in it, so a million images are sorted once, not twice. Classes hold
   // indices into `sorted`, not copies.
@@ -167,7 +200,7 @@ export function assignSplits(items: readonly Labelled[], fractions: SplitFractio
       splits[i] = idx < nTest ? 'test' : idx < nTest + nVal ? 'val' : 'train';
     });
   }
-  return sorted.map((it, i) => ({ key: it.key, label: it.label, split: splits[i]! }));
+  return sorted.map((it, i) => ({ key: it.key, label: it.label, split: splits[i]!, ...versionOf(it) }));
 }
 
 /**

@@ -15,6 +15,7 @@ import { capText, quote } from '../../shared/text.js';
 import { jobOptions, type ServiceContext } from '../../shared/worker-kit.js';
 import { keysFromManifest, manifestFormat } from './manifest.js';
 import { jsonLines } from './manifest-lines.js';
+import { listedKey, versionOf, type ListedKey } from './plan.js';
 import { MAX_WHERE_CHARS, readManifest } from './sources.js';
 
 /**
@@ -45,11 +46,13 @@ export const IMAGE_EXTENSIONS: ReadonlySet<string> = new Set([
  * name has an image extension (any case) or no extension at all (content-addressed stores
  * often name images so), unless it is hidden (.DS_Store). Folder markers are passed over; every
  * other object is skipped with why, as a training run's stray files are, so `status` can show it.
+ * A listed object's ETag and size go with its item, for the feature cache.
  */
-export function imagesFromListing(keys: Iterable<string>): { items: PredictItem[]; ignored: SkippedObject[] } {
+export function imagesFromListing(keys: Iterable<ListedKey>): { items: PredictItem[]; ignored: SkippedObject[] } {
   const items: PredictItem[] = [];
   const ignored: SkippedObject[] = [];
-  for (const key of keys) {
+  for (const listed of keys) {
+    const key = typeof listed === 'string' ? listed : listed.key;
     if (key.endsWith('/')) continue; // folder marker objects
     const name = key.slice(key.lastIndexOf('/') + 1);
     const dot = name.lastIndexOf('.');
@@ -57,7 +60,7 @@ export function imagesFromListing(keys: Iterable<string>): { items: PredictItem[
     if (name.startsWith('.')) {
       // .DS_Store and the like, left by the tools that uploaded the images.
       ignored.push({ key, reason: 'a hidden file (its name starts with "."); list it in a manifest to classify it' });
-    } else if (ext === '' || IMAGE_EXTENSIONS.has(ext)) items.push({ key });
+    } else if (ext === '' || IMAGE_EXTENSIONS.has(ext)) items.push({ key, ...versionOf(listed) });
     else {
       ignored.push({
         key,
@@ -151,9 +154,9 @@ async function predictItems(
     return { items: await keysFromManifest(bytes, format, where, src.bucket), ignored: [] };
   }
   const prefix = src.key === '' || src.key.endsWith('/') ? src.key : `${src.key}/`;
-  const keys: string[] = [];
-  for await (const o of listObjects(ctx.s3, src.bucket, prefix)) keys.push(o.key);
-  const found = imagesFromListing(keys);
+  const listed: ListedKey[] = [];
+  for await (const o of listObjects(ctx.s3, src.bucket, prefix)) listed.push(listedKey(o));
+  const found = imagesFromListing(listed);
   if (found.items.length === 0) {
     const others = found.ignored.length > 0 ? ` (${found.ignored.length} objects not named as images)` : '';
     throw new DatasetError(

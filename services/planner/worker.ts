@@ -10,9 +10,17 @@ import { isPredictRequest, makeFlowProducer, type JobData, type RunRequest } fro
 import { boundSkipped } from '../../shared/run-state.js';
 import { capText } from '../../shared/text.js';
 import { jobOptions, startWorker, type ServiceContext } from '../../shared/worker-kit.js';
-import { assignSplits, checkAndCount, labelsFromListing, type Labelled, type Plan } from './plan.js';
+import {
+  assignSplits,
+  checkAndCount,
+  labelsFromListing,
+  listedKey,
+  type Labelled,
+  type ListedKey,
+  type Plan,
+  type PlannedItem,
+} from './plan.js';
 import { labelsFromManifest, manifestFormat, type ManifestFormat } from './manifest.js';
-import type { ManifestItem } from '../../shared/dataset.js';
 import { jsonLines } from './manifest-lines.js';
 import { planPredictRun } from './predict-plan.js';
 import { MAX_WHERE_CHARS, readManifest } from './sources.js';
@@ -142,17 +150,19 @@ async function datasetItems(
   where: string,
   format: ManifestFormat | undefined,
   request: RunRequest,
-): Promise<{ items: ManifestItem[]; ignored: Plan['ignored'] }> {
+): Promise<{ items: PlannedItem[]; ignored: Plan['ignored'] }> {
   let labelled: Labelled[];
   let ignored: Plan['ignored'] = [];
   if (format) {
     labelled = await labelsFromManifest(await readManifest(ctx, src.bucket, src.key, where), format, where, src.bucket);
   } else {
     const prefix = src.key === '' || src.key.endsWith('/') ? src.key : `${src.key}/`;
-    const keys: string[] = [];
-    for await (const o of listObjects(ctx.s3, src.bucket, prefix)) keys.push(o.key);
+    // Each key with its ETag and size, which the listing gives for free: the manifest carries
+    // them to the extractors, whose feature cache is keyed by them (no HEAD per image).
+    const listed: ListedKey[] = [];
+    for await (const o of listObjects(ctx.s3, src.bucket, prefix)) listed.push(listedKey(o));
     ({ items: labelled, ignored } = labelsFromListing(
-      keys,
+      listed,
       prefix,
       capText(s3Url(src.bucket, prefix), MAX_WHERE_CHARS),
     ));

@@ -1,16 +1,18 @@
 /**
- * The backbone that ships with the install: MobileNetV2 (width 1.4, 224×224), the graph model in
- * nsfwjs@4.4.0 (`nsfwjs/models/mobilenet_v2_mid`), read from the installed package: nothing is
- * downloaded at run time. Its id, input range and default node are declared here with it.
+ * The backbones that ship with the install, read from the installed nsfwjs@4.4.0 package (nothing
+ * is downloaded at run time): MobileNetV2 1.4 "mid" (graph model, the default), MobileNetV2 1.0
+ * and InceptionV3 (Keras-era layers models). Their sizes, ranges and default nodes are declared
+ * once in shared/backbones.ts; this module loads their topology and weights.
  */
 import * as tf from '@tensorflow/tfjs';
+import { BUILTIN_BACKBONES } from '../../../shared/backbones.js';
 import { ModelError, errorMessage } from '../../../shared/errors.js';
 import type { BuiltinModelId, InputRange } from '../../../shared/features.js';
 
-/** Its id in a feature spec (`{ kind: 'builtin', id }`) and in engine ids. */
+/** The default builtin's id in a feature spec (`{ kind: 'builtin', id }`) and in engine ids. */
 export const BUILTIN_MODEL_ID = 'mobilenet_v2_mid' satisfies BuiltinModelId;
 /** Pixels in [0, 1]: the graph scales them to [-1, 1] itself. */
-export const BUILTIN_INPUT_RANGE: InputRange = '0,1';
+export const BUILTIN_INPUT_RANGE: InputRange = BUILTIN_BACKBONES[BUILTIN_MODEL_ID].inputRange;
 
 /**
  * Node of the builtin MobileNetV2 (nsfwjs `mobilenet_v2_mid`) whose globally averaged output is
@@ -48,13 +50,25 @@ export const BUILTIN_INPUT_RANGE: InputRange = '0,1';
  * its forward pass stops three blocks before the end. The final 1792-d feature vector is about
  * 2 points worse here, not the 7 a single earlier probe suggested.
  */
-export const DEFAULT_BUILTIN_NODE = 'expanded_conv_13/expand/Relu6';
+export const DEFAULT_BUILTIN_NODE = BUILTIN_BACKBONES[BUILTIN_MODEL_ID].defaultNode;
 
-/** Topology and weights of the builtin backbone, from the installed nsfwjs package (no network). */
-export async function builtinModelArtifacts(): Promise<tf.io.ModelArtifacts> {
+/** How nsfwjs packages each model: model.json and base64 weight shards as lazy imports. */
+interface NsfwjsModelDef {
+  modelJson: () => Promise<{ default: unknown }>;
+  weightBundles: Array<() => Promise<{ default: string }>>;
+}
+
+const NSFWJS_MODELS: Record<BuiltinModelId, () => Promise<NsfwjsModelDef>> = {
+  mobilenet_v2_mid: async () => (await import('nsfwjs/models/mobilenet_v2_mid')).MobileNetV2MidModel,
+  mobilenet_v2: async () => (await import('nsfwjs/models/mobilenet_v2')).MobileNetV2Model,
+  inception_v3: async () => (await import('nsfwjs/models/inception_v3')).InceptionV3Model,
+};
+
+/** Topology and weights of builtin backbone `id`, from the installed nsfwjs package (no network). */
+export async function builtinModelArtifacts(id: BuiltinModelId = BUILTIN_MODEL_ID): Promise<tf.io.ModelArtifacts> {
   try {
-    const { MobileNetV2MidModel: def } = await import('nsfwjs/models/mobilenet_v2_mid');
-    const json = (await def.modelJson()).default;
+    const def = await NSFWJS_MODELS[id]();
+    const json = (await def.modelJson()).default as tf.io.ModelJSON;
     const bundles = await Promise.all(
       def.weightBundles.map(async (load) => Buffer.from((await load()).default, 'base64')),
     );
@@ -62,11 +76,8 @@ export async function builtinModelArtifacts(): Promise<tf.io.ModelArtifacts> {
     const weightData = weights.buffer.slice(weights.byteOffset, weights.byteOffset + weights.byteLength) as ArrayBuffer;
     return tf.io.getModelArtifactsForJSONSync(json, tf.io.getWeightSpecs(json.weightsManifest), weightData);
   } catch (err) {
-    throw new ModelError(
-      `cannot load the builtin model ${BUILTIN_MODEL_ID} from the nsfwjs package: ${errorMessage(err)}`,
-      {
-        cause: err,
-      },
-    );
+    throw new ModelError(`cannot load the builtin model ${id} from the nsfwjs package: ${errorMessage(err)}`, {
+      cause: err,
+    });
   }
 }

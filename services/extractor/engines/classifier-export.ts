@@ -4,14 +4,14 @@
  * then loaded and run once by ONNX Runtime before anyone can download it. The evaluator calls
  * this at publish time.
  *
- * A backbone the writer cannot express (a TF.js layers model, a graph op the converter does not
- * cover), a model the evaluator's host cannot read, or a graph ONNX Runtime refuses gives
+ * A backbone the writer cannot express (a graph op or a layer the converters do not cover), a
+ * model the evaluator's host cannot read, or a graph ONNX Runtime refuses gives
  * `{ok: false, reason}`: the version is published without the file, and model.json and the run's
  * status say why. The reason is one line a user can act on.
  */
 import { createHash } from 'node:crypto';
 import { errorMessage } from '../../../shared/errors.js';
-import { RAW_PIXELS_RANGE, inputLut, type FeatureSpec } from '../../../shared/features.js';
+import { RAW_PIXELS_RANGE, channelLuts, inputLut, type FeatureSpec } from '../../../shared/features.js';
 import {
   CLASSIFIER_FILE,
   classifierPreprocessing,
@@ -22,6 +22,8 @@ import type { EngineDeps } from './engine.js';
 import { isLayersModel, planGraphCut } from './graph-cut.js';
 import { resolveBackbone } from './load-engine.js';
 import { loadOrt } from './onnx.js';
+import { type OnnxBackbone, pooledRank } from './onnx-user.js';
+import { buildUserClassifierOnnx } from './onnx/user-classifier.js';
 import {
   CLASSIFIER_FEATURES,
   CLASSIFIER_INPUT,
@@ -31,6 +33,7 @@ import {
   type ClassifierHead,
 } from './onnx/classifier.js';
 import { CONVERTER_VERSION, OPSET, UnsupportedGraphError } from './onnx/convert.js';
+import { planLayersCut } from './onnx/layers.js';
 
 export type ClassifierExport =
   | { ok: true; bytes: Uint8Array; info: ClassifierInfo }
@@ -54,7 +57,7 @@ export async function exportClassifier(o: ExportOptions): Promise<ClassifierExpo
       `the evaluator could not read the backbone (${errorMessage(err)}); run evaluators where the extractors can read the model`,
     );
   }
-  const d = o.head.mean.length;
+  if (backbone.kind === 'onnx') return exportOnnxUserClassifier(backbone, o);
   let graph: ClassifierBackbone;
   let size: number;
   let lut: Float32Array;
@@ -65,20 +68,28 @@ export async function exportClassifier(o: ExportOptions): Promise<ClassifierExpo
     lut = inputLut(RAW_PIXELS_RANGE);
     id = `raw-pixels:${size}x${size}`;
   } else {
-    if (isLayersModel(backbone.artifacts)) {
-      return unavailable(
-        'the backbone is a TF.js layers model, which the ONNX writer does not convert yet; the head in model.json ' +
-          'with the backbone on TensorFlow.js still classifies (deepfeat predict)',
-      );
-    }
-    let cut: ReturnType<typeof planGraphCut>;
+    // The cut the extractors made: a graph node's full name, or a layer's name (which emitBackbone
+    // hands to the layers converter).
+    let cut: { node: string; id: string; size: number };
     try {
-      cut = planGraphCut(backbone.artifacts, backbone.node, backbone.modelName, backbone.inputSize);
+      if (isLayersModel(backbone.artifacts)) {
+        const c = planLayersCut(backbone.artifacts, backbone.node, backbone.modelName, backbone.inputSize);
+        cut = { node: c.layer, id: c.id, size: c.size };
+      } else {
+        const c = planGraphCut(backbone.artifacts, backbone.node, backbone.modelName, backbone.inputSize);
+        cut = { node: c.full, id: c.id, size: c.size };
+      }
     } catch (err) {
+      if (err instanceof UnsupportedGraphError) {
+        return unavailable(
+          `the backbone cannot be written as ONNX: ${errorMessage(err)}; the head in model.json with the backbone ` +
+            'on TensorFlow.js still classifies (deepfeat predict)',
+        );
+      }
       return unavailable(`the backbone's cut cannot be planned: ${errorMessage(err)}`);
     }
     size = cut.size;
-    graph = { kind: 'graph', artifacts: backbone.artifacts, node: cut.full };
+    graph = { kind: 'graph', artifacts: backbone.artifacts, node: cut.node };
     lut = inputLut(backbone.inputRange);
     id = cut.id;
   }
@@ -98,19 +109,54 @@ export async function exportClassifier(o: ExportOptions): Promise<ClassifierExpo
     });
   } catch (err) {
     if (err instanceof UnsupportedGraphError) {
-      return unavailable(`the backbone cannot be written as ONNX: ${errorMessage(err)}`);
+      return unavailable(
+        `the backbone cannot be written as ONNX: ${errorMessage(err)}; the head in model.json with the backbone ` +
+          'on TensorFlow.js still classifies (deepfeat predict)',
+      );
     }
     throw err;
   }
-  const problem = await tryRun(bytes, size, o.head.classes.length, d);
-  if (problem) return unavailable(`ONNX Runtime cannot run the exported classifier: ${problem}`);
+  return checked(bytes, size, OPSET, o.head);
+}
 
+/**
+ * A backbone that is a user's ONNX model: their graph with our pixel tables in front and the
+ * pooling and head behind (onnx/user-classifier.ts).
+ */
+async function exportOnnxUserClassifier(b: OnnxBackbone, o: ExportOptions): Promise<ClassifierExport> {
+  const unavailable = (reason: string): ClassifierExport => ({ ok: false, file: null, reason });
+  const id = `${b.modelName}@${b.node}`;
+  if (o.engineId !== undefined && o.engineId !== id) {
+    return unavailable(`the run's features came from ${o.engineId}, but its spec now reads as ${id}`);
+  }
+  let bytes: Uint8Array;
+  try {
+    const rank = await pooledRank(b);
+    bytes = buildUserClassifierOnnx(b, rank, channelLuts(b.inputRange, b.mean, b.std), o.head);
+  } catch (err) {
+    return unavailable(`the classifier cannot be written around your ONNX model: ${errorMessage(err)}`);
+  }
+  return checked(bytes, b.size, b.info.opset, o.head);
+}
+
+/** The classifier once ONNX Runtime has run it, with its description for model.json; or why not. */
+async function checked(
+  bytes: Uint8Array,
+  size: number,
+  opset: number,
+  head: ClassifierHead,
+): Promise<ClassifierExport> {
+  const d = head.mean.length;
+  const problem = await tryRun(bytes, size, head.classes.length, d);
+  if (problem) {
+    return { ok: false, file: null, reason: `ONNX Runtime cannot run the exported classifier: ${problem}` };
+  }
   const info: ClassifierInfo = {
     file: CLASSIFIER_FILE,
     sha256: createHash('sha256').update(bytes).digest('hex'),
     bytes: bytes.byteLength,
     format: 'onnx',
-    opset: OPSET,
+    opset,
     input: {
       name: CLASSIFIER_INPUT,
       dtype: 'uint8',
@@ -120,7 +166,7 @@ export async function exportClassifier(o: ExportOptions): Promise<ClassifierExpo
       normalisation: 'none: pass the 0-255 pixel bytes; the graph scales them as the backbone expects',
     },
     outputs: {
-      probabilities: { name: CLASSIFIER_PROBABILITIES, shape: ['N', o.head.classes.length], order: 'classes' },
+      probabilities: { name: CLASSIFIER_PROBABILITIES, shape: ['N', head.classes.length], order: 'classes' },
       features: {
         name: CLASSIFIER_FEATURES,
         shape: ['N', d],

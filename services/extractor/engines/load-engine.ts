@@ -6,13 +6,17 @@
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import type * as tf from '@tensorflow/tfjs';
+import { BUILTIN_BACKBONES } from '../../../shared/backbones.js';
 import { ModelError, errorMessage } from '../../../shared/errors.js';
 import { BUILTIN_MODELS, DEFAULT_INPUT_RANGE, type InputRange, RAW_PIXELS_SIZE } from '../../../shared/features.js';
 import { quote } from '../../../shared/text.js';
-import { BUILTIN_INPUT_RANGE, BUILTIN_MODEL_ID, DEFAULT_BUILTIN_NODE, builtinModelArtifacts } from './builtin-model.js';
+import { builtinModelArtifacts } from './builtin-model.js';
 import type { EngineDeps, FeatureEngine, FeatureSpec } from './engine.js';
 import { graphNodeNames, isLayersModel, planGraphCut, resolveNode } from './graph-cut.js';
 import { createOnnxEngine } from './onnx.js';
+import { type OnnxBackbone, createOnnxUserEngine, resolveOnnxBackbone } from './onnx-user.js';
+import { UnsupportedGraphError } from './onnx/convert.js';
+import { planLayersCut } from './onnx/layers.js';
 import { createRawPixelsEngine } from './raw-pixels.js';
 import { readTfjsArtifacts } from './tfjs-artifacts.js';
 import { createTfjsEngine } from './tfjs.js';
@@ -46,11 +50,21 @@ export async function loadEngine(spec: FeatureSpec, deps: EngineDeps): Promise<F
 
 async function build(spec: FeatureSpec, deps: EngineDeps): Promise<FeatureEngine> {
   const backbone = await resolveBackbone(spec, deps);
-  return backbone.kind === 'raw-pixels' ? createRawPixelsEngine(backbone.size) : graphEngine(backbone, deps);
+  if (backbone.kind === 'raw-pixels') return createRawPixelsEngine(backbone.size);
+  if (backbone.kind === 'onnx') {
+    // An ONNX model runs on ONNX Runtime only: TF.js cannot execute it.
+    if (deps.engine === 'tfjs') {
+      throw new ModelError(
+        `${quote(backbone.modelName)} is an ONNX model, which runs on ONNX Runtime only: set DEEPFEAT_ENGINE=auto or onnx`,
+      );
+    }
+    return createOnnxUserEngine(backbone, { threads: deps.threads, provider: deps.onnxProvider, log: deps.log });
+  }
+  return graphEngine(backbone, deps);
 }
 
 /** What a spec names, read and checked: raw pixels at a size, or a TF.js model with its cut. */
-export type Backbone = { kind: 'raw-pixels'; size: number } | ({ kind: 'graph' } & GraphModelSource);
+export type Backbone = { kind: 'raw-pixels'; size: number } | ({ kind: 'graph' } & GraphModelSource) | OnnxBackbone;
 
 /**
  * The backbone `spec` names: its artifacts read (the builtin from the installed package, a
@@ -67,7 +81,7 @@ export async function resolveBackbone(
     case 'raw-pixels':
       return { kind: 'raw-pixels', size: spec.size ?? RAW_PIXELS_SIZE.default };
     case 'builtin': {
-      if (spec.id !== BUILTIN_MODEL_ID) {
+      if (!(BUILTIN_MODELS as readonly string[]).includes(spec.id)) {
         throw new ModelError(
           `unknown builtin model ${quote(String(spec.id))}; the builtin models are: ${BUILTIN_MODELS.join(', ')}`,
         );
@@ -75,10 +89,11 @@ export async function resolveBackbone(
       if (spec.node !== undefined) checkNodeName(spec.node);
       return {
         kind: 'graph',
-        artifacts: await builtinModelArtifacts(),
-        modelName: BUILTIN_MODEL_ID,
-        node: spec.node ?? DEFAULT_BUILTIN_NODE,
-        inputRange: BUILTIN_INPUT_RANGE,
+        artifacts: await builtinModelArtifacts(spec.id),
+        modelName: spec.id,
+        node: spec.node ?? BUILTIN_BACKBONES[spec.id].defaultNode,
+        inputSize: BUILTIN_BACKBONES[spec.id].inputSize,
+        inputRange: BUILTIN_BACKBONES[spec.id].inputRange,
       };
     }
     case 'tfjs': {
@@ -106,9 +121,21 @@ export async function resolveBackbone(
         inputRange: spec.inputRange ?? DEFAULT_INPUT_RANGE,
       };
     }
+    case 'onnx': {
+      if (typeof spec.model !== 'string' || spec.model === '' || typeof spec.node !== 'string' || spec.node === '') {
+        throw new ModelError("an 'onnx' feature spec needs model (path or s3:// URL of a .onnx file) and node");
+      }
+      if (spec.model.length > MAX_MODEL_REF_CHARS) {
+        throw new ModelError(
+          `model ${quote(spec.model)} is longer than ${MAX_MODEL_REF_CHARS} characters: give an s3:// URL or a local path of the .onnx file`,
+        );
+      }
+      checkNodeName(spec.node);
+      return resolveOnnxBackbone(spec, deps);
+    }
     default: {
       const kind = (spec as { kind?: unknown }).kind;
-      throw new ModelError(`unknown feature spec kind "${String(kind)}"; expected raw-pixels, builtin or tfjs`);
+      throw new ModelError(`unknown feature spec kind "${String(kind)}"; expected raw-pixels, builtin, tfjs or onnx`);
     }
   }
 }
@@ -123,8 +150,8 @@ export interface GraphModelSource {
 
 /**
  * A TF.js model on the engine DEEPFEAT_ENGINE asks for. 'auto' picks the fastest that can run it:
- * ONNX Runtime (CUDA, else CPU) for graph models that convert; TF.js when the graph uses an op
- * the converter does not cover, for layers models, and on hosts where ONNX Runtime has no CUDA
+ * ONNX Runtime (CUDA, else CPU) for graph and layers models that convert; TF.js when the model
+ * uses an op or layer the converters do not cover, and on hosts where ONNX Runtime has no CUDA
  * but tfjs-node-gpu finds a GPU.
  */
 async function graphEngine(src: GraphModelSource, deps: EngineDeps): Promise<FeatureEngine> {
@@ -140,21 +167,33 @@ async function graphEngine(src: GraphModelSource, deps: EngineDeps): Promise<Fea
       log: deps.log,
     });
   if (choice === 'tfjs') return tfjsEngine();
-  if (isLayersModel(src.artifacts)) {
+  const notOnOnnx = (err: unknown): Promise<FeatureEngine> => {
+    const reason = errorMessage(err);
     if (choice === 'onnx') {
-      throw new ModelError(
-        `${src.modelName} is a TF.js layers model; the ONNX engine converts graph models only: use DEEPFEAT_ENGINE=tfjs or auto`,
-      );
+      throw new ModelError(`${src.modelName} cannot run on ONNX Runtime: ${reason}; use DEEPFEAT_ENGINE=tfjs or auto`, {
+        cause: err,
+      });
     }
+    // auto: a model the converters do not cover (or, should it happen, one ONNX Runtime rejects
+    // after conversion) still runs, on TensorFlow.js, which executes the original model.
+    deps.log?.('ONNX conversion not possible; using TensorFlow.js', { reason });
     return tfjsEngine();
+  };
+  // The cut, from the topology alone: an unknown node or layer fails here whatever the engine
+  // (a ModelError); a layers topology the converter cannot read goes to TF.js, which loads it itself.
+  let cut: { node: string; id: string; size: number };
+  try {
+    cut = planCut(src);
+  } catch (err) {
+    if (err instanceof UnsupportedGraphError) return notOnOnnx(err);
+    throw err;
   }
-  const cut = planGraphCut(src.artifacts, src.node, src.modelName, src.inputSize);
   let onnx: FeatureEngine;
   try {
     onnx = await createOnnxEngine({
       artifacts: src.artifacts,
       id: cut.id,
-      node: cut.full,
+      node: cut.node,
       size: cut.size,
       inputRange: src.inputRange,
       threads: deps.threads && deps.threads > 0 ? deps.threads : os.availableParallelism(),
@@ -163,16 +202,7 @@ async function graphEngine(src: GraphModelSource, deps: EngineDeps): Promise<Fea
       log: deps.log,
     });
   } catch (err) {
-    const reason = errorMessage(err);
-    if (choice === 'onnx') {
-      throw new ModelError(`${src.modelName} cannot run on ONNX Runtime: ${reason}; use DEEPFEAT_ENGINE=tfjs or auto`, {
-        cause: err,
-      });
-    }
-    // auto: a graph the converter does not cover (or, should it happen, one ONNX Runtime rejects
-    // after conversion) still runs, on TensorFlow.js, which executes the original graph.
-    deps.log?.('ONNX conversion not possible; using TensorFlow.js', { reason });
-    return tfjsEngine();
+    return notOnOnnx(err);
   }
   if (choice === 'auto' && !onnx.backend.includes('CUDA') && canResolve('@tensorflow/tfjs-node-gpu')) {
     // A GPU host whose onnxruntime-node lacks CUDA: TF.js on the GPU beats ONNX Runtime on the CPU.
@@ -185,6 +215,19 @@ async function graphEngine(src: GraphModelSource, deps: EngineDeps): Promise<Fea
     gpu?.dispose();
   }
   return onnx;
+}
+
+/**
+ * Where the ONNX engine cuts `src`: a graph node's full name (graph-cut.ts) or a layer's name
+ * (onnx/layers.ts), with the engine id the TF.js engine gives the same cut.
+ */
+function planCut(src: GraphModelSource): { node: string; id: string; size: number } {
+  if (isLayersModel(src.artifacts)) {
+    const c = planLayersCut(src.artifacts, src.node, src.modelName, src.inputSize);
+    return { node: c.layer, id: c.id, size: c.size };
+  }
+  const c = planGraphCut(src.artifacts, src.node, src.modelName, src.inputSize);
+  return { node: c.full, id: c.id, size: c.size };
 }
 
 function canResolve(pkg: string): boolean {

@@ -1,7 +1,8 @@
 /**
- * ONNX Runtime feature engine. TF.js graph models (the builtin backbone included) are converted
- * to ONNX in-process by ./onnx/convert.ts — never downloaded — once per model and node, and the
- * result is cached on disk (DEEPFEAT_CACHE_DIR) so later processes skip the conversion.
+ * ONNX Runtime feature engine. TF.js graph models (the builtin backbone included) and layers
+ * models are converted to ONNX in-process by ./onnx/convert.ts and ./onnx/layers.ts — never
+ * downloaded — once per model and node, and the result is cached on disk (DEEPFEAT_CACHE_DIR),
+ * keyed by CONVERTER_VERSION, the node and the model's bytes, so later processes skip the conversion.
  *
  * Execution providers: CUDA where onnxruntime-node was installed with its CUDA binaries (GPU
  * hosts), else CPU. The CPU provider runs `threads` intra-op threads per process.
@@ -31,7 +32,7 @@ export interface OnnxEngineOptions {
   artifacts: tf.io.ModelArtifacts;
   /** Engine id (shared with the TF.js engine for the same model and node: same features). */
   id: string;
-  /** Full graph node name to cut at. */
+  /** Full graph node name (graph-cut.ts planGraphCut) or layer name (onnx/layers.ts planLayersCut) to cut at. */
   node: string;
   size: number;
   inputRange: InputRange;
@@ -97,7 +98,7 @@ export async function onnxModelBytes(
 }
 
 /**
- * Build an ONNX Runtime engine for a TF.js graph model.
+ * Build an ONNX Runtime engine for a TF.js graph or layers model.
  * @throws UnsupportedGraphError when the graph cannot be converted (the caller may fall back to
  *   TF.js); ModelError when ONNX Runtime cannot load or run it.
  */
@@ -120,10 +121,14 @@ export async function createOnnxEngine(o: OnnxEngineOptions): Promise<FeatureEng
   return engine;
 }
 
-async function createSession(
+/**
+ * An ONNX Runtime session on the provider `o.provider` asks for (CUDA where installed, else CPU).
+ * Shared with onnx-user.ts, which runs a user's own ONNX model.
+ */
+export async function createSession(
   ort: typeof Ort,
   bytes: Uint8Array,
-  o: OnnxEngineOptions,
+  o: Pick<OnnxEngineOptions, 'id' | 'threads' | 'provider' | 'log'>,
 ): Promise<{ session: Ort.InferenceSession; backend: string }> {
   const base: Ort.InferenceSession.SessionOptions = {
     graphOptimizationLevel: 'all',
@@ -155,7 +160,7 @@ async function createSession(
     const session = await ort.InferenceSession.create(bytes, { ...base, executionProviders: ['cpu'] });
     return { session, backend: `onnxruntime (CPU, ${o.threads} thread${o.threads === 1 ? '' : 's'})` };
   } catch (err) {
-    throw new ModelError(`ONNX Runtime cannot load the converted model ${o.id}: ${errorMessage(err)}`, { cause: err });
+    throw new ModelError(`ONNX Runtime cannot load the model for ${o.id}: ${errorMessage(err)}`, { cause: err });
   }
 }
 

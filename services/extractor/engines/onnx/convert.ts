@@ -15,12 +15,19 @@
  * AvgPool/MaxPool, Mean, Squeeze, ConcatV2, Pad/PadV2; SAME, VALID and EXPLICIT padding, strides
  * or dilations (not both). Anything else raises UnsupportedGraphError naming the op, and the
  * caller falls back to TensorFlow.js. test/onnx-convert.test.ts checks each against TensorFlow.js.
+ *
+ * Layers models (Keras topology) are converted by ./layers.ts, which emitBackbone hands them to,
+ * with the helpers exported here. (layers.ts and keras-model.ts import this module and this module
+ * imports layers.ts: an ES module cycle that is safe because no module uses another's bindings
+ * while it loads, only when called.)
  */
 import * as tf from '@tensorflow/tfjs';
+import { isLayersModel } from '../graph-cut.js';
+import { emitLayersBackbone } from './layers.js';
 import { DataType, encodeModel, type AttributeValue, type NodeInit, type TensorInit } from './proto.js';
 
 /** Bumped whenever the converter's output changes, so cached conversions are redone. */
-export const CONVERTER_VERSION = 2;
+export const CONVERTER_VERSION = 3;
 export const OPSET = 13;
 export const ONNX_INPUT = 'input_nchw';
 export const ONNX_OUTPUT = 'features';
@@ -99,7 +106,7 @@ export function convertGraphToOnnx(
     producerName: 'deepfeat',
     producerVersion,
     opsetVersion: OPSET,
-    docString: `converted from a TensorFlow.js graph model, cut at ${node}, averaged over height and width`,
+    docString: `converted from a TensorFlow.js model, cut at ${node}, averaged over height and width`,
     graph: {
       name: 'deepfeat_features',
       nodes: b.nodes,
@@ -117,6 +124,7 @@ export function convertGraphToOnnx(
  * `io.output`: the node's activation averaged over H and W, or the node itself when it is
  * already [N, D]. Both names must be reserved in `b` (GraphBuilder's constructor). Shared by the
  * feature engine's model (convertGraphToOnnx) and the published classifier (classifier.ts).
+ * A layers model goes to layers.ts emitLayersBackbone, `node` being the layer's name.
  * @throws UnsupportedGraphError when the graph uses an op or layout this converter does not cover.
  */
 export function emitBackbone(
@@ -125,6 +133,7 @@ export function emitBackbone(
   node: string,
   io: { input: string; output: string },
 ): { nodes: number } {
+  if (isLayersModel(artifacts)) return emitLayersBackbone(b, artifacts, node, io);
   const topo = artifacts.modelTopology as { node?: TfNode[] } | undefined;
   const tfNodes = topo?.node;
   if (!Array.isArray(tfNodes)) throw new UnsupportedGraphError('not a TensorFlow.js graph model (no node list)');
@@ -394,7 +403,7 @@ export class GraphBuilder {
   }
 }
 
-function int64(values: number[]): BigInt64Array {
+export function int64(values: number[]): BigInt64Array {
   return BigInt64Array.from(values.map((v) => BigInt(v)));
 }
 
@@ -437,12 +446,28 @@ function padding(
   conv?: { kernel: number[]; strides: number[]; dilations: number[] },
 ): Record<string, AttributeValue> {
   const p = attrString(n.attr?.padding);
+  if (p === 'EXPLICIT') {
+    const e = attrInts(n.attr?.explicit_paddings); // NHWC (before, after) pairs
+    return { pads: { kind: 'ints', value: [e[2]!, e[4]!, e[3]!, e[5]!] } };
+  }
+  return padAttributes(p, `${n.op} node ${n.name}`, conv);
+}
+
+/**
+ * ONNX padding attributes for TF's (and Keras's) SAME / VALID, for `what` (named in errors); see
+ * padding(). Shared with layers.ts.
+ */
+export function padAttributes(
+  p: string | undefined,
+  what: string,
+  conv?: { kernel: number[]; strides: number[]; dilations: number[] },
+): Record<string, AttributeValue> {
   if (p === 'SAME' && conv && conv.dilations.some((d) => d !== 1)) {
     // With stride 1, SAME pads (k - 1) * d in total whatever the input size, the odd pixel at the
     // end as below. With a stride too the pads would depend on the input size (TF and TF.js
     // refuse dilations with strides anyway).
     if (conv.strides.some((s) => s !== 1))
-      throw new UnsupportedGraphError(`${n.op} node ${n.name} has both dilations and strides above 1`);
+      throw new UnsupportedGraphError(`${what} has both dilations and strides above 1`);
     const total = conv.kernel.map((k, i) => (k - 1) * conv.dilations[i]!);
     const before = total.map((t) => Math.floor(t / 2));
     return { pads: { kind: 'ints', value: [...before, ...total.map((t, i) => t - before[i]!)] } };
@@ -450,11 +475,7 @@ function padding(
   // TF's SAME puts the odd extra pixel at the end: ONNX SAME_UPPER.
   if (p === 'SAME') return { auto_pad: { kind: 'string', value: 'SAME_UPPER' } };
   if (p === 'VALID') return { auto_pad: { kind: 'string', value: 'VALID' } };
-  if (p === 'EXPLICIT') {
-    const e = attrInts(n.attr?.explicit_paddings); // NHWC (before, after) pairs
-    return { pads: { kind: 'ints', value: [e[2]!, e[4]!, e[3]!, e[5]!] } };
-  }
-  throw new UnsupportedGraphError(`${n.op} node ${n.name} has padding ${p ?? '(none)'}`);
+  throw new UnsupportedGraphError(`${what} has padding ${p ?? '(none)'}`);
 }
 
 function emitActivation(b: GraphBuilder, op: string, x: string, out: string, alpha?: number): void {
@@ -500,20 +521,9 @@ function convertConv(
   const strides = attrInts(n.attr?.strides);
   const dil = attrInts(n.attr?.dilations);
   if (filter.shape.length !== 4) throw new UnsupportedGraphError(`${n.op} node ${n.name}: filter is not 4-D`);
-  const [kh, kw, cin, m] = filter.shape as [number, number, number, number];
-  // TF filter [kh, kw, in, out] (or [kh, kw, in, multiplier]) → ONNX [out, in/group, kh, kw].
-  const cout = depthwise ? cin * m : m;
-  const w = new Float32Array(filter.data.length);
-  const inPerGroup = depthwise ? 1 : cin;
-  for (let y = 0; y < kh; y++)
-    for (let xk = 0; xk < kw; xk++)
-      for (let i = 0; i < cin; i++)
-        for (let o = 0; o < m; o++) {
-          const src = ((y * kw + xk) * cin + i) * m + o;
-          const oc = depthwise ? i * m + o : o;
-          const ic = depthwise ? 0 : i;
-          w[((oc * inPerGroup + ic) * kh + y) * kw + xk] = filter.data[src]!;
-        }
+  const [kh, kw, cin] = filter.shape as [number, number, number, number];
+  const { data: w, shape: onnxShape } = tfFilterToOnnx(filter, depthwise);
+  const [cout, inPerGroup] = onnxShape as [number, number];
 
   const fused = n.op.startsWith('_Fused') || n.op.startsWith('Fused') ? attrStrings(n.attr?.fused_ops) : [];
   let bias: Float32Array | undefined;
@@ -550,6 +560,30 @@ function convertConv(
     ...padding(n, { kernel: [kh, kw], strides: s2, dilations: d2 }),
   });
   if (act) emitActivation(b, act, convOut, out, n.attr?.leakyrelu_alpha?.f);
+}
+
+/**
+ * A TF/Keras filter [kh, kw, in, out] (depthwise: [kh, kw, in, multiplier]) as an ONNX Conv weight
+ * [out, in/group, kh, kw], in a new array. Shared with layers.ts.
+ */
+export function tfFilterToOnnx(
+  filter: { data: Float32Array; shape: readonly number[] },
+  depthwise: boolean,
+): { data: Float32Array; shape: number[] } {
+  const [kh, kw, cin, m] = filter.shape as [number, number, number, number];
+  const cout = depthwise ? cin * m : m;
+  const w = new Float32Array(filter.data.length);
+  const inPerGroup = depthwise ? 1 : cin;
+  for (let y = 0; y < kh; y++)
+    for (let xk = 0; xk < kw; xk++)
+      for (let i = 0; i < cin; i++)
+        for (let o = 0; o < m; o++) {
+          const src = ((y * kw + xk) * cin + i) * m + o;
+          const oc = depthwise ? i * m + o : o;
+          const ic = depthwise ? 0 : i;
+          w[((oc * inPerGroup + ic) * kh + y) * kw + xk] = filter.data[src]!;
+        }
+  return { data: w, shape: [cout, inPerGroup, kh, kw] };
 }
 
 /** Float32 values of the graph's constants (dequantised by TF.js's own weight decoder). */
