@@ -35,7 +35,9 @@ test.before(async () => {
   proxy = await startFaultProxy(dep.s3.endpoint);
   // The client (uploads, status) talks to S3 directly; the workers go through the proxy.
   // S3_TIMEOUT is short so the silent-server test below waits seconds, not the default 30.
-  workerEnv = { ...dep.env, S3_ENDPOINT: proxy.endpoint, S3_TIMEOUT: '2' };
+  // The cache off: these runs go over the same images, and every fault here is one that extraction
+  // must meet (a cached vector would skip the very GET a test holds).
+  workerEnv = { ...dep.env, S3_ENDPOINT: proxy.endpoint, S3_TIMEOUT: '2', DEEPFEAT_FEATURE_CACHE: 'off' };
   const images = await loadDemoImages({ perClass: PER_CLASS });
   firstCat = images.find((i) => i.label === 'cat')!.name;
   await Promise.all(images.map((img) => dep.put(`pets/${img.label}/${img.name}`, img.png)));
