@@ -114,8 +114,20 @@ test('fitInThread with selection auto gives the same model as selectLambda on th
   const input = { ...trainVal(data, d, 130), d, k: 2, lambdas: [1e-2, 1], selection: 'auto' as const };
   const here = selectLambda(input);
   const copy = { ...input, ...trainVal({ ...data, X: data.X.slice(), y: data.y.slice() }, d, 130) };
-  const there = await fitInThread(copy);
+  const there = await fitInThread(copy, { thread: 'always' });
   t.is(there.lambda, here.lambda);
   t.deepEqual(Array.from(there.model.W), Array.from(here.model.W));
   t.deepEqual(there.validation, here.validation);
+});
+
+test('a small fit runs on the caller’s thread with the same result as in the fit thread', async (t) => {
+  const d = 20;
+  const data = noisy(5, 150, d, 2);
+  const input = { ...trainVal(data, d, 130), d, k: 2, lambdas: [1e-2, 1] };
+  const copy = () => ({ ...input, ...trainVal({ ...data, X: data.X.slice(), y: data.y.slice() }, d, 130) });
+  const here = await fitInThread(copy());
+  const there = await fitInThread(copy(), { thread: 'always' });
+  t.is(here.lambda, there.lambda);
+  t.deepEqual(Array.from(here.model.W), Array.from(there.model.W));
+  t.deepEqual(here.validation, there.validation);
 });

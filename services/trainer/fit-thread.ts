@@ -14,7 +14,7 @@
 import { availableParallelism } from 'node:os';
 import type { Transferable } from 'node:worker_threads';
 import { startThread, type ThreadClient } from '../../shared/thread-call.js';
-import type { SelectInput, SelectResult } from './lambda-selection.js';
+import { DEFAULT_LAMBDAS, selectLambda, type SelectInput, type SelectResult } from './lambda-selection.js';
 import { objectiveChunks } from './logistic-objective.js';
 import { ObjectivePool, type PoolHandle } from './objective-pool.js';
 
@@ -34,6 +34,26 @@ export interface FitOptions {
    * the caller closes it. The pool is handed over to the fit thread, so it serves one fit.
    */
   pool?: ObjectivePool;
+  /**
+   * 'auto' (default): a small fit runs on the caller's thread (IN_PROCESS_MAX_WORK); 'always':
+   * in the fit thread whatever its size (tests of the thread itself).
+   */
+  thread?: 'auto' | 'always';
+}
+
+/**
+ * Most work (rows × features × classes × fits, where fits = candidate lambdas + the refit, five
+ * times that for k-fold selection) run on the caller's thread instead of a new fit thread.
+ * Measured: a selection over 717 + 102 rows × 816 features × 2 classes × 6 fits (8·10⁶ units)
+ * takes about 0.8 s on one core, so this bound blocks the event loop for about a second at most —
+ * well inside the 15 s job lock — and saves starting a thread and loading its modules for the
+ * small fits that dominate reruns served from the feature cache.
+ */
+const IN_PROCESS_MAX_WORK = 10_000_000;
+
+function fitWork(input: SelectInput): number {
+  const fits = ((input.lambdas?.length ?? DEFAULT_LAMBDAS.length) + 1) * (input.selection === 'auto' ? 5 : 1);
+  return (input.train.n + input.val.n) * input.d * input.k * fits;
 }
 
 /**
@@ -54,6 +74,9 @@ function helpersFor(input: SelectInput): number {
  * transferred (ArrayBuffer): do not change them meanwhile, nor use transferred ones after.
  */
 export async function fitInThread(input: SelectInput, options: FitOptions = {}): Promise<SelectResult> {
+  if (!options.pool && options.thread !== 'always' && fitWork(input) <= IN_PROCESS_MAX_WORK) {
+    return selectLambda(input);
+  }
   const helpers = options.pool ? 0 : helpersFor(input);
   // Started alongside the fit thread. Without its helpers a fit still runs, on one thread:
   // slower, never wrong.
