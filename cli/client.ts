@@ -13,6 +13,7 @@ import {
   makeQueue,
   QUEUE_NAMES,
   runRequestSchema,
+  type JobData,
   type QueueContext,
   type QueueName,
   type RunRequest,
@@ -126,11 +127,19 @@ export async function enqueueRun(client: Client, opts: RunOptions): Promise<stri
     const issues = parsed.error.issues.map((i) => `${i.path.join('.')} ${shownValue(candidate, i.path)}: ${i.message}`);
     throw new BadRequestError(`invalid run request: ${issues.join('; ')}`);
   }
+  return queueRun(client, parsed.data);
+}
+
+/**
+ * Records a checked request (training or prediction) as a new run and adds its planning job;
+ * returns the run id. Planning is always a planner's: nothing else happens here.
+ */
+export async function queueRun(client: Client, request: JobData<'plan'>['request']): Promise<string> {
   const runId = newRunId();
-  await client.runs!.create(runId, parsed.data);
+  await client.runs!.create(runId, request);
   const plan = makeQueue(client.queues!, 'plan');
   try {
-    await plan.add('plan', { runId, request: parsed.data }, jobOptions(client.config, `${runId}-plan`));
+    await plan.add('plan', { runId, request }, jobOptions(client.config, `${runId}-plan`));
   } finally {
     await plan.close();
   }

@@ -7,12 +7,10 @@
 import { requireRedisUrl } from '../shared/config.js';
 import { BadRequestError, ModelError } from '../shared/errors.js';
 import { modelKey } from '../shared/model-format.js';
-import { RUN_LIMITS, makeQueue, predictRequestSchema, type PredictRequest } from '../shared/queues.js';
-import { newRunId } from '../shared/run-state.js';
+import { RUN_LIMITS, predictRequestSchema, type PredictRequest } from '../shared/queues.js';
 import { assertBucket, parseS3Url, s3Url } from '../shared/s3.js';
 import { quote } from '../shared/text.js';
-import { jobOptions } from '../shared/worker-kit.js';
-import { fetchModel, type Client } from './client.js';
+import { fetchModel, queueRun, type Client } from './client.js';
 
 /** Labels per image when none are asked for (fewer when the model has fewer classes). */
 export const DEFAULT_TOP = 3;
@@ -68,13 +66,5 @@ export async function enqueuePredict(client: Client, opts: PredictOptions): Prom
     const issues = parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
     throw new BadRequestError(`invalid prediction request: ${issues.join('; ')}`);
   }
-  const runId = newRunId();
-  await client.runs!.create(runId, parsed.data);
-  const plan = makeQueue(client.queues!, 'plan');
-  try {
-    await plan.add('plan', { runId, request: parsed.data }, jobOptions(client.config, `${runId}-plan`));
-  } finally {
-    await plan.close();
-  }
-  return runId;
+  return queueRun(client, parsed.data);
 }

@@ -22,6 +22,7 @@ import { BadRequestError, ModelError } from '../shared/errors.js';
 import { channelLuts, inputLut, type FeatureSpec } from '../shared/features.js';
 import { predictProba, type LinearSoftmaxModel } from '../shared/softmax-model.js';
 import { NHWC_WEIGHTS, nhwcModel, rank3Model } from './helpers/onnx-models.js';
+import { maxRowRelErr } from './helpers/compare.js';
 
 const files = new Map<string, Uint8Array>();
 const deps = (over: Partial<EngineDeps> = {}): EngineDeps => ({
@@ -34,21 +35,6 @@ const deps = (over: Partial<EngineDeps> = {}): EngineDeps => ({
   threads: 1,
   ...over,
 });
-
-/** Largest per-image ‖a − b‖ / ‖b‖ over the rows of two feature matrices. */
-function maxRowRelErr(a: Float32Array, b: Float32Array, dim: number): number {
-  let worst = 0;
-  for (let r = 0; r < a.length / dim; r++) {
-    let d = 0;
-    let n = 0;
-    for (let j = r * dim; j < (r + 1) * dim; j++) {
-      d += (a[j]! - b[j]!) ** 2;
-      n += b[j]! ** 2;
-    }
-    worst = Math.max(worst, Math.sqrt(d / n));
-  }
-  return worst;
-}
 
 const W = NHWC_WEIGHTS;
 

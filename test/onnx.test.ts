@@ -20,6 +20,7 @@ import { loadEngineInThread } from '../services/extractor/engines/thread.js';
 import { decodeImage } from '../services/extractor/image.js';
 import { DeepfeatError, ModelError } from '../shared/errors.js';
 import type { FeatureSpec } from '../shared/features.js';
+import { maxRowRelErr } from './helpers/compare.js';
 
 const cacheDir = path.join(tmpdir(), `deepfeat-onnx-${randomUUID()}`);
 const logs: Array<{ msg: string; extra?: object }> = [];
@@ -45,21 +46,6 @@ test.before(async () => {
 test.after.always(async () => {
   await rm(cacheDir, { recursive: true, force: true });
 });
-
-/** Largest per-image ‖a − b‖ / ‖b‖ over the rows of two feature matrices. */
-function maxRowRelErr(a: Float32Array, b: Float32Array, dim: number): number {
-  let worst = 0;
-  for (let r = 0; r < a.length / dim; r++) {
-    let d = 0;
-    let n = 0;
-    for (let j = r * dim; j < (r + 1) * dim; j++) {
-      d += (a[j]! - b[j]!) ** 2;
-      n += b[j]! ** 2;
-    }
-    worst = Math.max(worst, Math.sqrt(d / n));
-  }
-  return worst;
-}
 
 async function withEngines<T>(
   spec: FeatureSpec,

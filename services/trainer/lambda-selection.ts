@@ -146,17 +146,7 @@ export function selectLambdaAndFit(input: SelectInput): SelectResult {
   }
 
   const n = train.n + val.n;
-  // Train rows directly followed by val rows in one buffer (as the trainer reads them) are
-  // refitted in place; otherwise they are copied together.
-  const adjacent = train.X.buffer === val.X.buffer && train.X.byteOffset + train.X.byteLength === val.X.byteOffset;
-  const X = adjacent ? new Float32Array(train.X.buffer, train.X.byteOffset, n * d) : new Float32Array(n * d);
-  if (!adjacent) {
-    X.set(train.X, 0);
-    X.set(val.X, train.n * d);
-  }
-  const y = new Int32Array(n);
-  y.set(train.y, 0);
-  y.set(val.y, train.n);
+  const { X, y } = joinTrainVal(train, val, d);
   const final = fitLogisticRegression({ X, n, d, y, k, lambda: chosen, maxIterations, init, runner: input.runner });
   return {
     lambda: chosen,
@@ -313,15 +303,7 @@ export function selectLambda(input: SelectInput): SelectResult {
   const { train, val, d } = input;
   const n = train.n + val.n;
   if (input.selection !== 'auto' || val.n === 0 || n > KFOLD_MAX_ROWS) return selectLambdaAndFit(input);
-  const adjacent = train.X.buffer === val.X.buffer && train.X.byteOffset + train.X.byteLength === val.X.byteOffset;
-  const X = adjacent ? new Float32Array(train.X.buffer, train.X.byteOffset, n * d) : new Float32Array(n * d);
-  if (!adjacent) {
-    X.set(train.X, 0);
-    X.set(val.X, train.n * d);
-  }
-  const y = new Int32Array(n);
-  y.set(train.y, 0);
-  y.set(val.y, train.n);
+  const { X, y } = joinTrainVal(train, val, d);
   return selectLambdaByKFold({
     data: { X, n, y },
     d,
@@ -332,4 +314,26 @@ export function selectLambda(input: SelectInput): SelectResult {
     maxIterations: input.maxIterations,
     runner: input.runner,
   });
+}
+
+/**
+ * Train rows then val rows as one matrix and label vector. Rows directly followed by val rows in
+ * one buffer (as the trainer reads them) are used in place; otherwise they are copied together.
+ */
+function joinTrainVal(
+  train: SelectInput['train'],
+  val: SelectInput['val'],
+  d: number,
+): { X: Float32Array; y: Int32Array } {
+  const n = train.n + val.n;
+  const adjacent = train.X.buffer === val.X.buffer && train.X.byteOffset + train.X.byteLength === val.X.byteOffset;
+  const X = adjacent ? new Float32Array(train.X.buffer, train.X.byteOffset, n * d) : new Float32Array(n * d);
+  if (!adjacent) {
+    X.set(train.X, 0);
+    X.set(val.X, train.n * d);
+  }
+  const y = new Int32Array(n);
+  y.set(train.y, 0);
+  y.set(val.y, train.n);
+  return { X, y };
 }
