@@ -6,7 +6,7 @@
 import type { Command } from 'commander';
 import { requireRedisUrl } from '../shared/config.js';
 import { BadRequestError } from '../shared/errors.js';
-import { quote } from '../shared/text.js';
+import { quote, terminalSafeJson } from '../shared/text.js';
 import {
   cacheStats,
   checkPruneOptions,
@@ -93,7 +93,7 @@ export function registerCacheCommand(
     .action(async (o) => {
       await withClient(async (client) => {
         const s = await cacheStats(deps(client));
-        console.log(o.json ? JSON.stringify(s, null, 2) : formatCacheStats(s));
+        console.log(o.json ? terminalSafeJson(s, 2) : formatCacheStats(s));
       });
     });
   cache
@@ -114,7 +114,7 @@ export function registerCacheCommand(
       checkPruneOptions(options);
       await withClient(async (client) => {
         const r = await pruneCache(deps(client), options);
-        console.log(o.json ? JSON.stringify(r, null, 2) : formatPruneResult(r));
+        console.log(o.json ? terminalSafeJson(r, 2) : formatPruneResult(r));
       });
     });
 }
