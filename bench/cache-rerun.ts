@@ -31,6 +31,9 @@ try {
     await pruneCache(deps, { all: true });
     const first = await timeWholeRun(stack, stack.source, `first-${i}`, 100 + i);
     const rerun = await timeWholeRun(stack, stack.source, `rerun-${i}`, 200 + i);
+    const stages = (t: typeof first) =>
+      `plan ${t.plan.toFixed(2)}, extract ${t.extract.toFixed(2)}, train ${t.train.toFixed(2)} (work ${t.trainWork.toFixed(2)}), evaluate ${t.evaluate.toFixed(2)} (work ${t.evaluateWork.toFixed(2)})`;
+    console.log(`  first: ${stages(first)}\n  rerun: ${stages(rerun)}`);
     console.log(
       `pair ${i}: first ${first.seconds.toFixed(2)} s, rerun ${rerun.seconds.toFixed(2)} s (train job ${rerun.trainWork.toFixed(2)} s, hits ${rerun.cache?.hits}), ratio ${(rerun.seconds / first.seconds).toFixed(3)}`,
     );

@@ -26,7 +26,12 @@ export interface FitInput extends LogisticProblem {
   init?: SoftmaxParams;
   /** Runs the objective's row chunks on several threads (same result as without). */
   runner?: RunnerFactory;
+  /** Converged when max |gradient| <= this; default FIT_GRADIENT_TOLERANCE. */
+  gradientTolerance?: number;
 }
+
+/** Gradient of a mean loss is O(1); 1e-5 max-abs is tighter than predictions need. */
+export const FIT_GRADIENT_TOLERANCE = 1e-5;
 
 /** A fitted model with optimiser diagnostics. `loss` is the penalised objective. */
 export interface FitResult extends SoftmaxParams {
@@ -52,10 +57,9 @@ export function fitLogisticRegression(input: FitInput): FitResult {
     theta0.set(input.init.W, 0);
     theta0.set(input.init.b, kd);
   }
-  // Gradient of a mean loss is O(1); 1e-5 max-abs is tighter than predictions need.
   const result = minimizeLbfgs(fg, theta0, {
     maxIterations: input.maxIterations ?? 300,
-    gradientTolerance: 1e-5,
+    gradientTolerance: input.gradientTolerance ?? FIT_GRADIENT_TOLERANCE,
     functionTolerance: 1e-10,
   });
   return {
