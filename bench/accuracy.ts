@@ -7,9 +7,9 @@
  * Data: the demo's CIFAR-10 cats and dogs (cli/demo-data.ts, 32×32 PNG), decoded by the
  * pipeline's decodeImage. Splits: the planner's own assignSplits (stratified, seeded, 0.7/0.1/0.2,
  * as `deepfeat run` does), one per seed. Training: the trainer's own code — standardisation on
- * train+val (standardizer.ts), L2 chosen by selectLambdaAndFit (one validation split, today) or
+ * train+val (standardizer.ts), L2 chosen by selectLambdaAndFit (one validation split, the default) or
  * selectLambdaByKFold (lambda-selection.ts), L-BFGS logistic regression (logreg.ts) — and test
- * accuracy on the test split. Each lever is compared with today's default on the same seeds:
+ * accuracy on the test split. Each lever is compared with the plain features (base: no flip) on the same seeds:
  * "Δ" is the mean paired difference ± its sd over seeds, so a lever "wins beyond the spread"
  * when Δ exceeds its sd clearly (every seed, or nearly).
  *
@@ -94,20 +94,6 @@ async function imagesAt(size: number): Promise<Uint8Array[]> {
   }
   return images;
 }
-function mirrored(img: Uint8Array, size: number): Uint8Array {
-  const out = new Uint8Array(img.length);
-  for (let r = 0; r < size; r++) {
-    for (let c = 0; c < size; c++) {
-      const from = (r * size + c) * 3;
-      const to = (r * size + (size - 1 - c)) * 3;
-      out[to] = img[from]!;
-      out[to + 1] = img[from + 1]!;
-      out[to + 2] = img[from + 2]!;
-    }
-  }
-  return out;
-}
-
 // ───────────── features ─────────────
 
 interface FeatureSet {
@@ -131,25 +117,23 @@ async function embedAll(engine: FeatureEngine, images: readonly Uint8Array[]): P
   return { X, d: engine.dim, msPerImage: ms / images.length };
 }
 
-/** A builtin backbone at `node` on its own engine; `flip` averages each image's and its mirror's features. */
+/**
+ * A builtin backbone at `node` on its own engine, as the pipeline loads it; `flip` is the spec's
+ * flip averaging (services/extractor/engines/flip.ts: image and mirror in one batch, averaged).
+ */
 async function builtin(id: BuiltinModelId, opts: { node?: string; flip?: boolean } = {}): Promise<FeatureSet> {
-  const spec: FeatureSpec = { kind: 'builtin', id, ...(opts.node ? { node: opts.node } : {}) };
+  const spec: FeatureSpec = {
+    kind: 'builtin',
+    id,
+    ...(opts.node ? { node: opts.node } : {}),
+    ...(opts.flip ? { flip: true } : {}),
+  };
   const engine = await loadEngine(spec, { readObject: noObjects, threads: availableParallelism() });
-  const size = engine.input.width;
-  const images = await imagesAt(size);
+  const images = await imagesAt(engine.input.width);
   await engine.embed(images.slice(0, BATCH)); // warm-up outside the timing
-  const plain = await embedAll(engine, images);
-  if (!opts.flip) {
-    engine.dispose();
-    return plain;
-  }
-  const mirror = await embedAll(
-    engine,
-    images.map((img) => mirrored(img, size)),
-  );
+  const out = await embedAll(engine, images);
   engine.dispose();
-  const X = plain.X.map((v, i) => (v + mirror.X[i]!) / 2);
-  return { X, d: plain.d, msPerImage: plain.msPerImage + mirror.msPerImage };
+  return out;
 }
 
 /**
@@ -157,7 +141,7 @@ async function builtin(id: BuiltinModelId, opts: { node?: string; flip?: boolean
  * width freed (convolutional networks take any size; the files fix the training size), served to
  * loadEngine as a user's model at `size`.
  */
-async function builtinAtSize(id: BuiltinModelId, node: string, size: number): Promise<FeatureSet> {
+async function builtinAtSize(id: BuiltinModelId, node: string, size: number, flip = false): Promise<FeatureSet> {
   const a = await builtinModelArtifacts(id);
   const topo = structuredClone(a.modelTopology) as Record<string, unknown>;
   if (BUILTIN_BACKBONES[id].form === 'graph') {
@@ -184,6 +168,7 @@ async function builtinAtSize(id: BuiltinModelId, node: string, size: number): Pr
       node,
       inputSize: size,
       inputRange: BUILTIN_BACKBONES[id].inputRange,
+      ...(flip ? { flip: true } : {}),
     },
     {
       readObject: async (url) => (url.endsWith('model.json') ? new TextEncoder().encode(json) : weights),
@@ -199,7 +184,7 @@ async function builtinAtSize(id: BuiltinModelId, node: string, size: number): Pr
 
 /**
  * The default backbone's unpooled maps on TensorFlow.js, pooled three ways at the default node —
- * average (today), average ‖ max, generalised mean (p = 3; the activations are ReLU6 outputs, so
+ * average (the pipeline's), average ‖ max, generalised mean (p = 3; the activations are ReLU6 outputs, so
  * non-negative) — plus the default node's average ‖ the final feature vector's (two nodes).
  */
 async function midPoolings(): Promise<Record<'avgmax' | 'gem' | 'twoNodes' | 'avgTfjs', FeatureSet>> {
@@ -387,13 +372,14 @@ function score(lever: string, variant: string, f: FeatureSet, selection: Selecti
 
 log(`load average ${loadavg()[0].toFixed(1)} on ${availableParallelism()} cores`);
 const base = await builtin('mobilenet_v2_mid');
-const baseRow = score('today', `mobilenet_v2_mid@${MID.defaultNode}, 224, avg pool`, base);
+// "base" is the plain features (--no-flip); flip averaging is the default since it won here.
+const baseRow = score('plain (base)', `mobilenet_v2_mid@${MID.defaultNode}, 224, avg pool, no flip`, base);
 score('L2 selection', 'one val split, log loss', base, 'val-logloss');
 score('L2 selection', '5-fold CV on train+val, accuracy', base, 'kfold-accuracy');
 score('L2 selection', '5-fold CV on train+val, log loss', base, 'kfold-logloss');
 score('L2 selection', `5-fold CV, accuracy, λ grid ${WIDE_LAMBDAS.join(', ')}`, base, 'kfold-wide');
 const flip = await builtin('mobilenet_v2_mid', { flip: true });
-score('flip averaging', 'features of image and mirror averaged', flip);
+score('flip averaging (default)', "features of image and mirror averaged (the spec's flip)", flip);
 score('flip + k-fold L2', 'flip averaging, 5-fold CV accuracy', flip, 'kfold-accuracy');
 if (!args.quick) {
   for (const size of [160, 299]) {
@@ -403,6 +389,11 @@ if (!args.quick) {
       await builtinAtSize('mobilenet_v2_mid', MID.defaultNode, size),
     );
   }
+  score(
+    'flip + input scale',
+    'flip averaging, 32×32 decoded to 160×160',
+    await builtinAtSize('mobilenet_v2_mid', MID.defaultNode, 160, true),
+  );
 }
 const backbones: Partial<Record<BuiltinModelId, FeatureSet>> = { mobilenet_v2_mid: base };
 for (const id of ['mobilenet_v2', 'inception_v3'] as const) {
@@ -416,10 +407,10 @@ score('two backbones', 'mobilenet_v2_mid ‖ inception_v3 (default nodes)', {
 });
 if (!args['skip-tfjs']) {
   const p = await midPoolings();
-  // Cost: the same forward pass as today's (pooling is negligible); the two-node cut runs to the end.
+  // Cost: the same forward pass as the base's (pooling is negligible); the two-node cut runs to the end.
   // The two-node cut runs the network to its end: its cost is the ONNX engine's at the final node.
   const cost = (f: FeatureSet, ms = base.msPerImage) => ({ ...f, msPerImage: ms });
-  score('pooling (TF.js)', 'average (today, as a check of the TF.js path)', cost(p.avgTfjs));
+  score('pooling (TF.js)', 'average (the base, as a check of the TF.js path)', cost(p.avgTfjs));
   score('pooling (TF.js)', 'average ‖ max', cost(p.avgmax));
   score('pooling (TF.js)', 'generalised mean, p = 3', cost(p.gem));
   const endCost = (await builtin('mobilenet_v2_mid', { node: 'feature_vector/SpatialSqueeze' })).msPerImage;
@@ -434,7 +425,7 @@ console.log(
     `${availableParallelism()} cores, load ${loadavg()[0].toFixed(1)} at the end; ${((performance.now() - started) / 1000).toFixed(0)} s\n`,
 );
 console.log(
-  '| lever | variant | dim | L2 selection | test accuracy (mean ± sd) | Δ vs today (paired mean ± sd) | seeds better | extraction ms/image | cost × |',
+  '| lever | variant | dim | L2 selection | test accuracy (mean ± sd) | Δ vs base (paired mean ± sd) | seeds better | extraction ms/image | cost × |',
 );
 console.log('|---|---|---:|---|---:|---:|---:|---:|---:|');
 for (const r of rows) {

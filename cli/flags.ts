@@ -89,6 +89,8 @@ export interface FeatureFlags {
   readonly inputLayout?: string;
   readonly mean?: string;
   readonly std?: string;
+  /** `--no-flip` gives false: plain features instead of flip-averaged ones (the default). */
+  readonly flip?: boolean;
 }
 
 /**
@@ -117,6 +119,13 @@ export function modelReference(model: string): string {
 }
 
 export function featureSpec(o: FeatureFlags): FeatureSpec {
+  const spec = backboneOrPixels(o);
+  if (spec.kind === 'raw-pixels') return spec;
+  // Flip averaging is on unless --no-flip (shared/features.ts FlipOption says why).
+  return { ...spec, flip: o.flip !== false };
+}
+
+function backboneOrPixels(o: FeatureFlags): FeatureSpec {
   if (o.node === '') throw badFlag('--node', o.node, 'give the name of the node or layer to pool');
   const onnx = o.model !== undefined && o.backbone === undefined && isOnnxModelRef(o.model);
   for (const [flag, value] of [

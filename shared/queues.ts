@@ -50,13 +50,19 @@ const featureSpecSchema: z.ZodType<FeatureSpec> = z.discriminatedUnion('kind', [
     kind: z.literal('raw-pixels'),
     size: z.number().int().min(RAW_PIXELS_SIZE.min).max(RAW_PIXELS_SIZE.max),
   }),
-  z.object({ kind: z.literal('builtin'), id: z.enum(BUILTIN_MODELS), node: z.string().min(1).optional() }),
+  z.object({
+    kind: z.literal('builtin'),
+    id: z.enum(BUILTIN_MODELS),
+    node: z.string().min(1).optional(),
+    flip: z.boolean().optional(),
+  }),
   z.object({
     kind: z.literal('tfjs'),
     model: z.string().min(1),
     node: z.string().min(1),
     inputSize: z.number().int().min(RUN_LIMITS.modelInputSize.min).max(RUN_LIMITS.modelInputSize.max).optional(),
     inputRange: z.enum(INPUT_RANGES).optional(),
+    flip: z.boolean().optional(),
   }),
   z.object({
     kind: z.literal('onnx'),
@@ -67,6 +73,7 @@ const featureSpecSchema: z.ZodType<FeatureSpec> = z.discriminatedUnion('kind', [
     inputRange: z.enum(INPUT_RANGES).optional(),
     mean: z.tuple([channelStat, channelStat, channelStat]).optional(),
     std: z.tuple([channelScale, channelScale, channelScale]).optional(),
+    flip: z.boolean().optional(),
   }),
 ]);
 

@@ -15,6 +15,7 @@ import { decodeImage } from '../services/extractor/image.js';
 import type { FeatureSpec } from '../shared/features.js';
 import { assertModelArtifact } from '../shared/model-format.js';
 import { predictProba, type LinearSoftmaxModel } from '../shared/softmax-model.js';
+import { nhwcModel } from './helpers/onnx-models.js';
 import { kerasEraModel, tinyGraphModel, tinyLayersModel, type ModelFiles } from './helpers/tiny-models.js';
 
 const files = new Map<string, Uint8Array>();
@@ -97,6 +98,36 @@ async function checkAgainstPipeline(t: import('ava').ExecutionContext, spec: Fea
 test('builtin backbone: classifier.onnx gives the engine features and the head probabilities', async (t) => {
   t.timeout(120_000);
   await checkAgainstPipeline(t, { kind: 'builtin', id: 'mobilenet_v2_mid' }, 4);
+});
+
+test('flip averaging: the classifier mirrors and averages in its graph as the extractors do', async (t) => {
+  t.timeout(180_000);
+  await checkAgainstPipeline(t, { kind: 'builtin', id: 'mobilenet_v2_mid', flip: true }, 3);
+  const m = tinyGraphModel();
+  files.set('/models/tiny-flip/model.json', new TextEncoder().encode(m.json));
+  files.set('/models/tiny-flip/w.bin', m.weights);
+  await checkAgainstPipeline(t, { kind: 'tfjs', model: '/models/tiny-flip/model.json', node: 'relu', flip: true }, 2);
+  files.set('/models/nhwc-flip.onnx', nhwcModel());
+  await checkAgainstPipeline(t, { kind: 'onnx', model: '/models/nhwc-flip.onnx', node: 'relu', flip: true }, 2);
+});
+
+test('flip averaging changes the builtin features, and its id says so', async (t) => {
+  t.timeout(120_000);
+  const plain = await loadEngine({ kind: 'builtin', id: 'mobilenet_v2_mid' }, deps);
+  const flip = await loadEngine({ kind: 'builtin', id: 'mobilenet_v2_mid', flip: true }, deps);
+  try {
+    t.is(flip.id, `${plain.id}+flip`);
+    t.is(flip.preferredBatch, Math.max(1, Math.floor(plain.preferredBatch / 2)));
+    const images = await demoPixels(plain.input.width, 2);
+    const a = await plain.embed(images);
+    const b = await flip.embed(images);
+    let diff = 0;
+    for (let i = 0; i < a.length; i++) diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
+    t.true(diff > 1e-3, `flip-averaged features equal the plain ones (max |Δ| ${diff})`);
+  } finally {
+    plain.dispose();
+    flip.dispose();
+  }
 });
 
 test('raw pixels: the 32x32 classifier gives the raw-pixel features exactly', async (t) => {

@@ -116,12 +116,12 @@ test('--node, --input-size and --input-range that would be ignored are refused',
   refused(t, () => featureSpec(flags({ node: '' })), /^--node "": give the name/);
   t.deepEqual(featureSpec(flags({ features: 'raw-pixels' })), RAW_PIXELS);
   t.deepEqual(featureSpec(flags({})), DEFAULT_FEATURES);
-  t.deepEqual(featureSpec(flags({ node: 'n' })), { kind: 'builtin', id: 'mobilenet_v2_mid', node: 'n' });
+  t.deepEqual(featureSpec(flags({ node: 'n' })), { kind: 'builtin', id: 'mobilenet_v2_mid', node: 'n', flip: true });
 });
 
 test('--input-size has the engine bounds, 8..2048, in the CLI and in the schema', (t) => {
   const spec = (inputSize: string) => featureSpec(flags({ model: 's3://bkt/m.json', node: 'n', inputSize }));
-  t.deepEqual(spec('2048'), { kind: 'tfjs', model: 's3://bkt/m.json', node: 'n', inputSize: 2048 });
+  t.deepEqual(spec('2048'), { kind: 'tfjs', model: 's3://bkt/m.json', node: 'n', inputSize: 2048, flip: true });
   for (const bad of ['4096', '7', '224.0', '0x100']) {
     refused(t, () => spec(bad), /^--input-size ".*": expected a whole number from 8 to 2048/);
   }

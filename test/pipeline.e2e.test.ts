@@ -101,7 +101,10 @@ test.serial('deep features beat raw pixels; the published model is complete and 
   // The human-readable status says which engine ran.
   const text = await runCli(dep.env, ['status', deepId]);
   t.is(text.code, 0, text.stderr);
-  t.regex(text.stdout, /engine mobilenet_v2_mid@expanded_conv_13\/expand\/Relu6 on onnxruntime \(CPU, \d+ threads?\)/);
+  t.regex(
+    text.stdout,
+    /engine mobilenet_v2_mid@expanded_conv_13\/expand\/Relu6\+flip on onnxruntime \(CPU, \d+ threads?\)/,
+  );
 });
 
 test.serial('workers are listed by queue', async (t) => {

@@ -43,6 +43,12 @@ test('csvField quotes exactly the fields RFC 4180 needs quoted, doubling inner q
   t.is(csvField(' spaced '), ' spaced ');
 });
 
+test('csvField defuses cells a spreadsheet would run as formulas (OWASP CSV injection)', (t) => {
+  t.is(csvField('=HYPERLINK("http://x","y").png'), `"'=HYPERLINK(""http://x"",""y"").png"`);
+  for (const lead of ['+', '-', '@', '\t', '\r']) t.is(csvField(`${lead}1.png`), `"'${lead}1.png"`);
+  t.is(csvField('a=b.png'), 'a=b.png');
+});
+
 test('csv header names K label/probability pairs and the error column', (t) => {
   t.is(csvHeader(1), 'key,label_1,probability_1,error\r\n');
   t.is(csvHeader(3), 'key,label_1,probability_1,label_2,probability_2,label_3,probability_3,error\r\n');

@@ -8,9 +8,15 @@ import type { PredictionLine } from '../../shared/predictions.js';
 
 const EOL = '\r\n';
 
-/** One field as RFC 4180 writes it. */
+/**
+ * One field as RFC 4180 writes it. A field that a spreadsheet would run as a formula (first
+ * character = + - @, tab or CR: an object key or label like `=HYPERLINK(...)` is user data) gets an
+ * apostrophe in front and is quoted, as OWASP's CSV-injection advice says: spreadsheets show the
+ * text, and a program reading the file drops one leading apostrophe from such a cell.
+ */
 export function csvField(s: string): string {
-  return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+  const text = /^[=+\-@\t\r]/.test(s) ? `'${s}` : s;
+  return text !== s || /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
 }
 
 /** The header line for `top` labels per image. */

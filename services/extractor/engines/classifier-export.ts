@@ -11,7 +11,14 @@
  */
 import { createHash } from 'node:crypto';
 import { errorMessage } from '../../../shared/errors.js';
-import { RAW_PIXELS_RANGE, channelLuts, inputLut, type FeatureSpec } from '../../../shared/features.js';
+import {
+  FLIP_ID_SUFFIX,
+  RAW_PIXELS_RANGE,
+  channelLuts,
+  flipsFeatures,
+  inputLut,
+  type FeatureSpec,
+} from '../../../shared/features.js';
 import {
   CLASSIFIER_FILE,
   classifierPreprocessing,
@@ -57,7 +64,8 @@ export async function exportClassifier(o: ExportOptions): Promise<ClassifierExpo
       `the evaluator could not read the backbone (${errorMessage(err)}); run evaluators where the extractors can read the model`,
     );
   }
-  if (backbone.kind === 'onnx') return exportOnnxUserClassifier(backbone, o);
+  const flip = flipsFeatures(o.spec);
+  if (backbone.kind === 'onnx') return exportOnnxUserClassifier(backbone, o, flip);
   let graph: ClassifierBackbone;
   let size: number;
   let lut: Float32Array;
@@ -93,6 +101,7 @@ export async function exportClassifier(o: ExportOptions): Promise<ClassifierExpo
     lut = inputLut(backbone.inputRange);
     id = cut.id;
   }
+  if (flip) id += FLIP_ID_SUFFIX;
   if (o.engineId !== undefined && o.engineId !== id) {
     return unavailable(`the run's features came from ${o.engineId}, but its spec now reads as ${id}`);
   }
@@ -100,12 +109,13 @@ export async function exportClassifier(o: ExportOptions): Promise<ClassifierExpo
   let bytes: Uint8Array;
   try {
     bytes = buildClassifierOnnx({
+      flip,
       backbone: graph,
       size,
       lut,
       head: o.head,
       producerVersion: String(CONVERTER_VERSION),
-      docString: `deepfeat classifier: ${id}, pooled, standardised, linear softmax over ${o.head.classes.length} classes`,
+      docString: `deepfeat classifier: ${id}, pooled${flip ? ', averaged with the mirror image' : ''}, standardised, linear softmax over ${o.head.classes.length} classes`,
     });
   } catch (err) {
     if (err instanceof UnsupportedGraphError) {
@@ -116,27 +126,27 @@ export async function exportClassifier(o: ExportOptions): Promise<ClassifierExpo
     }
     throw err;
   }
-  return checked(bytes, size, OPSET, o.head);
+  return checked(bytes, size, OPSET, o.head, flip);
 }
 
 /**
  * A backbone that is a user's ONNX model: their graph with our pixel tables in front and the
  * pooling and head behind (onnx/user-classifier.ts).
  */
-async function exportOnnxUserClassifier(b: OnnxBackbone, o: ExportOptions): Promise<ClassifierExport> {
+async function exportOnnxUserClassifier(b: OnnxBackbone, o: ExportOptions, flip: boolean): Promise<ClassifierExport> {
   const unavailable = (reason: string): ClassifierExport => ({ ok: false, file: null, reason });
-  const id = `${b.modelName}@${b.node}`;
+  const id = `${b.modelName}@${b.node}${flip ? FLIP_ID_SUFFIX : ''}`;
   if (o.engineId !== undefined && o.engineId !== id) {
     return unavailable(`the run's features came from ${o.engineId}, but its spec now reads as ${id}`);
   }
   let bytes: Uint8Array;
   try {
     const rank = await pooledRank(b);
-    bytes = buildUserClassifierOnnx(b, rank, channelLuts(b.inputRange, b.mean, b.std), o.head);
+    bytes = buildUserClassifierOnnx(b, rank, channelLuts(b.inputRange, b.mean, b.std), o.head, flip);
   } catch (err) {
     return unavailable(`the classifier cannot be written around your ONNX model: ${errorMessage(err)}`);
   }
-  return checked(bytes, b.size, b.info.opset, o.head);
+  return checked(bytes, b.size, b.info.opset, o.head, flip);
 }
 
 /** The classifier once ONNX Runtime has run it, with its description for model.json; or why not. */
@@ -145,6 +155,7 @@ async function checked(
   size: number,
   opset: number,
   head: ClassifierHead,
+  flip: boolean,
 ): Promise<ClassifierExport> {
   const d = head.mean.length;
   const problem = await tryRun(bytes, size, head.classes.length, d);
@@ -170,7 +181,9 @@ async function checked(
       features: {
         name: CLASSIFIER_FEATURES,
         shape: ['N', d],
-        note: 'the pooled backbone vector before standardisation (for retrieval)',
+        note: flip
+          ? "the pooled backbone vector before standardisation (for retrieval), averaged with the mirror image's: the graph mirrors each image itself"
+          : 'the pooled backbone vector before standardisation (for retrieval)',
       },
     },
     preprocessing: classifierPreprocessing(size),

@@ -8,10 +8,17 @@ import os from 'node:os';
 import type * as tf from '@tensorflow/tfjs';
 import { BUILTIN_BACKBONES } from '../../../shared/backbones.js';
 import { ModelError, errorMessage } from '../../../shared/errors.js';
-import { BUILTIN_MODELS, DEFAULT_INPUT_RANGE, type InputRange, RAW_PIXELS_SIZE } from '../../../shared/features.js';
+import {
+  BUILTIN_MODELS,
+  DEFAULT_INPUT_RANGE,
+  type InputRange,
+  RAW_PIXELS_SIZE,
+  flipsFeatures,
+} from '../../../shared/features.js';
 import { quote } from '../../../shared/text.js';
 import { builtinModelArtifacts } from './builtin-model.js';
 import type { EngineDeps, FeatureEngine, FeatureSpec } from './engine.js';
+import { withFlipAveraging } from './flip.js';
 import { graphNodeNames, isLayersModel, planGraphCut, resolveNode } from './graph-cut.js';
 import { createOnnxEngine } from './onnx.js';
 import { type OnnxBackbone, createOnnxUserEngine, resolveOnnxBackbone } from './onnx-user.js';
@@ -49,6 +56,11 @@ export async function loadEngine(spec: FeatureSpec, deps: EngineDeps): Promise<F
 }
 
 async function build(spec: FeatureSpec, deps: EngineDeps): Promise<FeatureEngine> {
+  const engine = await buildPlain(spec, deps);
+  return flipsFeatures(spec) ? withFlipAveraging(engine) : engine;
+}
+
+async function buildPlain(spec: FeatureSpec, deps: EngineDeps): Promise<FeatureEngine> {
   const backbone = await resolveBackbone(spec, deps);
   if (backbone.kind === 'raw-pixels') return createRawPixelsEngine(backbone.size);
   if (backbone.kind === 'onnx') {

@@ -11,10 +11,15 @@
  *   → features      float32 [N, D]  (an output: the pooled vector, for retrieval)
  *   → (x − mean) / std → x·Wᵀ + b → Softmax
  *   → probabilities float32 [N, K]  (an output, in model.json's `classes` order)
+ *
+ * With flip averaging (the run's spec has `flip: true`, engines/flip.ts), the image batch is
+ * followed by its horizontal mirrors (Slice with step −1 on the width axis, Concat: 2N images),
+ * and the 2N pooled rows are averaged pairwise ((a + b) · 0.5) into the N features: the
+ * computation the extractors made, in the same batch order.
  */
 import type * as tf from '@tensorflow/tfjs';
 import { GraphBuilder, OPSET, emitBackbone } from './convert.js';
-import { DataType, encodeModel } from './proto.js';
+import { type AttributeValue, DataType, encodeModel } from './proto.js';
 
 export const CLASSIFIER_INPUT = 'image';
 export const CLASSIFIER_PROBABILITIES = 'probabilities';
@@ -44,6 +49,46 @@ export interface ClassifierGraphOptions {
   producerVersion: string;
   /** Stored in the model: where it came from. */
   docString: string;
+  /** Flip averaging: features of the image and its mirror, averaged. */
+  flip?: boolean;
+}
+
+/** How the flip pieces add nodes and constants to either graph writer. */
+export interface GraphSink {
+  node(opType: string, inputs: string[], output: string, attributes?: Record<string, AttributeValue>): void;
+  constant(name: string, data: BigInt64Array | Float32Array, dims: number[]): string;
+  fresh(name: string): string;
+}
+
+const INT64_MIN = -(2n ** 63n);
+const int64 = (...values: bigint[]) => BigInt64Array.from(values);
+
+/**
+ * `output` = the NHWC batch `input` followed by its horizontal mirrors (axis 2 reversed): 2N
+ * images. Slice takes its bounds as inputs from opset 10 on.
+ */
+export function emitFlipBatch(g: GraphSink, input: string, output: string): void {
+  const mirrored = g.fresh('flip/mirrored');
+  const bound = (name: string, v: bigint) => g.constant(`flip/${name}`, int64(v), [1]);
+  g.node(
+    'Slice',
+    [input, bound('starts', -1n), bound('ends', INT64_MIN), bound('axes', 2n), bound('steps', -1n)],
+    mirrored,
+  );
+  g.node('Concat', [input, mirrored], output, { axis: { kind: 'int', value: 0 } });
+}
+
+/** `output` [N, d] = the mean of rows i and N + i of `both` [2N, d], as (a + b) · 0.5. */
+export function emitPairMean(g: GraphSink, both: string, d: number, output: string): void {
+  const pairs = g.fresh('flip/pairs');
+  g.node('Reshape', [both, g.constant('flip/pair_shape', int64(2n, -1n, BigInt(d)), [3])], pairs);
+  const first = g.fresh('flip/first');
+  const second = g.fresh('flip/second');
+  g.node('Gather', [pairs, g.constant('flip/index0', int64(0n), [])], first, { axis: { kind: 'int', value: 0 } });
+  g.node('Gather', [pairs, g.constant('flip/index1', int64(1n), [])], second, { axis: { kind: 'int', value: 0 } });
+  const sum = g.fresh('flip/sum');
+  g.node('Add', [first, second], sum);
+  g.node('Mul', [sum, g.constant('flip/half', Float32Array.of(0.5), [])], output);
 }
 
 /**
@@ -56,9 +101,21 @@ export function buildClassifierOnnx(o: ClassifierGraphOptions): Uint8Array {
   const d = head.mean.length;
   const b = new GraphBuilder([CLASSIFIER_INPUT, CLASSIFIER_PROBABILITIES, CLASSIFIER_FEATURES]);
 
+  const sink: GraphSink = {
+    node: (opType, inputs, output, attributes) => b.node(opType, inputs, [output], attributes),
+    constant: (name, data, dims) => b.constant(name, data, dims),
+    fresh: (name) => b.fresh(name),
+  };
+  const flip = o.flip === true && o.backbone.kind === 'graph';
+  let images = CLASSIFIER_INPUT;
+  if (flip) {
+    images = b.fresh('flip/batch');
+    emitFlipBatch(sink, CLASSIFIER_INPUT, images);
+  }
+
   // Pixel bytes → model input values, by lookup: Gather takes int32 or int64 indices.
   const indices = b.fresh('pixels/index');
-  b.node('Cast', [CLASSIFIER_INPUT], [indices], { to: { kind: 'int', value: DataType.INT32 } });
+  b.node('Cast', [images], [indices], { to: { kind: 'int', value: DataType.INT32 } });
   const values = b.fresh('pixels/value');
   b.node('Gather', [b.constant('pixels/lut', o.lut, [256]), indices], [values], { axis: { kind: 'int', value: 0 } });
 
@@ -71,7 +128,9 @@ export function buildClassifierOnnx(o: ClassifierGraphOptions): Uint8Array {
   } else {
     const nchw = b.fresh('pixels/nchw');
     b.node('Transpose', [values], [nchw], { perm: { kind: 'ints', value: [0, 3, 1, 2] } });
-    emitBackbone(b, o.backbone.artifacts, o.backbone.node, { input: nchw, output: CLASSIFIER_FEATURES });
+    const pooled = flip ? b.fresh('flip/pooled') : CLASSIFIER_FEATURES;
+    emitBackbone(b, o.backbone.artifacts, o.backbone.node, { input: nchw, output: pooled });
+    if (flip) emitPairMean(sink, pooled, d, CLASSIFIER_FEATURES);
   }
 
   // The head, in the order predictProba (shared/softmax-model.ts) computes it.

@@ -11,9 +11,20 @@
  *     stops being a graph input
  *   → the user's graph up to the run's tensor, pooled as the engine pools it (onnx-user.ts poolNodes)
  *   → features [N, D] → (x − mean) / std → x·Wᵀ + b → Softmax → probabilities [N, K]
+ *
+ * Flip averaging as in classifier.ts: the image batch and its mirrors in, pooled rows averaged
+ * pairwise.
  */
 import { type OnnxBackbone, poolNodes, rewriteGraph } from '../onnx-user.js';
-import { CLASSIFIER_FEATURES, CLASSIFIER_INPUT, CLASSIFIER_PROBABILITIES, type ClassifierHead } from './classifier.js';
+import {
+  CLASSIFIER_FEATURES,
+  CLASSIFIER_INPUT,
+  CLASSIFIER_PROBABILITIES,
+  type ClassifierHead,
+  type GraphSink,
+  emitFlipBatch,
+  emitPairMean,
+} from './classifier.js';
 import { DataType, type NodeInit, type TensorInit } from './proto.js';
 
 /**
@@ -47,6 +58,7 @@ export function buildUserClassifierOnnx(
   rank: number,
   luts: readonly [Float32Array, Float32Array, Float32Array],
   head: ClassifierHead,
+  flip = false,
 ): Uint8Array {
   const renames = renamesFor(b);
   const input = renames.get(b.input) ?? b.input;
@@ -60,11 +72,33 @@ export function buildUserClassifierOnnx(
   };
   const node = (opType: string, inputs: string[], output: string, attributes?: NodeInit['attributes']) =>
     nodes.push({ opType, name: `${output}/${opType}`, inputs, outputs: [output], attributes });
+  // Our names all start with deepfeat/, which no tensor of the user's graph is renamed to.
+  const sink: GraphSink = {
+    node,
+    constant: (name, data, dims) => {
+      const full = `deepfeat/${name}`;
+      initializers.push({
+        name: full,
+        dataType: data instanceof BigInt64Array ? DataType.INT64 : DataType.FLOAT,
+        dims,
+        data,
+      });
+      return full;
+    },
+    fresh: (name) => `deepfeat/${name}`,
+  };
+  let images = CLASSIFIER_INPUT;
+  if (flip) {
+    if (b.info.opset < 10)
+      throw new Error(`flip averaging needs opset 10 or later; the model has opset ${b.info.opset}`);
+    images = 'deepfeat/flip/batch';
+    emitFlipBatch(sink, CLASSIFIER_INPUT, images);
+  }
 
   // Pixel bytes → the model's input values: index byte + 256·channel into the three tables.
   const table = new Float32Array(768);
   for (const [c, lut] of luts.entries()) table.set(lut, 256 * c);
-  node('Cast', [CLASSIFIER_INPUT], 'deepfeat/pixels/index', { to: { kind: 'int', value: DataType.INT32 } });
+  node('Cast', [images], 'deepfeat/pixels/index', { to: { kind: 'int', value: DataType.INT32 } });
   initializers.push({
     name: 'deepfeat/pixels/channel_offset',
     dataType: DataType.INT32,
@@ -81,9 +115,11 @@ export function buildUserClassifierOnnx(
     node('Identity', ['deepfeat/pixels/value'], input);
   }
 
-  const pooled = poolNodes({ ...b, node: renames.get(b.node) ?? b.node }, rank, CLASSIFIER_FEATURES);
+  const features = flip ? 'deepfeat/flip/pooled' : CLASSIFIER_FEATURES;
+  const pooled = poolNodes({ ...b, node: renames.get(b.node) ?? b.node }, rank, features);
   nodes.push(...pooled.nodes);
   initializers.push(...pooled.initializers);
+  if (flip) emitPairMean(sink, features, d, CLASSIFIER_FEATURES);
 
   // The head, in the order predictProba (shared/softmax-model.ts) computes it.
   node(
