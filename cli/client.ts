@@ -83,6 +83,8 @@ export interface RunOptions {
   split?: RunRequest['split'];
   shardSize?: number;
   lambdas?: number[];
+  /** RUN_LIMITS.priority; absent = the default. */
+  priority?: number;
 }
 
 /** Model name from the source when none is given: the last path segment, made safe. */
@@ -120,6 +122,7 @@ export async function enqueueRun(client: Client, opts: RunOptions): Promise<stri
     split: opts.split ?? { train: 0.7, val: 0.1, test: 0.2 },
     shardSize: opts.shardSize ?? client.config.extractor.shardSize,
     ...(opts.lambdas ? { lambdas: opts.lambdas } : {}),
+    ...(opts.priority !== undefined ? { priority: opts.priority } : {}),
   };
   const parsed = runRequestSchema.safeParse(candidate);
   if (!parsed.success) {
@@ -272,7 +275,19 @@ export async function getQueueCounts(client: Client): Promise<Record<QueueName, 
   for (const q of QUEUE_NAMES) {
     const queue = makeQueue(client.queues!, q);
     try {
-      out[q] = await queue.getJobCounts('waiting', 'active', 'delayed', 'waiting-children', 'completed', 'failed');
+      const c = await queue.getJobCounts(
+        'waiting',
+        'prioritized',
+        'active',
+        'delayed',
+        'waiting-children',
+        'completed',
+        'failed',
+      );
+      // Image jobs carry a priority (services/planner/fair-share.ts), and BullMQ keeps those apart
+      // from its wait list: both are jobs ready to run, so 'waiting' counts both.
+      const { prioritized = 0, ...rest } = c;
+      out[q] = { ...rest, waiting: (rest.waiting ?? 0) + prioritized };
     } finally {
       await queue.close();
     }

@@ -13,7 +13,9 @@ import { CreateBucketCommand } from '@aws-sdk/client-s3';
 import cliProgress from 'cli-progress';
 import { loadConfig } from '../shared/config.js';
 import { RAW_PIXELS, DEFAULT_FEATURES, type FeatureSpec } from '../shared/features.js';
-import { putObject } from '../shared/s3.js';
+import { getObjectBytes, putObject } from '../shared/s3.js';
+import { errorMessage } from '../shared/errors.js';
+import { reportHtmlKey } from '../services/evaluator/report-html.js';
 import type { RunStatus } from '../shared/run-state.js';
 import { createClient, enqueueRun, listWorkers, waitForRun, type Client } from './client.js';
 import { loadDemoImages } from './demo-data.js';
@@ -153,6 +155,19 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
         (deep.model!.classifier ? '  (image in, probabilities out; README "Using a model")' : ''),
     );
     say(`download   S3_ENDPOINT unset, from this folder: npx deepfeat download ${deep.model!.name} -o ./model`);
+    // The evaluator's self-contained report, copied out of the bucket so a browser opens it as a file.
+    const reportKey = reportHtmlKey(deep.runId);
+    try {
+      const html = await getObjectBytes(client.s3, client.config.bucket, reportKey);
+      const file = resolve(opts.dataDir, 'reports', `${deep.runId}.html`);
+      await mkdir(resolve(opts.dataDir, 'reports'), { recursive: true });
+      await writeFile(file, html);
+      say(
+        `report     ${relative(process.cwd(), file) || file}  (open in a browser; s3://${client.config.bucket}/${reportKey}; live: deepfeat serve, /reports/${deep.runId})`,
+      );
+    } catch (err) {
+      say(`report     not available: ${errorMessage(err)}`);
+    }
     if (heldBack.length > 0) {
       const dir = resolve(opts.dataDir, 'held-back');
       await rm(dir, { recursive: true, force: true });

@@ -37,6 +37,7 @@ import { featureSpec, parseName, parseSeed, parseShardSize, parseSplit, parseWho
 import { DEFAULT_TOP, enqueuePredict } from './predict-client.js';
 import { predictLocal } from './predict-local.js';
 import { registerCacheCommand } from './cache.js';
+import { registerServeCommand } from './serve.js';
 import { DEFAULT_NEIGHBOURS, MAX_NEIGHBOURS, similar } from './similar.js';
 import { SEARCH_SPLITS, type SearchSplit } from '../services/retrieval/run-index.js';
 import { RUN_LIMITS, type QueueName } from '../shared/queues.js';
@@ -130,6 +131,10 @@ program
   .option('--split <fractions>', 'train,val,test fractions when the data has no split folders', '0.7,0.1,0.2')
   .option('--shard-size <n>', 'images per extract job, 1 to 100000 (default: DEEPFEAT_SHARD_SIZE)')
   .option(
+    '--priority <n>',
+    `0 to 9, higher is served first; runs of equal priority share the extractors shard by shard (default ${RUN_LIMITS.priority.default})`,
+  )
+  .option(
     '--wait',
     'wait for the run to finish, with progress; if it fails, exit 2 (bad dataset, model or bucket) or 1 (a fault)',
   )
@@ -144,6 +149,9 @@ program
       seed: parseSeed(o.seed),
       split: parseSplit(o.split),
       ...(o.shardSize !== undefined ? { shardSize: parseShardSize(o.shardSize) } : {}),
+      ...(o.priority !== undefined
+        ? { priority: parseWholeNumber('--priority', o.priority, RUN_LIMITS.priority, 'higher is served first') }
+        : {}),
     };
     await withClient(async (client) => {
       const runId = await enqueueRun(client, request);
@@ -381,6 +389,7 @@ program
   });
 
 registerCacheCommand(program, withClient);
+registerServeCommand(program);
 
 program
   .command('demo')

@@ -38,6 +38,11 @@ export const RUN_LIMITS = {
    * client and the planner check it); this one keeps a payload from asking for absurd rows.
    */
   top: { min: 1, max: 1000 },
+  /**
+   * A run's priority: a run of higher priority has its shards served first; runs of equal
+   * priority share the extractors shard by shard (services/planner/fair-share.ts). Absent = default.
+   */
+  priority: { min: 0, max: 9, default: 5 },
 } as const;
 
 const channelStat = z.number().finite().min(-CHANNEL_STAT_LIMIT).max(CHANNEL_STAT_LIMIT);
@@ -99,6 +104,8 @@ export const runRequestSchema = z.object({
   shardSize: z.number().int().min(RUN_LIMITS.shardSize.min).max(RUN_LIMITS.shardSize.max),
   /** L2 strengths to choose from on the validation split. */
   lambdas: z.array(z.number().positive()).min(1).optional(),
+  /** RUN_LIMITS.priority: higher is served first; absent = the default. */
+  priority: z.number().int().min(RUN_LIMITS.priority.min).max(RUN_LIMITS.priority.max).optional(),
 });
 export type RunRequest = z.infer<typeof runRequestSchema>;
 
@@ -129,6 +136,8 @@ export const predictRequestSchema = z.object({
   /** Labels per image, most probable first. */
   top: z.number().int().min(RUN_LIMITS.top.min).max(RUN_LIMITS.top.max),
   shardSize: z.number().int().min(RUN_LIMITS.shardSize.min).max(RUN_LIMITS.shardSize.max),
+  /** As a training run's. */
+  priority: z.number().int().min(RUN_LIMITS.priority.min).max(RUN_LIMITS.priority.max).optional(),
 });
 export type PredictRequest = z.infer<typeof predictRequestSchema>;
 

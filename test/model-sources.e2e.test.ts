@@ -81,7 +81,7 @@ const source = () => `s3://${dep.dataBucket}/pets/`;
 async function extractAttempts(runId: string): Promise<number[]> {
   const queue = makeQueue(dep.client.queues!, 'extract');
   try {
-    const jobs = await queue.getJobs(['failed', 'completed', 'delayed', 'waiting', 'active']);
+    const jobs = await queue.getJobs(['failed', 'completed', 'delayed', 'waiting', 'prioritized', 'active']);
     return jobs.filter((j) => j.data.runId === runId).map((j) => j.attemptsMade);
   } finally {
     await queue.close();

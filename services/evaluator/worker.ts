@@ -26,6 +26,7 @@ import { KNN_SEED, knnDatabaseCap, knnMetrics } from '../retrieval/knn.js';
 import { readRunVectors } from '../retrieval/run-vectors.js';
 import { sharedScanner } from '../retrieval/scan.js';
 import { buildModelArtifact } from './model-artifact.js';
+import { writeRunReport } from './report.js';
 
 export function startEvaluatorWorker(ctx: ServiceContext, concurrency = 1) {
   const { modelDirs, maxModelBytes } = ctx.config.extractor;
@@ -103,14 +104,20 @@ export function startEvaluatorWorker(ctx: ServiceContext, concurrency = 1) {
       });
       const key = modelKey(name, version);
       await putJson(ctx.s3, bucket, key, artifact);
-      const latest: LatestPointer = { name, version, key, publishedAt: artifact.createdAt };
-      await putJson(ctx.s3, bucket, latestKey(name), latest);
       const model: PublishedModel = {
         name,
         version,
         uri: s3Url(bucket, key),
         ...(exported.ok ? { classifier: s3Url(bucket, classifierKey) } : { classifierUnavailable: exported.reason }),
       };
+      // runs/<id>/report.html, part of the version: written before latest.json points at it.
+      const current = await ctx.runs.get(runId);
+      if (current) {
+        const status = { ...current, stage: 'published' as const, metrics, model };
+        await writeRunReport(ctx, { runId, status, source: data.source, model: candidate, test });
+      } else log.warn({ runId }, 'the run has no status in Redis; report.html not written');
+      const latest: LatestPointer = { name, version, key, publishedAt: artifact.createdAt };
+      await putJson(ctx.s3, bucket, latestKey(name), latest);
       await ctx.runs.setResult(runId, metrics, model);
       // run.json is the run's final status, for `status` once Redis no longer has the run
       // (bounded like every status: the first failures and their count).

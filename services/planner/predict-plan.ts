@@ -13,6 +13,7 @@ import { boundSkipped, type SkippedObject } from '../../shared/run-state.js';
 import { assertBucket, listObjects, parseS3Url, putJson, putObject, s3Url } from '../../shared/s3.js';
 import { capText, quote } from '../../shared/text.js';
 import { jobOptions, type ServiceContext } from '../../shared/worker-kit.js';
+import { shardJobPriority } from './fair-share.js';
 import { keysFromManifest, manifestFormat } from './manifest.js';
 import { jsonLines } from './manifest-lines.js';
 import { listedKey, versionOf, type ListedKey } from './plan.js';
@@ -128,7 +129,12 @@ export async function planPredictRun(
       name: 'predict',
       queueName: 'predict',
       data: payload,
-      opts: { ...jobOptions(ctx.config, `${runId}-predict-${shard}`), failParentOnFailure: true },
+      opts: {
+        ...jobOptions(ctx.config, `${runId}-predict-${shard}`),
+        failParentOnFailure: true,
+        // Shard by shard across runs, by the run's priority (fair-share.ts).
+        priority: shardJobPriority(request.priority, shard),
+      },
     };
   });
   const collect: JobData<'collect'> = { runId, shards: shards.length, images: items.length, top: request.top };

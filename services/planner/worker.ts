@@ -10,6 +10,7 @@ import { isPredictRequest, makeFlowProducer, type JobData, type RunRequest } fro
 import { boundSkipped } from '../../shared/run-state.js';
 import { capText } from '../../shared/text.js';
 import { jobOptions, startWorker, type ServiceContext } from '../../shared/worker-kit.js';
+import { shardJobPriority } from './fair-share.js';
 import {
   assignSplits,
   checkAndCount,
@@ -96,7 +97,12 @@ export function startPlannerWorker(ctx: ServiceContext, concurrency = 1) {
           name: 'extract',
           queueName: 'extract',
           data: payload,
-          opts: { ...jobOptions(ctx.config, `${runId}-extract-${shard}`), failParentOnFailure: true },
+          opts: {
+            ...jobOptions(ctx.config, `${runId}-extract-${shard}`),
+            failParentOnFailure: true,
+            // Shard by shard across runs, by the run's priority (fair-share.ts).
+            priority: shardJobPriority(request.priority, shard),
+          },
         };
       });
       const trainData: JobData<'train'> = {
