@@ -40,6 +40,7 @@ import { fitLogisticRegression, predictLabels, predictProbaMatrix } from '../ser
 import { applyStandardizer, fitStandardizer } from '../services/trainer/standardizer.js';
 import { BUILTIN_BACKBONES } from '../shared/backbones.js';
 import { type BuiltinModelId, inputLut } from '../shared/features.js';
+import { transformFeatures } from '../shared/softmax-model.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -276,6 +277,13 @@ function concatColumns(sets: ReadonlyArray<{ X: Float32Array; d: number }>): { X
 
 // ───────────── training and scoring ─────────────
 
+/** The features through the head's signed-sqrt transform (shared/softmax-model.ts), as the trainer applies it. */
+function signedSqrt(f: FeatureSet): FeatureSet {
+  const X = Float32Array.from(f.X);
+  transformFeatures('signed-sqrt', X);
+  return { ...f, X };
+}
+
 type Selection = 'val-accuracy' | 'val-logloss' | 'kfold-accuracy' | 'kfold-logloss' | 'kfold-wide';
 /** The default grid with two larger strengths: today's choice often sits on the grid's top, 1. */
 const WIDE_LAMBDAS = [...DEFAULT_LAMBDAS, 3, 10];
@@ -379,8 +387,12 @@ score('L2 selection', '5-fold CV on train+val, accuracy', base, 'kfold-accuracy'
 score('L2 selection', '5-fold CV on train+val, log loss', base, 'kfold-logloss');
 score('L2 selection', `5-fold CV, accuracy, λ grid ${WIDE_LAMBDAS.join(', ')}`, base, 'kfold-wide');
 const flip = await builtin('mobilenet_v2_mid', { flip: true });
-score('flip averaging (default)', "features of image and mirror averaged (the spec's flip)", flip);
+score('flip averaging', "features of image and mirror averaged (the spec's flip)", flip);
 score('flip + k-fold L2', 'flip averaging, 5-fold CV accuracy', flip, 'kfold-accuracy');
+score('signed sqrt', "sign(x)·√|x| before standardisation (the head's featureTransform)", signedSqrt(base));
+score('signed sqrt + k-fold L2', 'signed sqrt, 5-fold CV accuracy', signedSqrt(base), 'kfold-accuracy');
+score('flip + signed sqrt (default)', 'flip averaging, then signed sqrt: the defaults', signedSqrt(flip));
+score('flip + signed sqrt + k-fold L2', 'the defaults, 5-fold CV accuracy', signedSqrt(flip), 'kfold-accuracy');
 if (!args.quick) {
   for (const size of [160, 299]) {
     score(

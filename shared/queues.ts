@@ -17,6 +17,7 @@ import {
 import { SPLITS } from './dataset.js';
 import { MODEL_NAME_PATTERN, MODEL_NAME_RULE, MODEL_VERSION_RULE, modelKey } from './model-format.js';
 import { RUN_ID_PATTERN } from './run-state.js';
+import { FEATURE_TRANSFORMS } from './softmax-model.js';
 
 /**
  * Training runs use plan → extract → train → evaluate; prediction runs plan → predict → collect.
@@ -227,6 +228,8 @@ const schemas = {
     lambdas: z.array(z.number()).optional(),
     /** Train + val images in the plan: the most rows the fit can have (the trainer's memory check). */
     fitImages: z.number().int().min(0).optional(),
+    /** Applied to the features before standardisation (shared/softmax-model.ts); absent = none. */
+    featureTransform: z.enum(FEATURE_TRANSFORMS).optional(),
   }),
   evaluate: z.object({
     runId: z.string(),

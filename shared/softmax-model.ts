@@ -6,8 +6,34 @@
 import { BadRequestError, ModelError } from './errors.js';
 import { capText } from './text.js';
 
+/**
+ * Element-wise transforms of a raw feature vector before standardisation. 'signed-sqrt' is
+ * x ↦ sign(x)·√|x| ("power normalisation"): average-pooled activations are heavy-tailed (a few
+ * large values dominate), and the square root evens them out, a known gain for linear classifiers
+ * on pooled CNN features. Measured on the demo (5 seeds, flip-averaged features, bench/accuracy.ts):
+ * +1.5 points with L2 on one validation split, +1.1 with 5-fold L2; on plain features +1.0 (5-fold).
+ */
+export const FEATURE_TRANSFORMS = ['signed-sqrt'] as const;
+export type FeatureTransform = (typeof FEATURE_TRANSFORMS)[number];
+
+/** One value through `transform` (absent = unchanged). */
+export function transformValue(transform: FeatureTransform | undefined, v: number): number {
+  return transform === 'signed-sqrt' ? Math.sign(v) * Math.sqrt(Math.abs(v)) : v;
+}
+
+/** Every value of `X` through `transform`, in place. */
+export function transformFeatures(transform: FeatureTransform | undefined, X: Float32Array): void {
+  if (transform === undefined) return;
+  for (let i = 0; i < X.length; i++) X[i] = transformValue(transform, X[i]!);
+}
+
 /** A linear softmax classifier over standardised features. d = mean.length, k = classes.length. */
 export interface LinearSoftmaxModel {
+  /**
+   * Applied to each raw feature value before standardisation (mean and std are of the transformed
+   * values). Absent = none, as in every model published before the field existed.
+   */
+  featureTransform?: FeatureTransform;
   /** Class labels; index c corresponds to weights[c] and bias[c]. */
   classes: string[];
   /** Per-feature mean subtracted before scoring (length d). */
@@ -90,12 +116,17 @@ export function assertLinearSoftmaxModel(value: unknown): LinearSoftmaxModel {
   }
   for (const [c, row] of (v.weights as unknown[]).entries()) finiteArray(row, `weights[${c}]`, d);
   finiteArray(v.bias, 'bias', k);
+  if (v.featureTransform !== undefined && !(FEATURE_TRANSFORMS as readonly unknown[]).includes(v.featureTransform)) {
+    throw new ModelError(
+      `softmax model: 'featureTransform' must be one of ${FEATURE_TRANSFORMS.join(', ')} (or absent), got ${shown(v.featureTransform)}`,
+    );
+  }
   return value as LinearSoftmaxModel;
 }
 
 /**
- * Class probabilities for one raw (unstandardised) feature vector: standardises with the
- * model's mean/std, then a numerically stable softmax. Throws BadRequestError if the
+ * Class probabilities for one raw (unstandardised) feature vector: the model's feature transform,
+ * standardisation with its mean/std, then a numerically stable softmax. Throws BadRequestError if the
  * feature length differs from the model's d.
  */
 export function predictProba(model: LinearSoftmaxModel, features: ArrayLike<number>): Float64Array {
@@ -105,7 +136,8 @@ export function predictProba(model: LinearSoftmaxModel, features: ArrayLike<numb
     throw new BadRequestError(`softmax model: feature vector has length ${features.length}, model expects ${d}`);
   }
   const x = new Float64Array(d);
-  for (let j = 0; j < d; j++) x[j] = (features[j] - model.mean[j]) / model.std[j];
+  const t = model.featureTransform;
+  for (let j = 0; j < d; j++) x[j] = (transformValue(t, features[j]) - model.mean[j]) / model.std[j];
   const p = new Float64Array(k);
   let zMax = -Infinity;
   for (let c = 0; c < k; c++) {

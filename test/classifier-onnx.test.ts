@@ -60,13 +60,18 @@ async function runClassifier(bytes: Uint8Array, images: Uint8Array[], size: numb
 }
 
 /** The pipeline's answer and the classifier's agree: features (relative) and probabilities (absolute). */
-async function checkAgainstPipeline(t: import('ava').ExecutionContext, spec: FeatureSpec, k: number) {
+async function checkAgainstPipeline(
+  t: import('ava').ExecutionContext,
+  spec: FeatureSpec,
+  k: number,
+  transform?: LinearSoftmaxModel['featureTransform'],
+) {
   const engine = await loadEngine(spec, deps);
   try {
     const size = engine.input.width;
     const images = await demoPixels(size);
     const features = await engine.embed(images);
-    const h = head(engine.dim, k);
+    const h = { ...head(engine.dim, k), ...(transform ? { featureTransform: transform } : {}) };
     const exported = await exportClassifier({ spec, head: h, engineId: engine.id, deps });
     if (!exported.ok) return t.fail(exported.reason);
     t.deepEqual(exported.info.input.shape, ['N', size, size, 3]);
@@ -109,6 +114,14 @@ test('flip averaging: the classifier mirrors and averages in its graph as the ex
   await checkAgainstPipeline(t, { kind: 'tfjs', model: '/models/tiny-flip/model.json', node: 'relu', flip: true }, 2);
   files.set('/models/nhwc-flip.onnx', nhwcModel());
   await checkAgainstPipeline(t, { kind: 'onnx', model: '/models/nhwc-flip.onnx', node: 'relu', flip: true }, 2);
+});
+
+test('a head with the signed-sqrt transform: classifier.onnx applies it as predictProba does', async (t) => {
+  t.timeout(180_000);
+  await checkAgainstPipeline(t, { kind: 'builtin', id: 'mobilenet_v2_mid', flip: true }, 3, 'signed-sqrt');
+  files.set('/models/nhwc-sqrt.onnx', nhwcModel());
+  // The NHWC model's features can be negative (weights −2): the sign matters.
+  await checkAgainstPipeline(t, { kind: 'onnx', model: '/models/nhwc-sqrt.onnx', node: 'scaled' }, 2, 'signed-sqrt');
 });
 
 test('flip averaging changes the builtin features, and its id says so', async (t) => {

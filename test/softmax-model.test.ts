@@ -33,6 +33,20 @@ test('predictProba standardises then applies softmax (hand-computed)', (t) => {
   t.is(predictLabel(model, [1, 14]).label, 'dog'); // x = (0, 3)
 });
 
+test('the signed-sqrt transform applies before standardisation, sign kept; a bad transform is refused', (t) => {
+  const sqrt: LinearSoftmaxModel = { ...model, featureTransform: 'signed-sqrt' };
+  // x' = (√9, −√4) = (3, −2) → z = ((3−1)/2, (−2−2)/4) = (1, −1) → logits (1, −1, 1)
+  const p = predictProba(sqrt, [9, -4]);
+  const z = 2 * Math.exp(1) + Math.exp(-1);
+  t.true(Math.abs(p[0] - Math.exp(1) / z) < 1e-15);
+  t.true(Math.abs(p[1] - Math.exp(-1) / z) < 1e-15);
+  t.is(assertLinearSoftmaxModel(JSON.parse(JSON.stringify(sqrt))).featureTransform, 'signed-sqrt');
+  t.throws(() => assertLinearSoftmaxModel({ ...model, featureTransform: 'log' }), {
+    instanceOf: ModelError,
+    message: /'featureTransform' must be one of signed-sqrt/,
+  });
+});
+
 test('softmax is stable for huge logits and ties go to the first class', (t) => {
   const big = { ...model, bias: [1000, -1000, 999] };
   const p = predictProba(big, [1, 2]);

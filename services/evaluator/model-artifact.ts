@@ -44,6 +44,7 @@ export function buildModelArtifact(a: ArtifactInputs): ModelArtifact {
       input: candidate.features?.input ?? specInputSize(a.spec),
     },
     classes: candidate.classes,
+    ...(candidate.featureTransform ? { featureTransform: candidate.featureTransform } : {}),
     mean: candidate.mean,
     std: candidate.std,
     weights: candidate.weights,

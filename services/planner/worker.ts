@@ -111,6 +111,9 @@ export function startPlannerWorker(ctx: ServiceContext, concurrency = 1) {
         classes,
         ...(request.lambdas ? { lambdas: request.lambdas } : {}),
         fitImages: classes.reduce((n, c) => n + counts[c]!.train + counts[c]!.val, 0),
+        // Deep features get the square-root transform (shared/softmax-model.ts says why); the raw
+        // pixels baseline stays the lesson's plain logistic regression.
+        ...(request.features.kind !== 'raw-pixels' ? { featureTransform: 'signed-sqrt' as const } : {}),
       };
       // What the published model records about its making travels with the job, not through
       // the run's status in Redis (issue 10): the request's source and feature spec here, the

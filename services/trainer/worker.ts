@@ -14,6 +14,7 @@ import { applyStandardizer, fitStandardizer } from './standardizer.js';
 import { fitInThread } from './fit-thread.js';
 import { checkTrainerMemory, trainerMemoryBudget } from './memory.js';
 import { candidateKey, type Candidate } from '../../shared/model-format.js';
+import { transformFeatures } from '../../shared/softmax-model.js';
 
 export function startTrainerWorker(ctx: ServiceContext, concurrency = 1) {
   return startWorker(
@@ -61,6 +62,7 @@ export function startTrainerWorker(ctx: ServiceContext, concurrency = 1) {
       }
       const both = new Float32Array(train.X.buffer, train.X.byteOffset, n * d);
       refuseNonFinite(both, d, [...train.keys, ...val.keys], runId);
+      transformFeatures(data.featureTransform, both);
       const standardizer = fitStandardizer(both, n, d);
       applyStandardizer(both, n, d, standardizer, both);
       const t0 = performance.now();
@@ -81,6 +83,7 @@ export function startTrainerWorker(ctx: ServiceContext, concurrency = 1) {
         runId,
         classes,
         dim: d,
+        ...(data.featureTransform ? { featureTransform: data.featureTransform } : {}),
         mean: Array.from(standardizer.mean),
         std: Array.from(standardizer.std),
         weights: classes.map((_, c) => Array.from(fit.model.W.subarray(c * d, (c + 1) * d))),

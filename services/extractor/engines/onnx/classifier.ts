@@ -19,6 +19,7 @@
  */
 import type * as tf from '@tensorflow/tfjs';
 import { GraphBuilder, OPSET, emitBackbone } from './convert.js';
+import type { FeatureTransform } from '../../../../shared/softmax-model.js';
 import { type AttributeValue, DataType, encodeModel } from './proto.js';
 
 export const CLASSIFIER_INPUT = 'image';
@@ -27,6 +28,8 @@ export const CLASSIFIER_FEATURES = 'features';
 
 /** The standardisation and linear softmax head, as model.json holds them. */
 export interface ClassifierHead {
+  /** Applied to the features before standardisation (shared/softmax-model.ts). */
+  featureTransform?: FeatureTransform;
   classes: readonly string[];
   mean: readonly number[];
   std: readonly number[];
@@ -76,6 +79,23 @@ export function emitFlipBatch(g: GraphSink, input: string, output: string): void
     mirrored,
   );
   g.node('Concat', [input, mirrored], output, { axis: { kind: 'int', value: 0 } });
+}
+
+/**
+ * The head's feature transform on `features`: 'signed-sqrt' as Sign(x)·Sqrt(Abs(x)). Returns the
+ * tensor the head standardises (`features` itself when there is no transform).
+ */
+export function emitFeatureTransform(g: GraphSink, transform: FeatureTransform | undefined, features: string): string {
+  if (transform === undefined) return features;
+  const abs = g.fresh('head/abs');
+  const root = g.fresh('head/sqrt');
+  const sign = g.fresh('head/sign');
+  const out = g.fresh('head/transformed');
+  g.node('Abs', [features], abs);
+  g.node('Sqrt', [abs], root);
+  g.node('Sign', [features], sign);
+  g.node('Mul', [sign, root], out);
+  return out;
 }
 
 /** `output` [N, d] = the mean of rows i and N + i of `both` [2N, d], as (a + b) · 0.5. */
@@ -134,8 +154,9 @@ export function buildClassifierOnnx(o: ClassifierGraphOptions): Uint8Array {
   }
 
   // The head, in the order predictProba (shared/softmax-model.ts) computes it.
+  const transformed = emitFeatureTransform(sink, head.featureTransform, CLASSIFIER_FEATURES);
   const centred = b.fresh('head/centred');
-  b.node('Sub', [CLASSIFIER_FEATURES, b.constant('head/mean', Float32Array.from(head.mean), [d])], [centred]);
+  b.node('Sub', [transformed, b.constant('head/mean', Float32Array.from(head.mean), [d])], [centred]);
   const scaled = b.fresh('head/standardised');
   b.node('Div', [centred, b.constant('head/std', Float32Array.from(head.std), [d])], [scaled]);
   const wt = new Float32Array(d * k); // Wᵀ, d × k, for MatMul

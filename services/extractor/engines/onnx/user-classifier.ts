@@ -22,6 +22,7 @@ import {
   CLASSIFIER_PROBABILITIES,
   type ClassifierHead,
   type GraphSink,
+  emitFeatureTransform,
   emitFlipBatch,
   emitPairMean,
 } from './classifier.js';
@@ -122,11 +123,8 @@ export function buildUserClassifierOnnx(
   if (flip) emitPairMean(sink, features, d, CLASSIFIER_FEATURES);
 
   // The head, in the order predictProba (shared/softmax-model.ts) computes it.
-  node(
-    'Sub',
-    [CLASSIFIER_FEATURES, f32('deepfeat/head/mean', Float32Array.from(head.mean), [d])],
-    'deepfeat/head/centred',
-  );
+  const transformed = emitFeatureTransform(sink, head.featureTransform, CLASSIFIER_FEATURES);
+  node('Sub', [transformed, f32('deepfeat/head/mean', Float32Array.from(head.mean), [d])], 'deepfeat/head/centred');
   node(
     'Div',
     ['deepfeat/head/centred', f32('deepfeat/head/std', Float32Array.from(head.std), [d])],
