@@ -21,6 +21,10 @@
  *    (synthetic), by a scalar JavaScript scan and by the ONNX Runtime scan `similar` uses (one
  *    thread), one query at a time and 8 at once; and the evaluator's kNN metrics at their caps.
  *
+ * 7. Feed (bench/feed.ts): extractor processes with a zero-cost engine on the same real parts —
+ *    images/s per process and per core, CPU per image by stage, for CIFAR PNGs and 640×480 JPEGs,
+ *    1 and 2 extractors, 1 and all decode threads.
+ *
  * --scale: instead of the above, the control plane at a million images (bench/scale.ts).
  * --quick: the same code paths on small inputs with one repetition, for the test suite's smoke
  * check (figures from it are not meaningful). --out FILE: write the JSON there instead.
@@ -762,6 +766,15 @@ async function redisUsec(s: Stack): Promise<number> {
   } finally {
     await scanner.close();
   }
+}
+
+// ───────────── 7. feed ─────────────
+// The extractor with a zero-cost engine (bench/feed.ts, issue 14): what it can feed an accelerator,
+// and its CPU per image by stage; on its own stack. --quick runs one configuration on CIFAR.
+section('feed: extractors with a zero-cost engine (their ceiling on any accelerator), CPU per image by stage');
+{
+  const { runFeedBench } = await import('./feed.js');
+  await runFeedBench({ quick, record, ...(quick ? { only: ['cifar', '1p'] } : {}) });
 }
 
 await writeFile(

@@ -52,6 +52,11 @@ export interface Config {
   /** Attempts per job before the run is marked failed (transient faults are retried with backoff). */
   readonly jobAttempts: number;
   /**
+   * Milliseconds a worker's job lock lasts without renewal (renewed at half of it); the stalled-job
+   * check runs every third of it. A worker cut off for longer loses its job to another worker.
+   */
+  readonly jobLockMs: number;
+  /**
    * Largest manifest (.csv/.jsonl) the planner reads, in bytes; a larger one fails the run unread.
    * It is parsed a chunk at a time (the planner's event loop keeps renewing its job lock), so the
    * bound is the planner's memory: the 256 MiB default holds a million images with long keys.
@@ -92,6 +97,10 @@ export interface Config {
     readonly decodeTimeoutSeconds: number;
     /** Memory (MiB) each decoder process may use; an image needing more is recorded as a failure. */
     readonly decodeMemoryMiB: number;
+    /** Decoder processes per extractor, each decoding one image at a time on one thread; 0 = one per core. */
+    readonly decodeThreads: number;
+    /** Batches fetched and decoded ahead of the one in the engine (memory: that many batches of pixels). */
+    readonly prefetchBatches: number;
   };
   readonly trainer: {
     /** Seconds one fit (L2 selection and refit) may take before its threads are ended and the job retried. */
@@ -119,12 +128,19 @@ export const ENV_DOC: Readonly<Record<string, string>> = {
   S3_TIMEOUT:
     'seconds an S3 connection may take to open or stay silent mid-request before the request is retried (default 30)',
   DEEPFEAT_JOB_ATTEMPTS: 'attempts per pipeline job (default 3)',
+  DEEPFEAT_JOB_LOCK_MS:
+    "milliseconds a job's lock lasts unrenewed; a worker cut off longer loses the job to another (default 15000)",
   DEEPFEAT_SHARD_SIZE: 'images per extract job (default 256)',
   DEEPFEAT_MAX_MANIFEST_BYTES:
     'largest manifest .csv/.jsonl the planner reads (default 268435456 = 256 MiB, over a million images)',
   DEEPFEAT_FEATURE_CACHE: `${FEATURE_CACHE_CHOICES.join('|')}: reuse feature vectors already extracted for the same object version and feature spec (default on; off = no lookups, no writes)`,
   DEEPFEAT_BATCH_SIZE: "images per forward pass (default 0 = the engine's choice: 8 on CPU, 32 on GPU)",
-  DEEPFEAT_FETCH_CONCURRENCY: 'parallel S3 downloads per extractor (default 8)',
+  DEEPFEAT_FETCH_CONCURRENCY:
+    'parallel S3 downloads per extractor (default 8; at least DEEPFEAT_DECODE_THREADS are in flight)',
+  DEEPFEAT_DECODE_THREADS:
+    'decoder processes per extractor, one image and one thread each (default 0 = one per core available to the process)',
+  DEEPFEAT_PREFETCH_BATCHES:
+    'batches fetched and decoded ahead of the one in the engine (default 1; 2-4 for a GPU fed from distant storage)',
   DEEPFEAT_MAX_IMAGE_BYTES: 'larger objects are recorded as failures, not read (default 52428800)',
   DEEPFEAT_MAX_IMAGE_PIXELS: 'decoded-size limit against decompression bombs (default 100000000)',
   DEEPFEAT_ENGINE: `${ENGINE_CHOICES.join('|')}: engine for graph backbones (default auto: ONNX Runtime, or TF.js where the graph does not convert or tfjs-node-gpu has a GPU that ONNX Runtime cannot use)`,
@@ -291,6 +307,7 @@ export function loadConfig(env: Env = process.env): Config {
     },
     logLevel: r.oneOf('LOG_LEVEL', LOG_LEVELS, 'info'),
     jobAttempts: r.int('DEEPFEAT_JOB_ATTEMPTS', 3, 1, 50),
+    jobLockMs: r.int('DEEPFEAT_JOB_LOCK_MS', 15_000, 1000, 3_600_000),
     maxManifestBytes: r.int('DEEPFEAT_MAX_MANIFEST_BYTES', 256 * 1024 * 1024, 1, 1024 * 1024 * 1024),
     featureCache: r.oneOf('DEEPFEAT_FEATURE_CACHE', FEATURE_CACHE_CHOICES, 'on'),
     extractor: {
@@ -310,6 +327,8 @@ export function loadConfig(env: Env = process.env): Config {
       imageFormats: r.subsetOf('DEEPFEAT_IMAGE_FORMATS', IMAGE_FORMATS, DEFAULT_IMAGE_FORMATS),
       decodeTimeoutSeconds: r.int('DEEPFEAT_DECODE_TIMEOUT', 20, 1, 3600),
       decodeMemoryMiB: r.int('DEEPFEAT_DECODE_MEMORY', 1024, 256, 1024 * 1024),
+      decodeThreads: r.int('DEEPFEAT_DECODE_THREADS', 0, 0, 1024),
+      prefetchBatches: r.int('DEEPFEAT_PREFETCH_BATCHES', 1, 1, 64),
     },
     trainer: {
       fitTimeoutSeconds: r.int('DEEPFEAT_FIT_TIMEOUT', 3600, 1, 7 * 86_400),

@@ -9,6 +9,7 @@ import { encodeNpy, decodeNpy } from './npy.js';
 import { getObjectBytes, getObjectText, putObject, storageError } from './s3.js';
 import { forEachOrdered, mapLimit } from './concurrency.js';
 import { DatasetError } from './errors.js';
+import { type JobLease, leasedPutObject } from './job-lease.js';
 
 /** Shard objects fetched at once by readers (trainer, evaluator). */
 const READ_CONCURRENCY = 8;
@@ -21,12 +22,18 @@ export async function writeShard(
   features: Float32Array,
   dim: number,
   rows: readonly ShardRow[],
+  lease?: JobLease,
 ): Promise<void> {
   const n = dim === 0 ? 0 : features.length / dim;
   // Metadata last: a shard counts as written once its .jsonl exists, and a retry rewrites both
   // with the same bytes (features are deterministic for the same images and engine).
-  await putObject(s3, bucket, shardKey(runId, shard, 'npy'), encodeNpy(features, [n, dim]));
-  await putObject(
+  // With the job's lease (job-lease.ts), each object is written only while this attempt holds the
+  // job, and must be written before the lease could lapse: an attempt that lost its job to another
+  // (cut off from Redis longer than the lock) writes nothing, so a shard's two files always come
+  // from the attempt that owned it last, and a finished shard is never overwritten late.
+  const put: typeof putObject = lease ? (...args) => leasedPutObject(lease, ...args) : putObject;
+  await put(s3, bucket, shardKey(runId, shard, 'npy'), encodeNpy(features, [n, dim]));
+  await put(
     s3,
     bucket,
     shardKey(runId, shard, 'jsonl'),

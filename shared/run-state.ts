@@ -11,6 +11,7 @@ import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { AnyRequest } from './queues.js';
 import { capText, MAX_MESSAGE_CHARS } from './text.js';
+import { LeaseLostError, type JobLease } from './job-lease.js';
 
 /** A training run's stages in the order it moves through them; 'failed' can follow any of them. */
 export const STAGE_ORDER = ['queued', 'planning', 'extracting', 'training', 'evaluating', 'published'] as const;
@@ -197,6 +198,20 @@ export interface ShardCounts {
   readonly cache?: CacheCounts;
 }
 
+/**
+ * A shard's progress written only while the job's lock is this attempt's (job-lease.ts), in one
+ * script so that a write held up in the network is checked when it arrives. KEYS: the job's lock,
+ * the run hash, the failures hash; ARGV: token, failures mode ('set' | 'del' | ''), the failures
+ * field and value, then the run hash's field/value pairs.
+ */
+const LEASED_PROGRESS_SCRIPT = `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+if ARGV[2] == 'set' then redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+elseif ARGV[2] == 'del' then redis.call('HDEL', KEYS[3], ARGV[3]) end
+return 1
+`;
+
 /** Lua table of the final stages, for the scripts below. */
 const FINAL_LUA = `{${FINAL_STAGES.map((s) => `${s} = true`).join(', ')}}`;
 
@@ -376,6 +391,7 @@ export class RunStore {
     shard: number,
     p: ShardProgress,
     failures?: readonly ImageFailure[],
+    lease?: JobLease,
   ): Promise<void> {
     // Engine, backend and input size are run-wide fields: a status reads every shard field, so
     // those stay small.
@@ -385,6 +401,24 @@ export class RunStore {
     if (p.backend) fields.backend = p.backend;
     if (p.input) fields.engineInput = p.input;
     fields.lastShardAt = String(Date.now());
+    if (lease) {
+      const capped = failures?.map((f) => ({ key: f.key, reason: capText(f.reason, MAX_MESSAGE_CHARS) }));
+      const mode = !failures ? '' : failures.length > 0 ? 'set' : 'del';
+      const written = await this.redis.eval(
+        LEASED_PROGRESS_SCRIPT,
+        3,
+        lease.key,
+        this.key(runId),
+        this.failuresKey(runId),
+        lease.token,
+        mode,
+        String(shard),
+        capped && capped.length > 0 ? JSON.stringify(capped) : '',
+        ...Object.entries(fields).flat(),
+      );
+      if (written !== 1) throw new LeaseLostError(lease.what);
+      return;
+    }
     const tx = this.redis.multi().hset(this.key(runId), fields);
     if (failures && failures.length > 0) {
       const capped = failures.map((f) => ({ key: f.key, reason: capText(f.reason, MAX_MESSAGE_CHARS) }));

@@ -16,6 +16,7 @@ import {
   S3Client,
   S3ServiceException,
 } from '@aws-sdk/client-s3';
+import { Readable } from 'node:stream';
 import type { S3Config } from './config.js';
 import { BadRequestError, NotFoundError, StorageError } from './errors.js';
 import { capText, quote } from './text.js';
@@ -41,6 +42,11 @@ export function createS3Client(cfg: S3Config): S3Client {
     // S3-compatible servers (s3rver, older MinIO) store verbatim inside the object.
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
+    // Resolve each command's middleware stack once per client, not on every send: an extractor
+    // sends one GET per image, and resolving the stack was about a fifth of the SDK's CPU per GET
+    // (0.59 -> 0.48 ms for a 2.5 KB object, 0.72 -> 0.54 ms for 70 KB; issue 14). Nothing here
+    // adds middleware to a single command, which this caching would ignore.
+    cacheMiddleware: true,
   });
 }
 
@@ -181,6 +187,15 @@ export function storageError(err: unknown, target: StorageTarget): StorageError 
       code: 'BUCKET_NOT_FOUND',
     });
   }
+  if (name === 'CredentialsProviderError') {
+    // No request was sent: the SDK found no credentials on this host. Permanent, and the fix is here.
+    return new StorageError(
+      `no S3 credentials for ${what}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or ` +
+        'S3_ENDPOINT with S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY for MinIO; after `npm run demo`, run deepfeat in ' +
+        'the folder holding .deepfeat/ (it serves the demo store itself when S3_ENDPOINT is unset)',
+      { cause: err, permanent: true, code: 'ACCESS_DENIED' },
+    );
+  }
   if (ACCESS_CODES.has(name) || status === 403) {
     return new StorageError(`access to ${what} refused (${code}): check S3 credentials and the bucket policy`, {
       cause: err,
@@ -279,12 +294,34 @@ export async function getObjectVersion(
         .catch(() => undefined);
       throw new ObjectTooLargeError(what, res.ContentLength, maxBytes);
     }
-    const bytes = res.Body ? await res.Body.transformToByteArray() : new Uint8Array(0);
+    const bytes = res.Body ? await readBody(res.Body, res.ContentLength) : new Uint8Array(0);
     return { bytes, etag: normalizeEtag(res.ETag) };
   } catch (err) {
     if (err instanceof ObjectTooLargeError) throw err;
     throw storageError(err, { bucket, key });
   }
+}
+
+/**
+ * A response body in one buffer of its declared length, filled as it streams in. The SDK's own
+ * collector (`transformToByteArray`) concatenates the chunks and then copies the result once
+ * more: for an extractor reading one image per GET, two short-lived copies of every image that
+ * the garbage collector must chase (issue 14). Without a length, or off Node streams, the SDK's.
+ */
+async function readBody(
+  body: { transformToByteArray(): Promise<Uint8Array> },
+  length: number | undefined,
+): Promise<Uint8Array> {
+  if (length === undefined || !(body instanceof Readable)) return body.transformToByteArray();
+  const out = new Uint8Array(length);
+  let at = 0;
+  for await (const chunk of body as AsyncIterable<Uint8Array>) {
+    if (at + chunk.length > length) throw new Error(`the body is longer than its Content-Length (${length})`);
+    out.set(chunk, at);
+    at += chunk.length;
+  }
+  if (at !== length) throw new Error(`the body ended after ${at} of its ${length} bytes (Content-Length)`);
+  return out;
 }
 
 /** An object's ETag (normalised; undefined when the store gives none) and size, without its body. */
@@ -425,15 +462,20 @@ export async function* listObjects(client: S3Client, bucket: string, prefix: str
   do {
     let page: ListObjectsV2CommandOutput;
     try {
-      page = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }));
+      page = await client.send(
+        new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token, EncodingType: 'url' }),
+      );
     } catch (err) {
       throw storageError(err, { bucket, prefix });
     }
+    // XML cannot carry every key as it is (a CR comes back as LF, some controls not at all), so keys
+    // are asked for URL-encoded; a store that ignores the request says so by not echoing it.
+    const encoded = page.EncodingType === 'url';
     for (const o of page.Contents ?? []) {
       if (o.Key === undefined) continue;
       const etag = normalizeEtag(o.ETag);
       yield {
-        key: o.Key,
+        key: encoded ? decodeListedKey(o.Key) : o.Key,
         size: o.Size ?? 0,
         ...(etag !== undefined ? { etag } : {}),
         ...(o.LastModified !== undefined ? { lastModified: o.LastModified } : {}),
@@ -441,6 +483,14 @@ export async function* listObjects(client: S3Client, bucket: string, prefix: str
     }
     token = page.IsTruncated ? page.NextContinuationToken : undefined;
   } while (token);
+}
+
+/**
+ * A key from a listing made with EncodingType=url: S3 writes it form-encoded (a space as '+', a '+'
+ * as %2B), so '+' is a space before the percent escapes are undone.
+ */
+export function decodeListedKey(key: string): string {
+  return decodeURIComponent(key.replace(/\+/g, ' '));
 }
 
 /** Fails with a clear permanent error when the bucket is missing or not ours to read. */

@@ -141,8 +141,8 @@ export function startWorker<N extends QueueName>(
     {
       concurrency,
       name: workerName(name),
-      lockDuration: 15_000,
-      stalledInterval: 5_000,
+      lockDuration: ctx.config.jobLockMs,
+      stalledInterval: Math.round(ctx.config.jobLockMs / 3),
       maxStalledCount: 2,
     },
   );

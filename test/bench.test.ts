@@ -49,6 +49,9 @@ test('bench --quick measures every stage and writes them as JSON', async (t) => 
       'train_job',
       'train_job_rss',
       'ratio_train_vs_extract',
+      // bench/feed.ts, the zero-cost engine (issue 14)
+      'feed_cifar_1p',
+      'feed_cifar_1p_cpu_ms',
     ];
     for (const key of expected) {
       const v = results.figures[key];

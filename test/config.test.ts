@@ -21,6 +21,7 @@ test('defaults from an empty env', (t) => {
     },
     logLevel: 'info',
     jobAttempts: 3,
+    jobLockMs: 15_000,
     featureCache: 'on',
     extractor: {
       shardSize: 256,
@@ -39,6 +40,8 @@ test('defaults from an empty env', (t) => {
       imageFormats: ['jpeg', 'png', 'webp', 'gif', 'tiff', 'avif'],
       decodeTimeoutSeconds: 20,
       decodeMemoryMiB: 1024,
+      decodeThreads: 0,
+      prefetchBatches: 1,
     },
     trainer: { fitTimeoutSeconds: 3600, memoryMiB: 0 },
     maxManifestBytes: 256 * 1024 * 1024,
@@ -92,6 +95,7 @@ test('values are read, trimmed and typed', (t) => {
     S3_MAX_ATTEMPTS: '2',
     S3_TIMEOUT: '7',
     DEEPFEAT_JOB_ATTEMPTS: '7',
+    DEEPFEAT_JOB_LOCK_MS: ' 4000 ',
     DEEPFEAT_SHARD_SIZE: '64',
     DEEPFEAT_BATCH_SIZE: '32',
     DEEPFEAT_FETCH_CONCURRENCY: '4',
@@ -108,6 +112,8 @@ test('values are read, trimmed and typed', (t) => {
     DEEPFEAT_IMAGE_FORMATS: 'png,jpeg',
     DEEPFEAT_DECODE_TIMEOUT: '3',
     DEEPFEAT_DECODE_MEMORY: '512',
+    DEEPFEAT_DECODE_THREADS: '3',
+    DEEPFEAT_PREFETCH_BATCHES: '2',
     DEEPFEAT_FIT_TIMEOUT: '60',
     DEEPFEAT_TRAINER_MEMORY: '2048',
     DEEPFEAT_MAX_MANIFEST_BYTES: '4096',
@@ -126,6 +132,7 @@ test('values are read, trimmed and typed', (t) => {
     timeoutSeconds: 7,
   });
   t.is(c.jobAttempts, 7);
+  t.is(c.jobLockMs, 4000);
   t.deepEqual(c.extractor, {
     shardSize: 64,
     batchSize: 32,
@@ -143,6 +150,8 @@ test('values are read, trimmed and typed', (t) => {
     imageFormats: ['png', 'jpeg'],
     decodeTimeoutSeconds: 3,
     decodeMemoryMiB: 512,
+    decodeThreads: 3,
+    prefetchBatches: 2,
   });
   t.deepEqual(c.trainer, { fitTimeoutSeconds: 60, memoryMiB: 2048 });
   t.is(c.maxManifestBytes, 4096);

@@ -75,6 +75,17 @@ test('access refusals still say check credentials; missing objects and buckets k
   t.is(storageError(s3Answer(404, 'NotFound'), { bucket: 'b' }).code, 'BUCKET_NOT_FOUND');
 });
 
+test('no credentials on the host: a permanent error that says where credentials come from, exit 2', (t) => {
+  const sdk = Object.assign(new Error('Could not load credentials from any providers'), {
+    name: 'CredentialsProviderError',
+  });
+  const e = storageError(sdk, { bucket: 'deepfeat', key: 'models/m/latest.json' });
+  t.true(e instanceof StorageError);
+  t.regex(e.message, /no S3 credentials for "s3:\/\/deepfeat\/models\/m\/latest.json": set AWS_ACCESS_KEY_ID/);
+  t.regex(e.message, /folder holding \.deepfeat/);
+  t.is(exitCodeForError(e), 2);
+});
+
 test('throttling, timeouts and 5xx stay transient (retried)', (t) => {
   for (const [status, code] of [
     [503, 'SlowDown'],

@@ -27,6 +27,10 @@ import { readRunVectors } from '../retrieval/run-vectors.js';
 import { sharedScanner } from '../retrieval/scan.js';
 import { buildModelArtifact } from './model-artifact.js';
 import { writeRunReport } from './report.js';
+import type { Job } from 'bullmq';
+import type { Logger } from '../../shared/logger.js';
+import { NotFoundError } from '../../shared/errors.js';
+import { jobLease, leasedPutObject } from '../../shared/job-lease.js';
 
 export function startEvaluatorWorker(ctx: ServiceContext, concurrency = 1) {
   const { modelDirs, maxModelBytes } = ctx.config.extractor;
@@ -35,7 +39,7 @@ export function startEvaluatorWorker(ctx: ServiceContext, concurrency = 1) {
   return startWorker(
     ctx,
     'evaluate',
-    async (data, _job, log) => {
+    async (data, job, log) => {
       const { runId, shards, name } = data;
       const bucket = ctx.config.bucket;
       await ctx.runs.setStage(runId, 'evaluating');
@@ -117,7 +121,7 @@ export function startEvaluatorWorker(ctx: ServiceContext, concurrency = 1) {
         await writeRunReport(ctx, { runId, status, source: data.source, model: candidate, test });
       } else log.warn({ runId }, 'the run has no status in Redis; report.html not written');
       const latest: LatestPointer = { name, version, key, publishedAt: artifact.createdAt };
-      await putJson(ctx.s3, bucket, latestKey(name), latest);
+      await moveLatest(ctx, job, latest, log);
       await ctx.runs.setResult(runId, metrics, model);
       // run.json is the run's final status, for `status` once Redis no longer has the run
       // (bounded like every status: the first failures and their count).
@@ -129,4 +133,33 @@ export function startEvaluatorWorker(ctx: ServiceContext, concurrency = 1) {
     },
     concurrency,
   );
+}
+
+/**
+ * Points models/<name>/latest.json at `latest`, unless it already points at a newer version
+ * (versions are run ids, which sort by the time their runs were queued): an evaluator that finishes
+ * late — a long run queued before a short one, or a host cut off mid-publish whose job another
+ * evaluator redid — never moves the pointer back. The write goes through the job's lease
+ * (shared/job-lease.ts): an attempt that no longer holds its job writes nothing. What remains is
+ * two evaluators publishing the same name at the same moment; S3 has no compare-and-set to close
+ * that, and either pointer names a complete version.
+ */
+export async function moveLatest(ctx: ServiceContext, job: Job, latest: LatestPointer, log: Logger): Promise<void> {
+  const bucket = ctx.config.bucket;
+  const key = latestKey(latest.name);
+  const current = await getObjectJson<Partial<LatestPointer>>(ctx.s3, bucket, key).catch((err) => {
+    if (err instanceof NotFoundError) return undefined;
+    throw err;
+  });
+  if (typeof current?.version === 'string' && current.version > latest.version) {
+    log.warn(
+      { name: latest.name, version: latest.version, latest: current.version },
+      'a newer version is already latest; latest.json not moved back',
+    );
+    return;
+  }
+  const body = `${JSON.stringify(latest, null, 2)}\n`;
+  const lease = jobLease(job, ctx.config.jobLockMs, `evaluate job of run ${latest.version}`);
+  if (lease) await leasedPutObject(lease, ctx.s3, bucket, key, body, 'application/json');
+  else await putJson(ctx.s3, bucket, key, latest);
 }

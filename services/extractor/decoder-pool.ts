@@ -20,6 +20,7 @@
  */
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import type { Socket } from 'node:net';
+import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { ImageError, InternalError } from '../../shared/errors.js';
 import { capText } from '../../shared/text.js';
@@ -28,16 +29,25 @@ import { crashReason, outOfMemoryReason, timeoutReason } from './decode-limits.j
 import { sniffImageFormat } from './image-format.js';
 import type { DecodeOptions } from './image.js';
 
-/** Calls a decoder process serves. */
+/**
+ * Calls a decoder process serves. The bytes themselves do not travel on this channel: the
+ * image's `length` bytes follow on the process's stdin, and its pixels (`length` in the answer)
+ * come back on the pixel pipe (fd 4, PIXEL_FD) before the answer. Through the channel every byte
+ * was serialised, concatenated and copied again on each side: in a worker with a large heap,
+ * those short-lived buffers drove full garbage collections (issue 14, bench/feed.ts).
+ */
 export interface DecoderApi {
-  decode(req: { bytes: Uint8Array; opts: DecodeOptions }): { pixels: Uint8Array; rssBytes: number };
+  decode(req: { length: number; opts: DecodeOptions }): { length: number; rssBytes: number };
 }
+
+/** The decoder process's pipe that carries pixels back (its stdin carries image bytes in). */
+export const PIXEL_FD = 4;
 
 /** What the caller chooses per image; the bounds are the pool's. */
 export type DecodeRequest = Omit<DecodeOptions, 'memoryLimitMiB'>;
 
 export interface DecoderPoolOptions {
-  /** Decoder processes, each decoding one image at a time: the decode parallelism. */
+  /** Decoder processes, each decoding one image at a time: the decode parallelism (decodeProcesses()). */
   processes: number;
   /** Seconds one image may take (DEEPFEAT_DECODE_TIMEOUT). */
   timeoutSeconds: number;
@@ -45,6 +55,15 @@ export interface DecoderPoolOptions {
   memoryLimitMiB: number;
   /** Where decoder processes' warnings (libvips on stderr) and restarts are reported. */
   log?: (msg: string, extra?: object) => void;
+}
+
+/**
+ * Decoder processes for an extractor: DEEPFEAT_DECODE_THREADS, or one per core available to this
+ * process (os.availableParallelism(), which follows CPU affinity), so decoding uses every core a
+ * host gives it. Each process is one decode thread: libvips on one thread, one image at a time.
+ */
+export function decodeProcesses(cfg: { readonly decodeThreads: number }): number {
+  return cfg.decodeThreads > 0 ? cfg.decodeThreads : Math.max(1, availableParallelism());
 }
 
 const ENTRY = fileURLToPath(new URL('./decoder-entry.mjs', import.meta.url));
@@ -78,9 +97,19 @@ class DecoderProcess {
   #loggedLines = 0;
   /** What the process wrote to stderr since its current decode began (the end of it). */
   #stderrTail = '';
+  /** Where the pixels of the decode under way go as they arrive; undefined between decodes. */
+  #sink: { buf: Uint8Array; filled: number; full: () => void } | undefined;
+  /** Rejects once the process has ended (after its stderr was read), with how it ended. */
+  readonly #closed: Promise<never>;
 
   constructor(memoryLimitMiB: number, log: DecoderPoolOptions['log']) {
-    const options: SpawnOptions = { stdio: ['ignore', 'ignore', 'pipe', 'ipc'], serialization: 'advanced' };
+    // One image at a time on one libvips thread (decoder-process.ts): libuv's pool, where sharp
+    // runs, needs one thread, not its default four; it must be sized before the process starts it.
+    const options: SpawnOptions = {
+      stdio: ['pipe', 'ignore', 'pipe', 'ipc', 'pipe'], // stdin: image bytes; fd 4: pixels
+      serialization: 'advanced',
+      env: { ...process.env, UV_THREADPOOL_SIZE: '1' },
+    };
     // RLIMIT_DATA has no Node API; the shell sets it (in KiB) and then becomes node (exec), so the
     // limit and the IPC channel both belong to the decoder process itself.
     const setLimit = 'ulimit -d "$1" || exit 125; shift; exec "$@"';
@@ -99,6 +128,16 @@ class DecoderProcess {
         log?.('decoder process says', { pid: child.pid, line: capText(line, 300) });
       }
     });
+    // Writing to a process that just died fails (EPIPE); its 'close' reports the death.
+    child.stdin!.on('error', () => undefined);
+    const pixels = child.stdio[PIXEL_FD] as Socket;
+    pixels.on('error', () => undefined);
+    pixels.on('data', (chunk: Buffer) => this.#pixels(chunk));
+    let ended!: (err: Error) => void;
+    this.#closed = new Promise<never>((_, reject) => {
+      ended = reject;
+    });
+    this.#closed.catch(() => undefined);
     this.channel = new Channel<DecoderApi>({
       postMessage: (m: unknown) => {
         if (child.connected) child.send(m as object);
@@ -127,6 +166,7 @@ class DecoderProcess {
         this.#ended ??= how;
         const tail = this.#stderrTail.trim();
         this.channel.close(new DecoderDied(how, tail));
+        ended(new DecoderDied(how, tail));
         const said = tail ? `: ${capText(tail, 500)}` : '';
         reject(new InternalError(`decoder process ended before it was ready (${how})${said}`, { permanent: false }));
       });
@@ -134,6 +174,7 @@ class DecoderProcess {
         clearTimeout(timer);
         this.#ended ??= err.message;
         this.channel.close(new DecoderDied(err.message, ''));
+        ended(new DecoderDied(err.message, ''));
         reject(new InternalError(`decoder process could not start: ${err.message}`, { cause: err, permanent: false }));
       });
     });
@@ -145,25 +186,77 @@ class DecoderProcess {
   }
 
   #hold(busy: boolean): void {
-    const handles = [this.child, this.child.channel, this.child.stderr as Socket | null];
+    const handles = [
+      this.child,
+      this.child.channel,
+      this.child.stderr as Socket | null,
+      this.child.stdin as Socket | null,
+      this.child.stdio[PIXEL_FD] as Socket | null,
+    ];
     for (const h of handles) busy ? h?.ref?.() : h?.unref?.();
   }
 
-  /** Decodes one image; past `timeoutSeconds` (transfer of its bytes included) the process is killed. */
-  decode(bytes: Uint8Array, opts: DecodeOptions, timeoutSeconds: number) {
+  /** Pixel bytes from the process: only as many as the decode under way asked for. */
+  #pixels(chunk: Buffer): void {
+    const sink = this.#sink;
+    if (!sink || sink.filled + chunk.length > sink.buf.length) {
+      // Not the protocol (a decoder that misbehaves, or worse): end it; its decode is retried once.
+      this.kill();
+      return;
+    }
+    sink.buf.set(chunk, sink.filled);
+    sink.filled += chunk.length;
+    if (sink.filled === sink.buf.length) sink.full();
+  }
+
+  /**
+   * Decodes one image to `width × height × 3` bytes; past `timeoutSeconds` (transfer of its bytes
+   * included) the process is killed.
+   */
+  async decode(bytes: Uint8Array, opts: DecodeOptions, timeoutSeconds: number) {
     this.#stderrTail = ''; // what an earlier image made a codec say is not this image's
-    return this.channel.call(
-      'decode',
-      { bytes, opts },
-      {
-        timeoutMs: timeoutSeconds * 1000,
-        onTimeout: () => {
-          // Reject the caller first: the exit that follows must not count as a crash.
-          this.channel.close(new ImageError(timeoutReason(timeoutSeconds)));
-          this.kill();
+    const expected = opts.width * opts.height * 3;
+    let full!: () => void;
+    const arrived = new Promise<void>((resolve) => {
+      full = resolve;
+    });
+    const sink = { buf: new Uint8Array(expected), filled: 0, full };
+    this.#sink = sink;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const answer = this.channel.call(
+        'decode',
+        { length: bytes.byteLength, opts },
+        {
+          timeoutMs: timeoutSeconds * 1000,
+          onTimeout: () => {
+            // Reject the caller first: the exit that follows must not count as a crash.
+            this.channel.close(new ImageError(timeoutReason(timeoutSeconds)));
+            this.kill();
+          },
         },
-      },
-    );
+      );
+      this.child.stdin!.write(bytes);
+      const { length, rssBytes } = await answer;
+      if (length !== expected) {
+        this.kill();
+        throw new DecoderDied(`it answered ${length} pixel bytes, not ${expected}`, '');
+      }
+      // The process wrote the pixels before answering: the rest is in the pipe, or already here.
+      if (sink.filled < expected) {
+        const late = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => {
+            this.kill();
+            reject(new ImageError(timeoutReason(timeoutSeconds)));
+          }, timeoutSeconds * 1000);
+        });
+        await Promise.race([arrived, this.#closed, late]);
+      }
+      return { pixels: sink.buf, rssBytes };
+    } finally {
+      clearTimeout(timer);
+      if (this.#sink === sink) this.#sink = undefined;
+    }
   }
 
   kill(): void {
@@ -197,6 +290,11 @@ export class DecoderPool {
     this.#opts = opts;
     this.#slots = Array.from({ length: opts.processes }, () => undefined);
     this.#free = this.#slots.map((_, i) => i);
+  }
+
+  /** Decoder processes (alive or to be started): how many images decode at once. */
+  get processes(): number {
+    return this.#slots.length;
   }
 
   /** Process ids of the decoder processes alive now (for measuring their memory). */

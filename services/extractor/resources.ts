@@ -10,11 +10,10 @@
  * may run an extract job and a predict job at once: on the same backbone they share one engine,
  * on two backbones it holds two (the engine cache never disposes an engine a job holds).
  */
-import { availableParallelism } from 'node:os';
 import type { ServiceContext } from '../../shared/worker-kit.js';
 import { createEngineCache, type EngineCache } from './engine-cache.js';
 import { loadEngineInThread, type ThreadedEngine } from './engines/thread.js';
-import { DecoderPool } from './decoder-pool.js';
+import { DecoderPool, decodeProcesses } from './decoder-pool.js';
 import { createModelSource } from './model-source.js';
 
 export interface ExtractorResources {
@@ -29,6 +28,18 @@ interface Held {
 
 /** One set per context, and a context per worker process (cli/workers.ts). */
 const held = new WeakMap<ServiceContext, Held>();
+
+/** The engine thread's module when a benchmark replaced it (useEngineThreadModule); else the real one. */
+let engineThreadModule: URL | undefined;
+
+/**
+ * Bench only: engines of this process load from `module` (a thread module serving the engine
+ * API) instead of the real engines. Called by bench/zero-engine-extractor.ts before it starts the
+ * worker; no CLI flag, request field or environment variable reaches it.
+ */
+export function useEngineThreadModule(module: URL): void {
+  engineThreadModule = module;
+}
 
 /**
  * The process's engines and decoders, made on first use; `release()` once the caller's worker
@@ -77,14 +88,18 @@ function createResources(ctx: ServiceContext): ExtractorResources {
           readObject: createModelSource({ s3: ctx.s3, modelDirs: cfg.modelDirs, maxModelBytes: cfg.maxModelBytes }),
           maxModelBytes: cfg.maxModelBytes,
         },
-        { timeoutMs: cfg.engineTimeoutSeconds * 1000, timeoutSetting: 'DEEPFEAT_ENGINE_TIMEOUT' },
+        {
+          timeoutMs: cfg.engineTimeoutSeconds * 1000,
+          timeoutSetting: 'DEEPFEAT_ENGINE_TIMEOUT',
+          ...(engineThreadModule ? { module: engineThreadModule } : {}),
+        },
       ),
     (reason) => ctx.log.error({ reason }, 'feature engine thread ended; a new one starts with the next job'),
   );
-  // Images are decoded in separate processes, each bounded in time and memory (decoder-pool.ts).
-  // More of them than cores would only queue for the CPU; each holds at most DEEPFEAT_DECODE_MEMORY.
+  // Images are decoded in separate processes, each bounded in time and memory (decoder-pool.ts):
+  // one per core by default (DEEPFEAT_DECODE_THREADS); each holds at most DEEPFEAT_DECODE_MEMORY.
   const decoders = new DecoderPool({
-    processes: Math.max(1, Math.min(cfg.fetchConcurrency, availableParallelism())),
+    processes: decodeProcesses(cfg),
     timeoutSeconds: cfg.decodeTimeoutSeconds,
     memoryLimitMiB: cfg.decodeMemoryMiB,
     log: (msg, extra) => ctx.log.warn(extra ?? {}, msg),

@@ -8,6 +8,7 @@
  */
 import type { ShardRow } from '../../shared/dataset.js';
 import { writeShard } from '../../shared/feature-store.js';
+import { jobLease } from '../../shared/job-lease.js';
 import { startWorker, type ServiceContext } from '../../shared/worker-kit.js';
 import { openShardCache } from './feature-cache/shard-cache.js';
 import { acquireExtractorResources } from './resources.js';
@@ -22,9 +23,11 @@ export function startExtractorWorker(ctx: ServiceContext, concurrency = 1) {
   const worker = startWorker(
     ctx,
     'extract',
-    async (data, _job, log) => {
+    async (data, job, log) => {
       const { runId, shard, sourceBucket } = data;
-      const ref = { runId, shard, sourceBucket };
+      // Progress and the shard's files are written only while this attempt holds the job (job-lease.ts).
+      const jobLock = jobLease(job, ctx.config.jobLockMs, `extract job of run ${runId} shard ${shard}`);
+      const ref = { runId, shard, sourceBucket, lease: jobLock };
       const items = await shardItems(ctx, runId, shard, data.manifest);
       // Held until the job ends, so a concurrent job for another spec cannot dispose it (engine-cache.ts).
       using lease = await engines.acquire(data.features);
@@ -56,7 +59,7 @@ export function startExtractorWorker(ctx: ServiceContext, concurrency = 1) {
         features.set(c, off);
         off += c.length;
       }
-      await writeShard(ctx.s3, ctx.config.bucket, runId, shard, features, engine.dim, rows);
+      await writeShard(ctx.s3, ctx.config.bucket, runId, shard, features, engine.dim, rows, jobLock);
       // The shard's own output first: the cache is an optimisation that never holds a run's only copy.
       await cache?.flush();
       await completeShard(ctx.runs, ref, engine, outcome);

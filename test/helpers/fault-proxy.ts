@@ -19,6 +19,10 @@
  *   is parked, the server closing its idle keep-alive connection does not close the client's:
  *   the request goes out on a new upstream connection when released. Injected failures
  *   (`failNext`) take precedence over holds.
+ * - `slow({ latencyMs, resetRate })`: from now on every request waits `latencyMs` before it is
+ *   forwarded (added latency per request), and each request, with probability `resetRate`, has its
+ *   connection reset instead of being forwarded (clients see ECONNRESET; `stats.reset` counts
+ *   them). `slow({})` turns both off. Holds and injected failures apply after the wait.
  * - `close()`: stops listening and drops every connection.
  *
  * How requests are seen: each client connection gets its own upstream connection, and the proxy
@@ -65,6 +69,8 @@ export interface FaultProxy {
   failNext(n: number, status?: number): void;
   /** Park requests whose method and path (request-target without the query) match, until `release()`. */
   holdRequests(match: (method: string, path: string) => boolean): RequestHold;
+  /** Added latency per request and the probability of resetting a request's connection (see the top). */
+  slow(opts: { latencyMs?: number; resetRate?: number }): void;
   close(): Promise<void>;
 }
 
@@ -102,6 +108,8 @@ export async function startFaultProxy(upstreamEndpoint: string): Promise<FaultPr
   const stats: FaultProxyStats = { forwarded: 0, injected: 0, reset: 0, held: 0 };
   let failRemaining = 0;
   let failStatus = 503;
+  let latencyMs = 0;
+  let resetRate = 0;
   const sockets = new Set<net.Socket>();
 
   interface HoldState {
@@ -119,6 +127,8 @@ export async function startFaultProxy(upstreamEndpoint: string): Promise<FaultPr
     /** The request this connection has parked, if any: its hold and how to forward it. */
     let parked: { hold: HoldState; resume: () => void } | undefined;
     let dropped = false;
+    /** A request head is waiting out the added latency (slow()). */
+    let delaying = false;
     const drop = () => {
       if (dropped) return;
       dropped = true;
@@ -140,7 +150,7 @@ export async function startFaultProxy(upstreamEndpoint: string): Promise<FaultPr
       const gone = () => {
         sockets.delete(u);
         if (u !== upstream) return;
-        if (parked) upstream = undefined;
+        if (parked || delaying) upstream = undefined;
         else drop();
       };
       u.on('error', gone);
@@ -158,6 +168,8 @@ export async function startFaultProxy(upstreamEndpoint: string): Promise<FaultPr
     let bodyLeft = 0; // bytes of the current request body still to pass on (or to discard)
     let discarding = false; // the current request was answered by the proxy
     let passThrough = false;
+    /** The head that has already waited out the added latency (forwarded on the next pass). */
+    let delayedHead: Buffer | undefined;
 
     /** Forwards a request head; returns false if the connection switched to pass-through. */
     const forward = (head: Buffer, chunked: boolean, length: number): boolean => {
@@ -174,7 +186,7 @@ export async function startFaultProxy(upstreamEndpoint: string): Promise<FaultPr
     };
 
     const pump = () => {
-      while (buf.length > 0 && !parked) {
+      while (buf.length > 0 && !parked && !delaying) {
         if (bodyLeft > 0) {
           const n = Math.min(bodyLeft, buf.length);
           if (!discarding) send(buf.subarray(0, n));
@@ -190,6 +202,30 @@ export async function startFaultProxy(upstreamEndpoint: string): Promise<FaultPr
         const end = buf.indexOf('\r\n\r\n');
         if (end < 0) return; // wait for the whole head
         const head = buf.subarray(0, end + 4);
+        // A head that has waited out the added latency comes through here a second time.
+        const waited = delayedHead !== undefined && head.equals(delayedHead);
+        delayedHead = undefined;
+        if (!waited && resetRate > 0 && Math.random() < resetRate) {
+          stats.reset++;
+          try {
+            client.resetAndDestroy();
+          } catch {
+            client.destroy();
+          }
+          drop();
+          return;
+        }
+        if (!waited && latencyMs > 0) {
+          delaying = true;
+          setTimeout(() => {
+            delaying = false;
+            delayedHead = head;
+            if (dropped) return;
+            if (!upstream || upstream.destroyed) connectUpstream();
+            pump();
+          }, latencyMs);
+          return;
+        }
         const text = head.toString('latin1');
         const method = text.slice(0, text.indexOf(' '));
         const length = /\r\ncontent-length:\s*(\d+)/i.exec(text);
@@ -287,6 +323,10 @@ export async function startFaultProxy(upstreamEndpoint: string): Promise<FaultPr
         refusing = undefined;
       });
       return refusing;
+    },
+    slow(opts) {
+      latencyMs = Math.max(0, opts.latencyMs ?? 0);
+      resetRate = Math.min(1, Math.max(0, opts.resetRate ?? 0));
     },
     failNext(n, status = 503) {
       failRemaining = n;

@@ -49,6 +49,11 @@ export interface ThreadOptionsExtra {
   timeoutMs?: number;
   /** Named in the timeout message, so the reader knows what to change. */
   timeoutSetting?: string;
+  /**
+   * The thread module serving EngineThreadApi; default engine-thread-main.ts. Set only by code
+   * (bench/zero-engine-extractor.ts), never from a request or the environment.
+   */
+  module?: URL;
 }
 
 /** How long a disposed engine's thread may take to free its model before it is terminated. */
@@ -63,7 +68,7 @@ export async function loadEngineInThread(
   const { readObject, log, ...options } = deps;
   const thread = await startThread<EngineThreadApi, EngineHostApi>({
     name: 'feature engine thread',
-    module: new URL('./engine-thread-main.ts', import.meta.url),
+    module: extra.module ?? new URL('./engine-thread-main.ts', import.meta.url),
     host: {
       read: async ({ url, maxBytes }) => readObject(url, maxBytes),
       log: ({ msg, extra: fields }) => log?.(msg, fields),
