@@ -7,6 +7,7 @@ import { Redis } from 'ioredis';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { requireRedisUrl, type Config } from '../shared/config.js';
 import { BadRequestError, NotFoundError } from '../shared/errors.js';
+import { isAbsolute } from 'node:path';
 import { DEFAULT_FEATURES, type FeatureSpec } from '../shared/features.js';
 import {
   connectionFromUrl,
@@ -109,6 +110,40 @@ function shownValue(obj: unknown, path: ReadonlyArray<string | number>): string 
   return typeof v === 'string' ? quote(v, 100) : capText(JSON.stringify(v) ?? String(v), 100);
 }
 
+/**
+ * A user model's reference, as every producer of a run request must give it (the CLI's --model
+ * makes it so; the HTTP API passes the body as it came): an s3:// URL of an object without empty,
+ * `.` or `..` key segments, or an absolute local path (which workers read only inside
+ * DEEPFEAT_MODEL_DIRS). Any other scheme (file:, http:) or a relative path is refused here,
+ * before anything is recorded, instead of failing in a worker later.
+ */
+export function checkModelRef(spec: FeatureSpec): void {
+  if (spec.kind !== 'tfjs' && spec.kind !== 'onnx') return;
+  const model = spec.model;
+  if (typeof model !== 'string') return; // the schema names it
+  if (model.startsWith('s3://')) {
+    const rest = model.slice('s3://'.length);
+    const slash = rest.indexOf('/');
+    const key = slash < 0 ? '' : rest.slice(slash + 1);
+    if (slash <= 0 || key === '' || key.split('/').some((seg) => seg === '' || seg === '.' || seg === '..')) {
+      throw new BadRequestError(
+        `features.model ${quote(model, 100)}: give s3://bucket/key of the model file, without empty, "." or ".." key segments`,
+      );
+    }
+    return;
+  }
+  if (/^[a-z][a-z0-9+.-]*:/i.test(model)) {
+    throw new BadRequestError(
+      `features.model ${quote(model, 100)}: give an s3:// URL or an absolute local path (other URL schemes are not read)`,
+    );
+  }
+  if (!isAbsolute(model)) {
+    throw new BadRequestError(
+      `features.model ${quote(model, 100)}: give an absolute path (workers read local models only inside DEEPFEAT_MODEL_DIRS) or an s3:// URL`,
+    );
+  }
+}
+
 /** Records the run and adds its planning job; returns at once with the run id. */
 export async function enqueueRun(client: Client, opts: RunOptions): Promise<string> {
   requireRedisUrl(client.config);
@@ -124,6 +159,7 @@ export async function enqueueRun(client: Client, opts: RunOptions): Promise<stri
     ...(opts.lambdas ? { lambdas: opts.lambdas } : {}),
     ...(opts.priority !== undefined ? { priority: opts.priority } : {}),
   };
+  checkModelRef(candidate.features);
   const parsed = runRequestSchema.safeParse(candidate);
   if (!parsed.success) {
     // Each problem with the value it is about (quoted: user text), so the message says what to change.

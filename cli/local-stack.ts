@@ -6,7 +6,7 @@
  * is also restarted by itself if its process dies.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { constants as fsConstants } from 'node:fs';
+import { constants as fsConstants, existsSync } from 'node:fs';
 import { access, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
@@ -461,4 +461,25 @@ async function findOnPath(command: string): Promise<string | undefined> {
     }
   }
   return undefined;
+}
+
+/** Where `npm run demo` keeps its Redis and S3 data, relative to the folder it ran in. */
+export const LOCAL_DIR = '.deepfeat';
+
+/**
+ * The environment a CLI command runs with: when S3_ENDPOINT is unset and this folder holds the
+ * demo's store (./.deepfeat/s3), that store is served on a free loopback port for as long as the
+ * command runs, so `status`, `download`, `predict`, `similar` and `serve` work on the demo's models
+ * from the demo's folder. `stop` ends the server (a no-op otherwise).
+ */
+export async function localDemoEnv(
+  base: NodeJS.ProcessEnv = process.env,
+): Promise<{ env: NodeJS.ProcessEnv; stop: () => Promise<void> }> {
+  const env = { ...base };
+  if (env.S3_ENDPOINT || !existsSync(path.resolve(LOCAL_DIR, 's3'))) return { env, stop: async () => undefined };
+  const s3 = await startS3Server({ dir: path.resolve(LOCAL_DIR, 's3') });
+  env.S3_ENDPOINT = s3.endpoint;
+  env.S3_ACCESS_KEY_ID ??= 'S3RVER';
+  env.S3_SECRET_ACCESS_KEY ??= 'S3RVER';
+  return { env, stop: () => s3.stop() };
 }

@@ -4,8 +4,6 @@
  * and exit non-zero: 2 when the request, configuration, dataset or model must change, 1 for a
  * fault (exit-codes.ts decides, the same way for an error here and for a failed run).
  */
-import { existsSync } from 'node:fs';
-import { resolve } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import { ENV_DOC, loadConfig } from '../shared/config.js';
 import { BUILTIN_MODELS, INPUT_LAYOUTS, INPUT_RANGES } from '../shared/features.js';
@@ -32,7 +30,7 @@ import { KIND_NAMES, startWorkers } from './workers.js';
 import { WORKER_KIND } from '../shared/worker-kit.js';
 import { DEFAULT_DEMO, runDemo } from './demo.js';
 import { DEMO_MAX_PER_CLASS } from './demo-data.js';
-import { startS3Server } from './local-stack.js';
+import { LOCAL_DIR, localDemoEnv } from './local-stack.js';
 import { featureSpec, parseName, parseSeed, parseShardSize, parseSplit, parseWholeNumber } from './flags.js';
 import { DEFAULT_TOP, enqueuePredict } from './predict-client.js';
 import { predictLocal } from './predict-local.js';
@@ -43,22 +41,12 @@ import { SEARCH_SPLITS, type SearchSplit } from '../services/retrieval/run-index
 import { RUN_LIMITS, type QueueName } from '../shared/queues.js';
 import { BadRequestError } from '../shared/errors.js';
 
-const LOCAL_DIR = '.deepfeat';
-
 /**
  * Single-machine default for readers: with S3_ENDPOINT unset and a local .deepfeat/s3 folder
  * (left by the demo), serve that folder with the embedded S3 server for this command.
  */
 async function withClient<T>(fn: (client: Client) => Promise<T>): Promise<T> {
-  const env = { ...process.env };
-  let stop: (() => Promise<void>) | undefined;
-  if (!env.S3_ENDPOINT && existsSync(resolve(LOCAL_DIR, 's3'))) {
-    const s3 = await startS3Server({ dir: resolve(LOCAL_DIR, 's3') });
-    stop = () => s3.stop();
-    env.S3_ENDPOINT = s3.endpoint;
-    env.S3_ACCESS_KEY_ID ??= 'S3RVER';
-    env.S3_SECRET_ACCESS_KEY ??= 'S3RVER';
-  }
+  const { env, stop } = await localDemoEnv();
   const client = createClient(loadConfig(env));
   try {
     return await fn(client);

@@ -23,7 +23,7 @@ import { openClassifier } from './local-classifier.js';
 import { DEFAULT_TOP } from './predict-client.js';
 import { csvHeader, csvRow } from '../services/evaluator/predictions-csv.js';
 import { topK } from '../shared/predictions.js';
-import { terminalSafe, terminalSafeJson } from '../shared/text.js';
+import { terminalSafe, terminalSafeJson, terminalSafeLines } from '../shared/text.js';
 
 export interface LocalPredictOptions {
   /** Labels per image, highest first (1 to the model's class count); default 3, or the class count if fewer. */
@@ -60,14 +60,17 @@ export async function predictLocal(
   const decoders = localDecoderPool(cfg);
   const rows: LocalPrediction[] = [];
   let classified = 0;
+  // CSV keeps file names exactly when it goes to a file or a pipe; on a terminal its control
+  // characters (an ESC in a file name) are shown as escapes like every other output, never obeyed.
+  const csvOut = (line: string) => out(process.stdout.isTTY ? terminalSafeLines(line) : line);
   const emit = (r: LocalPrediction) => {
     if ('top' in r) classified++;
     if (o.format === 'json') out(terminalSafeJson(r));
-    else if (o.format === 'csv') out(csvRow({ key: r.file, ...r }, top).slice(0, -2));
+    else if (o.format === 'csv') csvOut(csvRow({ key: r.file, ...r }, top).slice(0, -2));
     else rows.push(r);
   };
   // The batch job's columns, with the file where the batch has the key.
-  if (o.format === 'csv') out(csvHeader(top).replace(/^key/, 'file').slice(0, -2));
+  if (o.format === 'csv') csvOut(csvHeader(top).replace(/^key/, 'file').slice(0, -2));
   try {
     type Decoded = { file: string; pixels: Uint8Array } | { file: string; error: string };
     const decode = (b: FileItem): Promise<Decoded> =>

@@ -7,6 +7,7 @@ import type { Command } from 'commander';
 import { loadConfig } from '../shared/config.js';
 import { assertBindAllowed, loadTokens } from '../services/api/auth.js';
 import { createClient } from './client.js';
+import { localDemoEnv } from './local-stack.js';
 import { parseWholeNumber } from './flags.js';
 
 export const DEFAULT_PORT = 8080;
@@ -29,9 +30,12 @@ export function registerServeCommand(program: Command): void {
     .action(async (o: { port: string; host: string }) => {
       const port = parseWholeNumber('--port', o.port, { min: 0, max: 65535 }, 'TCP port');
       // Every setting is checked before anything is connected to or bound.
-      const config = loadConfig();
+      loadConfig();
       const tokens = loadTokens(process.env);
       assertBindAllowed(o.host, tokens);
+      // From the demo's folder with S3_ENDPOINT unset, the demo's store, as every command does.
+      const local = await localDemoEnv();
+      const config = loadConfig(local.env);
       // Loaded here: Fastify, bull-board and prom-client cost every other command nothing.
       const { buildServer } = await import('../services/api/server.js');
       const client = createClient(config);
@@ -51,6 +55,7 @@ export function registerServeCommand(program: Command): void {
       const stop = async () => {
         await app.close();
         await client.close();
+        await local.stop();
         process.exit(0);
       };
       process.once('SIGTERM', () => void stop());

@@ -262,6 +262,17 @@ test("with no token configured (loopback only), other sites' pages still cannot 
     t.is((await post({ origin: 'http://evil.example' })).statusCode, 403);
     t.is((await post({ 'sec-fetch-site': 'cross-site' })).statusCode, 403);
     t.is((await post({})).statusCode, 202); // curl, a script
+    // DNS rebinding: another site's name resolved to 127.0.0.1 arrives with its own Host, and its
+    // page's Origin then equals that Host; only loopback names are served without a token.
+    const rebound = { host: 'evil.example:8080', origin: 'http://evil.example:8080', 'sec-fetch-site': 'same-origin' };
+    t.is((await post(rebound)).statusCode, 403);
+    const read = await open.inject({ method: 'GET', url: '/v1/runs', headers: { host: 'evil.example:8080' } });
+    t.is(read.statusCode, 403);
+    t.regex(read.json().message, /only requests addressed to a loopback name/);
+    for (const host of ['localhost:8080', '127.0.0.1:8080', '[::1]:8080', '127.0.0.1']) {
+      const ok = await open.inject({ method: 'GET', url: '/v1/runs', headers: { host } });
+      t.is(ok.statusCode, 200, host);
+    }
   } finally {
     await open.close();
   }
@@ -287,6 +298,16 @@ test('malformed, oversized, mistyped and invalid run requests get 400, 413, 415 
   t.regex(extra.body.message, /sauce/);
   const name = await postRun({ source: `s3://${dep.dataBucket}/pets/`, name: '../../etc' });
   t.is(name.status, 422);
+  // A model reference the CLI would refuse is refused here too, before anything is queued.
+  for (const [model, why] of [
+    ['file:///etc/passwd', /other URL schemes are not read/],
+    [`s3://${dep.dataBucket}/../x/model.json`, /without empty, "\." or "\.\." key segments/],
+    ['../../../../etc/passwd', /give an absolute path/],
+  ] as const) {
+    const r = await postRun({ source: `s3://${dep.dataBucket}/pets/`, features: { kind: 'tfjs', model, node: 'n' } });
+    t.is(r.status, 422, model);
+    t.regex(r.body.message, why, model);
+  }
   t.regex(name.body.message, /name/);
   const source = await postRun({ source: 's3://Not_A_Bucket/pets/' });
   t.is(source.status, 422);
@@ -336,6 +357,13 @@ test('names, versions and files with .. or / are refused with 400; an unknown ru
   t.is(unknown.body.code, 'NOT_FOUND');
   t.regex(unknown.body.message, /r20200101000000-000000/);
   t.is((await call('/v1/runs/r20200101000000-000000/events', { headers: h })).status, 404);
+  // A name far past any limit: our 400 with a token, 401 without (never the router's 414, which
+  // would answer before auth and tell which routes exist).
+  const long = `/v1/models/${'a'.repeat(300)}`;
+  const withToken = await rawGet(long, h);
+  t.is(withToken.status, 400);
+  t.is(withToken.body.code, 'BAD_REQUEST');
+  t.is((await rawGet(long, {})).status, 401);
 });
 
 test('models are listed and a version file is streamed from the bucket, by version or latest', async (t) => {

@@ -111,7 +111,9 @@ export function buildServer(options: ServerOptions): FastifyInstance {
       let n = 0;
       return () => `req-${(++n).toString(36)}`;
     })(),
-    routerOptions: { maxParamLength: 200 },
+    // Long enough that a too-long name reaches the auth hook and then our own 400 (Fastify's 414
+    // would answer before auth and tell an unauthenticated client which routes exist).
+    routerOptions: { maxParamLength: 8192 },
   });
   const watcher = new RunWatcher((id) => getStatus(client, id), isTerminal, options.eventsIntervalMs ?? 1000);
   const metrics = new Metrics(client);
@@ -138,6 +140,15 @@ export function buildServer(options: ServerOptions): FastifyInstance {
   // has one) would otherwise answer them.
   app.addHook('onRequest', async (req, reply) => {
     reply.header('x-content-type-options', 'nosniff');
+    if (tokens.length === 0 && !loopbackHost(req.headers.host)) {
+      // Open on loopback only: a page on another site that rebinds its own name to 127.0.0.1
+      // (DNS rebinding) sends its own Host, so only loopback names are served without a token.
+      return reply.code(403).send({
+        code: 'FORBIDDEN',
+        message:
+          'with no API token configured, only requests addressed to a loopback name (localhost, 127.0.0.1, [::1]) are served',
+      });
+    }
     const access: Access = req.routeOptions.config?.access ?? (req.is404 ? 'read' : 'admin');
     if (access === 'none') return;
     if (tokens.length === 0) {
@@ -518,3 +529,10 @@ function summary(s: RunStatus) {
 }
 
 export { BOARD_PATH };
+
+/** Whether a Host header names this machine's loopback: localhost, 127.x.y.z or [::1], any port. */
+export function loopbackHost(host: string | undefined): boolean {
+  if (host === undefined) return false;
+  const name = host.startsWith('[') ? host.slice(0, host.indexOf(']') + 1) : host.replace(/:\d+$/, '');
+  return /^(localhost|127(\.\d{1,3}){3}|\[::1\])$/i.test(name);
+}
