@@ -6,6 +6,7 @@
  * a real model inside a DEEPFEAT_MODEL_DIRS folder trains and publishes.
  */
 import test from 'ava';
+import { BadRequestError } from '../shared/errors.js';
 import { randomUUID } from 'node:crypto';
 import { statSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
@@ -198,10 +199,17 @@ test.serial(
 
 test.serial('a malformed s3:// model URL fails at once as MODEL_INVALID, naming the form expected', async (t) => {
   t.timeout(60_000);
-  for (const model of ['s3://Not_A_Bucket/model.json', `s3://${'b'.repeat(3)}/`]) {
-    const s = await failedRun(t, { kind: 'tfjs', model, node: 'gap' });
-    t.regex(s.error!.message, /does not name an S3 object: expected s3:\/\/bucket\/path\/model\.json/);
-  }
+  const s = await failedRun(t, { kind: 'tfjs', model: 's3://Not_A_Bucket/model.json', node: 'gap' });
+  t.regex(s.error!.message, /does not name an S3 object: expected s3:\/\/bucket\/path\/model\.json/);
+  // A URL with no key is refused before anything is queued (enqueueRun, as for the HTTP API).
+  await t.throwsAsync(
+    () =>
+      enqueueRun(dep.client, {
+        source: source(),
+        features: { kind: 'tfjs', model: `s3://${'b'.repeat(3)}/`, node: 'gap' },
+      }),
+    { instanceOf: BadRequestError, message: /give s3:\/\/bucket\/key of the model file/ },
+  );
 });
 
 test.serial('a real model inside an allowed DEEPFEAT_MODEL_DIRS folder trains and publishes', async (t) => {
