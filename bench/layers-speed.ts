@@ -23,6 +23,7 @@ import { loadEngine } from '../services/extractor/engines/load-engine.js';
 import { decodeImage } from '../services/extractor/image.js';
 import type { InputRange } from '../shared/features.js';
 import { mulberry32 } from '../shared/random.js';
+import { maxRowRelErr } from '../test/helpers/compare.js';
 import {
   INCEPTION_GLOBAL_POOL,
   INCEPTION_MIXED7,
@@ -130,20 +131,6 @@ async function speed(engine: FeatureEngine, images: Uint8Array[]): Promise<{ ips
   return { ips: rates[Math.floor(rates.length / 2)]!, features };
 }
 
-function worstRowRelErr(a: Float32Array, b: Float32Array, dim: number): number {
-  let worst = 0;
-  for (let r = 0; r < a.length / dim; r++) {
-    let d = 0;
-    let n = 0;
-    for (let j = r * dim; j < (r + 1) * dim; j++) {
-      d += (a[j]! - b[j]!) ** 2;
-      n += b[j]! ** 2;
-    }
-    worst = Math.max(worst, Math.sqrt(d / n));
-  }
-  return worst;
-}
-
 const demo = await loadDemoImages({ perClass: Math.ceil(IMAGES / 2) });
 const inception = await inceptionV3Files();
 const darknet = await darknetTinyFiles();
@@ -183,7 +170,7 @@ for (const s of subjects) {
   const b = await speed(tfjs, images);
   const dim = tfjs.dim;
   tfjs.dispose();
-  const diff = worstRowRelErr(a.features, b.features, dim);
+  const diff = maxRowRelErr(a.features, b.features, dim);
   console.log(
     `| ${s.label} | ${dim} | ${a.ips.toFixed(1)} (${backend}) | ${b.ips.toFixed(1)} | ${(a.ips / b.ips).toFixed(1)}× | ${diff.toExponential(1)} |`,
   );

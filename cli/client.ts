@@ -121,27 +121,30 @@ export function checkModelRef(spec: FeatureSpec): void {
   if (spec.kind !== 'tfjs' && spec.kind !== 'onnx') return;
   const model = spec.model;
   if (typeof model !== 'string') return; // the schema names it
+  const fix = {
+    segments: 'give s3://bucket/key of the model file, without empty, "." or ".." key segments',
+    scheme: 'give an s3:// URL or an absolute local path (other URL schemes are not read)',
+    relative: 'give an absolute path (workers read local models only inside DEEPFEAT_MODEL_DIRS) or an s3:// URL',
+  };
+  const fault = modelRefFault(model);
+  if (fault) throw new BadRequestError(`features.model ${quote(model, 100)}: ${fix[fault]}`);
+}
+
+/**
+ * What is wrong with a model reference, if anything: an s3:// URL with no key or an empty, `.` or
+ * `..` key segment; another URL scheme; or a relative local path. The CLI's --model resolves a
+ * relative path before asking.
+ */
+export function modelRefFault(model: string): 'segments' | 'scheme' | 'relative' | undefined {
   if (model.startsWith('s3://')) {
     const rest = model.slice('s3://'.length);
     const slash = rest.indexOf('/');
     const key = slash < 0 ? '' : rest.slice(slash + 1);
-    if (slash <= 0 || key === '' || key.split('/').some((seg) => seg === '' || seg === '.' || seg === '..')) {
-      throw new BadRequestError(
-        `features.model ${quote(model, 100)}: give s3://bucket/key of the model file, without empty, "." or ".." key segments`,
-      );
-    }
-    return;
+    const bad = slash <= 0 || key === '' || key.split('/').some((seg) => seg === '' || seg === '.' || seg === '..');
+    return bad ? 'segments' : undefined;
   }
-  if (/^[a-z][a-z0-9+.-]*:/i.test(model)) {
-    throw new BadRequestError(
-      `features.model ${quote(model, 100)}: give an s3:// URL or an absolute local path (other URL schemes are not read)`,
-    );
-  }
-  if (!isAbsolute(model)) {
-    throw new BadRequestError(
-      `features.model ${quote(model, 100)}: give an absolute path (workers read local models only inside DEEPFEAT_MODEL_DIRS) or an s3:// URL`,
-    );
-  }
+  if (/^[a-z][a-z0-9+.-]*:/i.test(model)) return 'scheme';
+  return isAbsolute(model) ? undefined : 'relative';
 }
 
 /** Records the run and adds its planning job; returns at once with the run id. */

@@ -22,6 +22,7 @@ import { MODEL_NAME_RULE, isModelName } from '../shared/model-format.js';
 import { RUN_LIMITS, type RunRequest } from '../shared/queues.js';
 import { quote } from '../shared/text.js';
 import { parseModelS3Url } from '../services/extractor/model-source.js';
+import { modelRefFault } from './client.js';
 
 /** Longest flag value quoted in a message. */
 const MAX_SHOWN_CHARS = 80;
@@ -105,17 +106,27 @@ export interface FeatureFlags {
  * only by absolute path). Any other scheme (file:, http:) is refused.
  */
 export function modelReference(model: string): string {
-  if (model.startsWith('s3://')) {
-    const { key } = parseModelS3Url(model);
-    if (key.split('/').some((seg) => seg === '' || seg === '.' || seg === '..')) {
-      throw badFlag('--model', model, 'name the object without empty, "." or ".." path segments');
-    }
-    return model;
-  }
-  if (/^[a-z][a-z0-9+.-]*:/i.test(model)) {
+  if (model.startsWith('s3://')) parseModelS3Url(model);
+  // The rules every run request is held to (client.ts modelRefFault), with --model's wording.
+  const fault = modelRefFault(model);
+  if (fault === 'segments') throw badFlag('--model', model, 'name the object without empty, "." or ".." path segments');
+  if (fault === 'scheme') {
     throw badFlag('--model', model, 'give an s3:// URL or a local path of model.json (other URL schemes are not read)');
   }
-  return path.resolve(model);
+  return model.startsWith('s3://') ? model : path.resolve(model);
+}
+
+/** `--input-size` of a user's model, checked, as the spec field it becomes. */
+function inputSizeField(o: FeatureFlags): { inputSize?: number } {
+  if (o.inputSize === undefined) return {};
+  return {
+    inputSize: parseWholeNumber(
+      '--input-size',
+      o.inputSize,
+      RUN_LIMITS.modelInputSize,
+      'the side of the square input --model takes',
+    ),
+  };
 }
 
 export function featureSpec(o: FeatureFlags): FeatureSpec {
@@ -159,16 +170,7 @@ function backboneOrPixels(o: FeatureFlags): FeatureSpec {
       kind: 'tfjs',
       model: modelReference(o.model),
       node: o.node,
-      ...(o.inputSize !== undefined
-        ? {
-            inputSize: parseWholeNumber(
-              '--input-size',
-              o.inputSize,
-              RUN_LIMITS.modelInputSize,
-              'the side of the square input --model takes',
-            ),
-          }
-        : {}),
+      ...inputSizeField(o),
       ...(o.inputRange !== undefined ? { inputRange: o.inputRange as '0,1' } : {}),
     };
   }
@@ -234,16 +236,7 @@ function onnxSpec(o: FeatureFlags, model: string, node: string): FeatureSpec {
     kind: 'onnx',
     model: modelReference(model),
     node,
-    ...(o.inputSize !== undefined
-      ? {
-          inputSize: parseWholeNumber(
-            '--input-size',
-            o.inputSize,
-            RUN_LIMITS.modelInputSize,
-            'the side of the square input --model takes',
-          ),
-        }
-      : {}),
+    ...inputSizeField(o),
     ...(o.inputLayout !== undefined ? { inputLayout: o.inputLayout as InputLayout } : {}),
     ...(o.inputRange !== undefined ? { inputRange: o.inputRange as InputRange } : {}),
     ...(o.mean !== undefined ? { mean: parseChannelStats('--mean', o.mean, false) } : {}),
