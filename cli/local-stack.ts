@@ -361,8 +361,16 @@ function startChild(mode: 's3' | 'redis', options: Record<string, unknown>, what
     rejectStart(describe(`no answer after ${START_TIMEOUT_MS / 1000} s`));
     proc.kill('SIGKILL');
   }, START_TIMEOUT_MS);
-  void exited.then(() => {
+  // After the exit, the child's last output may still be in its pipes: the failure quotes it once
+  // stderr has ended (or after a moment, should something else hold the pipe open).
+  const drained = new Promise<void>((resolve) => {
+    if (proc.stderr!.readableEnded) resolve();
+    proc.stderr!.once('end', () => resolve());
+    proc.stderr!.once('close', () => resolve());
+  });
+  void exited.then(async () => {
     clearTimeout(startTimer);
+    await Promise.race([drained, new Promise((r) => setTimeout(r, 500))]);
     const status = proc.exitCode ?? proc.signalCode;
     rejectStart(describe(spawnError ? spawnError.message : `exited early (${status})`, spawnError));
   });
