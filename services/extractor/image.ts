@@ -140,9 +140,15 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
       limitInputPixels: maxPixels, // checked again by libvips itself
       pages: 1, // first frame of an animated GIF/WebP, first page of a TIFF: the others are never decoded
       page: 0,
-    }).rotate(); // apply EXIF orientation, then drop the tag
+    });
+    // Apply EXIF orientation. Without a tag, or with 1 (as stored), sharp would only copy the image
+    // to drop the tag, which raw output never carries: the same pixels, one libvips operation less.
+    // The header read above is the same loader on the same bytes, so it sees the tag the pipeline would.
+    if (meta.orientation !== undefined && meta.orientation !== 1) pipeline = pipeline.rotate();
     const crop = extremeCrop(meta, w, h, width, height);
     if (crop) pipeline = pipeline.extract(crop);
+    // flatten, toColourspace and removeAlpha cost nothing when there is nothing to do (sharp checks
+    // for alpha and colourspace itself, measured: bench/decode-cost.ts), so they stay unconditional.
     pipeline = pipeline
       .flatten({ background: { r: 255, g: 255, b: 255 } })
       .toColourspace('srgb')
