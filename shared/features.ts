@@ -89,6 +89,16 @@ export type BuiltinModelId = (typeof BUILTIN_MODELS)[number];
  */
 export interface FlipOption {
   flip?: boolean;
+  /**
+   * Multi-scale features: the backbone also runs on the image at half its input side (each 2×2
+   * block of the decoded pixels averaged and rounded: multi-scale.ts), and the two pooled vectors
+   * are concatenated (twice the dimension). A coarser view of the same image adds what the
+   * network sees at another scale. Absent means false, so older specs keep their meaning. The CLI,
+   * DEFAULT_FEATURES and the demo turn it on for builtin backbones (measured by `npm run
+   * bench:accuracy`: README "Shipped backbones and accuracy levers"); for a user's TF.js model it
+   * is asked for (`--multi-scale`); ONNX models and raw pixels refuse it.
+   */
+  multiScale?: boolean;
 }
 
 export type FeatureSpec =
@@ -114,7 +124,7 @@ export type FeatureSpec =
       std?: [number, number, number];
     } & FlipOption);
 
-export const DEFAULT_FEATURES: FeatureSpec = { kind: 'builtin', id: 'mobilenet_v2_mid', flip: true };
+export const DEFAULT_FEATURES: FeatureSpec = { kind: 'builtin', id: 'mobilenet_v2_mid', flip: true, multiScale: true };
 
 /** Whether a spec asks for flip averaging (raw pixels never do). */
 export function flipsFeatures(spec: FeatureSpec): boolean {
@@ -127,6 +137,17 @@ export function flipsFeatures(spec: FeatureSpec): boolean {
  * which starts from it) differs.
  */
 export const FLIP_ID_SUFFIX = '+flip';
+
+/** Whether a spec asks for multi-scale features (raw pixels never do). */
+export function multiScaleFeatures(spec: FeatureSpec): boolean {
+  return spec.kind !== 'raw-pixels' && spec.multiScale === true;
+}
+
+/**
+ * Suffix of the engine id of multi-scale features ('mobilenet_v2_mid@node+half+flip': the half
+ * scale is added first, then the flip averages the concatenated vectors).
+ */
+export const MULTI_SCALE_ID_SUFFIX = '+half';
 export const RAW_PIXELS: FeatureSpec = { kind: 'raw-pixels', size: RAW_PIXELS_SIZE.default };
 
 /** A short human label for tables and logs. */
@@ -135,9 +156,13 @@ export function describeFeatures(spec: FeatureSpec): string {
     case 'raw-pixels':
       return `raw pixels ${spec.size}x${spec.size}`;
     case 'builtin':
-      return `${spec.id}${spec.node ? `@${spec.node}` : ''}${spec.flip ? ' +flip' : ''}`;
+      return `${spec.id}${spec.node ? `@${spec.node}` : ''}${options(spec)}`;
     case 'tfjs':
     case 'onnx':
-      return `${spec.model}@${spec.node}${spec.flip ? ' +flip' : ''}`;
+      return `${spec.model}@${spec.node}${options(spec)}`;
   }
+}
+
+function options(spec: FeatureSpec): string {
+  return `${multiScaleFeatures(spec) ? ' +half-scale' : ''}${flipsFeatures(spec) ? ' +flip' : ''}`;
 }

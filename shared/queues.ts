@@ -49,18 +49,27 @@ export const RUN_LIMITS = {
 const channelStat = z.number().finite().min(-CHANNEL_STAT_LIMIT).max(CHANNEL_STAT_LIMIT);
 const channelScale = z.number().finite().positive().max(CHANNEL_STAT_LIMIT);
 
+/**
+ * `multiScale` where it cannot be made (engines/multi-scale.ts): false or absent, refused at once
+ * with the reason and the fix rather than when the first extract job loads the model.
+ */
+const noMultiScale = (why: string) =>
+  z.literal(false, { errorMap: () => ({ message: `${why}: drop multiScale (or set it to false)` }) }).optional();
+
 // Discriminated by kind, so a bad field is reported by its own path and message (e.g. the input
 // ranges allowed), not as the union's bare "Invalid input".
 const featureSpecSchema: z.ZodType<FeatureSpec> = z.discriminatedUnion('kind', [
   z.object({
     kind: z.literal('raw-pixels'),
     size: z.number().int().min(RAW_PIXELS_SIZE.min).max(RAW_PIXELS_SIZE.max),
+    multiScale: noMultiScale('raw pixels have one scale'),
   }),
   z.object({
     kind: z.literal('builtin'),
     id: z.enum(BUILTIN_MODELS),
     node: z.string().min(1).optional(),
     flip: z.boolean().optional(),
+    multiScale: z.boolean().optional(),
   }),
   z.object({
     kind: z.literal('tfjs'),
@@ -69,6 +78,7 @@ const featureSpecSchema: z.ZodType<FeatureSpec> = z.discriminatedUnion('kind', [
     inputSize: z.number().int().min(RUN_LIMITS.modelInputSize.min).max(RUN_LIMITS.modelInputSize.max).optional(),
     inputRange: z.enum(INPUT_RANGES).optional(),
     flip: z.boolean().optional(),
+    multiScale: z.boolean().optional(),
   }),
   z.object({
     kind: z.literal('onnx'),
@@ -80,6 +90,7 @@ const featureSpecSchema: z.ZodType<FeatureSpec> = z.discriminatedUnion('kind', [
     mean: z.tuple([channelStat, channelStat, channelStat]).optional(),
     std: z.tuple([channelScale, channelScale, channelScale]).optional(),
     flip: z.boolean().optional(),
+    multiScale: noMultiScale('an ONNX model runs at the input size it was written for'),
   }),
 ]);
 

@@ -233,3 +233,91 @@ test('model.json checks the classifier field it names', (t) => {
     message: /"classifier" must name classifier.onnx/,
   });
 });
+
+test('multi-scale features: classifier.onnx runs the backbone at half the side as the extractors do', async (t) => {
+  t.timeout(300_000);
+  // The defaults (flip, multi-scale, signed sqrt), then each piece alone.
+  await checkAgainstPipeline(
+    t,
+    { kind: 'builtin', id: 'mobilenet_v2_mid', flip: true, multiScale: true },
+    3,
+    'signed-sqrt',
+  );
+  await checkAgainstPipeline(t, { kind: 'builtin', id: 'mobilenet_v2_mid', multiScale: true }, 2);
+  const m = tinyGraphModel();
+  files.set('/models/tiny-ms/model.json', new TextEncoder().encode(m.json));
+  files.set('/models/tiny-ms/w.bin', m.weights);
+  await checkAgainstPipeline(
+    t,
+    { kind: 'tfjs', model: '/models/tiny-ms/model.json', node: 'relu', multiScale: true },
+    2,
+  );
+  // An odd side (17 → 8): both drop the last row and column, with the mirror images too.
+  files.set('/models/tiny-17/model.json', new TextEncoder().encode(m.json.replaceAll('"16"', '"17"')));
+  files.set('/models/tiny-17/w.bin', m.weights);
+  await checkAgainstPipeline(
+    t,
+    { kind: 'tfjs', model: '/models/tiny-17/model.json', node: 'relu', flip: true, multiScale: true },
+    2,
+  );
+  for (const [form, make] of [
+    ['modern', tinyLayersModel],
+    ['keras-era', async () => kerasEraModel(await tinyLayersModel())],
+  ] as const) {
+    const l = await make();
+    files.set(`/models/layers-ms-${form}/model.json`, new TextEncoder().encode(l.json));
+    files.set(`/models/layers-ms-${form}/w.bin`, l.weights);
+    await checkAgainstPipeline(
+      t,
+      { kind: 'tfjs', model: `/models/layers-ms-${form}/model.json`, node: 'conv', flip: true, multiScale: true },
+      2,
+    );
+  }
+});
+
+test('multi-scale engine: its rows are the plain features followed by the half-size view, and its id says so', async (t) => {
+  t.timeout(120_000);
+  const plain = await loadEngine({ kind: 'builtin', id: 'mobilenet_v2_mid' }, deps);
+  const multi = await loadEngine({ kind: 'builtin', id: 'mobilenet_v2_mid', multiScale: true }, deps);
+  const both = await loadEngine({ kind: 'builtin', id: 'mobilenet_v2_mid', multiScale: true, flip: true }, deps);
+  try {
+    t.is(multi.id, `${plain.id}+half`);
+    t.is(both.id, `${plain.id}+half+flip`);
+    t.is(multi.dim, 2 * plain.dim);
+    t.deepEqual(multi.input, plain.input);
+    const images = await demoPixels(plain.input.width, 2);
+    const a = await plain.embed(images);
+    const b = await multi.embed(images);
+    const d = plain.dim;
+    let full = 0;
+    let halfVsFull = 0;
+    for (let i = 0; i < images.length; i++) {
+      for (let j = 0; j < d; j++) {
+        full = Math.max(full, Math.abs(a[i * d + j]! - b[i * 2 * d + j]!));
+        halfVsFull = Math.max(halfVsFull, Math.abs(a[i * d + j]! - b[i * 2 * d + d + j]!));
+      }
+    }
+    t.is(full, 0, 'the first half of each row is the plain features');
+    t.true(halfVsFull > 1e-3, `the half-size view equals the full one (max |Δ| ${halfVsFull})`);
+  } finally {
+    plain.dispose();
+    multi.dispose();
+    both.dispose();
+  }
+});
+
+test('multi-scale features refuse an ONNX model and a model whose input cannot be resized, naming the fix', async (t) => {
+  files.set('/models/nhwc-ms.onnx', nhwcModel());
+  const onnx = await t.throwsAsync(
+    loadEngine({ kind: 'onnx', model: '/models/nhwc-ms.onnx', node: 'relu', multiScale: true }, deps),
+  );
+  t.regex(onnx!.message, /ONNX model.*--no-multi-scale/);
+  // A graph model whose input is 10×10: its half (5×5) is under the smallest input.
+  const m = tinyGraphModel();
+  files.set('/models/tiny-10/model.json', new TextEncoder().encode(m.json.replaceAll('"16"', '"10"')));
+  files.set('/models/tiny-10/w.bin', m.weights);
+  const small = await t.throwsAsync(
+    loadEngine({ kind: 'tfjs', model: '/models/tiny-10/model.json', node: 'relu', multiScale: true }, deps),
+  );
+  t.regex(small!.message, /half its input size \(5×5\).*--no-multi-scale \(multiScale: false in a run request\)/);
+});

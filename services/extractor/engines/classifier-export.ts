@@ -16,6 +16,8 @@ import {
   RAW_PIXELS_RANGE,
   channelLuts,
   flipsFeatures,
+  multiScaleFeatures,
+  MULTI_SCALE_ID_SUFFIX,
   inputLut,
   type FeatureSpec,
 } from '../../../shared/features.js';
@@ -65,7 +67,12 @@ export async function exportClassifier(o: ExportOptions): Promise<ClassifierExpo
     );
   }
   const flip = flipsFeatures(o.spec);
-  if (backbone.kind === 'onnx') return exportOnnxUserClassifier(backbone, o, flip);
+  const halfScale = multiScaleFeatures(o.spec) && backbone.kind === 'graph';
+  if (backbone.kind === 'onnx') {
+    if (multiScaleFeatures(o.spec))
+      return unavailable('an ONNX backbone runs at one input size: its runs have no multi-scale features to reproduce');
+    return exportOnnxUserClassifier(backbone, o, flip);
+  }
   let graph: ClassifierBackbone;
   let size: number;
   let lut: Float32Array;
@@ -101,6 +108,7 @@ export async function exportClassifier(o: ExportOptions): Promise<ClassifierExpo
     lut = inputLut(backbone.inputRange);
     id = cut.id;
   }
+  if (halfScale) id += MULTI_SCALE_ID_SUFFIX;
   if (flip) id += FLIP_ID_SUFFIX;
   if (o.engineId !== undefined && o.engineId !== id) {
     return unavailable(`the run's features came from ${o.engineId}, but its spec now reads as ${id}`);
@@ -110,12 +118,13 @@ export async function exportClassifier(o: ExportOptions): Promise<ClassifierExpo
   try {
     bytes = buildClassifierOnnx({
       flip,
+      halfScale,
       backbone: graph,
       size,
       lut,
       head: o.head,
       producerVersion: String(CONVERTER_VERSION),
-      docString: `deepfeat classifier: ${id}, pooled${flip ? ', averaged with the mirror image' : ''}, standardised, linear softmax over ${o.head.classes.length} classes`,
+      docString: `deepfeat classifier: ${id}, pooled${halfScale ? ' at the input size and at half of it, concatenated' : ''}${flip ? ', averaged with the mirror image' : ''}, standardised, linear softmax over ${o.head.classes.length} classes`,
     });
   } catch (err) {
     if (err instanceof UnsupportedGraphError) {
@@ -126,7 +135,7 @@ export async function exportClassifier(o: ExportOptions): Promise<ClassifierExpo
     }
     throw err;
   }
-  return checked(bytes, size, OPSET, o.head, flip);
+  return checked(bytes, size, OPSET, o.head, flip, halfScale);
 }
 
 /**
@@ -156,6 +165,7 @@ async function checked(
   opset: number,
   head: ClassifierHead,
   flip: boolean,
+  halfScale = false,
 ): Promise<ClassifierExport> {
   const d = head.mean.length;
   const problem = await tryRun(bytes, size, head.classes.length, d);
@@ -181,9 +191,12 @@ async function checked(
       features: {
         name: CLASSIFIER_FEATURES,
         shape: ['N', d],
-        note: flip
-          ? "the pooled backbone vector before standardisation (for retrieval), averaged with the mirror image's: the graph mirrors each image itself"
-          : 'the pooled backbone vector before standardisation (for retrieval)',
+        note:
+          'the pooled backbone vector before standardisation (for retrieval)' +
+          (halfScale
+            ? ', at the input size followed by at half of it (each 2×2 block of pixels averaged, in the graph)'
+            : '') +
+          (flip ? ", averaged with the mirror image's: the graph mirrors each image itself" : ''),
       },
     },
     preprocessing: classifierPreprocessing(size),

@@ -14,11 +14,13 @@ import {
   type InputRange,
   RAW_PIXELS_SIZE,
   flipsFeatures,
+  multiScaleFeatures,
 } from '../../../shared/features.js';
 import { quote } from '../../../shared/text.js';
 import { builtinModelArtifacts } from './builtin-model.js';
 import type { EngineDeps, FeatureEngine, FeatureSpec } from './engine.js';
 import { withFlipAveraging } from './flip.js';
+import { atInputSide, halfSide, withHalfScale } from './multi-scale.js';
 import { graphNodeNames, isLayersModel, planGraphCut, resolveNode } from './graph-cut.js';
 import { createOnnxEngine } from './onnx.js';
 import { type OnnxBackbone, createOnnxUserEngine, resolveOnnxBackbone } from './onnx-user.js';
@@ -56,9 +58,51 @@ export async function loadEngine(spec: FeatureSpec, deps: EngineDeps): Promise<F
 }
 
 async function build(spec: FeatureSpec, deps: EngineDeps): Promise<FeatureEngine> {
-  const engine = await buildPlain(spec, deps);
+  const engine = multiScaleFeatures(spec) ? await buildMultiScale(spec, deps) : await buildPlain(spec, deps);
   return flipsFeatures(spec) ? withFlipAveraging(engine) : engine;
 }
+
+/**
+ * The backbone at its input size and again at half of it (multi-scale.ts): two engines on the same
+ * weights, the second from the model with its input declared at the half side.
+ */
+async function buildMultiScale(spec: FeatureSpec, deps: EngineDeps): Promise<FeatureEngine> {
+  if (spec.kind === 'onnx') {
+    // Before the model is read: it may be large, and the answer does not depend on it.
+    throw new ModelError(
+      `${quote(String(spec.model))} is an ONNX model, which runs at the input size it was written for: ` +
+        `multi-scale features need a shipped backbone or a TF.js model; ${NO_MULTI_SCALE}`,
+    );
+  }
+  const backbone = await resolveBackbone(spec, deps);
+  if (backbone.kind !== 'graph') return buildPlain(spec, deps);
+  const full = await graphEngine(backbone, deps);
+  const side = halfSide(full.input.width);
+  let half: FeatureEngine | undefined;
+  try {
+    if (side < MIN_HALF_SIDE)
+      throw new ModelError(`the half-scale input would be under ${MIN_HALF_SIDE}×${MIN_HALF_SIDE}`);
+    const artifacts = atInputSide(backbone.artifacts, side, backbone.modelName);
+    half = await graphEngine({ ...backbone, artifacts, inputSize: side }, deps);
+    return withHalfScale(full, half);
+  } catch (err) {
+    full.dispose();
+    half?.dispose();
+    // What the model cannot do is the user's to change; anything else is not about multi-scale.
+    if (!(err instanceof ModelError || err instanceof UnsupportedGraphError)) throw err;
+    throw new ModelError(
+      `${quote(backbone.modelName)} cannot also run at half its input size (${side}×${side}) for multi-scale features: ` +
+        `${errorMessage(err)}; ${NO_MULTI_SCALE}`,
+      { cause: err },
+    );
+  }
+}
+
+/** The fix every multi-scale refusal names, for the CLI and for run requests. */
+const NO_MULTI_SCALE = 'run with --no-multi-scale (multiScale: false in a run request)';
+
+/** Smallest half-scale side: the smallest input the engines accept (graph-cut.ts inputSide). */
+const MIN_HALF_SIDE = 8;
 
 async function buildPlain(spec: FeatureSpec, deps: EngineDeps): Promise<FeatureEngine> {
   const backbone = await resolveBackbone(spec, deps);

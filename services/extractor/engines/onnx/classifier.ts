@@ -12,6 +12,10 @@
  *   → (x − mean) / std → x·Wᵀ + b → Softmax
  *   → probabilities float32 [N, K]  (an output, in model.json's `classes` order)
  *
+ * With multi-scale features (`multiScale: true`, engines/multi-scale.ts), the backbone runs a
+ * second time on the batch at half the side (emitHalfScale) and the two pooled vectors are
+ * concatenated, full size first.
+ *
  * With flip averaging (the run's spec has `flip: true`, engines/flip.ts), the image batch is
  * followed by its horizontal mirrors (Slice with step −1 on the width axis, Concat: 2N images),
  * and the 2N pooled rows are averaged pairwise ((a + b) · 0.5) into the N features: the
@@ -54,6 +58,8 @@ export interface ClassifierGraphOptions {
   docString: string;
   /** Flip averaging: features of the image and its mirror, averaged. */
   flip?: boolean;
+  /** Multi-scale features: the backbone also at half the side (2×2 means, rounded), vectors concatenated. */
+  halfScale?: boolean;
 }
 
 /** How the flip pieces add nodes and constants to either graph writer. */
@@ -112,6 +118,33 @@ export function emitPairMean(g: GraphSink, both: string, d: number, output: stri
 }
 
 /**
+ * The half-scale input of multi-scale features from the uint8 NHWC batch `images`: each 2×2
+ * block's mean rounded half up (AveragePool's exact float mean of four bytes, + 0.5, Floor: the
+ * bytes engines/multi-scale.ts halveImage makes), then the pixel table `lut`. Returns the NCHW
+ * float tensor the backbone takes.
+ */
+export function emitHalfScale(g: GraphSink, images: string, lut: string): string {
+  const float = g.fresh('half/float');
+  g.node('Cast', [images], float, { to: { kind: 'int', value: DataType.FLOAT } });
+  const nchw = g.fresh('half/nchw');
+  g.node('Transpose', [float], nchw, { perm: { kind: 'ints', value: [0, 3, 1, 2] } });
+  const mean = g.fresh('half/mean');
+  g.node('AveragePool', [nchw], mean, {
+    kernel_shape: { kind: 'ints', value: [2, 2] },
+    strides: { kind: 'ints', value: [2, 2] },
+  });
+  const shifted = g.fresh('half/shifted');
+  g.node('Add', [mean, g.constant('half/one_half', Float32Array.of(0.5), [])], shifted);
+  const rounded = g.fresh('half/rounded');
+  g.node('Floor', [shifted], rounded);
+  const indices = g.fresh('half/index');
+  g.node('Cast', [rounded], indices, { to: { kind: 'int', value: DataType.INT32 } });
+  const values = g.fresh('half/value');
+  g.node('Gather', [lut, indices], values, { axis: { kind: 'int', value: 0 } });
+  return values;
+}
+
+/**
  * ONNX bytes of the whole classifier.
  * @throws UnsupportedGraphError when the backbone's graph cannot be converted.
  */
@@ -137,7 +170,8 @@ export function buildClassifierOnnx(o: ClassifierGraphOptions): Uint8Array {
   const indices = b.fresh('pixels/index');
   b.node('Cast', [images], [indices], { to: { kind: 'int', value: DataType.INT32 } });
   const values = b.fresh('pixels/value');
-  b.node('Gather', [b.constant('pixels/lut', o.lut, [256]), indices], [values], { axis: { kind: 'int', value: 0 } });
+  const lut = b.constant('pixels/lut', o.lut, [256]);
+  b.node('Gather', [lut, indices], [values], { axis: { kind: 'int', value: 0 } });
 
   if (o.backbone.kind === 'raw-pixels') {
     b.node(
@@ -149,7 +183,13 @@ export function buildClassifierOnnx(o: ClassifierGraphOptions): Uint8Array {
     const nchw = b.fresh('pixels/nchw');
     b.node('Transpose', [values], [nchw], { perm: { kind: 'ints', value: [0, 3, 1, 2] } });
     const pooled = flip ? b.fresh('flip/pooled') : CLASSIFIER_FEATURES;
-    emitBackbone(b, o.backbone.artifacts, o.backbone.node, { input: nchw, output: pooled });
+    const full = o.halfScale ? b.fresh('scale/full') : pooled;
+    emitBackbone(b, o.backbone.artifacts, o.backbone.node, { input: nchw, output: full });
+    if (o.halfScale) {
+      const half = b.fresh('scale/half');
+      emitBackbone(b, o.backbone.artifacts, o.backbone.node, { input: emitHalfScale(sink, images, lut), output: half });
+      b.node('Concat', [full, half], [pooled], { axis: { kind: 'int', value: 1 } });
+    }
     if (flip) emitPairMean(sink, pooled, d, CLASSIFIER_FEATURES);
   }
 

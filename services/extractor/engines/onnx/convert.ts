@@ -21,13 +21,14 @@
  * imports layers.ts: an ES module cycle that is safe because no module uses another's bindings
  * while it loads, only when called.)
  */
+import { createHash } from 'node:crypto';
 import * as tf from '@tensorflow/tfjs';
 import { isLayersModel } from '../graph-cut.js';
 import { emitLayersBackbone } from './layers.js';
 import { DataType, encodeModel, type AttributeValue, type NodeInit, type TensorInit } from './proto.js';
 
 /** Bumped whenever the converter's output changes, so cached conversions are redone. */
-export const CONVERTER_VERSION = 3;
+export const CONVERTER_VERSION = 4;
 export const OPSET = 13;
 export const ONNX_INPUT = 'input_nchw';
 export const ONNX_OUTPUT = 'features';
@@ -367,6 +368,9 @@ export function emitBackbone(
   return { nodes: order.length };
 }
 
+/** Tensors at least this long are stored once however often a graph adds them (GraphBuilder.constant). */
+const SHARED_CONSTANT_MIN_ELEMENTS = 64;
+
 /** ONNX nodes and initializers with unique names (every name goes through fresh()). */
 export class GraphBuilder {
   readonly nodes: NodeInit[] = [];
@@ -389,18 +393,32 @@ export class GraphBuilder {
     this.nodes.push({ opType, name: this.fresh(`${outputs[0]}/${opType}`), inputs, outputs, attributes });
   }
 
-  /** Adds a float32 (or int64) initializer and returns its name. */
+  /**
+   * Adds a float32 (or int64) initializer and returns its name. A large tensor equal to one
+   * already added (same type, shape and bytes) is not stored twice: its name is returned. A graph
+   * that runs one backbone at two input sizes (multi-scale features, classifier.ts) emits the same
+   * weights twice and keeps one copy.
+   */
   constant(
     base: string,
     value: { data: Float32Array | BigInt64Array; shape: number[] } | Float32Array | BigInt64Array,
     shape?: number[],
   ): string {
     const v = ArrayBuffer.isView(value) ? { data: value, shape: shape ?? [value.length] } : value;
-    const name = this.fresh(base);
     const isInt = v.data instanceof BigInt64Array;
+    let key: string | undefined;
+    if (v.data.length >= SHARED_CONSTANT_MIN_ELEMENTS) {
+      const bytes = new Uint8Array(v.data.buffer, v.data.byteOffset, v.data.byteLength);
+      key = `${isInt ? 'i' : 'f'}:${v.shape.join('x')}:${createHash('sha256').update(bytes).digest('hex')}`;
+      const same = this.#byContent.get(key);
+      if (same !== undefined) return same;
+    }
+    const name = this.fresh(base);
     this.initializers.push({ name, dataType: isInt ? DataType.INT64 : DataType.FLOAT, dims: v.shape, data: v.data });
+    if (key !== undefined) this.#byContent.set(key, name);
     return name;
   }
+  readonly #byContent = new Map<string, string>();
 }
 
 export function int64(values: number[]): BigInt64Array {
