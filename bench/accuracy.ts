@@ -2,7 +2,7 @@
  * Which accuracy levers are worth adopting? Measured on the demo data with the pipeline's own
  * parts, over several split seeds, never asserted.
  *
- *   npm run bench:accuracy -- [--per-class 1000] [--seeds 5] [--seed 42] [--skip-tfjs] [--quick]
+ *   npm run bench:accuracy -- [--per-class 1000] [--seeds 10] [--seed 42] [--skip-tfjs] [--quick]
  *
  * Data: the demo's CIFAR-10 cats and dogs (cli/demo-data.ts, 32×32 PNG), decoded by the
  * pipeline's decodeImage. Splits: the planner's own assignSplits (stratified, seeded, 0.7/0.1/0.2,
@@ -45,7 +45,7 @@ import { transformFeatures } from '../shared/softmax-model.js';
 const { values: args } = parseArgs({
   options: {
     'per-class': { type: 'string', default: '1000' },
-    seeds: { type: 'string', default: '5' },
+    seeds: { type: 'string', default: '10' },
     seed: { type: 'string', default: '42' },
     batch: { type: 'string', default: '8' },
     'skip-tfjs': { type: 'boolean', default: false },
@@ -122,12 +122,16 @@ async function embedAll(engine: FeatureEngine, images: readonly Uint8Array[]): P
  * A builtin backbone at `node` on its own engine, as the pipeline loads it; `flip` is the spec's
  * flip averaging (services/extractor/engines/flip.ts: image and mirror in one batch, averaged).
  */
-async function builtin(id: BuiltinModelId, opts: { node?: string; flip?: boolean } = {}): Promise<FeatureSet> {
+async function builtin(
+  id: BuiltinModelId,
+  opts: { node?: string; flip?: boolean; multiScale?: boolean } = {},
+): Promise<FeatureSet> {
   const spec: FeatureSpec = {
     kind: 'builtin',
     id,
     ...(opts.node ? { node: opts.node } : {}),
     ...(opts.flip ? { flip: true } : {}),
+    ...(opts.multiScale ? { multiScale: true } : {}),
   };
   const engine = await loadEngine(spec, { readObject: noObjects, threads: availableParallelism() });
   const images = await imagesAt(engine.input.width);
@@ -391,8 +395,23 @@ score('flip averaging', "features of image and mirror averaged (the spec's flip)
 score('flip + k-fold L2', 'flip averaging, 5-fold CV accuracy', flip, 'kfold-accuracy');
 score('signed sqrt', "sign(x)·√|x| before standardisation (the head's featureTransform)", signedSqrt(base));
 score('signed sqrt + k-fold L2', 'signed sqrt, 5-fold CV accuracy', signedSqrt(base), 'kfold-accuracy');
-score('flip + signed sqrt (default)', 'flip averaging, then signed sqrt: the defaults', signedSqrt(flip));
-score('flip + signed sqrt + k-fold L2', 'the defaults, 5-fold CV accuracy', signedSqrt(flip), 'kfold-accuracy');
+score('flip + signed sqrt', 'flip averaging, then signed sqrt (the defaults before multi-scale)', signedSqrt(flip));
+score('flip + signed sqrt + k-fold L2', 'flip, signed sqrt, 5-fold CV accuracy', signedSqrt(flip), 'kfold-accuracy');
+const multi = await builtin('mobilenet_v2_mid', { multiScale: true });
+score('multi-scale', "224 ‖ 112 (2×2 means of the decoded pixels), concatenated (the spec's multiScale)", multi);
+score('multi-scale + signed sqrt', '224 ‖ 112, signed sqrt', signedSqrt(multi));
+const flipMulti = await builtin('mobilenet_v2_mid', { flip: true, multiScale: true });
+score(
+  'flip + multi-scale + signed sqrt (default)',
+  'flip, 224 ‖ 112, signed sqrt: the defaults',
+  signedSqrt(flipMulti),
+);
+score(
+  'flip + multi-scale + signed sqrt + k-fold L2',
+  'the defaults, 5-fold CV accuracy',
+  signedSqrt(flipMulti),
+  'kfold-accuracy',
+);
 if (!args.quick) {
   for (const size of [160, 299]) {
     score(

@@ -92,6 +92,8 @@ export interface FeatureFlags {
   readonly std?: string;
   /** `--no-flip` gives false: plain features instead of flip-averaged ones (the default). */
   readonly flip?: boolean;
+  /** `--multi-scale` / `--no-multi-scale`; unset: on for the shipped backbones, off for --model. */
+  readonly multiScale?: boolean;
 }
 
 /**
@@ -131,9 +133,23 @@ function inputSizeField(o: FeatureFlags): { inputSize?: number } {
 
 export function featureSpec(o: FeatureFlags): FeatureSpec {
   const spec = backboneOrPixels(o);
-  if (spec.kind === 'raw-pixels') return spec;
+  if (spec.kind === 'raw-pixels') {
+    if (o.multiScale === true) throw badFlag('--multi-scale', 'on', 'raw pixels have one scale: drop --multi-scale');
+    return spec;
+  }
+  // Multi-scale features are on for the shipped backbones (measured there) unless --no-multi-scale,
+  // and asked for with --multi-scale for a TF.js --model; deepfeat cannot resize an ONNX model's input.
+  if (spec.kind === 'onnx' && o.multiScale === true) {
+    throw badFlag(
+      '--multi-scale',
+      'on',
+      'an ONNX --model runs at the input size it was written for: drop --multi-scale (it works with the shipped backbones and TF.js models)',
+    );
+  }
+  const multiScale = o.multiScale ?? spec.kind === 'builtin';
+  const { multiScale: _default, ...rest } = spec as FeatureSpec & { multiScale?: boolean };
   // Flip averaging is on unless --no-flip (shared/features.ts FlipOption says why).
-  return { ...spec, flip: o.flip !== false };
+  return { ...rest, flip: o.flip !== false, ...(multiScale ? { multiScale: true } : {}) } as FeatureSpec;
 }
 
 function backboneOrPixels(o: FeatureFlags): FeatureSpec {

@@ -52,8 +52,13 @@ test.serial('run --backbone mobilenet_v2 trains and publishes on that backbone a
   t.is(r.code, 0, r.stderr);
   const s = JSON.parse(r.stdout) as RunStatus;
   t.is(s.stage, 'published', JSON.stringify(s.error));
-  t.deepEqual((s.request as { features?: unknown }).features, { kind: 'builtin', id: 'mobilenet_v2', flip: true });
-  t.is(s.engine, `mobilenet_v2@${b.defaultNode}+flip`);
+  t.deepEqual((s.request as { features?: unknown }).features, {
+    kind: 'builtin',
+    id: 'mobilenet_v2',
+    flip: true,
+    multiScale: true,
+  });
+  t.is(s.engine, `mobilenet_v2@${b.defaultNode}+half+flip`);
   t.regex(String(s.backend), /onnxruntime/);
   t.is(s.engineInput, `${b.inputSize}x${b.inputSize}`);
   t.is(s.done, 2 * PER_CLASS);

@@ -87,7 +87,7 @@ test('--shard-size and other counts: whole decimal numbers within their bounds',
   refused(t, () => parseWholeNumber('--concurrency', '2x', { min: 1, max: 256 }, 'jobs'), /^--concurrency "2x"/);
 });
 
-const flags = (o: Record<string, string>) => ({ features: 'backbone', ...o });
+const flags = (o: Record<string, string | boolean>) => ({ features: 'backbone', ...o });
 
 test('--node, --input-size and --input-range that would be ignored are refused', (t) => {
   refused(
@@ -116,7 +116,32 @@ test('--node, --input-size and --input-range that would be ignored are refused',
   refused(t, () => featureSpec(flags({ node: '' })), /^--node "": give the name/);
   t.deepEqual(featureSpec(flags({ features: 'raw-pixels' })), RAW_PIXELS);
   t.deepEqual(featureSpec(flags({})), DEFAULT_FEATURES);
-  t.deepEqual(featureSpec(flags({ node: 'n' })), { kind: 'builtin', id: 'mobilenet_v2_mid', node: 'n', flip: true });
+  t.deepEqual(featureSpec(flags({ node: 'n' })), {
+    kind: 'builtin',
+    id: 'mobilenet_v2_mid',
+    node: 'n',
+    flip: true,
+    multiScale: true,
+  });
+});
+
+test('multi-scale features: on for the shipped backbones, asked for a TF.js --model, refused where they cannot be made', (t) => {
+  t.like(featureSpec(flags({})), { multiScale: true, flip: true });
+  t.false('multiScale' in featureSpec(flags({ multiScale: false })));
+  t.like(featureSpec(flags({ multiScale: false })), { kind: 'builtin', flip: true });
+  t.false('multiScale' in featureSpec(flags({ model: 's3://bkt/m.json', node: 'n' })));
+  t.like(featureSpec(flags({ model: 's3://bkt/m.json', node: 'n', multiScale: true })), {
+    kind: 'tfjs',
+    multiScale: true,
+  });
+  refused(
+    t,
+    () => featureSpec(flags({ model: 's3://bkt/m.onnx', node: 'n', multiScale: true })),
+    /^--multi-scale .*ONNX --model runs at the input size it was written for/,
+  );
+  t.false('multiScale' in featureSpec(flags({ model: 's3://bkt/m.onnx', node: 'n' })));
+  refused(t, () => featureSpec(flags({ features: 'raw-pixels', multiScale: true })), /raw pixels have one scale/);
+  t.deepEqual(featureSpec(flags({ features: 'raw-pixels', multiScale: false })), RAW_PIXELS);
 });
 
 test('--input-size has the engine bounds, 8..2048, in the CLI and in the schema', (t) => {

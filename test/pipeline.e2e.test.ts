@@ -81,7 +81,8 @@ test.serial('deep features beat raw pixels; the published model is complete and 
   t.is(artifact.format, 'deepfeat.model/v1');
   t.is(artifact.runId, deepId);
   t.deepEqual(artifact.classes, ['cat', 'dog']);
-  t.is(artifact.features.dim, 816);
+  // Multi-scale features (the default): the pooled vector at 224 and at 112, concatenated.
+  t.is(artifact.features.dim, 2 * 816);
   assertLinearSoftmaxModel(artifact);
   // The artifact alone reproduces the published test accuracy on the run's test features.
   const testSet = await readFeatures(dep.client.s3, dep.config.bucket, deepId, deep.shards, ['test']);
@@ -103,7 +104,7 @@ test.serial('deep features beat raw pixels; the published model is complete and 
   t.is(text.code, 0, text.stderr);
   t.regex(
     text.stdout,
-    /engine mobilenet_v2_mid@expanded_conv_13\/expand\/Relu6\+flip on onnxruntime \(CPU, \d+ threads?\)/,
+    /engine mobilenet_v2_mid@expanded_conv_13\/expand\/Relu6\+half\+flip on onnxruntime \(CPU, \d+ threads?\)/,
   );
 });
 

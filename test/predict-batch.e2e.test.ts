@@ -264,7 +264,7 @@ test.serial(
 
     // The backbone's predictions are the model's on the training run's own features.
     const { artifact } = await fetchModel(dep.client, 'pets-deep');
-    t.is(artifact.features.dim, 816);
+    t.is(artifact.features.dim, 2 * 816); // multi-scale: 224 ‖ 112
     const expected = await expectedTestProbabilities(deepRun, artifact);
     const byKey = new Map(lines.map((l) => [l.key, l]));
     for (const [key, p] of expected) {

@@ -334,7 +334,7 @@ test.serial('a run too large for the budget is refused before its rows are read'
   );
   t.regex(
     err!.message,
-    new RegExp(`run ${run.runId} is too large to search in this process: ${run.done} images × 816 features`),
+    new RegExp(`run ${run.runId} is too large to search in this process: ${run.done} images × 1632 features`),
   );
   t.regex(err!.message, /over the budget of 1 MiB \(--memory \(test\)\)/);
   // Without the status's count, the exact size refuses it once the rows are listed, before the matrix.
@@ -398,7 +398,7 @@ test.serial('the index cache keeps runs by last use within its budget and shares
   ]);
   t.is(a, b); // one read for both
   t.is(a.rows, run.done);
-  t.is(a.d, 816);
+  t.is(a.d, 1632); // the default multi-scale features: 2 × 816
   for (let i = 0; i < 3; i++) {
     const norm = Math.sqrt(a.X.subarray(i * a.d, (i + 1) * a.d).reduce((s, x) => s + x * x, 0));
     t.true(Math.abs(norm - 1) < 1e-5);
