@@ -399,16 +399,16 @@ score('flip + signed sqrt', 'flip averaging, then signed sqrt (the defaults befo
 score('flip + signed sqrt + k-fold L2', 'flip, signed sqrt, 5-fold CV accuracy', signedSqrt(flip), 'kfold-accuracy');
 const multi = await builtin('mobilenet_v2_mid', { multiScale: true });
 score('multi-scale', "224 ‖ 112 (2×2 means of the decoded pixels), concatenated (the spec's multiScale)", multi);
-score('multi-scale + signed sqrt', '224 ‖ 112, signed sqrt', signedSqrt(multi));
+score('multi-scale + signed sqrt (default)', '224 ‖ 112, signed sqrt: the defaults', signedSqrt(multi));
 const flipMulti = await builtin('mobilenet_v2_mid', { flip: true, multiScale: true });
 score(
-  'flip + multi-scale + signed sqrt (default)',
-  'flip, 224 ‖ 112, signed sqrt: the defaults',
+  'flip + multi-scale + signed sqrt',
+  'flip, 224 ‖ 112, signed sqrt: the defaults with --flip',
   signedSqrt(flipMulti),
 );
 score(
   'flip + multi-scale + signed sqrt + k-fold L2',
-  'the defaults, 5-fold CV accuracy',
+  'the defaults with --flip, 5-fold CV accuracy',
   signedSqrt(flipMulti),
   'kfold-accuracy',
 );

@@ -112,14 +112,15 @@ program
   .option('--mean <r,g,b>', 'ONNX --model: per-channel mean subtracted after --input-range (torchvision Normalize)')
   .option('--std <r,g,b>', 'ONNX --model: per-channel std divided by after --mean (torchvision Normalize)')
   .option(
-    '--no-flip',
-    "plain features: by default each image's vector is averaged with its mirror image's (about +3 points, 1.6x the extraction time)",
+    '--flip',
+    "flip averaging: each image's vector is averaged with its mirror image's (about +1 point on the demo, 2x the extraction time)",
   )
+  .option('--no-flip', 'no flip averaging (the default)')
   .option(
     '--multi-scale',
     'features at the input size and at half of it, concatenated (default for the shipped backbones; TF.js --model: asks for it)',
   )
-  .option('--no-multi-scale', 'features at the input size only (1.25x faster extraction than multi-scale)')
+  .option('--no-multi-scale', 'features at the input size only (about 1.3x faster extraction than multi-scale)')
   .option('--seed <n>', 'seed of the stratified split, 0 to 4294967295', '42')
   .option('--split <fractions>', 'train,val,test fractions when the data has no split folders', '0.7,0.1,0.2')
   .option('--shard-size <n>', 'images per extract job, 1 to 100000 (default: DEEPFEAT_SHARD_SIZE)')
