@@ -56,10 +56,48 @@ export interface Client {
   close(): Promise<void>;
 }
 
+/**
+ * The last connection error of a CLI client's Redis, with the URL it tried (credentials left
+ * out): ioredis reports a command that gave up only as "max retries per request", so the
+ * message the user sees (redisUnreachable) is made from this.
+ */
+let lastRedisFault: { url: string; reason: string } | undefined;
+
+/** REDIS_URL without its user name and password, for messages. */
+function shownRedisUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    u.username = '';
+    u.password = '';
+    return u.toString();
+  } catch {
+    return 'REDIS_URL';
+  }
+}
+
+/**
+ * When `err` is ioredis giving up on a command because Redis cannot be reached: an error that
+ * names the address, the reason and the fix (instead of "Reached the max retries per request
+ * limit"); otherwise undefined.
+ */
+export function redisUnreachable(err: unknown): Error | undefined {
+  if (!(err instanceof Error) || !/max retries per request/i.test(err.message) || !lastRedisFault) return undefined;
+  const { url, reason } = lastRedisFault;
+  return new Error(
+    `cannot reach Redis at ${quote(url, 200)} (${quote(reason, 200)}): start redis-server there, ` +
+      'or set REDIS_URL to one that runs (npm run demo starts its own)',
+    { cause: err },
+  );
+}
+
 export function createClient(config: Config): Client {
   const redis = config.redisUrl
     ? new Redis(config.redisUrl, { maxRetriesPerRequest: 3, lazyConnect: false })
     : undefined;
+  // Handled, so ioredis does not print each failed connection attempt as an unhandled error.
+  redis?.on('error', (err: NodeJS.ErrnoException) => {
+    lastRedisFault = { url: shownRedisUrl(config.redisUrl!), reason: err.code ?? err.message };
+  });
   const s3 = createS3Client(config.s3);
   return {
     config,
@@ -286,6 +324,8 @@ export interface WorkerInfo {
  */
 export async function listWorkers(client: Client): Promise<WorkerInfo[]> {
   requireRedisUrl(client.config);
+  // BullMQ's connections retry forever: an unreachable Redis must fail here, with its reason.
+  await client.redis?.ping();
   const byName = new Map<string, WorkerInfo>();
   for (const q of QUEUE_NAMES) {
     const queue = makeQueue(client.queues!, q);
@@ -310,6 +350,7 @@ export async function listWorkers(client: Client): Promise<WorkerInfo[]> {
 }
 
 export async function getQueueCounts(client: Client): Promise<Record<QueueName, Record<string, number>>> {
+  await client.redis?.ping(); // as in listWorkers
   const out = {} as Record<QueueName, Record<string, number>>;
   for (const q of QUEUE_NAMES) {
     const queue = makeQueue(client.queues!, q);

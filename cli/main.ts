@@ -20,6 +20,7 @@ import {
   getStatus,
   isTerminal,
   listWorkers,
+  redisUnreachable,
   waitForRun,
   type Client,
 } from './client.js';
@@ -405,7 +406,7 @@ try {
     // Commander has printed its message (and the help); --help and --version exit 0.
     process.exitCode = err.exitCode === 0 ? 0 : EXIT_BAD_INPUT;
   } else {
-    console.error(formatError(err));
+    console.error(formatError(redisUnreachable(err) ?? err));
     process.exitCode = exitCodeForError(err);
   }
 }

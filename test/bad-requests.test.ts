@@ -2,6 +2,7 @@
  * Bad requests against real Redis and S3 with a real planner worker: each fails the run with one
  * clear message naming the problem and the fix, and nothing is published.
  */
+import { createServer, type AddressInfo } from 'node:net';
 import test from 'ava';
 import type { Worker } from 'bullmq';
 import { ListObjectsV2Command } from '@aws-sdk/client-s3';
@@ -128,6 +129,29 @@ test('CLI: every configuration problem is reported at once, exit 2', async (t) =
   t.regex(r.stderr, /REDIS_URL/);
   t.regex(r.stderr, /DEEPFEAT_SHARD_SIZE/);
   t.regex(r.stderr, /S3_ENDPOINT/);
+});
+
+test('CLI: an unreachable Redis is named with its reason and the fix, without its password or a stack', async (t) => {
+  // A port nothing listens on: bound, then closed.
+  const port = await new Promise<number>((done) => {
+    const srv = createServer().listen(0, '127.0.0.1', () => {
+      const p = (srv.address() as AddressInfo).port;
+      srv.close(() => done(p));
+    });
+  });
+  for (const args of [['run', 's3://bucket/p/', '--name', 'x'], ['workers']]) {
+    const r = await runCli({ ...dep.env, REDIS_URL: `redis://user:s3cret@127.0.0.1:${port}` }, args);
+    t.is(r.code, 1, args.join(' '));
+    t.regex(
+      r.stderr,
+      new RegExp(
+        `cannot reach Redis at "redis://127\\.0\\.0\\.1:${port}" \\("ECONNREFUSED"\\): start redis-server there, or set REDIS_URL`,
+      ),
+    );
+    t.false(r.stderr.includes('s3cret'));
+    t.false(r.stderr.includes('Unhandled error event'));
+    t.false(r.stderr.includes('max retries'));
+  }
 });
 
 test('CLI: download of an unknown model name is a clear error', async (t) => {
