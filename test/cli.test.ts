@@ -131,7 +131,7 @@ for (const [what, args, code, message] of badRequests) {
 }
 
 test('`status --watch` off a terminal prints progress lines, never screen-clearing escapes', async (t) => {
-  t.timeout(60_000);
+  t.timeout(180_000);
   // A deployment prefix with no workers: the run stays queued until the test fails it.
   const env = { ...dep.env, DEEPFEAT_QUEUE_PREFIX: uniqueName('watch') };
   const client = createClient(loadConfig(env));
@@ -151,7 +151,12 @@ test('`status --watch` off a terminal prints progress lines, never screen-cleari
     child.stdout.on('data', (d) => (stdout += d));
     child.stderr.on('data', (d) => (stderr += d));
     const exited = new Promise<number | null>((r) => child.once('close', r));
-    for (let i = 0; i < 600 && !stdout.includes('queued'); i++) await new Promise((r) => setTimeout(r, 50));
+    // Until the watcher has printed its first line (or ended): starting the CLI under tsx took over
+    // 30 s on a loaded CI host, and failing the run before it printed made this test flaky.
+    let ended = false;
+    void exited.then(() => (ended = true));
+    const deadline = Date.now() + 150_000;
+    while (!stdout.includes('queued') && !ended && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     await client.runs!.fail(runId, 'DATASET_INVALID', 'ended by the test');
     const code = await exited;
     t.is(code, 2, stdout + stderr);
