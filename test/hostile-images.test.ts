@@ -785,7 +785,9 @@ const pidAlive = (pid: number) => {
 };
 
 test('a drawing that renders too long is stopped at DEEPFEAT_DECODE_TIMEOUT; its process is killed, the others go on', async (t) => {
-  const pool = new DecoderPool({ processes: 2, timeoutSeconds: 2, memoryLimitMiB: 1024 });
+  // 5 s: the bomb renders for a minute or so, and the PNG decoded beside it must beat the deadline
+  // too — at 2 s it did not once, on a 2-core CI host loaded by the rest of the suite.
+  const pool = new DecoderPool({ processes: 2, timeoutSeconds: 5, memoryLimitMiB: 1024 });
   t.teardown(() => pool.close());
   const ok = await png4();
   // Both processes up, so the deadline below is spent decoding, not starting.
@@ -796,7 +798,7 @@ test('a drawing that renders too long is stopped at DEEPFEAT_DECODE_TIMEOUT; its
   const bomb = pool.decode(svgFilterBomb(3000), SVG_OK);
   allNear(t, await pool.decode(ok, { ...OUT, maxPixels: LIMIT }), RED, 'a PNG decoded beside the bomb');
   const err = await t.throwsAsync(bomb, { instanceOf: ImageError });
-  t.is(err!.message, 'decode timed out after 2 s (DEEPFEAT_DECODE_TIMEOUT)');
+  t.is(err!.message, 'decode timed out after 5 s (DEEPFEAT_DECODE_TIMEOUT)');
   const gone = before.filter((pid) => !pool.pids.includes(pid));
   t.is(gone.length, 1, 'exactly one process was killed');
   // Killed at once; gone as soon as the kernel has reaped it.
