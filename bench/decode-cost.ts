@@ -73,46 +73,26 @@ const sharpIn = (b: Uint8Array, o: sharp.SharpOptions = {}) =>
 const white = { background: { r: 255, g: 255, b: 255 } };
 const cover = { fit: 'cover', position: 'centre' } as const;
 
+const STEPS = ['rotate', 'flatten', 'toColourspace', 'removeAlpha'] as const;
+/** decodeImage's pipeline as it was (every step), or without `skip`, on one image's bytes. */
+function pipeline(b: Uint8Array, skip?: (typeof STEPS)[number], o: sharp.SharpOptions = {}) {
+  let p = sharpIn(b, o);
+  if (skip !== 'rotate') p = p.rotate();
+  if (skip !== 'flatten') p = p.flatten(white);
+  if (skip !== 'toColourspace') p = p.toColourspace('srgb');
+  p = p.resize(W, H, cover);
+  if (skip !== 'removeAlpha') p = p.removeAlpha();
+  return p.raw({ depth: 'uchar' }).toBuffer();
+}
+
 /** The rows besides decodeImage: each a function of one image's bytes. */
 const PARTS: Array<[string, (b: Uint8Array) => Promise<unknown>]> = [
   ['metadata() alone', (b) => sharp(b, { limitInputPixels: false, pages: 1, page: 0 }).metadata()],
-  [
-    'pipeline alone (today: rotate, flatten, toColourspace, resize, removeAlpha)',
-    (b) =>
-      sharpIn(b)
-        .rotate()
-        .flatten(white)
-        .toColourspace('srgb')
-        .resize(W, H, cover)
-        .removeAlpha()
-        .raw({ depth: 'uchar' })
-        .toBuffer(),
-  ],
-  [
-    '  without rotate',
-    (b) =>
-      sharpIn(b)
-        .flatten(white)
-        .toColourspace('srgb')
-        .resize(W, H, cover)
-        .removeAlpha()
-        .raw({ depth: 'uchar' })
-        .toBuffer(),
-  ],
-  [
-    '  without flatten',
-    (b) =>
-      sharpIn(b).rotate().toColourspace('srgb').resize(W, H, cover).removeAlpha().raw({ depth: 'uchar' }).toBuffer(),
-  ],
-  [
-    '  without toColourspace',
-    (b) => sharpIn(b).rotate().flatten(white).resize(W, H, cover).removeAlpha().raw({ depth: 'uchar' }).toBuffer(),
-  ],
-  [
-    '  without removeAlpha',
-    (b) =>
-      sharpIn(b).rotate().flatten(white).toColourspace('srgb').resize(W, H, cover).raw({ depth: 'uchar' }).toBuffer(),
-  ],
+  ['pipeline alone (today: rotate, flatten, toColourspace, resize, removeAlpha)', (b) => pipeline(b)],
+  ...STEPS.map((step): [string, (b: Uint8Array) => Promise<unknown>] => [
+    `  without ${step}`,
+    (b) => pipeline(b, step),
+  ]),
   ['  resize + raw only', (b) => sharpIn(b).resize(W, H, cover).raw().toBuffer()],
   [
     '  with one sharp instance for metadata() and pipeline',
@@ -124,15 +104,7 @@ const PARTS: Array<[string, (b: Uint8Array) => Promise<unknown>]> = [
   ],
   [
     '  with random access (sequentialRead: false; true is the default)',
-    (b) =>
-      sharpIn(b, { sequentialRead: false })
-        .rotate()
-        .flatten(white)
-        .toColourspace('srgb')
-        .resize(W, H, cover)
-        .removeAlpha()
-        .raw({ depth: 'uchar' })
-        .toBuffer(),
+    (b) => pipeline(b, undefined, { sequentialRead: false }),
   ],
   ['decode only (no resize), raw', (b) => sharpIn(b).raw().toBuffer()],
   ['sharp(bytes) constructor alone (JS)', async (b) => sharpIn(b)],

@@ -17,6 +17,7 @@ import { BadRequestError } from '../shared/errors.js';
 import { DEFAULT_FEATURES, RAW_PIXELS } from '../shared/features.js';
 import { RUN_LIMITS, runRequestSchema } from '../shared/queues.js';
 import { mulberry32 } from '../shared/random.js';
+import { runRequestWith } from './helpers/run-request.js';
 
 const refused = (t: import('ava').ExecutionContext, fn: () => unknown, message: RegExp) => {
   const err = t.throws(fn, { instanceOf: BadRequestError });
@@ -150,14 +151,7 @@ test('--input-size has the engine bounds, 8..2048, in the CLI and in the schema'
   for (const bad of ['4096', '7', '224.0', '0x100']) {
     refused(t, () => spec(bad), /^--input-size ".*": expected a whole number from 8 to 2048/);
   }
-  const request = (features: unknown) => ({
-    source: 's3://bucket/x/',
-    name: 'm',
-    features,
-    seed: 1,
-    split: { train: 0.7, val: 0.1, test: 0.2 },
-    shardSize: 256,
-  });
+  const request = runRequestWith;
   t.true(runRequestSchema.safeParse(request({ kind: 'tfjs', model: 'm', node: 'n', inputSize: 2048 })).success);
   t.false(runRequestSchema.safeParse(request({ kind: 'tfjs', model: 'm', node: 'n', inputSize: 4096 })).success);
 });

@@ -6,6 +6,7 @@
 import test from 'ava';
 import { atInputSide, halfSide, halveImage } from '../services/extractor/engines/multi-scale.js';
 import { runRequestSchema } from '../shared/queues.js';
+import { runRequestWith } from './helpers/run-request.js';
 
 test('halveImage averages each 2×2 block per channel and rounds half up', (t) => {
   // 2×2 RGB → 1×1: R mean 1.5 → 2, G mean 2.25 → 2, B mean 254.75 → 255.
@@ -78,15 +79,7 @@ test('atInputSide sets the declared input of graph and layers models, and refuse
 });
 
 test('a run request asking multi-scale features of an ONNX model or raw pixels is refused before it is queued', (t) => {
-  const request = (features: unknown) =>
-    runRequestSchema.safeParse({
-      source: 's3://bucket/x/',
-      name: 'm',
-      features,
-      seed: 1,
-      split: { train: 0.7, val: 0.1, test: 0.2 },
-      shardSize: 256,
-    });
+  const request = (features: unknown) => runRequestSchema.safeParse(runRequestWith(features));
   const onnx = request({ kind: 'onnx', model: 's3://b/m.onnx', node: 'n', multiScale: true });
   t.false(onnx.success);
   t.regex(
