@@ -3,6 +3,7 @@
  * parts, over several split seeds, never asserted.
  *
  *   npm run bench:accuracy -- [--per-class 1000] [--seeds 10] [--seed 42] [--skip-tfjs] [--quick]
+ *   npm run bench:accuracy -- --headline [--seeds 30]   (plain, the defaults without flip, the defaults)
  *
  * Data: the demo's CIFAR-10 cats and dogs (cli/demo-data.ts, 32×32 PNG), decoded by the
  * pipeline's decodeImage. Splits: the planner's own assignSplits (stratified, seeded, 0.7/0.1/0.2,
@@ -45,7 +46,8 @@ import { transformFeatures } from '../shared/softmax-model.js';
 const { values: args } = parseArgs({
   options: {
     'per-class': { type: 'string', default: '1000' },
-    seeds: { type: 'string', default: '10' },
+    seeds: { type: 'string' },
+    headline: { type: 'boolean', default: false },
     seed: { type: 'string', default: '42' },
     batch: { type: 'string', default: '8' },
     'skip-tfjs': { type: 'boolean', default: false },
@@ -53,7 +55,7 @@ const { values: args } = parseArgs({
   },
 });
 const PER_CLASS = Number(args['per-class']);
-const SEEDS = Array.from({ length: Number(args.seeds) }, (_, i) => Number(args.seed) + i);
+const SEEDS = Array.from({ length: Number(args.seeds ?? (args.headline ? 30 : 10)) }, (_, i) => Number(args.seed) + i);
 const BATCH = Number(args.batch);
 const MID = BUILTIN_BACKBONES.mobilenet_v2_mid;
 const started = performance.now();
@@ -386,66 +388,79 @@ log(`load average ${loadavg()[0].toFixed(1)} on ${availableParallelism()} cores`
 const base = await builtin('mobilenet_v2_mid');
 // "base" is the plain features (--no-flip); flip averaging is the default since it won here.
 const baseRow = score('plain (base)', `mobilenet_v2_mid@${MID.defaultNode}, 224, avg pool, no flip`, base);
-score('L2 selection', 'one val split, log loss', base, 'val-logloss');
-score('L2 selection', '5-fold CV on train+val, accuracy', base, 'kfold-accuracy');
-score('L2 selection', '5-fold CV on train+val, log loss', base, 'kfold-logloss');
-score('L2 selection', `5-fold CV, accuracy, λ grid ${WIDE_LAMBDAS.join(', ')}`, base, 'kfold-wide');
-const flip = await builtin('mobilenet_v2_mid', { flip: true });
-score('flip averaging', "features of image and mirror averaged (the spec's flip)", flip);
-score('flip + k-fold L2', 'flip averaging, 5-fold CV accuracy', flip, 'kfold-accuracy');
-score('signed sqrt', "sign(x)·√|x| before standardisation (the head's featureTransform)", signedSqrt(base));
-score('signed sqrt + k-fold L2', 'signed sqrt, 5-fold CV accuracy', signedSqrt(base), 'kfold-accuracy');
-score('flip + signed sqrt', 'flip averaging, then signed sqrt (the defaults before multi-scale)', signedSqrt(flip));
-score('flip + signed sqrt + k-fold L2', 'flip, signed sqrt, 5-fold CV accuracy', signedSqrt(flip), 'kfold-accuracy');
-const multi = await builtin('mobilenet_v2_mid', { multiScale: true });
-score('multi-scale', "224 ‖ 112 (2×2 means of the decoded pixels), concatenated (the spec's multiScale)", multi);
-score('multi-scale + signed sqrt (default)', '224 ‖ 112, signed sqrt: the defaults', signedSqrt(multi));
-const flipMulti = await builtin('mobilenet_v2_mid', { flip: true, multiScale: true });
-score(
-  'flip + multi-scale + signed sqrt',
-  'flip, 224 ‖ 112, signed sqrt: the defaults with --flip',
-  signedSqrt(flipMulti),
-);
-score(
-  'flip + multi-scale + signed sqrt + k-fold L2',
-  'the defaults with --flip, 5-fold CV accuracy',
-  signedSqrt(flipMulti),
-  'kfold-accuracy',
-);
-if (!args.quick) {
-  for (const size of [160, 299]) {
+if (args.headline) {
+  // The defaults against plain features and against the defaults without flip, over more seeds
+  // (30 unless --seeds): levers 1-2 points apart need them to rank.
+  const multi = await builtin('mobilenet_v2_mid', { multiScale: true });
+  score('multi-scale + signed sqrt', '224 ‖ 112, signed sqrt: the defaults with --no-flip', signedSqrt(multi));
+  const flipMulti = await builtin('mobilenet_v2_mid', { flip: true, multiScale: true });
+  score(
+    'flip + multi-scale + signed sqrt (defaults)',
+    'flip, 224 ‖ 112, signed sqrt: the defaults',
+    signedSqrt(flipMulti),
+  );
+} else {
+  score('L2 selection', 'one val split, log loss', base, 'val-logloss');
+  score('L2 selection', '5-fold CV on train+val, accuracy', base, 'kfold-accuracy');
+  score('L2 selection', '5-fold CV on train+val, log loss', base, 'kfold-logloss');
+  score('L2 selection', `5-fold CV, accuracy, λ grid ${WIDE_LAMBDAS.join(', ')}`, base, 'kfold-wide');
+  const flip = await builtin('mobilenet_v2_mid', { flip: true });
+  score('flip averaging', "features of image and mirror averaged (the spec's flip)", flip);
+  score('flip + k-fold L2', 'flip averaging, 5-fold CV accuracy', flip, 'kfold-accuracy');
+  score('signed sqrt', "sign(x)·√|x| before standardisation (the head's featureTransform)", signedSqrt(base));
+  score('signed sqrt + k-fold L2', 'signed sqrt, 5-fold CV accuracy', signedSqrt(base), 'kfold-accuracy');
+  score('flip + signed sqrt', 'flip averaging, then signed sqrt (the defaults before multi-scale)', signedSqrt(flip));
+  score('flip + signed sqrt + k-fold L2', 'flip, signed sqrt, 5-fold CV accuracy', signedSqrt(flip), 'kfold-accuracy');
+  const multi = await builtin('mobilenet_v2_mid', { multiScale: true });
+  score('multi-scale', "224 ‖ 112 (2×2 means of the decoded pixels), concatenated (the spec's multiScale)", multi);
+  score('multi-scale + signed sqrt', '224 ‖ 112, signed sqrt: the defaults with --no-flip', signedSqrt(multi));
+  const flipMulti = await builtin('mobilenet_v2_mid', { flip: true, multiScale: true });
+  score(
+    'flip + multi-scale + signed sqrt (defaults)',
+    'flip, 224 ‖ 112, signed sqrt: the defaults',
+    signedSqrt(flipMulti),
+  );
+  score(
+    'flip + multi-scale + signed sqrt + k-fold L2',
+    'the defaults, 5-fold CV accuracy',
+    signedSqrt(flipMulti),
+    'kfold-accuracy',
+  );
+  if (!args.quick) {
+    for (const size of [160, 299]) {
+      score(
+        'input scale',
+        `32×32 decoded to ${size}×${size}`,
+        await builtinAtSize('mobilenet_v2_mid', MID.defaultNode, size),
+      );
+    }
     score(
-      'input scale',
-      `32×32 decoded to ${size}×${size}`,
-      await builtinAtSize('mobilenet_v2_mid', MID.defaultNode, size),
+      'flip + input scale',
+      'flip averaging, 32×32 decoded to 160×160',
+      await builtinAtSize('mobilenet_v2_mid', MID.defaultNode, 160, true),
     );
   }
-  score(
-    'flip + input scale',
-    'flip averaging, 32×32 decoded to 160×160',
-    await builtinAtSize('mobilenet_v2_mid', MID.defaultNode, 160, true),
-  );
-}
-const backbones: Partial<Record<BuiltinModelId, FeatureSet>> = { mobilenet_v2_mid: base };
-for (const id of ['mobilenet_v2', 'inception_v3'] as const) {
-  backbones[id] = await builtin(id);
-  score('backbone', `${id}@${BUILTIN_BACKBONES[id].defaultNode}, ${BUILTIN_BACKBONES[id].inputSize}`, backbones[id]!);
-}
-const both = concatColumns([base, backbones.inception_v3!]);
-score('two backbones', 'mobilenet_v2_mid ‖ inception_v3 (default nodes)', {
-  ...both,
-  msPerImage: base.msPerImage + backbones.inception_v3!.msPerImage,
-});
-if (!args['skip-tfjs']) {
-  const p = await midPoolings();
-  // Cost: the same forward pass as the base's (pooling is negligible); the two-node cut runs to the end.
-  // The two-node cut runs the network to its end: its cost is the ONNX engine's at the final node.
-  const cost = (f: FeatureSet, ms = base.msPerImage) => ({ ...f, msPerImage: ms });
-  score('pooling (TF.js)', 'average (the base, as a check of the TF.js path)', cost(p.avgTfjs));
-  score('pooling (TF.js)', 'average ‖ max', cost(p.avgmax));
-  score('pooling (TF.js)', 'generalised mean, p = 3', cost(p.gem));
-  const endCost = (await builtin('mobilenet_v2_mid', { node: 'feature_vector/SpatialSqueeze' })).msPerImage;
-  score('two nodes (TF.js)', `${MID.defaultNode} ‖ feature_vector (final, 1792)`, cost(p.twoNodes, endCost));
+  const backbones: Partial<Record<BuiltinModelId, FeatureSet>> = { mobilenet_v2_mid: base };
+  for (const id of ['mobilenet_v2', 'inception_v3'] as const) {
+    backbones[id] = await builtin(id);
+    score('backbone', `${id}@${BUILTIN_BACKBONES[id].defaultNode}, ${BUILTIN_BACKBONES[id].inputSize}`, backbones[id]!);
+  }
+  const both = concatColumns([base, backbones.inception_v3!]);
+  score('two backbones', 'mobilenet_v2_mid ‖ inception_v3 (default nodes)', {
+    ...both,
+    msPerImage: base.msPerImage + backbones.inception_v3!.msPerImage,
+  });
+  if (!args['skip-tfjs']) {
+    const p = await midPoolings();
+    // Cost: the same forward pass as the base's (pooling is negligible); the two-node cut runs to the end.
+    // The two-node cut runs the network to its end: its cost is the ONNX engine's at the final node.
+    const cost = (f: FeatureSet, ms = base.msPerImage) => ({ ...f, msPerImage: ms });
+    score('pooling (TF.js)', 'average (the base, as a check of the TF.js path)', cost(p.avgTfjs));
+    score('pooling (TF.js)', 'average ‖ max', cost(p.avgmax));
+    score('pooling (TF.js)', 'generalised mean, p = 3', cost(p.gem));
+    const endCost = (await builtin('mobilenet_v2_mid', { node: 'feature_vector/SpatialSqueeze' })).msPerImage;
+    score('two nodes (TF.js)', `${MID.defaultNode} ‖ feature_vector (final, 1792)`, cost(p.twoNodes, endCost));
+  }
 }
 
 // ───────────── report ─────────────

@@ -57,8 +57,8 @@ export function formatBackbones(rows: readonly BackboneRow[]): string {
     '',
     "images/s: features only (decode excluded), ONNX Runtime on the project's shared 2-core CPU host; accuracy: " +
       "the demo's CIFAR-10 cats vs dogs (32x32 sources) with the pipeline's trainer, mean ± sd over 5 split seeds.",
-    'dim, images/s and accuracy are for plain features (--no-multi-scale); the default adds the image at half ' +
-      'size (multi-scale: twice the dim, about 1.3x the extraction time); --flip doubles the time again.',
+    'dim, images/s and accuracy are for plain features (--no-flip --no-multi-scale); the defaults add the image at ' +
+      "half size (multi-scale: twice the dim) and the mirror image's vector (flip), about 2.6x the extraction time.",
     ...sources.map((s) => `measured ${s}`),
     'Use one: deepfeat run s3://bucket/prefix/ --backbone NAME[:NODE]',
   ].join('\n');

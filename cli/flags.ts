@@ -90,7 +90,7 @@ export interface FeatureFlags {
   readonly inputLayout?: string;
   readonly mean?: string;
   readonly std?: string;
-  /** `--flip` gives true: flip-averaged features (off by default: twice the extraction time). */
+  /** `--no-flip` gives false: plain features instead of flip-averaged ones (the default). */
   readonly flip?: boolean;
   /** `--multi-scale` / `--no-multi-scale`; unset: on for the shipped backbones, off for --model. */
   readonly multiScale?: boolean;
@@ -148,13 +148,8 @@ export function featureSpec(o: FeatureFlags): FeatureSpec {
   }
   const multiScale = o.multiScale ?? spec.kind === 'builtin';
   const { multiScale: _default, ...rest } = spec as FeatureSpec & { multiScale?: boolean };
-  // Flip averaging is asked for with --flip: it doubles the extraction time for about +1 point
-  // (README "Shipped backbones and accuracy levers"), over the issue's bar of 2x for under 5 points.
-  return {
-    ...rest,
-    ...(o.flip === true ? { flip: true } : {}),
-    ...(multiScale ? { multiScale: true } : {}),
-  } as FeatureSpec;
+  // Flip averaging is on unless --no-flip (shared/features.ts FlipOption says why).
+  return { ...rest, flip: o.flip !== false, ...(multiScale ? { multiScale: true } : {}) } as FeatureSpec;
 }
 
 function backboneOrPixels(o: FeatureFlags): FeatureSpec {

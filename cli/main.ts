@@ -112,11 +112,11 @@ program
   )
   .option('--mean <r,g,b>', 'ONNX --model: per-channel mean subtracted after --input-range (torchvision Normalize)')
   .option('--std <r,g,b>', 'ONNX --model: per-channel std divided by after --mean (torchvision Normalize)')
+  .option('--flip', "flip averaging (the default for backbones): each image's vector is averaged with its mirror image's")
   .option(
-    '--flip',
-    "flip averaging: each image's vector is averaged with its mirror image's (about +1 point on the demo, 2x the extraction time)",
+    '--no-flip',
+    'no flip averaging: about half the extraction time, about 2 points lower accuracy on the demo (README "accuracy levers")',
   )
-  .option('--no-flip', 'no flip averaging (the default)')
   .option(
     '--multi-scale',
     'features at the input size and at half of it, concatenated (default for the shipped backbones; TF.js --model: asks for it)',

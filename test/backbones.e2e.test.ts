@@ -55,9 +55,10 @@ test.serial('run --backbone mobilenet_v2 trains and publishes on that backbone a
   t.deepEqual((s.request as { features?: unknown }).features, {
     kind: 'builtin',
     id: 'mobilenet_v2',
+    flip: true,
     multiScale: true,
   });
-  t.is(s.engine, `mobilenet_v2@${b.defaultNode}+half`);
+  t.is(s.engine, `mobilenet_v2@${b.defaultNode}+half+flip`);
   t.regex(String(s.backend), /onnxruntime/);
   t.is(s.engineInput, `${b.inputSize}x${b.inputSize}`);
   t.is(s.done, 2 * PER_CLASS);

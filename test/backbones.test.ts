@@ -17,7 +17,7 @@ const flags = (backbone: string, more: Record<string, string> = {}) => ({ featur
 
 test('the catalogue holds every builtin id, the first being the default spec', (t) => {
   t.deepEqual(Object.keys(BUILTIN_BACKBONES).sort(), [...BUILTIN_MODELS].sort());
-  t.deepEqual(DEFAULT_FEATURES, { kind: 'builtin', id: BUILTIN_MODELS[0], multiScale: true });
+  t.deepEqual(DEFAULT_FEATURES, { kind: 'builtin', id: BUILTIN_MODELS[0], flip: true, multiScale: true });
   for (const id of BUILTIN_MODELS) t.is(BUILTIN_BACKBONES[id].id, id);
   t.is(BUILTIN_BACKBONES.inception_v3.inputSize, 299);
   t.is(BUILTIN_BACKBONES.mobilenet_v2.inputSize, 224);
@@ -29,12 +29,14 @@ test('--backbone NAME and NAME:NODE become builtin specs; --node may give the no
   t.deepEqual(featureSpec(flags('inception_v3')), {
     kind: 'builtin',
     id: 'inception_v3',
+    flip: true,
     multiScale: true,
   });
   t.deepEqual(featureSpec(flags('mobilenet_v2:block_12_add')), {
     kind: 'builtin',
     id: 'mobilenet_v2',
     node: 'block_12_add',
+    flip: true,
     multiScale: true,
   });
   // A graph node name holds slashes; only the first colon separates.
@@ -42,12 +44,14 @@ test('--backbone NAME and NAME:NODE become builtin specs; --node may give the no
     kind: 'builtin',
     id: 'mobilenet_v2_mid',
     node: 'expanded_conv_11/add',
+    flip: true,
     multiScale: true,
   });
   t.deepEqual(featureSpec(flags('inception_v3', { node: 'mixed6' })), {
     kind: 'builtin',
     id: 'inception_v3',
     node: 'mixed6',
+    flip: true,
     multiScale: true,
   });
   // The spec passes the job schema every producer is held to.

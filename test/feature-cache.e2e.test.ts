@@ -280,7 +280,7 @@ test.serial('cache stats counts, cache prune removes, and the next run extracts 
   t.true(raw.bytes > IMAGES * 3072 * 4);
   const table = await runCli(dep.env, ['cache', 'stats']);
   t.regex(table.stdout, new RegExp(`raw-pixels:32x32 input=32x32 range=0,1 preprocessing=1 +${raw.hash} +${IMAGES} +`));
-  t.regex(table.stdout, /mobilenet_v2_mid@expanded_conv_13\/expand\/Relu6\+half input=224x224/);
+  t.regex(table.stdout, /mobilenet_v2_mid@expanded_conv_13\/expand\/Relu6\+half\+flip input=224x224/);
 
   // Nothing is that old; a spec nobody cached is refused with the fix.
   const young = await runCli(dep.env, ['cache', 'prune', '--older-than', '1h']);

@@ -121,15 +121,15 @@ test('--node, --input-size and --input-range that would be ignored are refused',
     kind: 'builtin',
     id: 'mobilenet_v2_mid',
     node: 'n',
+    flip: true,
     multiScale: true,
   });
 });
 
 test('multi-scale features: on for the shipped backbones, asked for a TF.js --model, refused where they cannot be made', (t) => {
-  t.like(featureSpec(flags({})), { multiScale: true });
-  t.false('flip' in featureSpec(flags({})));
+  t.like(featureSpec(flags({})), { multiScale: true, flip: true });
   t.false('multiScale' in featureSpec(flags({ multiScale: false })));
-  t.like(featureSpec(flags({ multiScale: false, flip: true })), { kind: 'builtin', flip: true });
+  t.like(featureSpec(flags({ multiScale: false })), { kind: 'builtin', flip: true });
   t.false('multiScale' in featureSpec(flags({ model: 's3://bkt/m.json', node: 'n' })));
   t.like(featureSpec(flags({ model: 's3://bkt/m.json', node: 'n', multiScale: true })), {
     kind: 'tfjs',
@@ -147,7 +147,7 @@ test('multi-scale features: on for the shipped backbones, asked for a TF.js --mo
 
 test('--input-size has the engine bounds, 8..2048, in the CLI and in the schema', (t) => {
   const spec = (inputSize: string) => featureSpec(flags({ model: 's3://bkt/m.json', node: 'n', inputSize }));
-  t.deepEqual(spec('2048'), { kind: 'tfjs', model: 's3://bkt/m.json', node: 'n', inputSize: 2048 });
+  t.deepEqual(spec('2048'), { kind: 'tfjs', model: 's3://bkt/m.json', node: 'n', inputSize: 2048, flip: true });
   for (const bad of ['4096', '7', '224.0', '0x100']) {
     refused(t, () => spec(bad), /^--input-size ".*": expected a whole number from 8 to 2048/);
   }

@@ -55,14 +55,11 @@ test('withFlipAveraging sends originals then mirrors in one batch and averages e
   t.is((await e.embed([])).length, 0);
 });
 
-test('the CLI turns flip averaging on with --flip only, and never for raw pixels', (t) => {
-  t.false('flip' in featureSpec({ features: 'backbone' }));
-  t.false('flip' in featureSpec({ features: 'backbone', flip: false }));
+test('the CLI turns flip averaging on for backbones unless --no-flip, and never for raw pixels', (t) => {
+  t.like(featureSpec({ features: 'backbone' }), { kind: 'builtin', flip: true });
+  t.like(featureSpec({ features: 'backbone', flip: false }), { kind: 'builtin', flip: false });
   t.like(featureSpec({ features: 'backbone', flip: true }), { kind: 'builtin', flip: true });
-  t.like(featureSpec({ features: 'backbone', backbone: 'inception_v3', flip: true }), {
-    id: 'inception_v3',
-    flip: true,
-  });
-  t.deepEqual(featureSpec({ features: 'raw-pixels', flip: true }), { kind: 'raw-pixels', size: 32 });
+  t.like(featureSpec({ features: 'backbone', backbone: 'inception_v3' }), { id: 'inception_v3', flip: true });
   t.deepEqual(featureSpec({ features: 'raw-pixels' }), { kind: 'raw-pixels', size: 32 });
+  t.deepEqual(featureSpec({ features: 'raw-pixels', flip: true }), { kind: 'raw-pixels', size: 32 });
 });

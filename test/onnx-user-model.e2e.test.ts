@@ -54,7 +54,7 @@ test.serial('an NHWC ONNX model with --mean/--std trains and publishes through r
   t.is(r.code, 0, r.stderr);
   t.is(s.stage, 'published', s.error?.message);
   t.is(s.done, 2 * PER_CLASS);
-  t.is(s.engine, `${model('nhwc16.onnx')}@relu`);
+  t.is(s.engine, `${model('nhwc16.onnx')}@relu+flip`);
   t.is(s.engineInput, '16x16');
   t.regex(s.backend ?? '', /^onnxruntime/);
   t.truthy(s.model?.uri);

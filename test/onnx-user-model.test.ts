@@ -258,6 +258,7 @@ test('CLI flags: an .onnx --model makes an onnx spec; --mean/--std/--input-layou
       inputRange: '0,1',
       mean: [0.485, 0.456, 0.406],
       std: [0.229, 0.224, 0.225],
+      flip: true,
     },
   );
   t.deepEqual(parseChannelStats('--mean', '-1,.5,2.', false), [-1, 0.5, 2]);

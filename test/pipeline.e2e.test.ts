@@ -104,7 +104,7 @@ test.serial('deep features beat raw pixels; the published model is complete and 
   t.is(text.code, 0, text.stderr);
   t.regex(
     text.stdout,
-    /engine mobilenet_v2_mid@expanded_conv_13\/expand\/Relu6\+half on onnxruntime \(CPU, \d+ threads?\)/,
+    /engine mobilenet_v2_mid@expanded_conv_13\/expand\/Relu6\+half\+flip on onnxruntime \(CPU, \d+ threads?\)/,
   );
 });
 
