@@ -112,7 +112,10 @@ program
   )
   .option('--mean <r,g,b>', 'ONNX --model: per-channel mean subtracted after --input-range (torchvision Normalize)')
   .option('--std <r,g,b>', 'ONNX --model: per-channel std divided by after --mean (torchvision Normalize)')
-  .option('--flip', "flip averaging (the default for backbones): each image's vector is averaged with its mirror image's")
+  .option(
+    '--flip',
+    "flip averaging (the default for backbones): each image's vector is averaged with its mirror image's",
+  )
   .option(
     '--no-flip',
     'no flip averaging: about half the extraction time, about 2 points lower accuracy on the demo (README "accuracy levers")',
