@@ -40,19 +40,18 @@ async function reference(bytes: Uint8Array, width: number, height: number): Prom
   const h = meta.pageHeight ?? meta.height ?? 0;
   let pipeline = sharp(bytes, { limitInputPixels: MAX_PIXELS, pages: 1, page: 0 }).rotate();
   const [ow, oh] = (meta.orientation ?? 1) >= 5 ? [h, w] : [w, h];
-  const crop = referenceCrop(meta.orientation, w, h, width, height);
-  if (crop) pipeline = pipeline.extract(crop);
-  const [sw, sh] = crop ? [crop.width, crop.height] : [ow, oh];
-  if (coverScale(sw, sh, width, height) > 1) {
+  if (coverScale(ow, oh, width, height) > 1) {
     const { data, info } = await pipeline
       .flatten({ background: { r: 255, g: 255, b: 255 } })
       .toColourspace('srgb')
       .removeAlpha()
       .raw({ depth: 'uchar' })
       .toBuffer({ resolveWithObject: true });
-    if (info.channels !== 3 || info.width !== sw || info.height !== sh) throw new Error('reference: not RGB');
-    return Buffer.from(coverUpscale(new Uint8Array(data), sw, sh, width, height));
+    if (info.channels !== 3 || info.width !== ow || info.height !== oh) throw new Error('reference: not RGB');
+    return Buffer.from(coverUpscale(new Uint8Array(data), ow, oh, width, height));
   }
+  const crop = referenceCrop(meta.orientation, w, h, width, height);
+  if (crop) pipeline = pipeline.extract(crop);
   const { data, info } = await pipeline
     .flatten({ background: { r: 255, g: 255, b: 255 } })
     .toColourspace('srgb')

@@ -137,19 +137,13 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
   }
   if (svg) checkSvgPixels({ width: w, height: h }, svg, maxPixels);
 
-  // An extreme strip is first cut to the part cover-scaling keeps (extremeCrop); that part, or the
-  // whole image after EXIF orientation, is the source of the resize.
-  const strip = extremeCrop(meta, w, h, width, height);
+  // Sizes after EXIF orientation, which the pipeline applies first.
   const [ow, oh] = (meta.orientation ?? 1) >= 5 ? [h, w] : [w, h];
-  const sw = strip?.width ?? ow;
-  const sh = strip?.height ?? oh;
   // Scaling up (a source smaller than the input on the side that decides): libvips decodes only
   // the pixels the crop keeps and the cubic scaling runs here, several times cheaper than
   // libvips's affine (upscale.ts). Since PREPROCESSING_VERSION 2; scaling down stays in libvips.
-  const window = coverScale(sw, sh, width, height) > 1 ? upscaleWindow(sw, sh, width, height) : undefined;
-  const region = window
-    ? { ...window, left: window.left + (strip?.left ?? 0), top: window.top + (strip?.top ?? 0) }
-    : strip;
+  const upscale = coverScale(ow, oh, width, height) > 1;
+  const window = upscale ? upscaleWindow(ow, oh, width, height) : undefined;
 
   let out: { data: Buffer; info: sharp.OutputInfo };
   try {
@@ -162,7 +156,8 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
     // to drop the tag, which raw output never carries: the same pixels, one libvips operation less.
     // The header read above is the same loader on the same bytes, so it sees the tag the pipeline would.
     if (meta.orientation !== undefined && meta.orientation !== 1) pipeline = pipeline.rotate();
-    if (region) pipeline = pipeline.extract(region);
+    const crop = window ?? extremeCrop(meta, w, h, width, height);
+    if (crop) pipeline = pipeline.extract(crop);
     // flatten, toColourspace and removeAlpha cost nothing when there is nothing to do (sharp checks
     // for alpha and colourspace itself, measured: bench/decode-cost.ts), so they stay unconditional.
     pipeline = pipeline.flatten({ background: { r: 255, g: 255, b: 255 } }).toColourspace('srgb');
@@ -182,7 +177,7 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
       );
     }
     const src = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-    return coverUpscale(src, sw, sh, width, height, window);
+    return coverUpscale(src, ow, oh, width, height, window);
   }
   const { info, data } = out;
   const expected = width * height * 3;

