@@ -3,18 +3,13 @@
  * vectors and classifier.onnx users depend on them byte for byte. This file keeps the pipeline as
  * it was before issue 14's decoder changes (`reference`: the header read, then one sharp pipeline
  * with every operation unconditional) and checks that decodeImage gives exactly the same bytes
- * for a varied generated corpus, and refuses the same damaged files. Since PREPROCESSING_VERSION 2
- * a source scaled up is scaled by upscale.ts from its decoded pixels (test/upscale.test.ts checks
- * that scaling against an independent one): the reference then decodes the whole source the same
- * way, without resizing, and scales it with coverUpscale, so decodeImage's window (only the pixels
- * the crop keeps) and everything before the scaling are still held to the bytes.
+ * for a varied generated corpus, and refuses the same damaged files.
  *
  * sharp is set up as in a decoder process (no operation cache, one libvips thread).
  */
 import test from 'ava';
 import sharp from 'sharp';
 import { decodeImage } from '../services/extractor/image.js';
-import { coverScale, coverUpscale } from '../services/extractor/upscale.js';
 import { ImageError } from '../shared/errors.js';
 import { twoFrameGif } from './helpers/images.js';
 
@@ -39,17 +34,6 @@ async function reference(bytes: Uint8Array, width: number, height: number): Prom
   const w = meta.width ?? 0;
   const h = meta.pageHeight ?? meta.height ?? 0;
   let pipeline = sharp(bytes, { limitInputPixels: MAX_PIXELS, pages: 1, page: 0 }).rotate();
-  const [ow, oh] = (meta.orientation ?? 1) >= 5 ? [h, w] : [w, h];
-  if (coverScale(ow, oh, width, height) > 1) {
-    const { data, info } = await pipeline
-      .flatten({ background: { r: 255, g: 255, b: 255 } })
-      .toColourspace('srgb')
-      .removeAlpha()
-      .raw({ depth: 'uchar' })
-      .toBuffer({ resolveWithObject: true });
-    if (info.channels !== 3 || info.width !== ow || info.height !== oh) throw new Error('reference: not RGB');
-    return Buffer.from(coverUpscale(new Uint8Array(data), ow, oh, width, height));
-  }
   const crop = referenceCrop(meta.orientation, w, h, width, height);
   if (crop) pipeline = pipeline.extract(crop);
   const { data, info } = await pipeline

@@ -24,7 +24,6 @@ import { ImageError } from '../../shared/errors.js';
 import { outOfMemoryReason } from './decode-limits.js';
 import { sniffImageFormat } from './image-format.js';
 import { checkSvg, checkSvgPixels } from './svg-check.js';
-import { coverScale, coverUpscale, upscaleWindow } from './upscale.js';
 
 export interface DecodeOptions {
   /** Output width in pixels (the engine's input width). */
@@ -51,10 +50,8 @@ const HEVC_DECODER = !('aom' in sharp.versions) || 'de265' in sharp.versions;
  * (services/extractor/feature-cache/): bump it with any change that can alter the decoded pixels
  * (orientation, colour conversion, alpha, frame choice, resize kernel or crop, a sharp or libvips
  * upgrade that changes pixels), so no vector made by the old decoding is reused.
- * 1: libvips for every resize. 2: sources scaled up are scaled by upscale.ts (the same cubic at
- * libvips's sample positions: within 2 levels of version 1's bytes at whole factors like 32 → 224).
  */
-export const PREPROCESSING_VERSION = 2;
+export const PREPROCESSING_VERSION = 1;
 
 /**
  * Largest side of the cover-scaled image before cropping. Past it, the crop is taken from the
@@ -137,14 +134,6 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
   }
   if (svg) checkSvgPixels({ width: w, height: h }, svg, maxPixels);
 
-  // Sizes after EXIF orientation, which the pipeline applies first.
-  const [ow, oh] = (meta.orientation ?? 1) >= 5 ? [h, w] : [w, h];
-  // Scaling up (a source smaller than the input on the side that decides): libvips decodes only
-  // the pixels the crop keeps and the cubic scaling runs here, several times cheaper than
-  // libvips's affine (upscale.ts). Since PREPROCESSING_VERSION 2; scaling down stays in libvips.
-  const upscale = coverScale(ow, oh, width, height) > 1;
-  const window = upscale ? upscaleWindow(ow, oh, width, height) : undefined;
-
   let out: { data: Buffer; info: sharp.OutputInfo };
   try {
     let pipeline = sharp(bytes, {
@@ -156,29 +145,21 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
     // to drop the tag, which raw output never carries: the same pixels, one libvips operation less.
     // The header read above is the same loader on the same bytes, so it sees the tag the pipeline would.
     if (meta.orientation !== undefined && meta.orientation !== 1) pipeline = pipeline.rotate();
-    const crop = window ?? extremeCrop(meta, w, h, width, height);
+    const crop = extremeCrop(meta, w, h, width, height);
     if (crop) pipeline = pipeline.extract(crop);
     // flatten, toColourspace and removeAlpha cost nothing when there is nothing to do (sharp checks
     // for alpha and colourspace itself, measured: bench/decode-cost.ts), so they stay unconditional.
-    pipeline = pipeline.flatten({ background: { r: 255, g: 255, b: 255 } }).toColourspace('srgb');
-    if (!window) pipeline = pipeline.resize(width, height, { fit: 'cover', position: 'centre' });
-    pipeline = pipeline.removeAlpha().raw({ depth: 'uchar' });
+    pipeline = pipeline
+      .flatten({ background: { r: 255, g: 255, b: 255 } })
+      .toColourspace('srgb')
+      .resize(width, height, { fit: 'cover', position: 'centre' })
+      .removeAlpha()
+      .raw({ depth: 'uchar' });
     out = await pipeline.toBuffer({ resolveWithObject: true });
   } catch (err) {
     throw decodeFailure(err, bytes, format, opts);
   }
 
-  if (window) {
-    const { info, data } = out;
-    if (info.channels !== 3 || info.width !== window.width || info.height !== window.height) {
-      throw new ImageError(
-        `could not convert ${format} to RGB: got ${info.width}×${info.height}×${info.channels}, ` +
-          `expected ${window.width}×${window.height}×3 before scaling`,
-      );
-    }
-    const src = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-    return coverUpscale(src, ow, oh, width, height, window);
-  }
   const { info, data } = out;
   const expected = width * height * 3;
   if (info.channels !== 3 || info.width !== width || info.height !== height || data.byteLength !== expected) {
