@@ -24,6 +24,7 @@ import { ImageError } from '../../shared/errors.js';
 import { outOfMemoryReason } from './decode-limits.js';
 import { sniffImageFormat } from './image-format.js';
 import { checkSvg, checkSvgPixels } from './svg-check.js';
+import { coverScale, coverUpscale, upscaleWindow } from './upscale.js';
 
 export interface DecodeOptions {
   /** Output width in pixels (the engine's input width). */
@@ -134,6 +135,23 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
   }
   if (svg) checkSvgPixels({ width: w, height: h }, svg, maxPixels);
 
+  // An extreme strip is first cut to the part cover-scaling keeps (extremeCrop); that part, or the
+  // whole image after EXIF orientation, is the source of the resize.
+  const strip = extremeCrop(meta, w, h, width, height);
+  const [ow, oh] = (meta.orientation ?? 1) >= 5 ? [h, w] : [w, h];
+  const sw = strip?.width ?? ow;
+  const sh = strip?.height ?? oh;
+  // Scaling up (a source smaller than the input on the side that decides) an 8-bit source:
+  // libvips decodes only the pixels the crop keeps, and upscale.ts does libvips's own bicubic
+  // arithmetic on them, byte for byte (test/decode-identity.test.ts), at several times the speed
+  // of libvips's generic affine. Deeper sources (16-bit, float) are scaled by libvips at their
+  // depth, as are all downscales.
+  const window =
+    meta.depth === 'uchar' && coverScale(sw, sh, width, height) > 1 ? upscaleWindow(sw, sh, width, height) : undefined;
+  const region = window
+    ? { ...window, left: window.left + (strip?.left ?? 0), top: window.top + (strip?.top ?? 0) }
+    : strip;
+
   let out: { data: Buffer; info: sharp.OutputInfo };
   try {
     let pipeline = sharp(bytes, {
@@ -145,21 +163,28 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
     // to drop the tag, which raw output never carries: the same pixels, one libvips operation less.
     // The header read above is the same loader on the same bytes, so it sees the tag the pipeline would.
     if (meta.orientation !== undefined && meta.orientation !== 1) pipeline = pipeline.rotate();
-    const crop = extremeCrop(meta, w, h, width, height);
-    if (crop) pipeline = pipeline.extract(crop);
+    if (region) pipeline = pipeline.extract(region);
     // flatten, toColourspace and removeAlpha cost nothing when there is nothing to do (sharp checks
     // for alpha and colourspace itself, measured: bench/decode-cost.ts), so they stay unconditional.
-    pipeline = pipeline
-      .flatten({ background: { r: 255, g: 255, b: 255 } })
-      .toColourspace('srgb')
-      .resize(width, height, { fit: 'cover', position: 'centre' })
-      .removeAlpha()
-      .raw({ depth: 'uchar' });
+    pipeline = pipeline.flatten({ background: { r: 255, g: 255, b: 255 } }).toColourspace('srgb');
+    if (!window) pipeline = pipeline.resize(width, height, { fit: 'cover', position: 'centre' });
+    pipeline = pipeline.removeAlpha().raw({ depth: 'uchar' });
     out = await pipeline.toBuffer({ resolveWithObject: true });
   } catch (err) {
     throw decodeFailure(err, bytes, format, opts);
   }
 
+  if (window) {
+    const { info, data } = out;
+    if (info.channels !== 3 || info.width !== window.width || info.height !== window.height) {
+      throw new ImageError(
+        `could not convert ${format} to RGB: got ${info.width}×${info.height}×${info.channels}, ` +
+          `expected ${window.width}×${window.height}×3 before scaling`,
+      );
+    }
+    const src = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    return coverUpscale(src, sw, sh, width, height, window);
+  }
   const { info, data } = out;
   const expected = width * height * 3;
   if (info.channels !== 3 || info.width !== width || info.height !== height || data.byteLength !== expected) {
