@@ -8,7 +8,8 @@
 import test from 'ava';
 import sharp from 'sharp';
 import { loadDemoImages } from '../cli/demo-data.js';
-import { coverScale, coverUpscale, upscaleWindow } from '../services/extractor/upscale.js';
+import { decodeImage } from '../services/extractor/image.js';
+import { coverScale, coverUpscale, upscaleIsExact, upscaleWindow } from '../services/extractor/upscale.js';
 
 function random(seed: number) {
   let s = seed >>> 0;
@@ -164,4 +165,33 @@ test("gives libvips's bytes: random images and geometries, and photos cropped on
       await same(await sharp(d.png).extract(region).png().toBuffer(), W, H, `${region.width}×${region.height} photo`);
     }
   }
+});
+
+test('geometries where rounding is too close to call go to libvips, and decodeImage still gives its bytes', async (t) => {
+  // A scaled side of exactly k + ½ (12×30 → 299²: 747.5), positions on odd 1/128 steps (targets
+  // with a large power of two: 150×150 → 256²), found by a reviewer against sharp.
+  const rnd = random(31);
+  for (const [w, h, W, H] of [
+    [12, 30, 299, 299],
+    [30, 12, 299, 299],
+    [6, 15, 299, 299],
+    [150, 150, 256, 256],
+    [200, 150, 256, 256],
+    [223, 300, 8, 2048],
+    [109, 99, 560, 512],
+  ] as const) {
+    t.false(upscaleIsExact(w, h, W, H), `${w}×${h} → ${W}×${H} should be left to libvips`);
+    const raw = Buffer.from(Uint8Array.from({ length: w * h * 3 }, () => rnd(256)));
+    const png = await sharp(raw, { raw: { width: w, height: h, channels: 3 } })
+      .png()
+      .toBuffer();
+    const lib = await sharp(png).resize(W, H, { fit: 'cover', position: 'centre' }).raw().toBuffer();
+    const got = await decodeImage(png, { width: W, height: H, maxPixels: 5e7 });
+    t.true(Buffer.from(got).equals(lib), `${w}×${h} → ${W}×${H}`);
+  }
+  // The common case keeps the fast path.
+  t.true(upscaleIsExact(32, 32, 224, 224));
+  t.true(upscaleIsExact(23, 31, 224, 224));
+  t.true(upscaleIsExact(40, 27, 299, 299));
+  t.true(upscaleIsExact(30, 20, 160, 96));
 });

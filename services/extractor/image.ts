@@ -24,7 +24,7 @@ import { ImageError } from '../../shared/errors.js';
 import { outOfMemoryReason } from './decode-limits.js';
 import { sniffImageFormat } from './image-format.js';
 import { checkSvg, checkSvgPixels } from './svg-check.js';
-import { coverScale, coverUpscale, upscaleWindow } from './upscale.js';
+import { coverScale, coverUpscale, upscaleIsExact, upscaleWindow } from './upscale.js';
 
 export interface DecodeOptions {
   /** Output width in pixels (the engine's input width). */
@@ -144,10 +144,12 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
   // Scaling up (a source smaller than the input on the side that decides) an 8-bit source:
   // libvips decodes only the pixels the crop keeps, and upscale.ts does libvips's own bicubic
   // arithmetic on them, byte for byte (test/decode-identity.test.ts), at several times the speed
-  // of libvips's generic affine. Deeper sources (16-bit, float) are scaled by libvips at their
-  // depth, as are all downscales.
+  // of libvips's generic affine. Deeper sources (16-bit, float), geometries where rounding is
+  // too close to call (upscaleIsExact) and all downscales are scaled by libvips.
   const window =
-    meta.depth === 'uchar' && coverScale(sw, sh, width, height) > 1 ? upscaleWindow(sw, sh, width, height) : undefined;
+    meta.depth === 'uchar' && coverScale(sw, sh, width, height) > 1 && upscaleIsExact(sw, sh, width, height)
+      ? upscaleWindow(sw, sh, width, height)
+      : undefined;
   const region = window
     ? { ...window, left: window.left + (strip?.left ?? 0), top: window.top + (strip?.top ?? 0) }
     : strip;

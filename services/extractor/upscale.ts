@@ -10,12 +10,15 @@
  * over only the pixels the centre crop keeps — with libvips's arithmetic, so the bytes are the
  * same and the published preprocessing does not change (a program using sharp still gets exactly
  * the pipeline's pixels: examples/classify.mjs, test/portable-classifier.e2e.test.ts):
- * - geometry: one scale s = max(W/w, H/h); libvips's scaled image is round(w·s) long and sharp
+ * - geometry: one scale s = 1 / min(w/W, h/H) (sharp's); libvips's scaled image is round(w·s) long and sharp
  *   crops it at left = ⌊(round(w·s) − W + 1) / 2⌋; output pixel x reads source coordinate
  *   (x + left) / s − ½, taps beyond the edge repeat the edge pixel;
  * - the fraction of that coordinate is rounded (half up, from 1/128 steps) to 1/64 of a pixel;
  * - Catmull-Rom weights (a = −0.5) in 1/4096, each truncated toward zero;
  * - the horizontal pass is rounded to a whole level, the vertical pass rounded and clamped.
+ * - where a position or a scaled side falls within a hair of a rounding boundary, the last bit of
+ *   libvips's own floating-point steps decides: upscaleIsExact says so and decodeImage leaves that
+ *   geometry to libvips (rare at 224 or 299; common for targets with a large power of two, 256).
  * Found by measurement against sharp 0.33 / libvips 8.15 and held to it byte for byte:
  * test/decode-identity.test.ts (91 files, three output sizes) and test/upscale.test.ts (random
  * images and geometries). A sharp or libvips upgrade that changes libvips's arithmetic shows
@@ -99,7 +102,37 @@ function cropOffset(src: number, out: number, scale: number): number {
 
 /** The one scale factor of a cover resize of w × h to width × height. */
 export function coverScale(w: number, h: number, width: number, height: number): number {
-  return Math.max(width / w, height / h);
+  // As sharp computes it (the smaller shrink, inverted), not max(W/w, H/h): the two can differ in
+  // the last bit, and that bit decides round(w·s) when w·s is a whole number and a half.
+  return 1 / Math.min(w / width, h / height);
+}
+
+/** How close to a rounding boundary a position may come before the geometry counts as ambiguous. */
+const TIE = 1e-7;
+
+/**
+ * Whether coverUpscale gives libvips's bytes for this geometry for certain. libvips computes
+ * sample positions with its own floating-point steps; where a position (in 1/128 of a pixel) or a
+ * scaled side (round(w·s)) falls within TIE of a boundary where rounding flips, the last bit of
+ * that arithmetic decides, and ours may round the other way (it happens when a side of the
+ * target has a large power of two in it, e.g. 150×150 → 256×256). decodeImage then leaves the
+ * resize to libvips.
+ */
+export function upscaleIsExact(w: number, h: number, width: number, height: number): boolean {
+  const scale = coverScale(w, h, width, height);
+  const axis = (src: number, out: number) => {
+    const scaled = src * scale;
+    if (Math.abs(scaled - Math.floor(scaled) - 0.5) < TIE) return false;
+    const offset = cropOffset(src, out, scale);
+    for (let i = 0; i < out; i++) {
+      const a = (sourceAt(i, scale, offset) + 1) * 2 * POSITIONS;
+      const n = Math.round(a);
+      // Only odd steps change the rounded 1/64 (see taps).
+      if (n % 2 !== 0 && Math.abs(a - n) < TIE) return false;
+    }
+    return true;
+  };
+  return axis(w, width) && axis(h, height);
 }
 
 /** The source pixels a cover upscale of w × h to width × height reads: a rectangle of the source. */
