@@ -388,17 +388,20 @@ log(`load average ${loadavg()[0].toFixed(1)} on ${availableParallelism()} cores`
 const base = await builtin('mobilenet_v2_mid');
 // "base" is the plain features (--no-flip); flip averaging is the default since it won here.
 const baseRow = score('plain (base)', `mobilenet_v2_mid@${MID.defaultNode}, 224, avg pool, no flip`, base);
-if (args.headline) {
-  // The defaults against plain features and against the defaults without flip, over more seeds
-  // (30 unless --seeds): levers 1-2 points apart need them to rank.
-  const multi = await builtin('mobilenet_v2_mid', { multiScale: true });
+/** The rows of the defaults without flip and of the defaults, which every run scores. */
+const scoreNoFlipDefaults = (multi: FeatureSet) =>
   score('multi-scale + signed sqrt', '224 ‖ 112, signed sqrt: the defaults with --no-flip', signedSqrt(multi));
-  const flipMulti = await builtin('mobilenet_v2_mid', { flip: true, multiScale: true });
+const scoreDefaults = (flipMulti: FeatureSet) =>
   score(
     'flip + multi-scale + signed sqrt (defaults)',
     'flip, 224 ‖ 112, signed sqrt: the defaults',
     signedSqrt(flipMulti),
   );
+if (args.headline) {
+  // The defaults against plain features and against the defaults without flip, over more seeds
+  // (30 unless --seeds): levers 1-2 points apart need them to rank.
+  scoreNoFlipDefaults(await builtin('mobilenet_v2_mid', { multiScale: true }));
+  scoreDefaults(await builtin('mobilenet_v2_mid', { flip: true, multiScale: true }));
 } else {
   score('L2 selection', 'one val split, log loss', base, 'val-logloss');
   score('L2 selection', '5-fold CV on train+val, accuracy', base, 'kfold-accuracy');
@@ -413,13 +416,9 @@ if (args.headline) {
   score('flip + signed sqrt + k-fold L2', 'flip, signed sqrt, 5-fold CV accuracy', signedSqrt(flip), 'kfold-accuracy');
   const multi = await builtin('mobilenet_v2_mid', { multiScale: true });
   score('multi-scale', "224 ‖ 112 (2×2 means of the decoded pixels), concatenated (the spec's multiScale)", multi);
-  score('multi-scale + signed sqrt', '224 ‖ 112, signed sqrt: the defaults with --no-flip', signedSqrt(multi));
+  scoreNoFlipDefaults(multi);
   const flipMulti = await builtin('mobilenet_v2_mid', { flip: true, multiScale: true });
-  score(
-    'flip + multi-scale + signed sqrt (defaults)',
-    'flip, 224 ‖ 112, signed sqrt: the defaults',
-    signedSqrt(flipMulti),
-  );
+  scoreDefaults(flipMulti);
   score(
     'flip + multi-scale + signed sqrt + k-fold L2',
     'the defaults, 5-fold CV accuracy',

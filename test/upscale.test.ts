@@ -19,6 +19,14 @@ function random(seed: number) {
   };
 }
 
+/** A w × h RGB PNG of random pixels. */
+function noisePng(w: number, h: number, rnd: (n: number) => number): Promise<Buffer> {
+  const raw = Buffer.from(Uint8Array.from({ length: w * h * 3 }, () => rnd(256)));
+  return sharp(raw, { raw: { width: w, height: h, channels: 3 } })
+    .png()
+    .toBuffer();
+}
+
 /** Catmull-Rom at distance d, written out again here (not imported). */
 function catmullRom(d: number): number {
   const x = Math.abs(d);
@@ -143,15 +151,7 @@ test("gives libvips's bytes: random images and geometries, and photos cropped on
     const w = 1 + rnd(rnd(2) ? 40 : 300);
     const h = 1 + rnd(rnd(2) ? 40 : 300);
     if (coverScale(w, h, W, H) <= 1) continue;
-    const raw = Buffer.from(Uint8Array.from({ length: w * h * 3 }, () => rnd(256)));
-    await same(
-      await sharp(raw, { raw: { width: w, height: h, channels: 3 } })
-        .png()
-        .toBuffer(),
-      W,
-      H,
-      `noise ${w}×${h}`,
-    );
+    await same(await noisePng(w, h, rnd), W, H, `noise ${w}×${h}`);
   }
   const demo = await loadDemoImages({ perClass: 4 });
   for (const d of demo) {
@@ -181,10 +181,7 @@ test('geometries where rounding is too close to call go to libvips, and decodeIm
     [109, 99, 560, 512],
   ] as const) {
     t.false(upscaleIsExact(w, h, W, H), `${w}×${h} → ${W}×${H} should be left to libvips`);
-    const raw = Buffer.from(Uint8Array.from({ length: w * h * 3 }, () => rnd(256)));
-    const png = await sharp(raw, { raw: { width: w, height: h, channels: 3 } })
-      .png()
-      .toBuffer();
+    const png = await noisePng(w, h, rnd);
     const lib = await sharp(png).resize(W, H, { fit: 'cover', position: 'centre' }).raw().toBuffer();
     const got = await decodeImage(png, { width: W, height: H, maxPixels: 5e7 });
     t.true(Buffer.from(got).equals(lib), `${w}×${h} → ${W}×${H}`);

@@ -137,8 +137,8 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
 
   // An extreme strip is first cut to the part cover-scaling keeps (extremeCrop); that part, or the
   // whole image after EXIF orientation, is the source of the resize.
-  const strip = extremeCrop(meta, w, h, width, height);
   const [ow, oh] = (meta.orientation ?? 1) >= 5 ? [h, w] : [w, h];
+  const strip = extremeCrop(ow, oh, width, height);
   const sw = strip?.width ?? ow;
   const sh = strip?.height ?? oh;
   // Scaling up (a source smaller than the input on the side that decides) an 8-bit source:
@@ -201,10 +201,9 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
 /**
  * The source region that cover-resizing would keep, when the scaled image in between would be
  * too large to address (a 100000×1 strip); undefined for every ordinary shape, which libvips
- * crops itself. Sizes are after EXIF orientation, which the pipeline applies before extracting.
+ * crops itself. ow × oh is the size after EXIF orientation, which the pipeline applies before extracting.
  */
-function extremeCrop(meta: sharp.Metadata, w: number, h: number, width: number, height: number) {
-  const [ow, oh] = (meta.orientation ?? 1) >= 5 ? [h, w] : [w, h];
+function extremeCrop(ow: number, oh: number, width: number, height: number) {
   const scale = Math.max(width / ow, height / oh);
   if (Math.max(ow, oh) * scale <= MAX_SCALED_SIDE) return undefined;
   const cw = Math.min(ow, Math.max(1, Math.round(width / scale)));

@@ -82,17 +82,23 @@ function taps(src: number, out: number, scale: number, offset: number, from: num
   return { index, weight };
 }
 
-/** Cached taps per geometry: a run decodes many images of one size to one input size. */
+/**
+ * Per-geometry results, kept for the last few geometries: a run decodes many images of one size
+ * to one input size.
+ */
+function remember<T>(cache: Map<string, T>, key: string, make: () => T): T {
+  let v = cache.get(key);
+  if (v === undefined) {
+    if (cache.size >= 64) cache.clear();
+    v = make();
+    cache.set(key, v);
+  }
+  return v;
+}
+
 const tapCache = new Map<string, Taps>();
 function cachedTaps(src: number, out: number, scale: number, offset: number, from: number): Taps {
-  const key = `${src} ${out} ${scale} ${offset} ${from}`;
-  let t = tapCache.get(key);
-  if (!t) {
-    if (tapCache.size >= 64) tapCache.clear();
-    t = taps(src, out, scale, offset, from);
-    tapCache.set(key, t);
-  }
-  return t;
+  return remember(tapCache, `${src} ${out} ${scale} ${offset} ${from}`, () => taps(src, out, scale, offset, from));
 }
 
 /** Where the centre crop starts along an axis, in scaled pixels: a whole number, as sharp crops. */
@@ -119,6 +125,11 @@ const TIE = 1e-7;
  * resize to libvips.
  */
 export function upscaleIsExact(w: number, h: number, width: number, height: number): boolean {
+  return remember(exactCache, `${w} ${h} ${width} ${height}`, () => checkExact(w, h, width, height));
+}
+const exactCache = new Map<string, boolean>();
+
+function checkExact(w: number, h: number, width: number, height: number): boolean {
   const scale = coverScale(w, h, width, height);
   const axis = (src: number, out: number) => {
     const scaled = src * scale;
