@@ -192,3 +192,51 @@ test('geometries where rounding is too close to call go to libvips, and decodeIm
   t.true(upscaleIsExact(40, 27, 299, 299));
   t.true(upscaleIsExact(30, 20, 160, 96));
 });
+
+test('the SIMD vertical pass is the JavaScript one: same bytes on random images, geometries and extremes', (t) => {
+  const rnd = random(41);
+  let cases = 0;
+  for (let k = 0; k < 400; k++) {
+    // Output widths that are and are not multiples of 16 samples, 1-pixel sides, wide targets.
+    const W = k % 7 === 0 ? 1 + rnd(6) : 1 + rnd(k % 5 === 0 ? 700 : 260);
+    const H = k % 11 === 0 ? 1 + rnd(4) : 1 + rnd(260);
+    const w = 1 + rnd(W);
+    const h = 1 + rnd(H);
+    if (coverScale(w, h, W, H) <= 1) continue;
+    const win = upscaleWindow(w, h, W, H);
+    // Saturated pixels make the cubic overshoot both ends: the clamp is tested too.
+    const src = Uint8Array.from({ length: win.width * win.height * 3 }, () => (rnd(3) ? rnd(256) : rnd(2) * 255));
+    const js = coverUpscale(src, w, h, W, H, win, 'js');
+    const simd = coverUpscale(src, w, h, W, H, win, 'wasm');
+    t.is(simd.length, W * H * 3);
+    t.true(Buffer.from(simd).equals(Buffer.from(js)), `${w}×${h} → ${W}×${H}`);
+    cases++;
+  }
+  t.true(cases > 300, `${cases} geometries`);
+  // The default is the SIMD pass (Node 20 has WebAssembly SIMD).
+  const src = Uint8Array.from({ length: 32 * 32 * 3 }, () => rnd(256));
+  t.true(
+    Buffer.from(coverUpscale(src, 32, 32, 224, 224)).equals(
+      Buffer.from(coverUpscale(src, 32, 32, 224, 224, undefined, 'wasm')),
+    ),
+  );
+});
+
+test('the embedded WebAssembly is upscale-vpass.wat compiled (npm run build:wasm)', async (t) => {
+  const { compileVpass, vpassModuleText } = await import('../services/extractor/upscale-vpass-build.js');
+  const { VPASS_WASM } = await import('../services/extractor/upscale-vpass.wasm.js');
+  const compiled = await compileVpass();
+  t.is(VPASS_WASM, Buffer.from(compiled).toString('base64'), 'run `npm run build:wasm` after editing the .wat');
+  const { readFile } = await import('node:fs/promises');
+  const file = await readFile(new URL('../services/extractor/upscale-vpass.wasm.ts', import.meta.url), 'utf8');
+  t.is(file, vpassModuleText(compiled));
+});
+
+test('an input size too large for the SIMD pass to keep memory for runs in JavaScript, with the same bytes', (t) => {
+  const rnd = random(43);
+  const src = Uint8Array.from({ length: 20 * 30 * 3 }, () => rnd(256));
+  // 3000 × 3000: 27 MB out and 54 MB of rows between the passes, over the 64 MiB cap.
+  const big = coverUpscale(src, 20, 30, 3000, 3000);
+  t.is(big.length, 3000 * 3000 * 3);
+  t.true(Buffer.from(big).equals(Buffer.from(coverUpscale(src, 20, 30, 3000, 3000, undefined, 'js'))));
+});

@@ -25,6 +25,8 @@
  * there first; then this follows it or decodeImage stops using it.
  */
 
+import { VPASS_WASM } from './upscale-vpass.wasm.js';
+
 /** Fixed-point precision of the weights: 12 bits per pass. */
 const BITS = 12;
 const ONE = 1 << BITS;
@@ -172,11 +174,18 @@ export function upscaleWindow(w: number, h: number, width: number, height: numbe
   return { left, top, width: ww, height: wh };
 }
 
+/** Largest WebAssembly memory the SIMD pass may keep (224×224 needs about 200 KiB). */
+const WASM_MAX_BYTES = 64 << 20;
+
+/** How the vertical pass runs: WebAssembly SIMD (the default where available) or plain JavaScript. */
+export type VerticalPass = 'wasm' | 'js';
+
 /**
  * A w × h source scaled by coverScale to cover width × height and centre-cropped to it, with the
  * Catmull-Rom cubic; `src` holds the source's `window` (upscaleWindow's, the default being the
  * whole source) as RGB uint8, interleaved. Meant for scale > 1 (the taps of a downscale would
- * skip source pixels: libvips reduces instead).
+ * skip source pixels: libvips reduces instead). `pass` chooses the vertical pass's code (the same
+ * bytes either way; tests compare them).
  */
 export function coverUpscale(
   src: Uint8Array,
@@ -185,6 +194,7 @@ export function coverUpscale(
   width: number,
   height: number,
   window: SourceWindow = { left: 0, top: 0, width: w, height: h },
+  pass: VerticalPass = vpassModule() ? 'wasm' : 'js',
 ): Uint8Array {
   const ww = window.width;
   if (src.length !== ww * window.height * 3) {
@@ -193,17 +203,57 @@ export function coverUpscale(
   const scale = coverScale(w, h, width, height);
   const tx = cachedTaps(w, width, scale, cropOffset(w, width, scale), window.left);
   const ty = cachedTaps(h, height, scale, cropOffset(h, height, scale), window.top);
-  // Pass 1, along x: only the source rows some output row reads, each rounded to a whole level
-  // (as libvips rounds between its two passes).
   const rowLen = width * 3;
   const rows = window.height;
-  const tmp = new Int32Array(rows * rowLen);
+  // The horizontal pass's rows as int16, with 16 spare samples after the last (the SIMD pass
+  // reads whole steps of 16), and the output with 16 spare bytes (it writes them).
+  const tmpLength = rows * rowLen + 16;
+  const outLength = height * rowLen;
+  const loaded = pass === 'wasm' ? vpassModule() : null;
+  if (pass === 'wasm' && !loaded) throw new Error('coverUpscale: WebAssembly SIMD is not available here');
+  // The module's memory only grows: an unusually large input size (a model's, up to the
+  // operator) runs in JavaScript rather than keep that much memory for the process's life.
+  const vm = loaded && height * 32 + tmpLength * 2 + outLength + 64 <= WASM_MAX_BYTES ? loaded : null;
+  if (!vm) {
+    const tmp = new Int16Array(tmpLength);
+    horizontalPass(src, ww * 3, tx, rows, rowLen, ty.index, tmp);
+    return verticalPass(tmp, rowLen, ty, height);
+  }
+  const layout = vm.reserve(height * 32, tmpLength * 2, outLength + 16);
+  horizontalPass(src, ww * 3, tx, rows, rowLen, ty.index, new Int16Array(vm.memory.buffer, layout.tmp, tmpLength));
+  // Taps for the SIMD pass: per output row its 4 tmp rows, then their 4 weights (int32).
+  const t = new Int32Array(vm.memory.buffer, layout.taps, height * 8);
+  for (let y = 0; y < height; y++) {
+    for (let k = 0; k < 4; k++) {
+      t[y * 8 + k] = ty.index[y * 4 + k]!;
+      t[y * 8 + 4 + k] = ty.weight[y * 4 + k]!;
+    }
+  }
+  vm.vpass(layout.tmp, rowLen, layout.taps, height, layout.out);
+  // A copy: the module's memory is reused by the next call.
+  return new Uint8Array(vm.memory.buffer, layout.out, outLength).slice();
+}
+
+/**
+ * Pass 1, along x: only the source rows some output row reads (`rowsRead`), each rounded to a
+ * whole level (as libvips rounds between its two passes), into `tmp` (rowLen samples a row).
+ */
+function horizontalPass(
+  src: Uint8Array,
+  srcRowLen: number,
+  tx: Taps,
+  rows: number,
+  rowLen: number,
+  rowsRead: Int32Array,
+  tmp: Int16Array,
+): void {
   const used = new Uint8Array(rows);
-  for (let i = 0; i < ty.index.length; i++) used[ty.index[i]!] = 1;
+  for (let i = 0; i < rowsRead.length; i++) used[rowsRead[i]!] = 1;
   const { index: xi, weight: xw } = tx;
+  const width = rowLen / 3;
   for (let y = 0; y < rows; y++) {
     if (!used[y]) continue;
-    const srow = y * ww * 3;
+    const srow = y * srcRowLen;
     const trow = y * rowLen;
     for (let x = 0; x < width; x++) {
       const a = srow + xi[x * 4]! * 3;
@@ -220,9 +270,15 @@ export function coverUpscale(
       tmp[o + 2] = (src[a + 2]! * wa + src[b + 2]! * wb + src[c + 2]! * wc + src[d + 2]! * wd + HALF) >> BITS;
     }
   }
-  // Pass 2, along y: rounded half up, clamped (the cubic overshoots at edges).
+}
+
+/**
+ * Pass 2, along y, in JavaScript: rounded half up, clamped (the cubic overshoots at edges).
+ * upscale-vpass.wat is the same arithmetic in SIMD.
+ */
+function verticalPass(tmp: Int16Array, rowLen: number, ty: Taps, height: number): Uint8Array {
   const out = new Uint8Array(height * rowLen);
-  // Stores clamp to 0..255 (the cubic overshoots near edges); v is already a whole number.
+  // Stores clamp to 0..255; v is already a whole number.
   const clamped = new Uint8ClampedArray(out.buffer);
   const { index: yi, weight: yw } = ty;
   for (let y = 0; y < height; y++) {
@@ -241,4 +297,51 @@ export function coverUpscale(
     }
   }
   return out;
+}
+
+/**
+ * The little of the WebAssembly API used here (the project's TypeScript libs are ES2023 and
+ * Node's types without the DOM, where its declarations live).
+ */
+interface WasmMemory {
+  readonly buffer: ArrayBuffer;
+  grow(pages: number): number;
+}
+interface WasmApi {
+  validate(bytes: Uint8Array): boolean;
+  Module: new (bytes: Uint8Array) => object;
+  Instance: new (module: object) => { exports: Record<string, unknown> };
+}
+const wasm = (globalThis as { WebAssembly?: WasmApi }).WebAssembly;
+
+interface VpassModule {
+  memory: WasmMemory;
+  vpass: (tmp: number, rowLen: number, taps: number, height: number, out: number) => void;
+  /** Offsets (16-byte aligned) of the taps, tmp and output regions, the memory grown to hold them. */
+  reserve: (taps: number, tmp: number, out: number) => { taps: number; tmp: number; out: number };
+}
+
+let vpassLoaded: VpassModule | null | undefined;
+
+/** The SIMD vertical pass, instantiated on first use; null where WebAssembly SIMD is missing. */
+function vpassModule(): VpassModule | null {
+  if (vpassLoaded !== undefined) return vpassLoaded;
+  const bytes = Buffer.from(VPASS_WASM, 'base64');
+  if (!wasm?.validate(bytes)) {
+    vpassLoaded = null;
+    return null;
+  }
+  const instance = new wasm.Instance(new wasm.Module(bytes));
+  const memory = instance.exports.memory as WasmMemory;
+  const vpass = instance.exports.vpass as VpassModule['vpass'];
+  const align = (n: number) => (n + 15) & ~15;
+  const reserve = (taps: number, tmp: number, out: number) => {
+    const layout = { taps: 0, tmp: align(taps), out: align(align(taps) + tmp) };
+    const need = layout.out + out;
+    const have = memory.buffer.byteLength;
+    if (need > have) memory.grow(Math.ceil((need - have) / 65536));
+    return layout;
+  };
+  vpassLoaded = { memory, vpass, reserve };
+  return vpassLoaded;
 }
