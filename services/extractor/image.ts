@@ -22,6 +22,7 @@ import sharp from 'sharp';
 import { DEFAULT_IMAGE_FORMATS, type ImageFormat } from '../../shared/config.js';
 import { ImageError } from '../../shared/errors.js';
 import { outOfMemoryReason } from './decode-limits.js';
+import { decodeSimplePng, parseSimplePng } from './png-simple.js';
 import { sniffImageFormat } from './image-format.js';
 import { checkSvg, checkSvgPixels } from './svg-check.js';
 import { coverScale, coverUpscale, upscaleIsExact, upscaleWindow } from './upscale.js';
@@ -108,6 +109,18 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
   // An SVG's references are checked from its text before any parser reads it (svg-check.ts).
   const svg = format === 'svg' ? await checkSvg(bytes, { probe: probeEmbedded }) : undefined;
 
+  // The plainest PNGs (8-bit RGB or grey, nothing that could change their pixels) scaled up are
+  // decoded without libvips: its pipeline's fixed cost is most of a small PNG's decode
+  // (png-simple.ts). Anything else, damaged files included, goes on to libvips below.
+  if (format === 'png') {
+    const simple = parseSimplePng(bytes);
+    if (simple && simple.width * simple.height <= maxPixels) {
+      const plan = resizePlan(simple.width, simple.height, true, width, height);
+      const src = plan.window && plan.region ? decodeSimplePng(simple, plan.region) : undefined;
+      if (src && plan.window) return coverUpscale(src, plan.sw, plan.sh, width, height, plan.window);
+    }
+  }
+
   // The header only: cheap, and it gives the size the limits are checked against.
   let meta: sharp.Metadata;
   try {
@@ -135,24 +148,8 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
   }
   if (svg) checkSvgPixels({ width: w, height: h }, svg, maxPixels);
 
-  // An extreme strip is first cut to the part cover-scaling keeps (extremeCrop); that part, or the
-  // whole image after EXIF orientation, is the source of the resize.
   const [ow, oh] = (meta.orientation ?? 1) >= 5 ? [h, w] : [w, h];
-  const strip = extremeCrop(ow, oh, width, height);
-  const sw = strip?.width ?? ow;
-  const sh = strip?.height ?? oh;
-  // Scaling up (a source smaller than the input on the side that decides) an 8-bit source:
-  // libvips decodes only the pixels the crop keeps, and upscale.ts does libvips's own bicubic
-  // arithmetic on them, byte for byte (test/decode-identity.test.ts), at several times the speed
-  // of libvips's generic affine. Deeper sources (16-bit, float), geometries where rounding is
-  // too close to call (upscaleIsExact) and all downscales are scaled by libvips.
-  const window =
-    meta.depth === 'uchar' && coverScale(sw, sh, width, height) > 1 && upscaleIsExact(sw, sh, width, height)
-      ? upscaleWindow(sw, sh, width, height)
-      : undefined;
-  const region = window
-    ? { ...window, left: window.left + (strip?.left ?? 0), top: window.top + (strip?.top ?? 0) }
-    : strip;
+  const { sw, sh, window, region } = resizePlan(ow, oh, meta.depth === 'uchar', width, height);
 
   let out: { data: Buffer; info: sharp.OutputInfo };
   try {
@@ -196,6 +193,30 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
     );
   }
   return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+}
+
+/**
+ * How an ow × oh source (after EXIF orientation) becomes width × height. An extreme strip is
+ * first cut to the part cover-scaling keeps (`strip`, extremeCrop); that part, sw × sh, or the
+ * whole image, is the source of the resize. Scaling up an 8-bit source (smaller than the input on
+ * the side that decides), libvips decodes only the pixels the crop keeps (`region`: `window` in
+ * the whole image) and upscale.ts does libvips's own bicubic arithmetic on them, byte for byte
+ * (test/decode-identity.test.ts), at several times the speed of libvips's generic affine. Deeper
+ * sources (16-bit, float), geometries where rounding is too close to call (upscaleIsExact) and
+ * all downscales are scaled by libvips: no `window`.
+ */
+function resizePlan(ow: number, oh: number, eightBit: boolean, width: number, height: number) {
+  const strip = extremeCrop(ow, oh, width, height);
+  const sw = strip?.width ?? ow;
+  const sh = strip?.height ?? oh;
+  const window =
+    eightBit && coverScale(sw, sh, width, height) > 1 && upscaleIsExact(sw, sh, width, height)
+      ? upscaleWindow(sw, sh, width, height)
+      : undefined;
+  const region = window
+    ? { ...window, left: window.left + (strip?.left ?? 0), top: window.top + (strip?.top ?? 0) }
+    : strip;
+  return { strip, sw, sh, window, region };
 }
 
 /**

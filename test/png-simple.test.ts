@@ -1,0 +1,268 @@
+/**
+ * The decoder's own PNG reading (services/extractor/png-simple.ts) must give libvips's bytes for
+ * the files it takes, and leave every other file to libvips. PNGs are written here by an encoder
+ * of the test's own (every filter type, IDAT split, inert and other chunks, damage), and each is
+ * decoded by decodeImage and by sharp's pipeline as decodeImage ran it before: same bytes, or an
+ * ImageError where sharp fails.
+ */
+import { crc32, deflateSync } from 'node:zlib';
+import test from 'ava';
+import sharp from 'sharp';
+import { ImageError } from '../shared/errors.js';
+import { decodeImage } from '../services/extractor/image.js';
+import { decodeSimplePng, parseSimplePng } from '../services/extractor/png-simple.js';
+
+function random(seed: number) {
+  let s = seed >>> 0;
+  return (n: number) => {
+    s = (s * 1103515245 + 12345) >>> 0;
+    return s % n;
+  };
+}
+
+function chunk(type: string, body: Uint8Array): Buffer {
+  const head = Buffer.alloc(8);
+  head.writeUInt32BE(body.length, 0);
+  head.write(type, 4, 'latin1');
+  const crc = Buffer.alloc(4);
+  crc.writeUInt32BE(crc32(Buffer.concat([head.subarray(4), body])));
+  return Buffer.concat([head, body, crc]);
+}
+
+/** The PNG filter of one row (x: this row, u: the row above or zeros), written out here. */
+function filterRow(type: number, x: Uint8Array, u: Uint8Array, bpp: number): Uint8Array {
+  const out = new Uint8Array(x.length);
+  for (let i = 0; i < x.length; i++) {
+    const a = i >= bpp ? x[i - bpp]! : 0;
+    const b = u[i]!;
+    const c = i >= bpp ? u[i - bpp]! : 0;
+    let pred = 0;
+    if (type === 1) pred = a;
+    else if (type === 2) pred = b;
+    else if (type === 3) pred = Math.floor((a + b) / 2);
+    else if (type === 4) {
+      const p = a + b - c;
+      const [pa, pb, pc] = [Math.abs(p - a), Math.abs(p - b), Math.abs(p - c)];
+      pred = pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
+    }
+    out[i] = (x[i]! - pred + 256) & 255;
+  }
+  return out;
+}
+
+interface PngSpec {
+  w: number;
+  h: number;
+  channels: 1 | 3;
+  pixels: Uint8Array;
+  filters: (y: number) => number;
+  /** Chunks between IHDR and IDAT. */
+  before?: Buffer[];
+  idatParts?: number;
+  /** Changes to the zlib stream or the filtered rows before compression. */
+  mangleRows?: (rows: Buffer) => void;
+  mangleZlib?: (z: Buffer) => Buffer;
+  after?: Buffer;
+  ihdr?: Partial<{ depth: number; colour: number; interlace: number }>;
+}
+
+function encodePng(s: PngSpec): Buffer {
+  const stride = s.w * s.channels;
+  const rows = Buffer.alloc(s.h * (stride + 1));
+  let prev: Uint8Array = new Uint8Array(stride);
+  for (let y = 0; y < s.h; y++) {
+    const x = s.pixels.subarray(y * stride, (y + 1) * stride);
+    const f = s.filters(y);
+    rows[y * (stride + 1)] = f;
+    rows.set(filterRow(f, x, prev, s.channels), y * (stride + 1) + 1);
+    prev = x;
+  }
+  s.mangleRows?.(rows);
+  let z: Buffer = deflateSync(rows);
+  if (s.mangleZlib) z = s.mangleZlib(z);
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(s.w, 0);
+  ihdr.writeUInt32BE(s.h, 4);
+  ihdr[8] = s.ihdr?.depth ?? 8;
+  ihdr[9] = s.ihdr?.colour ?? (s.channels === 3 ? 2 : 0);
+  ihdr[12] = s.ihdr?.interlace ?? 0;
+  const parts = s.idatParts ?? 1;
+  const idat: Buffer[] = [];
+  const step = Math.ceil(z.length / parts);
+  for (let i = 0; i < z.length; i += step) idat.push(chunk('IDAT', z.subarray(i, i + step)));
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', ihdr),
+    ...(s.before ?? []),
+    ...idat,
+    chunk('IEND', new Uint8Array(0)),
+    s.after ?? Buffer.alloc(0),
+  ]);
+}
+
+/** decodeImage's pipeline as it ran before png-simple.ts, all in libvips. */
+function libvips(png: Buffer, W: number, H: number) {
+  return sharp(png, { pages: 1, page: 0 })
+    .flatten({ background: { r: 255, g: 255, b: 255 } })
+    .toColourspace('srgb')
+    .resize(W, H, { fit: 'cover', position: 'centre' })
+    .removeAlpha()
+    .raw({ depth: 'uchar' })
+    .toBuffer();
+}
+
+/** The same file with a text chunk after IHDR: png-simple.ts declines it, so libvips decodes it. */
+function withText(png: Buffer): Buffer {
+  return Buffer.concat([
+    png.subarray(0, 33),
+    chunk('tEXt', Buffer.from('Comment\0via libvips', 'latin1')),
+    png.subarray(33),
+  ]);
+}
+
+/**
+ * decodeImage gives libvips's result: the bytes of the same file sent to libvips (with a text
+ * chunk; for ordinary shapes also sharp's pipeline itself), or the same ImageError.
+ */
+async function agree(t: import('ava').ExecutionContext, png: Buffer, W: number, H: number, what: string) {
+  const opts = { width: W, height: H, maxPixels: 5e7 };
+  const viaLibvips = await decodeImage(withText(png), opts).then(
+    (bytes) => ({ bytes }),
+    (error: unknown) => ({ error }),
+  );
+  if ('bytes' in viaLibvips) {
+    const got = await decodeImage(png, opts);
+    t.true(Buffer.from(got).equals(Buffer.from(viaLibvips.bytes)), `${what}: bytes differ from libvips's`);
+    // Extreme strips are cut before libvips resizes them (decodeImage's extremeCrop): not sharp's plain resize.
+    const [w, h] = [png.readUInt32BE(16), png.readUInt32BE(20)];
+    if (Math.max(w, h) * Math.max(W / w, H / h) <= 65_535) {
+      const direct = await libvips(png, W, H).catch(() => undefined);
+      if (direct) t.true(direct.equals(Buffer.from(got)), `${what}: bytes differ from sharp's pipeline`);
+    }
+  } else {
+    t.true(viaLibvips.error instanceof ImageError, `${what}: ${viaLibvips.error}`);
+    const error = await t.throwsAsync(decodeImage(png, opts), { instanceOf: ImageError }, `${what}: libvips fails`);
+    t.is(error?.message, (viaLibvips.error as Error).message, what);
+  }
+}
+
+const ramp = (w: number, h: number, channels: number, rnd: (n: number) => number) =>
+  Uint8Array.from({ length: w * h * channels }, (_, i) => {
+    const x = Math.floor(i / channels) % w;
+    const y = Math.floor(i / channels / w);
+    // Slopes of equal size and opposite sign across and down make Paeth's distances tie.
+    const c = i % channels;
+    return (x * (1 + c) - y * (c === 1 ? 3 : 1 + c) + 600 + rnd(2)) & 255;
+  });
+
+const noise = (n: number, rnd: (n: number) => number) =>
+  Uint8Array.from({ length: n }, () => (rnd(4) ? rnd(256) : rnd(2) * 255));
+
+test('every filter type, RGB and grey, split IDAT and inert chunks: the fast path is taken and gives libvips bytes', async (t) => {
+  const rnd = random(7);
+  const phys = chunk('pHYs', Buffer.from([0, 0, 0x0b, 0x13, 0, 0, 0x0b, 0x13, 1]));
+  const time = chunk('tIME', Buffer.from([0x07, 0xea, 11, 30, 12, 0, 0]));
+  let n = 0;
+  for (const channels of [3, 1] as const) {
+    for (let k = 0; k < 24; k++) {
+      const w = 1 + rnd(k % 3 === 0 ? 5 : 60);
+      const h = 1 + rnd(k % 4 === 0 ? 5 : 60);
+      const spec: PngSpec = {
+        w,
+        h,
+        channels,
+        // Noise, and ramps (where the predictors' ties happen: Paeth's order of a, b, c matters).
+        pixels: k % 3 === 2 ? ramp(w, h, channels, rnd) : noise(w * h * channels, rnd),
+        // One filter for the whole image, then mixed per row.
+        filters: k < 5 ? () => k : k % 3 === 2 ? () => 4 - (k % 2) : () => rnd(5),
+        before: k % 2 ? [phys] : k % 3 ? [time, phys] : [],
+        idatParts: 1 + (k % 4),
+      };
+      const png = encodePng(spec);
+      const parsed = parseSimplePng(png);
+      t.truthy(parsed, `${w}×${h}×${channels} should be simple`);
+      if (parsed) {
+        const whole = decodeSimplePng(parsed, { left: 0, top: 0, width: w, height: h });
+        const raw = await sharp(png).toColourspace('srgb').raw().toBuffer();
+        t.true(Buffer.from(whole!).equals(raw), `${w}×${h}×${channels} filter ${k}: decoded samples`);
+      }
+      for (const [W, H] of [
+        [224, 224],
+        [299, 299],
+        [160, 96],
+      ] as const) {
+        await agree(t, png, W, H, `${w}×${h}×${channels} → ${W}×${H}`);
+        n++;
+      }
+    }
+  }
+  t.true(n >= 144);
+});
+
+test('files outside the simple kind are left to libvips, with its bytes or its failure', async (t) => {
+  const rnd = random(11);
+  const base = (over: Partial<PngSpec> = {}): PngSpec => ({
+    w: 20,
+    h: 17,
+    channels: 3,
+    pixels: noise(20 * 17 * 3, rnd),
+    filters: (y) => y % 5,
+    ...over,
+  });
+  const text = chunk('tEXt', Buffer.from('Comment\0hello', 'latin1'));
+  const iccp = chunk('gAMA', Buffer.from([0, 0, 0xb1, 0x8f]));
+  const srgb = chunk('sRGB', Buffer.from([0]));
+  const cases: Array<[string, Buffer, boolean]> = [
+    ['text chunk', encodePng(base({ before: [text] })), false],
+    ['gAMA', encodePng(base({ before: [iccp] })), false],
+    ['sRGB', encodePng(base({ before: [srgb] })), false],
+    ['private chunk', encodePng(base({ before: [chunk('prIv', Buffer.from('x'))] })), false],
+    ['pHYs with a bad unit', encodePng(base({ before: [chunk('pHYs', Buffer.alloc(9, 7))] })), false],
+    ['bytes after IEND', encodePng(base({ after: Buffer.from('trailing') })), false],
+    ['grey with alpha', encodePng(base({ channels: 3, ihdr: { colour: 4 } })), false],
+  ];
+  // A bad CRC in an IDAT chunk.
+  const badCrc = encodePng(base());
+  badCrc[badCrc.length - 12 - 5] ^= 0xff;
+  cases.push(['bad CRC', badCrc, false]);
+  for (const [what, png, simple] of cases) {
+    t.is(parseSimplePng(png) !== undefined, simple, what);
+    await agree(t, png, 224, 224, what);
+  }
+  // Parsed as simple, but the data is not beyond doubt: decodeSimplePng declines, libvips decides.
+  const window = { left: 0, top: 0, width: 20, height: 17 };
+  const data: Array<[string, Buffer]> = [
+    ['filter type 5', encodePng(base({ mangleRows: (r) => void (r[3 * 61] = 5) }))],
+    ['filter type 9 in the last row', encodePng(base({ mangleRows: (r) => void (r[16 * 61] = 9) }))],
+    ['zlib stream cut short', encodePng(base({ mangleZlib: (z) => z.subarray(0, z.length - 9) }))],
+    ['data after the zlib stream', encodePng(base({ mangleZlib: (z) => Buffer.concat([z, Buffer.from([1, 2, 3])]) }))],
+    [
+      'bad Adler-32',
+      encodePng(base({ mangleZlib: (z) => Buffer.concat([z.subarray(0, -1), Buffer.from([z.at(-1)! ^ 1])]) })),
+    ],
+    ['one row too many', encodePng(base({ mangleZlib: () => deflateSync(Buffer.alloc(18 * 61)) }))],
+    ['one row too few', encodePng(base({ mangleZlib: () => deflateSync(Buffer.alloc(16 * 61)) }))],
+  ];
+  for (const [what, png] of data) {
+    const parsed = parseSimplePng(png);
+    t.truthy(parsed, `${what}: the structure is simple`);
+    if (parsed) t.is(decodeSimplePng(parsed, window), undefined, what);
+    await agree(t, png, 224, 224, what);
+  }
+});
+
+test('a strip and a large PNG: only the window is unfiltered, and the bytes are libvips', async (t) => {
+  const rnd = random(13);
+  for (const [w, h] of [
+    [3, 4000],
+    [4000, 2],
+    [150, 90],
+  ] as const) {
+    const png = encodePng({ w, h, channels: 3, pixels: noise(w * h * 3, rnd), filters: (y) => (y * 7) % 5 });
+    t.truthy(parseSimplePng(png));
+    await agree(t, png, 224, 224, `${w}×${h}`);
+  }
+  // Over the pixel limit: decodeImage's own error, as before.
+  const png = encodePng({ w: 40, h: 40, channels: 1, pixels: noise(1600, rnd), filters: () => 0 });
+  await t.throwsAsync(decodeImage(png, { width: 224, height: 224, maxPixels: 1000 }), { message: /image too large/ });
+});
