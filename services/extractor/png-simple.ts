@@ -37,6 +37,12 @@ const INERT = new Map<string, (body: Buffer) => boolean>([
   ],
 ]);
 
+/**
+ * Largest decoded size taken here, in bytes (about a megapixel of RGB): larger files, such as a
+ * 100 × 100000 strip, go to libvips, which decodes them a few rows at a time.
+ */
+const MAX_RAW_BYTES = 4 << 20;
+
 /** libvips's largest image side (VIPS_MAX_COORD). */
 const MAX_SIDE = 10_000_000;
 
@@ -99,6 +105,8 @@ export function decodeSimplePng(png: SimplePng, window: SourceWindow): Uint8Arra
   const { width, height, channels } = png;
   const stride = width * channels;
   const size = height * (stride + 1);
+  // Inflated whole (libvips streams rows): kept to small files, which is what scales up anyway.
+  if (size > MAX_RAW_BYTES) return undefined;
   let raw: Buffer;
   try {
     const data = png.idat.length === 1 ? png.idat[0]! : Buffer.concat(png.idat);
