@@ -272,3 +272,26 @@ test('a strip and a large PNG: only the window is unfiltered, and the bytes are 
   const png = encodePng({ w: 40, h: 40, channels: 1, pixels: noise(1600, rnd), filters: () => 0 });
   await t.throwsAsync(decodeImage(png, { width: 224, height: 224, maxPixels: 1000 }), { message: /image too large/ });
 });
+
+test('the decoder pool decodes small plain PNGs in its own process, and sends every other file to a decoder process', async (t) => {
+  const { DecoderPool } = await import('../services/extractor/decoder-pool.js');
+  const pool = new DecoderPool({ processes: 1, timeoutSeconds: 60, memoryLimitMiB: 1024 });
+  t.teardown(() => pool.close());
+  const rnd = random(17);
+  const opts = { width: 224, height: 224, maxPixels: 5e7 };
+  const small = encodePng({ w: 32, h: 32, channels: 3, pixels: noise(32 * 32 * 3, rnd), filters: (y) => y % 5 });
+  const got = await pool.decode(small, opts);
+  t.true(Buffer.from(got).equals(Buffer.from(await decodeImage(withText(small), opts))));
+  t.deepEqual(pool.pids, [], 'no decoder process was needed');
+  // Not plain (a text chunk), and plain but past the in-process bounds (a 300 × 300 RGB ramp: a
+  // small file of 270 KB of rows; 300 × 200 RGB noise: a 180 KB file): decoded by a decoder
+  // process, with the same bytes as decodeImage.
+  const large = encodePng({ w: 300, h: 300, channels: 3, pixels: ramp(300, 300, 3, rnd), filters: () => 4 });
+  t.true(large.length < 64 << 10);
+  const large3 = encodePng({ w: 300, h: 200, channels: 3, pixels: noise(300 * 200 * 3, rnd), filters: () => 2 });
+  for (const png of [withText(small), large3, large]) {
+    const want = await decodeImage(png, { ...opts, width: 320, height: 320 });
+    t.true(Buffer.from(await pool.decode(png, { ...opts, width: 320, height: 320 })).equals(Buffer.from(want)));
+  }
+  t.is(pool.pids.length, 1, 'a decoder process decoded the others');
+});

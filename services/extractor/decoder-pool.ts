@@ -28,6 +28,7 @@ import { Channel } from '../../shared/thread-call.js';
 import { crashReason, outOfMemoryReason, timeoutReason } from './decode-limits.js';
 import { sniffImageFormat } from './image-format.js';
 import type { DecodeOptions } from './image.js';
+import { decodePlainPng } from './png-simple.js';
 
 /**
  * Calls a decoder process serves. The bytes themselves do not travel on this channel: the
@@ -68,6 +69,12 @@ export function decodeProcesses(cfg: { readonly decodeThreads: number }): number
 }
 
 const ENTRY = fileURLToPath(new URL('./decoder-entry.mjs', import.meta.url));
+/**
+ * Plain PNGs decoded in the calling process (DecoderPool.decode): files up to 64 KiB whose rows
+ * inflate to at most 256 KiB (a 32×32 CIFAR image: 3 KiB and 3 KiB; 290 × 290 RGB at most).
+ */
+const INLINE_MAX_FILE_BYTES = 64 << 10;
+const INLINE_MAX_ROW_BYTES = 256 << 10;
 /** How long a new decoder process may take to load sharp and say it is ready. */
 const START_TIMEOUT_MS = 60_000;
 /** stderr lines logged per decoder process; a hostile file can make a codec warn per scanline. */
@@ -318,6 +325,13 @@ export class DecoderPool {
   async decode(bytes: Uint8Array, req: DecodeRequest): Promise<Uint8Array> {
     const limit = this.#opts.memoryLimitMiB;
     const opts: DecodeOptions = { ...req, ...(limit > 0 ? { memoryLimitMiB: limit } : {}) };
+    // A small plain PNG scaled up (png-simple.ts) is decoded right here: handing it to a decoder
+    // process and taking its pixels back costs more than decoding it, and its cost is bounded by
+    // the sizes below (at most a few milliseconds), so it needs no process to bound it.
+    if (bytes.byteLength <= INLINE_MAX_FILE_BYTES) {
+      const pixels = decodePlainPng(bytes, opts, INLINE_MAX_ROW_BYTES);
+      if (pixels) return pixels;
+    }
     const slot = await this.#acquire();
     try {
       for (let attempt = 1; ; attempt++) {

@@ -22,10 +22,10 @@ import sharp from 'sharp';
 import { DEFAULT_IMAGE_FORMATS, type ImageFormat } from '../../shared/config.js';
 import { ImageError } from '../../shared/errors.js';
 import { outOfMemoryReason } from './decode-limits.js';
-import { decodeSimplePng, parseSimplePng } from './png-simple.js';
+import { decodePlainPng } from './png-simple.js';
 import { sniffImageFormat } from './image-format.js';
 import { checkSvg, checkSvgPixels } from './svg-check.js';
-import { coverScale, coverUpscale, upscaleIsExact, upscaleWindow } from './upscale.js';
+import { coverUpscale, resizePlan } from './upscale.js';
 
 export interface DecodeOptions {
   /** Output width in pixels (the engine's input width). */
@@ -54,13 +54,6 @@ const HEVC_DECODER = !('aom' in sharp.versions) || 'de265' in sharp.versions;
  * upgrade that changes pixels), so no vector made by the old decoding is reused.
  */
 export const PREPROCESSING_VERSION = 1;
-
-/**
- * Largest side of the cover-scaled image before cropping. Past it, the crop is taken from the
- * source first: libvips coordinates stop at 10 million, and a 100000×1 strip scaled to cover
- * 224×224 would be 22.4 million pixels wide.
- */
-const MAX_SCALED_SIDE = 65_535;
 
 /**
  * Decode `bytes` to RGB uint8 HWC at `width` × `height`.
@@ -109,17 +102,9 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
   // An SVG's references are checked from its text before any parser reads it (svg-check.ts).
   const svg = format === 'svg' ? await checkSvg(bytes, { probe: probeEmbedded }) : undefined;
 
-  // The plainest PNGs (8-bit RGB or grey, nothing that could change their pixels) scaled up are
-  // decoded without libvips: its pipeline's fixed cost is most of a small PNG's decode
-  // (png-simple.ts). Anything else, damaged files included, goes on to libvips below.
-  if (format === 'png') {
-    const simple = parseSimplePng(bytes);
-    if (simple && simple.width * simple.height <= maxPixels) {
-      const plan = resizePlan(simple.width, simple.height, true, width, height);
-      const src = plan.window && plan.region ? decodeSimplePng(simple, plan.region) : undefined;
-      if (src && plan.window) return coverUpscale(src, plan.sw, plan.sh, width, height, plan.window);
-    }
-  }
+  // The plainest PNGs scaled up are decoded without libvips (decodePlainPng).
+  const plain = format === 'png' ? decodePlainPng(bytes, opts) : undefined;
+  if (plain) return plain;
 
   // The header only: cheap, and it gives the size the limits are checked against.
   let meta: sharp.Metadata;
@@ -193,43 +178,6 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
     );
   }
   return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-}
-
-/**
- * How an ow × oh source (after EXIF orientation) becomes width × height. An extreme strip is
- * first cut to the part cover-scaling keeps (`strip`, extremeCrop); that part, sw × sh, or the
- * whole image, is the source of the resize. Scaling up an 8-bit source (smaller than the input on
- * the side that decides), libvips decodes only the pixels the crop keeps (`region`: `window` in
- * the whole image) and upscale.ts does libvips's own bicubic arithmetic on them, byte for byte
- * (test/decode-identity.test.ts), at several times the speed of libvips's generic affine. Deeper
- * sources (16-bit, float), geometries where rounding is too close to call (upscaleIsExact) and
- * all downscales are scaled by libvips: no `window`.
- */
-function resizePlan(ow: number, oh: number, eightBit: boolean, width: number, height: number) {
-  const strip = extremeCrop(ow, oh, width, height);
-  const sw = strip?.width ?? ow;
-  const sh = strip?.height ?? oh;
-  const window =
-    eightBit && coverScale(sw, sh, width, height) > 1 && upscaleIsExact(sw, sh, width, height)
-      ? upscaleWindow(sw, sh, width, height)
-      : undefined;
-  const region = window
-    ? { ...window, left: window.left + (strip?.left ?? 0), top: window.top + (strip?.top ?? 0) }
-    : strip;
-  return { strip, sw, sh, window, region };
-}
-
-/**
- * The source region that cover-resizing would keep, when the scaled image in between would be
- * too large to address (a 100000×1 strip); undefined for every ordinary shape, which libvips
- * crops itself. ow × oh is the size after EXIF orientation, which the pipeline applies before extracting.
- */
-function extremeCrop(ow: number, oh: number, width: number, height: number) {
-  const scale = Math.max(width / ow, height / oh);
-  if (Math.max(ow, oh) * scale <= MAX_SCALED_SIDE) return undefined;
-  const cw = Math.min(ow, Math.max(1, Math.round(width / scale)));
-  const ch = Math.min(oh, Math.max(1, Math.round(height / scale)));
-  return { left: Math.floor((ow - cw) / 2), top: Math.floor((oh - ch) / 2), width: cw, height: ch };
 }
 
 /** Size of an image embedded in an SVG, from its header; throws ImageError if that cannot be read. */

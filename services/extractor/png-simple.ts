@@ -14,7 +14,9 @@
  * test/png-simple.test.ts holds it to sharp's bytes, filter by filter.
  */
 import { crc32, inflateSync } from 'node:zlib';
-import type { SourceWindow } from './upscale.js';
+import { DEFAULT_IMAGE_FORMATS } from '../../shared/config.js';
+import type { DecodeOptions } from './image.js';
+import { coverUpscale, resizePlan, type SourceWindow } from './upscale.js';
 
 /**
  * Ancillary chunks that libvips's pixels do not depend on, and that its PNG reader (libspng) checks
@@ -98,15 +100,20 @@ export function parseSimplePng(bytes: Uint8Array): SimplePng | undefined {
 
 /**
  * The `window` of a simple PNG as RGB uint8, interleaved (what libvips decodes, cropped), or
- * undefined where the image data is not beyond doubt. The caller has checked width × height
+ * undefined where the image data is not beyond doubt or its rows exceed `maxRawBytes` (at most
+ * MAX_RAW_BYTES). The caller has checked width × height
  * against its pixel limit.
  */
-export function decodeSimplePng(png: SimplePng, window: SourceWindow): Uint8Array | undefined {
+export function decodeSimplePng(
+  png: SimplePng,
+  window: SourceWindow,
+  maxRawBytes = MAX_RAW_BYTES,
+): Uint8Array | undefined {
   const { width, height, channels } = png;
   const stride = width * channels;
   const size = height * (stride + 1);
   // Inflated whole (libvips streams rows): kept to small files, which is what scales up anyway.
-  if (size > MAX_RAW_BYTES) return undefined;
+  if (size > Math.min(maxRawBytes, MAX_RAW_BYTES)) return undefined;
   let raw: Buffer;
   try {
     const data = png.idat.length === 1 ? png.idat[0]! : Buffer.concat(png.idat);
@@ -180,4 +187,23 @@ export function decodeSimplePng(png: SimplePng, window: SourceWindow): Uint8Arra
     }
   }
   return out;
+}
+
+/**
+ * decodeImage's result for the plainest PNGs scaled up — 8-bit RGB or grey with nothing that
+ * could change their pixels (png-simple.ts) — computed without libvips, whose pipeline's fixed
+ * cost is most of a small PNG's decode, and synchronously; undefined for every other file and
+ * request (decodeImage then decides, with libvips). The same bytes as libvips's
+ * (test/png-simple.test.ts). `maxRawBytes` bounds the rows inflated (png-simple's 4 MiB at most).
+ */
+export function decodePlainPng(bytes: Uint8Array, opts: DecodeOptions, maxRawBytes?: number): Uint8Array | undefined {
+  const { width, height, maxPixels } = opts;
+  if (!(Number.isInteger(width) && width > 0 && Number.isInteger(height) && height > 0)) return undefined;
+  if (!(opts.formats ?? DEFAULT_IMAGE_FORMATS).includes('png')) return undefined;
+  const simple = parseSimplePng(bytes);
+  if (!simple || simple.width * simple.height > maxPixels) return undefined;
+  const plan = resizePlan(simple.width, simple.height, true, width, height);
+  if (!plan.window || !plan.region) return undefined;
+  const src = decodeSimplePng(simple, plan.region, maxRawBytes);
+  return src && coverUpscale(src, plan.sw, plan.sh, width, height, plan.window);
 }

@@ -345,3 +345,47 @@ function vpassModule(): VpassModule | null {
   vpassLoaded = { memory, vpass, reserve };
   return vpassLoaded;
 }
+
+/**
+ * Largest side of the cover-scaled image before cropping. Past it, the crop is taken from the
+ * source first: libvips coordinates stop at 10 million, and a 100000×1 strip scaled to cover
+ * 224×224 would be 22.4 million pixels wide.
+ */
+const MAX_SCALED_SIDE = 65_535;
+
+/**
+ * How an ow × oh source (after EXIF orientation) becomes width × height. An extreme strip is
+ * first cut to the part cover-scaling keeps (`strip`, extremeCrop); that part, sw × sh, or the
+ * whole image, is the source of the resize. Scaling up an 8-bit source (smaller than the input on
+ * the side that decides), libvips decodes only the pixels the crop keeps (`region`: `window` in
+ * the whole image) and upscale.ts does libvips's own bicubic arithmetic on them, byte for byte
+ * (test/decode-identity.test.ts), at several times the speed of libvips's generic affine. Deeper
+ * sources (16-bit, float), geometries where rounding is too close to call (upscaleIsExact) and
+ * all downscales are scaled by libvips: no `window`.
+ */
+export function resizePlan(ow: number, oh: number, eightBit: boolean, width: number, height: number) {
+  const strip = extremeCrop(ow, oh, width, height);
+  const sw = strip?.width ?? ow;
+  const sh = strip?.height ?? oh;
+  const window =
+    eightBit && coverScale(sw, sh, width, height) > 1 && upscaleIsExact(sw, sh, width, height)
+      ? upscaleWindow(sw, sh, width, height)
+      : undefined;
+  const region = window
+    ? { ...window, left: window.left + (strip?.left ?? 0), top: window.top + (strip?.top ?? 0) }
+    : strip;
+  return { strip, sw, sh, window, region };
+}
+
+/**
+ * The source region that cover-resizing would keep, when the scaled image in between would be
+ * too large to address (a 100000×1 strip); undefined for every ordinary shape, which libvips
+ * crops itself. ow × oh is the size after EXIF orientation, which the pipeline applies before extracting.
+ */
+function extremeCrop(ow: number, oh: number, width: number, height: number) {
+  const scale = Math.max(width / ow, height / oh);
+  if (Math.max(ow, oh) * scale <= MAX_SCALED_SIDE) return undefined;
+  const cw = Math.min(ow, Math.max(1, Math.round(width / scale)));
+  const ch = Math.min(oh, Math.max(1, Math.round(height / scale)));
+  return { left: Math.floor((ow - cw) / 2), top: Math.floor((oh - ch) / 2), width: cw, height: ch };
+}
