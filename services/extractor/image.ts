@@ -9,7 +9,8 @@
  * Image bytes are untrusted. Before any decoder sees them: the real format is read from the
  * signature (image-format.ts) and must be allowed; the header's size must be within the pixel
  * limit, and an SVG's embedded images too (svg-check.ts). Decoding itself is bounded in time and
- * memory by running it in a decoder process (decoder-pool.ts). sharp's own `.timeout()` is not
+ * memory by running it in a decoder process (decoder-pool.ts) — except small plain PNGs, which
+ * the pool decodes itself (png-simple.ts: files of at most 64 KiB, rows of at most 256 KiB). sharp's own `.timeout()` is not
  * used: it is checked as output tiles complete, and a 224×224 output is one tile, so it stopped
  * neither a 9 s SVG render nor a 1.6 s 100-megapixel PNG decode when set to 1-2 s (measured).
  *
