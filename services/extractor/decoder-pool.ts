@@ -70,11 +70,10 @@ export function decodeProcesses(cfg: { readonly decodeThreads: number }): number
 
 const ENTRY = fileURLToPath(new URL('./decoder-entry.mjs', import.meta.url));
 /**
- * Plain PNGs decoded in the calling process (DecoderPool.decode): files up to 64 KiB whose rows
- * inflate to at most 256 KiB (a 32×32 CIFAR image: 3 KiB and 3 KiB; 290 × 290 RGB at most).
+ * Plain PNGs decoded in the calling process (DecoderPool.decode): files up to 64 KiB (a 32×32
+ * CIFAR image: 3 KiB), whose rows png-simple.ts bounds to 256 KiB.
  */
 const INLINE_MAX_FILE_BYTES = 64 << 10;
-const INLINE_MAX_ROW_BYTES = 256 << 10;
 /** How long a new decoder process may take to load sharp and say it is ready. */
 const START_TIMEOUT_MS = 60_000;
 /** stderr lines logged per decoder process; a hostile file can make a codec warn per scanline. */
@@ -329,7 +328,7 @@ export class DecoderPool {
     // process and taking its pixels back costs more than decoding it, and its cost is bounded by
     // the sizes below (at most a few milliseconds), so it needs no process to bound it.
     if (bytes.byteLength <= INLINE_MAX_FILE_BYTES) {
-      const pixels = decodePlainPng(bytes, opts, INLINE_MAX_ROW_BYTES);
+      const pixels = decodePlainPng(bytes, opts);
       if (pixels) return pixels;
     }
     const slot = await this.#acquire();

@@ -13,7 +13,7 @@
  * a row with an unknown filter, chunks after IEND, and every other colour type, depth or interlace.
  * test/png-simple.test.ts holds it to sharp's bytes, filter by filter.
  */
-import { crc32, inflateSync } from 'node:zlib';
+import { inflateSync } from 'node:zlib';
 import { DEFAULT_IMAGE_FORMATS } from '../../shared/config.js';
 import type { DecodeOptions } from './image.js';
 import { coverUpscale, resizePlan, type SourceWindow } from './upscale.js';
@@ -40,10 +40,31 @@ const INERT = new Map<string, (body: Buffer) => boolean>([
 ]);
 
 /**
- * Largest decoded size taken here, in bytes (about a megapixel of RGB): larger files, such as a
- * 100 × 100000 strip, go to libvips, which decodes them a few rows at a time.
+ * Largest decoded size taken here, in bytes of rows (about 290 × 290 RGB). Past about that, libvips
+ * decodes as fast (its fixed cost, about 0.6 ms, matters less; `npx tsx bench/decode-cost.ts`
+ * and a sweep of sizes: 200 × 200 RGB 1.3–1.7 ms here against 1.6–3.2 in libvips, 300 × 300
+ * 3.4–4.2 against 3.0–3.4), and it decodes a few rows at a time where this inflates them whole.
  */
-const MAX_RAW_BYTES = 4 << 20;
+export const MAX_RAW_BYTES = 256 << 10;
+
+/**
+ * Most chunks a file taken here may have. Encoders write image data in chunks of 8 KiB or more
+ * (a few dozen at most here); millions of empty ones are legal but would cost this parser memory
+ * and time that libvips, reading them as a stream, does not spend.
+ */
+const MAX_CHUNKS = 4096;
+
+/** CRC-32 of PNG chunks (ISO 3309, the zlib polynomial), by table. `node:zlib` has one only from Node 20.15. */
+const CRC_TABLE = Int32Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c;
+});
+export function crc32(b: Uint8Array): number {
+  let c = -1;
+  for (let i = 0; i < b.length; i++) c = CRC_TABLE[(c ^ b[i]!) & 0xff]! ^ (c >>> 8);
+  return (c ^ -1) >>> 0;
+}
 
 /** libvips's largest image side (VIPS_MAX_COORD). */
 const MAX_SIDE = 10_000_000;
@@ -68,7 +89,8 @@ export function parseSimplePng(bytes: Uint8Array): SimplePng | undefined {
   let header: { width: number; height: number; channels: 1 | 3 } | undefined;
   const idat: Uint8Array[] = [];
   let idatDone = false;
-  while (off + 12 <= v.length) {
+  for (let chunks = 0; off + 12 <= v.length; chunks++) {
+    if (chunks >= MAX_CHUNKS) return undefined;
     const len = v.readUInt32BE(off);
     if (len > v.length - off - 12) return undefined;
     const type = v.toString('latin1', off + 4, off + 8);
@@ -84,6 +106,11 @@ export function parseSimplePng(bytes: Uint8Array): SimplePng | undefined {
       const height = body.readUInt32BE(4);
       if (width === 0 || height === 0 || width > MAX_SIDE || height > MAX_SIDE) return undefined;
       header = { width, height, channels: colour === 2 ? 3 : 1 };
+      // Only files whose rows are small are taken (decodeSimplePng): decide before reading further,
+      // and refuse files far larger than such rows compressed at worst (stored blocks add 5 bytes
+      // in 65,535; the rest is room for chunk headers and the inert chunks).
+      const rows = height * (width * header.channels + 1);
+      if (rows > MAX_RAW_BYTES || v.length > rows + (rows >> 10) + (64 << 10)) return undefined;
       continue;
     }
     if (type === 'IDAT') {
@@ -100,20 +127,15 @@ export function parseSimplePng(bytes: Uint8Array): SimplePng | undefined {
 
 /**
  * The `window` of a simple PNG as RGB uint8, interleaved (what libvips decodes, cropped), or
- * undefined where the image data is not beyond doubt or its rows exceed `maxRawBytes` (at most
- * MAX_RAW_BYTES). The caller has checked width × height
+ * undefined where the image data is not beyond doubt. The caller has checked width × height
  * against its pixel limit.
  */
-export function decodeSimplePng(
-  png: SimplePng,
-  window: SourceWindow,
-  maxRawBytes = MAX_RAW_BYTES,
-): Uint8Array | undefined {
+export function decodeSimplePng(png: SimplePng, window: SourceWindow): Uint8Array | undefined {
   const { width, height, channels } = png;
   const stride = width * channels;
   const size = height * (stride + 1);
-  // Inflated whole (libvips streams rows): kept to small files, which is what scales up anyway.
-  if (size > Math.min(maxRawBytes, MAX_RAW_BYTES)) return undefined;
+  // Inflated whole (libvips streams rows): small files only (parseSimplePng checked it too).
+  if (size > MAX_RAW_BYTES) return undefined;
   let raw: Buffer;
   try {
     const data = png.idat.length === 1 ? png.idat[0]! : Buffer.concat(png.idat);
@@ -194,9 +216,9 @@ export function decodeSimplePng(
  * could change their pixels (png-simple.ts) — computed without libvips, whose pipeline's fixed
  * cost is most of a small PNG's decode, and synchronously; undefined for every other file and
  * request (decodeImage then decides, with libvips). The same bytes as libvips's
- * (test/png-simple.test.ts). `maxRawBytes` bounds the rows inflated (png-simple's 4 MiB at most).
+ * (test/png-simple.test.ts). Its cost is bounded by MAX_RAW_BYTES and the output size.
  */
-export function decodePlainPng(bytes: Uint8Array, opts: DecodeOptions, maxRawBytes?: number): Uint8Array | undefined {
+export function decodePlainPng(bytes: Uint8Array, opts: DecodeOptions): Uint8Array | undefined {
   const { width, height, maxPixels } = opts;
   if (!(Number.isInteger(width) && width > 0 && Number.isInteger(height) && height > 0)) return undefined;
   if (!(opts.formats ?? DEFAULT_IMAGE_FORMATS).includes('png')) return undefined;
@@ -204,6 +226,6 @@ export function decodePlainPng(bytes: Uint8Array, opts: DecodeOptions, maxRawByt
   if (!simple || simple.width * simple.height > maxPixels) return undefined;
   const plan = resizePlan(simple.width, simple.height, true, width, height);
   if (!plan.window || !plan.region) return undefined;
-  const src = decodeSimplePng(simple, plan.region, maxRawBytes);
+  const src = decodeSimplePng(simple, plan.region);
   return src && coverUpscale(src, plan.sw, plan.sh, width, height, plan.window);
 }
