@@ -7,11 +7,14 @@
 import type { EngineInfo, EngineHostApi, EngineThreadApi } from '../services/extractor/engines/thread.js';
 import { serveThread, transfer } from '../shared/thread-call.js';
 
-/** The default backbone's shape (mobilenet_v2_mid: 224×224 in, 816 features out). */
+/**
+ * The default features' shape: mobilenet_v2_mid takes 224×224 and gives 816 features, and the
+ * default multi-scale features put two of those side by side (1,632 per image to write).
+ */
 const INFO: EngineInfo = {
   id: 'zero-engine (bench)',
   backend: 'zero (bench: no inference)',
-  dim: 816,
+  dim: 1632,
   preferredBatch: 8,
   input: { width: 224, height: 224 },
 };
