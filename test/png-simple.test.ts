@@ -190,6 +190,7 @@ test('every filter type, RGB and grey, split IDAT and inert chunks: the fast pat
         [224, 224],
         [299, 299],
         [160, 96],
+        [w, h], // already the input size (raw-pixel features): the samples, as libvips gives them
       ] as const) {
         await agree(t, png, W, H, `${w}×${h}×${channels} → ${W}×${H}`);
         n++;

@@ -212,10 +212,10 @@ export function decodeSimplePng(png: SimplePng, window: SourceWindow): Uint8Arra
 }
 
 /**
- * decodeImage's result for the plainest PNGs scaled up — 8-bit RGB or grey with nothing that
- * could change their pixels (png-simple.ts) — computed without libvips, whose pipeline's fixed
- * cost is most of a small PNG's decode, and synchronously; undefined for every other file and
- * request (decodeImage then decides, with libvips). The same bytes as libvips's
+ * decodeImage's result for the plainest PNGs — 8-bit RGB or grey with nothing that could change
+ * their pixels — scaled up or already at the input size, computed without libvips (whose
+ * pipeline's fixed cost is most of a small PNG's decode) and synchronously; undefined for every
+ * other file and request (decodeImage then decides, with libvips). The same bytes as libvips's
  * (test/png-simple.test.ts). Its cost is bounded by MAX_RAW_BYTES and the output size.
  */
 export function decodePlainPng(bytes: Uint8Array, opts: DecodeOptions): Uint8Array | undefined {
@@ -224,6 +224,9 @@ export function decodePlainPng(bytes: Uint8Array, opts: DecodeOptions): Uint8Arr
   if (!(opts.formats ?? DEFAULT_IMAGE_FORMATS).includes('png')) return undefined;
   const simple = parseSimplePng(bytes);
   if (!simple || simple.width * simple.height > maxPixels) return undefined;
+  // Already the input size (raw-pixel features of 32×32 images): no resize, the samples themselves.
+  if (simple.width === width && simple.height === height)
+    return decodeSimplePng(simple, { left: 0, top: 0, width, height });
   const plan = resizePlan(simple.width, simple.height, true, width, height);
   if (!plan.window || !plan.region) return undefined;
   const src = decodeSimplePng(simple, plan.region);
