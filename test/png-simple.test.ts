@@ -233,8 +233,26 @@ test('files outside the simple kind are left to libvips, with its bytes or its f
   // Parsed as simple, but the data is not beyond doubt: decodeSimplePng declines, libvips decides.
   const window = { left: 0, top: 0, width: 20, height: 17 };
   const data: Array<[string, Buffer]> = [
-    ['filter type 5', encodePng(base({ mangleRows: (r) => void (r[3 * 61] = 5) }))],
-    ['filter type 9 in the last row', encodePng(base({ mangleRows: (r) => void (r[16 * 61] = 9) }))],
+    [
+      'filter type 5',
+      encodePng(
+        base({
+          mangleRows: (r) => {
+            r[3 * 61] = 5;
+          },
+        }),
+      ),
+    ],
+    [
+      'filter type 9 in the last row',
+      encodePng(
+        base({
+          mangleRows: (r) => {
+            r[16 * 61] = 9;
+          },
+        }),
+      ),
+    ],
     ['zlib stream cut short', encodePng(base({ mangleZlib: (z) => z.subarray(0, z.length - 9) }))],
     ['data after the zlib stream', encodePng(base({ mangleZlib: (z) => Buffer.concat([z, Buffer.from([1, 2, 3])]) }))],
     [
