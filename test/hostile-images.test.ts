@@ -789,7 +789,8 @@ test('a drawing that renders too long is stopped at DEEPFEAT_DECODE_TIMEOUT; its
   // too — at 2 s it did not once, on a 2-core CI host loaded by the rest of the suite.
   const pool = new DecoderPool({ processes: 2, timeoutSeconds: 5, memoryLimitMiB: 1024 });
   t.teardown(() => pool.close());
-  const ok = await png4();
+  // A text chunk sends the PNG to a decoder process (the pool decodes small plain PNGs itself).
+  const ok = withPngChunks(await png4(), [pngChunk('tEXt', Buffer.from('Comment\0to a decoder process', 'latin1'))]);
   // Both processes up, so the deadline below is spent decoding, not starting.
   await Promise.all([pool.decode(ok, { ...OUT, maxPixels: LIMIT }), pool.decode(ok, { ...OUT, maxPixels: LIMIT })]);
   const before = pool.pids;
