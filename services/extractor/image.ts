@@ -10,9 +10,10 @@
  * signature (image-format.ts) and must be allowed; the header's size must be within the pixel
  * limit, and an SVG's embedded images too (svg-check.ts). Decoding itself is bounded in time and
  * memory by running it in a decoder process (decoder-pool.ts) — except small plain PNGs, which
- * the pool decodes itself (png-simple.ts: files of at most 64 KiB, rows of at most 256 KiB). sharp's own `.timeout()` is not
- * used: it is checked as output tiles complete, and a 224×224 output is one tile, so it stopped
- * neither a 9 s SVG render nor a 1.6 s 100-megapixel PNG decode when set to 1-2 s (measured).
+ * the pool decodes itself (png-simple.ts: files of at most 64 KiB, rows of at most 256 KiB).
+ * sharp's own `.timeout()` is not used: it is checked as output tiles complete, and a 224×224
+ * output is one tile, so it stopped neither a 9 s SVG render nor a 1.6 s 100-megapixel PNG decode
+ * when set to 1-2 s (measured).
  *
  * Reasons are deterministic: they are built from the bytes (signature, header, structure) and
  * from which step failed, never from libvips's error text. libvips keeps one error buffer per
@@ -103,7 +104,7 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
   // An SVG's references are checked from its text before any parser reads it (svg-check.ts).
   const svg = format === 'svg' ? await checkSvg(bytes, { probe: probeEmbedded }) : undefined;
 
-  // The plainest PNGs scaled up are decoded without libvips (decodePlainPng).
+  // The plainest PNGs, scaled up or at the input size, are decoded without libvips (decodePlainPng).
   const plain = format === 'png' ? decodePlainPng(bytes, opts) : undefined;
   if (plain) return plain;
 
