@@ -12,6 +12,10 @@
  * complete zlib stream with its checksum, that inflates to other than exactly the rows' size, or
  * a row with an unknown filter, chunks after IEND, and every other colour type, depth or interlace.
  * test/png-simple.test.ts holds it to sharp's bytes, filter by filter.
+ *
+ * decodePlainPng (scaled up, or already at the input size) is called by decodeImage, in a decoder
+ * process, and by DecoderPool.decode for files of at most 64 KiB, in the calling process: the
+ * bounds here (rows, file size, chunk count) keep its cost to a few milliseconds.
  */
 import { inflateSync } from 'node:zlib';
 import { DEFAULT_IMAGE_FORMATS } from '../../shared/config.js';
