@@ -12,40 +12,12 @@ import sharp from 'sharp';
 import { decodeImage } from '../services/extractor/image.js';
 import { ImageError } from '../shared/errors.js';
 import { twoFrameGif } from './helpers/images.js';
+import { reference } from './helpers/reference-decode.js';
 
 sharp.cache(false);
 sharp.concurrency(1);
 
 const MAX_PIXELS = 50_000_000;
-
-/** decodeImage's cover crop of an extreme aspect ratio, as it was (image.ts extremeCrop). */
-function referenceCrop(orientation: number | undefined, w: number, h: number, width: number, height: number) {
-  const [ow, oh] = (orientation ?? 1) >= 5 ? [h, w] : [w, h];
-  const scale = Math.max(width / ow, height / oh);
-  if (Math.max(ow, oh) * scale <= 65_535) return undefined;
-  const cw = Math.min(ow, Math.max(1, Math.round(width / scale)));
-  const ch = Math.min(oh, Math.max(1, Math.round(height / scale)));
-  return { left: Math.floor((ow - cw) / 2), top: Math.floor((oh - ch) / 2), width: cw, height: ch };
-}
-
-/** The decoding before issue 14's changes: what decodeImage must still give, byte for byte. */
-async function reference(bytes: Uint8Array, width: number, height: number): Promise<Buffer> {
-  const meta = await sharp(bytes, { limitInputPixels: false, pages: 1, page: 0 }).metadata();
-  const w = meta.width ?? 0;
-  const h = meta.pageHeight ?? meta.height ?? 0;
-  let pipeline = sharp(bytes, { limitInputPixels: MAX_PIXELS, pages: 1, page: 0 }).rotate();
-  const crop = referenceCrop(meta.orientation, w, h, width, height);
-  if (crop) pipeline = pipeline.extract(crop);
-  const { data, info } = await pipeline
-    .flatten({ background: { r: 255, g: 255, b: 255 } })
-    .toColourspace('srgb')
-    .resize(width, height, { fit: 'cover', position: 'centre' })
-    .removeAlpha()
-    .raw({ depth: 'uchar' })
-    .toBuffer({ resolveWithObject: true });
-  if (info.channels !== 3 || info.width !== width || info.height !== height) throw new Error('reference: not RGB');
-  return data;
-}
 
 /** A deterministic picture with structure in every direction and some grain (so JPEG is not trivial). */
 function picture(width: number, height: number, channels: 3 | 4): Buffer {
