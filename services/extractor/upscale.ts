@@ -55,6 +55,8 @@ interface Taps {
   index: Int32Array;
   /** Its weight in 1/4096. */
   weight: Int32Array;
+  /** The same per output, as the SIMD pass reads them: its 4 indices, then their 4 weights. */
+  packed: Int32Array;
 }
 
 /** Source coordinate of output sample i along an axis (see the file comment). */
@@ -69,6 +71,7 @@ function sourceAt(i: number, scale: number, offset: number): number {
 function taps(src: number, out: number, scale: number, offset: number, from: number): Taps {
   const index = new Int32Array(out * 4);
   const weight = new Int32Array(out * 4);
+  const packed = new Int32Array(out * 8);
   for (let i = 0; i < out; i++) {
     // Positions are taken one pixel to the right (so never negative: x ≥ -1 here), as libvips's
     // interpolator sees them; the fraction is rounded half up to 1/64 from 1/128 steps.
@@ -79,9 +82,11 @@ function taps(src: number, out: number, scale: number, offset: number, from: num
     for (let k = 0; k < 4; k++) {
       index[i * 4 + k] = Math.min(src - 1, Math.max(0, whole - 2 + k)) - from;
       weight[i * 4 + k] = w[k]!;
+      packed[i * 8 + k] = index[i * 4 + k]!;
+      packed[i * 8 + 4 + k] = w[k]!;
     }
   }
-  return { index, weight };
+  return { index, weight, packed };
 }
 
 /**
@@ -209,26 +214,16 @@ export function coverUpscale(
   // reads whole steps of 16), and the output with 16 spare bytes (it writes them).
   const tmpLength = rows * rowLen + 16;
   const outLength = height * rowLen;
-  const loaded = pass === 'wasm' ? vpassModule() : null;
-  if (pass === 'wasm' && !loaded) throw new Error('coverUpscale: WebAssembly SIMD is not available here');
-  // The module's memory only grows: an unusually large input size (a model's, up to the
-  // operator) runs in JavaScript rather than keep that much memory for the process's life.
-  const vm = loaded && height * 32 + tmpLength * 2 + outLength + 64 <= WASM_MAX_BYTES ? loaded : null;
-  if (!vm) {
+  const vm = pass === 'wasm' ? vpassModule() : null;
+  if (pass === 'wasm' && !vm) throw new Error('coverUpscale: WebAssembly SIMD is not available here');
+  const layout = vm?.reserve(height * 32, tmpLength * 2, outLength + 16);
+  if (!vm || !layout) {
     const tmp = new Int16Array(tmpLength);
     horizontalPass(src, ww * 3, tx, rows, rowLen, ty.index, tmp);
     return verticalPass(tmp, rowLen, ty, height);
   }
-  const layout = vm.reserve(height * 32, tmpLength * 2, outLength + 16);
   horizontalPass(src, ww * 3, tx, rows, rowLen, ty.index, new Int16Array(vm.memory.buffer, layout.tmp, tmpLength));
-  // Taps for the SIMD pass: per output row its 4 tmp rows, then their 4 weights (int32).
-  const t = new Int32Array(vm.memory.buffer, layout.taps, height * 8);
-  for (let y = 0; y < height; y++) {
-    for (let k = 0; k < 4; k++) {
-      t[y * 8 + k] = ty.index[y * 4 + k]!;
-      t[y * 8 + 4 + k] = ty.weight[y * 4 + k]!;
-    }
-  }
+  new Int32Array(vm.memory.buffer, layout.taps, height * 8).set(ty.packed);
   vm.vpass(layout.tmp, rowLen, layout.taps, height, layout.out);
   // A copy: the module's memory is reused by the next call.
   return new Uint8Array(vm.memory.buffer, layout.out, outLength).slice();
@@ -317,8 +312,12 @@ const wasm = (globalThis as { WebAssembly?: WasmApi }).WebAssembly;
 interface VpassModule {
   memory: WasmMemory;
   vpass: (tmp: number, rowLen: number, taps: number, height: number, out: number) => void;
-  /** Offsets (16-byte aligned) of the taps, tmp and output regions, the memory grown to hold them. */
-  reserve: (taps: number, tmp: number, out: number) => { taps: number; tmp: number; out: number };
+  /**
+   * Offsets (16-byte aligned) of the taps, tmp and output regions, the memory grown to hold them;
+   * undefined past WASM_MAX_BYTES (the memory only grows: an unusually large input size, a model's,
+   * runs in JavaScript rather than keep that much memory for the process's life).
+   */
+  reserve: (taps: number, tmp: number, out: number) => { taps: number; tmp: number; out: number } | undefined;
 }
 
 let vpassLoaded: VpassModule | null | undefined;
@@ -338,6 +337,7 @@ function vpassModule(): VpassModule | null {
   const reserve = (taps: number, tmp: number, out: number) => {
     const layout = { taps: 0, tmp: align(taps), out: align(align(taps) + tmp) };
     const need = layout.out + out;
+    if (need > WASM_MAX_BYTES) return undefined;
     const have = memory.buffer.byteLength;
     if (need > have) memory.grow(Math.ceil((need - have) / 65536));
     return layout;
