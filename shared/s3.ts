@@ -17,6 +17,7 @@ import {
   S3ServiceException,
 } from '@aws-sdk/client-s3';
 import { Readable } from 'node:stream';
+import { enableFastGet, fastGetObject } from './s3-fast-get.js';
 import type { S3Config } from './config.js';
 import { BadRequestError, NotFoundError, StorageError } from './errors.js';
 import { capText, quote } from './text.js';
@@ -25,7 +26,7 @@ export function createS3Client(cfg: S3Config): S3Client {
   // The SDK warns on every process start that releases after January 2027 need Node 22; we pin
   // a release that supports Node 20, so the warning is noise in every worker's log.
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
-  return new S3Client({
+  const client = new S3Client({
     region: cfg.region,
     ...(cfg.endpoint !== undefined ? { endpoint: cfg.endpoint } : {}),
     ...(cfg.accessKeyId !== undefined && cfg.secretAccessKey !== undefined
@@ -48,6 +49,8 @@ export function createS3Client(cfg: S3Config): S3Client {
     // adds middleware to a single command, which this caching would ignore.
     cacheMiddleware: true,
   });
+  enableFastGet(client, cfg.timeoutSeconds * 1000);
+  return client;
 }
 
 export interface S3Location {
@@ -286,6 +289,10 @@ export async function getObjectVersion(
   maxBytes?: number,
 ): Promise<{ bytes: Uint8Array; etag: string | undefined }> {
   const what = s3Url(bucket, key);
+  // The plain case without the SDK's per-request cost (s3-fast-get.ts); anything else is the SDK's.
+  const fast = await fastGetObject(client, bucket, key, maxBytes);
+  if (fast?.kind === 'too-large') throw new ObjectTooLargeError(what, fast.length, maxBytes!);
+  if (fast) return { bytes: fast.bytes, etag: normalizeEtag(fast.etag) };
   try {
     const res = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
     if (maxBytes !== undefined && res.ContentLength !== undefined && res.ContentLength > maxBytes) {

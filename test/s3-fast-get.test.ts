@@ -1,0 +1,167 @@
+/**
+ * The extractor's GET without the SDK's per-request cost (shared/s3-fast-get.ts), against the
+ * tests' S3 server: the same bytes and ETag as the SDK for keys of every awkward kind, served
+ * by the fast path (a key escaped differently from the SDK would fail its signature and show up
+ * as a fallback), and every failure left to the SDK so errors read exactly as before.
+ */
+import test from 'ava';
+import { CreateBucketCommand, GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { NotFoundError, StorageError } from '../shared/errors.js';
+import { ObjectTooLargeError, RequestRefusedError, createS3Client, getObjectVersion } from '../shared/s3.js';
+import { escapeKey, fastGetStats } from '../shared/s3-fast-get.js';
+import { getS3, makeS3Client, uniqueName, type TestS3 } from './helpers/services.js';
+
+let s3: TestS3;
+test.before(async () => {
+  s3 = await getS3();
+});
+test.after.always(async () => {
+  await s3?.stop();
+});
+
+function client(endpoint: string, accessKeyId = 'minioadmin'): S3Client {
+  return createS3Client({
+    endpoint,
+    region: 'us-east-1',
+    accessKeyId,
+    secretAccessKey: 'minioadmin',
+    forcePathStyle: true,
+    maxAttempts: 2,
+    timeoutSeconds: 10,
+  });
+}
+
+/**
+ * Every printable ASCII character but '/', in key segments, plus non-ASCII and long keys (the
+ * embedded server's limit is 233 bytes a segment; MinIO and S3 take up to 1024 a key).
+ */
+const KEYS = [
+  'first.png',
+  'dir/sub/with space.png',
+  `ascii/${Array.from({ length: 95 }, (_, i) => String.fromCharCode(32 + i))
+    .filter((c) => c !== '/')
+    .join('')}.png`,
+  "quotes/we!rd'(k)*.jpg",
+  'query/plus+eq=amp&q?hash#.png',
+  'pct/%41%2F%.png',
+  'uni/ünï cødé/ñ-日本-🙂.png',
+  `long/${'x'.repeat(220)}.png`,
+  'trailing-dot.',
+];
+
+test('GETs give the bytes and ETag the SDK gives, served without the SDK after the first', async (t) => {
+  const c = client(s3.endpoint);
+  const sdk = makeS3Client(s3.endpoint);
+  t.teardown(() => {
+    c.destroy();
+    sdk.destroy();
+  });
+  const bucket = uniqueName('fast-get');
+  await sdk.send(new CreateBucketCommand({ Bucket: bucket }));
+  for (const [i, key] of KEYS.entries()) {
+    await sdk.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: `body ${i}: ${key}` }));
+  }
+  for (const [i, key] of KEYS.entries()) {
+    const got = await getObjectVersion(c, bucket, key);
+    t.is(Buffer.from(got.bytes).toString(), `body ${i}: ${key}`, key);
+    const viaSdk = await sdk.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+    await viaSdk.Body?.transformToByteArray();
+    t.is(got.etag, viaSdk.ETag?.replace(/"/g, ''), key);
+  }
+  // The first GET of the bucket is the SDK's (it shows the request); every other is fast, and
+  // none fell back: a key escaped unlike the SDK would fail the server's signature check.
+  t.deepEqual(fastGetStats(c), { fast: KEYS.length - 1, fallback: 0 });
+});
+
+// The tests' server (s3rver) does not check signatures, so a key escaped unlike the SDK would
+// still be served here; MinIO and S3 would refuse it (and the GET would fall back). So the paths
+// are compared with the ones the SDK itself sends, for every awkward key.
+test('keys are escaped in the path exactly as the SDK escapes them', async (t) => {
+  const sdk = makeS3Client(s3.endpoint);
+  t.teardown(() => sdk.destroy());
+  const bucket = uniqueName('fast-get-paths');
+  await sdk.send(new CreateBucketCommand({ Bucket: bucket }));
+  const sent: string[] = [];
+  sdk.middlewareStack.add(
+    (next) => async (args) => {
+      sent.push((args as { request: { path: string } }).request.path);
+      return next(args);
+    },
+    { step: 'finalizeRequest', name: 'capturePath' },
+  );
+  for (const key of [...KEYS, 'a//b/', '../up', './here', 'x/..', ' lead-space', 'é/'.repeat(5)]) {
+    sent.length = 0;
+    await sdk.send(new GetObjectCommand({ Bucket: bucket, Key: key })).catch(() => undefined);
+    t.is(sent[0], `/${bucket}/${escapeKey(key)}`, key);
+  }
+});
+
+test('escapeKey leaves only unreserved characters and slashes as they are', (t) => {
+  t.is(escapeKey("a b/c!'()*~._-/é+?#%"), 'a%20b/c%21%27%28%29%2A~._-/%C3%A9%2B%3F%23%25');
+  t.is(escapeKey('a//b/'), 'a//b/');
+});
+
+test('failures are the SDK path’s: missing key, refused key, too large, with the same messages', async (t) => {
+  const c = client(s3.endpoint);
+  const plain = makeS3Client(s3.endpoint); // no fast path: what the errors were before it
+  t.teardown(() => {
+    c.destroy();
+    plain.destroy();
+  });
+  const bucket = uniqueName('fast-get-errors');
+  await plain.send(new CreateBucketCommand({ Bucket: bucket }));
+  await plain.send(new PutObjectCommand({ Bucket: bucket, Key: 'a.png', Body: '0123456789' }));
+  await getObjectVersion(c, bucket, 'a.png'); // records the bucket
+  const before = fastGetStats(c);
+
+  const missing = await t.throwsAsync(getObjectVersion(c, bucket, 'missing.png'), { instanceOf: NotFoundError });
+  const missingPlain = await t.throwsAsync(getObjectVersion(plain, bucket, 'missing.png'));
+  t.is(missing?.message, missingPlain?.message);
+  // s3rver refuses keys with an empty segment (MinIO and S3 do not): a refused request either way.
+  const refused = await t.throwsAsync(getObjectVersion(c, bucket, 'x//y.png'));
+  const refusedPlain = await t.throwsAsync(getObjectVersion(plain, bucket, 'x//y.png'));
+  t.is(refused?.constructor, refusedPlain?.constructor);
+  t.is(refused?.message, refusedPlain?.message);
+  if (refusedPlain instanceof RequestRefusedError) t.true(refused instanceof RequestRefusedError);
+
+  const big = await t.throwsAsync(getObjectVersion(c, bucket, 'a.png', 4), { instanceOf: ObjectTooLargeError });
+  t.is(big?.message, 'object too large: 10 bytes exceeds the limit of 4 (DEEPFEAT_MAX_IMAGE_BYTES)');
+  const after = fastGetStats(c);
+  t.is(after.fast, before.fast + 1, 'the too-large answer came from the fast path, without its body');
+  t.is(after.fallback, before.fallback + 2, 'missing and refused keys went to the SDK');
+});
+
+test('an unknown access key: nothing is recorded, and the error is the SDK path’s', async (t) => {
+  const c = client(s3.endpoint, 'not-a-known-key-id');
+  const setup = makeS3Client(s3.endpoint);
+  t.teardown(() => {
+    c.destroy();
+    setup.destroy();
+  });
+  const bucket = uniqueName('fast-get-creds');
+  await setup.send(new CreateBucketCommand({ Bucket: bucket }));
+  await setup.send(new PutObjectCommand({ Bucket: bucket, Key: 'a.png', Body: 'x' }));
+  for (let i = 0; i < 2; i++) {
+    const err = await t.throwsAsync(getObjectVersion(c, bucket, 'a.png'), { instanceOf: StorageError });
+    t.regex(err?.message ?? '', /access to .* refused|signature/i);
+  }
+  t.deepEqual(fastGetStats(c), { fast: 0, fallback: 0 });
+});
+
+test.serial(
+  'a server restart breaks kept-alive sockets: that GET falls back, the next ones are fast again',
+  async (t) => {
+    if (!s3.restart) return t.pass('this S3 server cannot be restarted here (TEST_S3_ENDPOINT or a container)');
+    const c = client(s3.endpoint);
+    t.teardown(() => c.destroy());
+    const bucket = uniqueName('fast-get-restart');
+    await c.send(new CreateBucketCommand({ Bucket: bucket }));
+    await c.send(new PutObjectCommand({ Bucket: bucket, Key: 'a.png', Body: 'abc' }));
+    for (let i = 0; i < 3; i++) await getObjectVersion(c, bucket, 'a.png');
+    await s3.restart();
+    for (let i = 0; i < 3; i++) t.is(Buffer.from((await getObjectVersion(c, bucket, 'a.png')).bytes).toString(), 'abc');
+    const stats = fastGetStats(c);
+    t.true(stats.fast >= 3, JSON.stringify(stats));
+    t.true(stats.fallback <= 1, JSON.stringify(stats));
+  },
+);
