@@ -11,7 +11,7 @@
 import { availableParallelism } from 'node:os';
 import type * as Ort from 'onnxruntime-node';
 import { loadEngine } from '../services/extractor/engines/load-engine.js';
-import { loadOrt } from '../services/extractor/engines/ort.js';
+import { loadOrt } from '../services/extractor/engines/onnx.js';
 import {
   CLASSIFIER_FEATURES,
   CLASSIFIER_INPUT,

@@ -9,7 +9,7 @@
 import test from 'ava';
 import * as tf from '@tensorflow/tfjs';
 import type * as Ort from 'onnxruntime-node';
-import { loadOrt } from '../services/extractor/engines/ort.js';
+import { loadOrt } from '../services/extractor/engines/onnx.js';
 import {
   convertGraphToOnnx,
   ONNX_INPUT,

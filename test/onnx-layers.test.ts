@@ -13,7 +13,7 @@ import type * as Ort from 'onnxruntime-node';
 import { loadDemoImages } from '../cli/demo-data.js';
 import type { EngineDeps } from '../services/extractor/engines/engine.js';
 import { loadEngine } from '../services/extractor/engines/load-engine.js';
-import { loadOrt } from '../services/extractor/engines/ort.js';
+import { loadOrt } from '../services/extractor/engines/onnx.js';
 import {
   convertGraphToOnnx,
   ONNX_INPUT,

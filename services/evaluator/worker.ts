@@ -18,6 +18,7 @@ import {
   type LatestPointer,
 } from '../../shared/model-format.js';
 import type { PublishedModel } from '../../shared/run-state.js';
+import { exportClassifier } from '../extractor/engines/classifier-export.js';
 import { createModelSource } from '../extractor/model-source.js';
 import type { RunMetrics } from '../../shared/run-state.js';
 import { classificationReport } from './metrics.js';
@@ -85,10 +86,6 @@ export function startEvaluatorWorker(ctx: ServiceContext, concurrency = 1) {
         }),
       };
       // The whole classifier as ONNX, written before model.json names it (and latest.json, last).
-      // Imported here, not at the top: it loads TensorFlow.js (about 40 MB of heap), and every
-      // worker process imports this module (cli/workers.ts), extractors included, whose every
-      // major garbage collection would mark that heap again (issue 14, bench/feed.ts).
-      const { exportClassifier } = await import('../extractor/engines/classifier-export.js');
       const exported = await exportClassifier({
         spec: data.features,
         head: candidate,

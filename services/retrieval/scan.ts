@@ -10,7 +10,7 @@
  * TopK orders equal scores by lower row (ONNX TopK-11's rule), the order exactTopK uses.
  */
 import type * as Ort from 'onnxruntime-node';
-import { loadOrt } from '../extractor/engines/ort.js';
+import { loadOrt } from '../extractor/engines/onnx.js';
 import { DataType, encodeModel } from '../extractor/engines/onnx/proto.js';
 import { InternalError, errorMessage } from '../../shared/errors.js';
 import type { Hit } from './top-k.js';

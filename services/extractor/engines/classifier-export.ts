@@ -30,7 +30,7 @@ import {
 import type { EngineDeps } from './engine.js';
 import { isLayersModel, planGraphCut } from './graph-cut.js';
 import { resolveBackbone } from './load-engine.js';
-import { loadOrt } from './ort.js';
+import { loadOrt } from './onnx.js';
 import { type OnnxBackbone, pooledRank } from './onnx-user.js';
 import { buildUserClassifierOnnx } from './onnx/user-classifier.js';
 import {

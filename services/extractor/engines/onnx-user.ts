@@ -21,8 +21,7 @@ import {
 } from '../../../shared/features.js';
 import { capText, quote } from '../../../shared/text.js';
 import type { EngineDeps, FeatureEngine } from './engine.js';
-import { createSession } from './onnx.js';
-import { loadOrt } from './ort.js';
+import { createSession, loadOrt } from './onnx.js';
 import { DataType, encodeModel, type NodeInit, type TensorInit, type ValueInfo } from './onnx/proto.js';
 import { type Dim, OnnxFormatError, type OnnxModelInfo, fields, readOnnxModel, readValueInfo } from './onnx/read.js';
 

@@ -25,7 +25,6 @@ import {
   UnsupportedGraphError,
   convertGraphToOnnx,
 } from './onnx/convert.js';
-import { loadOrt } from './ort.js';
 
 type Log = (msg: string, extra?: object) => void;
 
@@ -43,6 +42,16 @@ export interface OnnxEngineOptions {
   /** Folder for converted models; undefined disables the cache. */
   cacheDir?: string;
   log?: Log;
+}
+
+let ortModule: Promise<typeof Ort> | undefined;
+/** onnxruntime-node, loaded on first use (its native library is ~20 MB; raw-pixel runs never need it). */
+export function loadOrt(): Promise<typeof Ort> {
+  ortModule ??= import('onnxruntime-node').then(
+    (m) => ((m as unknown as { default?: typeof Ort }).default ?? m) as typeof Ort,
+  );
+  ortModule.catch(() => (ortModule = undefined));
+  return ortModule;
 }
 
 /** The converted ONNX bytes for this model and node: from the cache, or converted now and cached. */
