@@ -27,6 +27,8 @@ export const SLOW = [
   'test/retrieval-scan.test.ts',
   'test/run-failure.test.ts',
   'test/run-state.test.ts',
+  'test/s3-fast-get.test.ts',
+  'test/s3-listing.test.ts',
   'test/terminal-output.test.ts',
 ];
 

@@ -121,6 +121,13 @@ export function enableFastGet(client: S3Client, timeoutMs: number): void {
     stats: { fast: 0, fallback: 0 },
   };
   recorders.set(client, rec);
+  // The kept-alive sockets are this module's: closed with the client.
+  const destroy = client.destroy.bind(client);
+  client.destroy = () => {
+    rec.agents.http.destroy();
+    rec.agents.https.destroy();
+    destroy();
+  };
   const credentials = (client.config as { credentials?: unknown }).credentials;
   if (typeof credentials !== 'function') return; // no provider to sign with: the SDK does every GET
   client.middlewareStack.add(
@@ -203,8 +210,9 @@ export async function fastGetObject(
   const t = rec?.templates.get(bucket);
   if (!rec || !t) return undefined;
   let signed: { headers: Record<string, string> };
-  const path = t.prefix + escapeKey(key);
+  let path: string;
   try {
+    path = t.prefix + escapeKey(key); // throws for a key that is not valid Unicode: the SDK says why
     const host = t.port === undefined ? t.hostname : `${t.hostname}:${t.port}`;
     signed = (await t.signer.sign({
       method: 'GET',
@@ -219,7 +227,13 @@ export async function fastGetObject(
     rec.stats.fallback++;
     return undefined; // e.g. credentials that cannot be had: the SDK says so in its words
   }
-  const result = await send(rec, t, path, signed.headers, maxBytes).catch(() => undefined);
+  const result = await send(rec, t, path, signed.headers, maxBytes).catch(() => {
+    // A network failure or a timeout: the SDK repeats the GET with its retries. Until an SDK GET
+    // of this bucket succeeds again (which records it anew), its GETs go to the SDK only, so a
+    // server that stopped answering costs at most one extra timeout, not one per image.
+    if (rec.templates.get(bucket) === t) rec.templates.delete(bucket);
+    return undefined;
+  });
   if (result) rec.stats.fast++;
   else rec.stats.fallback++;
   return result;
@@ -249,32 +263,48 @@ function send(
           resolve(r);
           if (!res.complete) res.destroy();
         };
-        if (res.statusCode !== 200) {
-          res.resume(); // drain, so the socket can be reused; the SDK repeats the request
-          return done(undefined);
+        try {
+          onResponse(res, done, resolve, reject);
+        } catch (err) {
+          // e.g. a declared length no buffer can hold (an object of 4 GiB or more and no maxBytes):
+          // the SDK path then fails as it always did, as a StorageError.
+          res.destroy();
+          reject(err);
         }
-        const declared = res.headers['content-length'];
-        const length = declared !== undefined && /^\d+$/.test(declared) ? Number(declared) : undefined;
-        if (length === undefined || res.headers['content-encoding']) return done(undefined);
-        if (maxBytes !== undefined && length > maxBytes) return done({ kind: 'too-large', length });
-        const out = new Uint8Array(length);
-        let at = 0;
-        res.on('data', (chunk: Buffer) => {
-          if (at + chunk.length > length) return done(undefined);
-          out.set(chunk, at);
-          at += chunk.length;
-        });
-        res.on('end', () => {
-          if (at !== length) return done(undefined);
-          const tag = res.headers.etag;
-          resolve({ kind: 'ok', bytes: out, etag: typeof tag === 'string' ? tag : undefined });
-        });
-        res.on('error', reject);
-        res.on('aborted', () => resolve(undefined));
       },
     );
     req.on('timeout', () => req.destroy(new Error('timed out')));
     req.on('error', reject);
     req.end();
   });
+
+  function onResponse(
+    res: http.IncomingMessage,
+    done: (r: FastGetResult | undefined) => void,
+    resolve: (r: FastGetResult | undefined) => void,
+    reject: (err: unknown) => void,
+  ): void {
+    if (res.statusCode !== 200) {
+      res.resume(); // drain, so the socket can be reused; the SDK repeats the request
+      return done(undefined);
+    }
+    const declared = res.headers['content-length'];
+    const length = declared !== undefined && /^\d+$/.test(declared) ? Number(declared) : undefined;
+    if (length === undefined || res.headers['content-encoding']) return done(undefined);
+    if (maxBytes !== undefined && length > maxBytes) return done({ kind: 'too-large', length });
+    const out = new Uint8Array(length);
+    let at = 0;
+    res.on('data', (chunk: Buffer) => {
+      if (at + chunk.length > length) return done(undefined);
+      out.set(chunk, at);
+      at += chunk.length;
+    });
+    res.on('end', () => {
+      if (at !== length) return done(undefined);
+      const tag = res.headers.etag;
+      resolve({ kind: 'ok', bytes: out, etag: typeof tag === 'string' ? tag : undefined });
+    });
+    res.on('error', reject);
+    res.on('aborted', () => resolve(undefined));
+  }
 }

@@ -4,6 +4,8 @@
  * by the fast path (a key escaped differently from the SDK would fail its signature and show up
  * as a fallback), and every failure left to the SDK so errors read exactly as before.
  */
+import { createServer, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import test from 'ava';
 import { CreateBucketCommand, GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { NotFoundError, StorageError } from '../shared/errors.js';
@@ -165,3 +167,94 @@ test.serial(
     t.true(stats.fallback <= 1, JSON.stringify(stats));
   },
 );
+
+/**
+ * An S3-like server of our own, for answers the tests' S3 server never gives: each GET is
+ * answered by `answer(key)`, which may also never answer.
+ */
+async function fakeS3(
+  answer: (key: string, res: ServerResponse) => void,
+): Promise<{ endpoint: string; close(): void }> {
+  const server = createServer((req, res) => {
+    const key = decodeURIComponent((req.url ?? '').split('?')[0]!.split('/').slice(2).join('/'));
+    answer(key, res);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address() as AddressInfo;
+  return {
+    endpoint: `http://127.0.0.1:${port}`,
+    close: () => {
+      server.closeAllConnections();
+      server.close();
+    },
+  };
+}
+
+const ok = (res: ServerResponse, body: string) => {
+  res.writeHead(200, { 'content-length': Buffer.byteLength(body), etag: '"e1"' });
+  res.end(body);
+};
+
+test('a declared length no buffer can hold fails that GET as the SDK path does, without crashing', async (t) => {
+  const fake = await fakeS3((key, res) => {
+    if (key === 'huge') {
+      res.writeHead(200, { 'content-length': '5000000000' });
+      res.write('x');
+      return; // and nothing more
+    }
+    ok(res, 'small');
+  });
+  const c = client(fake.endpoint);
+  t.teardown(() => {
+    c.destroy();
+    fake.close();
+  });
+  t.is(Buffer.from((await getObjectVersion(c, 'bucket', 'first')).bytes).toString(), 'small');
+  t.is(Buffer.from((await getObjectVersion(c, 'bucket', 'second')).bytes).toString(), 'small');
+  t.is(fastGetStats(c).fast, 1);
+  await t.throwsAsync(getObjectVersion(c, 'bucket', 'huge'), { instanceOf: StorageError });
+});
+
+test('a key that is not valid Unicode is refused for that image, as without the fast path', async (t) => {
+  const fake = await fakeS3((_key, res) => ok(res, 'body'));
+  const c = client(fake.endpoint);
+  t.teardown(() => {
+    c.destroy();
+    fake.close();
+  });
+  await getObjectVersion(c, 'bucket', 'first');
+  const err = await t.throwsAsync(getObjectVersion(c, 'bucket', 'lone-\ud800-surrogate.png'));
+  t.true(err instanceof RequestRefusedError, String(err));
+});
+
+test('a server that stops answering costs one fast-path timeout, then GETs go to the SDK until it answers', async (t) => {
+  let silent = false;
+  const fake = await fakeS3((_key, res) => {
+    if (!silent) ok(res, 'body');
+  });
+  const c = createS3Client({
+    endpoint: fake.endpoint,
+    region: 'us-east-1',
+    accessKeyId: 'minioadmin',
+    secretAccessKey: 'minioadmin',
+    forcePathStyle: true,
+    maxAttempts: 1,
+    timeoutSeconds: 1,
+  });
+  t.teardown(() => {
+    c.destroy();
+    fake.close();
+  });
+  await getObjectVersion(c, 'bucket', 'a');
+  await getObjectVersion(c, 'bucket', 'b');
+  t.deepEqual(fastGetStats(c), { fast: 1, fallback: 0 });
+  silent = true;
+  await t.throwsAsync(getObjectVersion(c, 'bucket', 'c'), { instanceOf: StorageError });
+  t.deepEqual(fastGetStats(c), { fast: 1, fallback: 1 }, 'the fast path timed out once');
+  await t.throwsAsync(getObjectVersion(c, 'bucket', 'd'), { instanceOf: StorageError });
+  t.deepEqual(fastGetStats(c), { fast: 1, fallback: 1 }, 'and was not tried again while the server is silent');
+  silent = false;
+  await getObjectVersion(c, 'bucket', 'e'); // the SDK's success records the bucket again
+  await getObjectVersion(c, 'bucket', 'f');
+  t.deepEqual(fastGetStats(c), { fast: 2, fallback: 1 });
+});
