@@ -238,7 +238,7 @@ const RULES: Array<[RegExp, Stage]> = [
   [/zero-engine-extractor\.ts|node:inspector/, 'profiler (this measurement)'],
   [/feature-store\.ts|\/npy\.ts/, 'write (encoding the shard; its 2 PUTs count as fetch)'],
   [
-    /@aws-sdk|@smithy|node:_http|node:http|node:https|node:_tls|shared\/s3\.ts/,
+    /@aws-sdk|@smithy|node:_http|node:http|node:https|node:_tls|shared\/s3(-fast-get)?\.ts/,
     'fetch (S3 client, HTTP: GETs, manifest, shard PUTs)',
   ],
   [

@@ -286,21 +286,34 @@ function send(
   ): void {
     if (res.statusCode !== 200) {
       res.resume(); // drain, so the socket can be reused; the SDK repeats the request
-      return done(undefined);
+      done(undefined);
+      return;
     }
     const declared = res.headers['content-length'];
     const length = declared !== undefined && /^\d+$/.test(declared) ? Number(declared) : undefined;
-    if (length === undefined || res.headers['content-encoding']) return done(undefined);
-    if (maxBytes !== undefined && length > maxBytes) return done({ kind: 'too-large', length });
+    if (length === undefined || res.headers['content-encoding']) {
+      done(undefined);
+      return;
+    }
+    if (maxBytes !== undefined && length > maxBytes) {
+      done({ kind: 'too-large', length });
+      return;
+    }
     const out = new Uint8Array(length);
     let at = 0;
     res.on('data', (chunk: Buffer) => {
-      if (at + chunk.length > length) return done(undefined);
+      if (at + chunk.length > length) {
+        done(undefined);
+        return;
+      }
       out.set(chunk, at);
       at += chunk.length;
     });
     res.on('end', () => {
-      if (at !== length) return done(undefined);
+      if (at !== length) {
+        done(undefined);
+        return;
+      }
       const tag = res.headers.etag;
       resolve({ kind: 'ok', bytes: out, etag: typeof tag === 'string' ? tag : undefined });
     });
