@@ -39,6 +39,12 @@ export interface S3Config {
    * under way, before the request fails as a transient fault (and is retried).
    */
   readonly timeoutSeconds: number;
+  /**
+   * Whole-object GETs after the SDK's first of a bucket go as one signed HTTP request instead of
+   * through the SDK (shared/s3-fast-get.ts); S3_FAST_GET=false sends every GET through the SDK.
+   * Unset (as in clients built outside loadConfig) means on.
+   */
+  readonly fastGet?: boolean;
 }
 
 export interface Config {
@@ -127,6 +133,7 @@ export const ENV_DOC: Readonly<Record<string, string>> = {
   S3_MAX_ATTEMPTS: 'attempts per S3 request for transient faults (default 5)',
   S3_TIMEOUT:
     'seconds an S3 connection may take to open or stay silent mid-request before the request is retried (default 30)',
+  S3_FAST_GET: 'true|false: whole-object GETs without the AWS SDK after its first of a bucket (default true)',
   DEEPFEAT_JOB_ATTEMPTS: 'attempts per pipeline job (default 3)',
   DEEPFEAT_JOB_LOCK_MS:
     "milliseconds a job's lock lasts unrenewed; a worker cut off longer loses the job to another (default 15000)",
@@ -304,6 +311,7 @@ export function loadConfig(env: Env = process.env): Config {
       forcePathStyle: r.bool('S3_FORCE_PATH_STYLE', endpoint !== undefined),
       maxAttempts: r.int('S3_MAX_ATTEMPTS', 5, 1, 20),
       timeoutSeconds: r.int('S3_TIMEOUT', 30, 1, 3600),
+      fastGet: r.bool('S3_FAST_GET', true),
     },
     logLevel: r.oneOf('LOG_LEVEL', LOG_LEVELS, 'info'),
     jobAttempts: r.int('DEEPFEAT_JOB_ATTEMPTS', 3, 1, 50),

@@ -17,6 +17,8 @@
  * Only the plain case is handled: 200 with a body. Anything else — another status, a redirect, a
  * network error, a timeout, credentials that cannot be had — returns undefined and the caller
  * does the same GET through the SDK, whose retries and error mapping then decide (storageError).
+ * So a missing key costs two requests (the second is the SDK's, for its error). Signing uses the
+ * clock correction the SDK applied to the recorded request. S3_FAST_GET=false (shared/config.ts) turns all of this off.
  * A request template is only recorded when the SDK's request was signed with SigV4 for service
  * s3 and its path ends with the key escaped here; otherwise the bucket stays on the SDK.
  */
@@ -35,6 +37,12 @@ interface Template {
   prefix: string;
   query: Record<string, string>;
   signer: SignatureV4;
+  /**
+   * How far ahead of this host's clock the SDK dated the recorded request: after a server said
+   * RequestTimeTooSkewed, the SDK signs with a corrected time, and so must this (0 when within a
+   * minute: the request's own latency and the date's one-second steps).
+   */
+  clockOffsetMs: number;
 }
 
 export type FastGetResult =
@@ -173,6 +181,10 @@ function record(
     if (typeof v !== 'string') return;
     query[k] = v;
   }
+  const date = /^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$/.exec(req.headers?.['x-amz-date'] ?? '');
+  if (!date) return;
+  const [, y, mo, d, h, mi, se] = date.map(Number) as number[];
+  const offset = Date.UTC(y!, mo! - 1, d!, h!, mi!, se!) - Date.now();
   const config = client.config as unknown as { credentials: () => Promise<never> };
   rec.templates.set(bucket, {
     protocol: req.protocol,
@@ -187,6 +199,7 @@ function record(
       sha256: Sha256,
       uriEscapePath: false, // S3: the path is signed as sent
     }),
+    clockOffsetMs: Math.abs(offset) < 60_000 ? 0 : offset,
   });
 }
 
@@ -214,29 +227,44 @@ export async function fastGetObject(
   try {
     path = t.prefix + escapeKey(key); // throws for a key that is not valid Unicode: the SDK says why
     const host = t.port === undefined ? t.hostname : `${t.hostname}:${t.port}`;
-    signed = (await t.signer.sign({
-      method: 'GET',
-      protocol: t.protocol,
-      hostname: t.hostname,
-      port: t.port,
-      path,
-      query: t.query,
-      headers: { host, 'x-amz-content-sha256': EMPTY_SHA256 },
-    } as never)) as unknown as { headers: Record<string, string> };
+    signed = (await t.signer.sign(
+      {
+        method: 'GET',
+        protocol: t.protocol,
+        hostname: t.hostname,
+        port: t.port,
+        path,
+        query: t.query,
+        headers: { host, 'x-amz-content-sha256': EMPTY_SHA256 },
+      } as never,
+      { signingDate: new Date(Date.now() + t.clockOffsetMs) } as never,
+    )) as unknown as {
+      headers: Record<string, string>;
+    };
   } catch {
     rec.stats.fallback++;
     return undefined; // e.g. credentials that cannot be had: the SDK says so in its words
   }
-  const result = await send(rec, t, path, signed.headers, maxBytes).catch(() => {
-    // A network failure or a timeout: the SDK repeats the GET with its retries. Until an SDK GET
-    // of this bucket succeeds again (which records it anew), its GETs go to the SDK only, so a
-    // server that stopped answering costs at most one extra timeout, not one per image.
+  // A network failure, a timeout or an answer about the bucket or the request rather than this key
+  // (403, a redirect, 5xx): the SDK repeats the GET with its retries, and until an SDK GET of this
+  // bucket succeeds again (which records it anew) its GETs go to the SDK only, so a server that
+  // stopped answering, or credentials that stopped working, cost one extra request, not one per
+  // image. A missing (404) or refused (400) key is that key's: the bucket stays on the fast path.
+  const drop = () => {
     if (rec.templates.get(bucket) === t) rec.templates.delete(bucket);
+  };
+  const answer = await send(rec, t, path, signed.headers, maxBytes).catch(() => {
+    drop();
     return undefined;
   });
-  if (result) rec.stats.fast++;
+  if (answer?.kind === 'status') {
+    if (answer.status !== 404 && answer.status !== 400) drop();
+    rec.stats.fallback++;
+    return undefined;
+  }
+  if (answer) rec.stats.fast++;
   else rec.stats.fallback++;
-  return result;
+  return answer;
 }
 
 function send(
@@ -245,13 +273,13 @@ function send(
   path: string,
   headers: Record<string, string>,
   maxBytes: number | undefined,
-): Promise<FastGetResult | undefined> {
+): Promise<FastGetResult | { kind: 'status'; status: number } | undefined> {
   const qs = new URLSearchParams(t.query).toString();
   return new Promise((resolve, reject) => {
     const req = (t.protocol === 'https:' ? https : http).request(
       {
         method: 'GET',
-        hostname: t.hostname,
+        hostname: t.hostname.replace(/^\[(.*)\]$/, '$1'), // an IPv6 literal, without its brackets
         port: t.port,
         path: qs ? `${path}?${qs}` : path,
         headers,
@@ -259,7 +287,7 @@ function send(
         timeout: rec.timeoutMs,
       },
       (res) => {
-        const done = (r: FastGetResult | undefined) => {
+        const done = (r: FastGetResult | { kind: 'status'; status: number } | undefined) => {
           resolve(r);
           if (!res.complete) res.destroy();
         };
@@ -280,18 +308,20 @@ function send(
 
   function onResponse(
     res: http.IncomingMessage,
-    done: (r: FastGetResult | undefined) => void,
+    done: (r: FastGetResult | { kind: 'status'; status: number } | undefined) => void,
     resolve: (r: FastGetResult | undefined) => void,
     reject: (err: unknown) => void,
   ): void {
     if (res.statusCode !== 200) {
       res.resume(); // drain, so the socket can be reused; the SDK repeats the request
-      done(undefined);
+      done({ kind: 'status', status: res.statusCode ?? 0 });
       return;
     }
     const declared = res.headers['content-length'];
     const length = declared !== undefined && /^\d+$/.test(declared) ? Number(declared) : undefined;
-    if (length === undefined || res.headers['content-encoding']) {
+    // A Content-Encoding is the object's stored metadata: S3 sends the bytes as stored and the SDK
+    // does not decode them, and neither does node:http; so the bytes are the same either way.
+    if (length === undefined) {
       done(undefined);
       return;
     }

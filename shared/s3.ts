@@ -49,7 +49,7 @@ export function createS3Client(cfg: S3Config): S3Client {
     // adds middleware to a single command, which this caching would ignore.
     cacheMiddleware: true,
   });
-  enableFastGet(client, cfg.timeoutSeconds * 1000);
+  if (cfg.fastGet !== false) enableFastGet(client, cfg.timeoutSeconds * 1000);
   return client;
 }
 

@@ -18,6 +18,7 @@ test('defaults from an empty env', (t) => {
       forcePathStyle: false,
       maxAttempts: 5,
       timeoutSeconds: 30,
+      fastGet: true,
     },
     logLevel: 'info',
     jobAttempts: 3,
@@ -117,6 +118,7 @@ test('values are read, trimmed and typed', (t) => {
     DEEPFEAT_FIT_TIMEOUT: '60',
     DEEPFEAT_TRAINER_MEMORY: '2048',
     DEEPFEAT_MAX_MANIFEST_BYTES: '4096',
+    S3_FAST_GET: 'false',
     LOG_LEVEL: 'debug',
   });
   t.is(c.redisUrl, 'redis://:pw@redis:6380/1');
@@ -130,6 +132,7 @@ test('values are read, trimmed and typed', (t) => {
     forcePathStyle: true,
     maxAttempts: 2,
     timeoutSeconds: 7,
+    fastGet: false,
   });
   t.is(c.jobAttempts, 7);
   t.is(c.jobLockMs, 4000);

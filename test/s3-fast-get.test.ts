@@ -4,7 +4,7 @@
  * by the fast path (a key escaped differently from the SDK would fail its signature and show up
  * as a fallback), and every failure left to the SDK so errors read exactly as before.
  */
-import { createServer, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import test from 'ava';
 import { CreateBucketCommand, GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
@@ -173,16 +173,20 @@ test.serial(
  * answered by `answer(key)`, which may also never answer.
  */
 async function fakeS3(
-  answer: (key: string, res: ServerResponse) => void,
+  answer: (key: string, res: ServerResponse, req: IncomingMessage) => void,
+  host = '127.0.0.1',
 ): Promise<{ endpoint: string; close(): void }> {
   const server = createServer((req, res) => {
     const key = decodeURIComponent((req.url ?? '').split('?')[0]!.split('/').slice(2).join('/'));
-    answer(key, res);
+    answer(key, res, req);
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, host, resolve);
+  });
   const { port } = server.address() as AddressInfo;
   return {
-    endpoint: `http://127.0.0.1:${port}`,
+    endpoint: `http://${host.includes(':') ? `[${host}]` : host}:${port}`,
     close: () => {
       server.closeAllConnections();
       server.close();
@@ -257,4 +261,104 @@ test('a server that stops answering costs one fast-path timeout, then GETs go to
   await getObjectVersion(c, 'bucket', 'e'); // the SDK's success records the bucket again
   await getObjectVersion(c, 'bucket', 'f');
   t.deepEqual(fastGetStats(c), { fast: 2, fallback: 1 });
+});
+
+test('a host clock the server calls skewed: the SDK corrects it once, and fast GETs sign with its correction', async (t) => {
+  const ahead = 3600_000; // the server's clock is an hour ahead of this host's
+  const fake = await fakeS3((_key, res, req) => {
+    const m = /^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$/.exec(String(req.headers['x-amz-date'] ?? ''));
+    const signedAt = m ? Date.UTC(+m[1]!, +m[2]! - 1, +m[3]!, +m[4]!, +m[5]!, +m[6]!) : 0;
+    const serverNow = Date.now() + ahead;
+    if (Math.abs(serverNow - signedAt) > 15 * 60_000) {
+      res.writeHead(403, { 'content-type': 'application/xml', date: new Date(serverNow).toUTCString() });
+      res.end(
+        '<?xml version="1.0" encoding="UTF-8"?><Error><Code>RequestTimeTooSkewed</Code><Message>skewed</Message>' +
+          `<ServerTime>${new Date(serverNow).toISOString()}</ServerTime></Error>`,
+      );
+      return;
+    }
+    ok(res, 'body');
+  });
+  const c = client(fake.endpoint);
+  t.teardown(() => {
+    c.destroy();
+    fake.close();
+  });
+  for (let i = 0; i < 4; i++)
+    t.is(Buffer.from((await getObjectVersion(c, 'bucket', `k${i}`)).bytes).toString(), 'body');
+  t.deepEqual(fastGetStats(c), { fast: 3, fallback: 0 });
+});
+
+test('an answer about the bucket or the credentials (403) sends the bucket back to the SDK until it succeeds', async (t) => {
+  let refuse = false;
+  const fake = await fakeS3((_key, res) => {
+    if (!refuse) return ok(res, 'body');
+    res.writeHead(403, { 'content-type': 'application/xml' });
+    res.end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>no</Message></Error>');
+  });
+  const c = client(fake.endpoint);
+  t.teardown(() => {
+    c.destroy();
+    fake.close();
+  });
+  await getObjectVersion(c, 'bucket', 'a');
+  await getObjectVersion(c, 'bucket', 'b');
+  refuse = true;
+  await t.throwsAsync(getObjectVersion(c, 'bucket', 'c'), { instanceOf: StorageError });
+  await t.throwsAsync(getObjectVersion(c, 'bucket', 'd'), { instanceOf: StorageError });
+  t.deepEqual(fastGetStats(c), { fast: 1, fallback: 1 }, 'one 403 on the fast path, then the SDK alone');
+  refuse = false;
+  await getObjectVersion(c, 'bucket', 'e');
+  await getObjectVersion(c, 'bucket', 'f');
+  t.deepEqual(fastGetStats(c), { fast: 2, fallback: 1 });
+});
+
+test('an object stored with a Content-Encoding comes back as stored, on the fast path', async (t) => {
+  const stored = Buffer.from([0x1f, 0x8b, 0x08, 0x00]);
+  const fake = await fakeS3((_key, res) => {
+    res.writeHead(200, { 'content-length': stored.length, 'content-encoding': 'gzip', etag: '"e2"' });
+    res.end(stored);
+  });
+  const c = client(fake.endpoint);
+  t.teardown(() => {
+    c.destroy();
+    fake.close();
+  });
+  const viaSdk = await getObjectVersion(c, 'bucket', 'a');
+  const fast = await getObjectVersion(c, 'bucket', 'b');
+  t.deepEqual(Buffer.from(viaSdk.bytes), stored);
+  t.deepEqual(Buffer.from(fast.bytes), stored);
+  t.deepEqual(fastGetStats(c), { fast: 1, fallback: 0 });
+});
+
+test('an IPv6 literal endpoint is served by the fast path', async (t) => {
+  const fake = await fakeS3((_key, res) => ok(res, 'six'), '::1').catch(() => undefined);
+  if (!fake) return t.pass('no IPv6 loopback on this host');
+  const c = client(fake.endpoint);
+  t.teardown(() => {
+    c.destroy();
+    fake.close();
+  });
+  for (let i = 0; i < 3; i++) t.is(Buffer.from((await getObjectVersion(c, 'bucket', `k${i}`)).bytes).toString(), 'six');
+  t.deepEqual(fastGetStats(c), { fast: 2, fallback: 0 });
+});
+
+test('S3_FAST_GET=false: every GET goes through the SDK', async (t) => {
+  const fake = await fakeS3((_key, res) => ok(res, 'body'));
+  const c = createS3Client({
+    endpoint: fake.endpoint,
+    region: 'us-east-1',
+    accessKeyId: 'minioadmin',
+    secretAccessKey: 'minioadmin',
+    forcePathStyle: true,
+    maxAttempts: 2,
+    timeoutSeconds: 10,
+    fastGet: false,
+  });
+  t.teardown(() => {
+    c.destroy();
+    fake.close();
+  });
+  for (let i = 0; i < 3; i++) await getObjectVersion(c, 'bucket', `k${i}`);
+  t.deepEqual(fastGetStats(c), { fast: 0, fallback: 0 });
 });
