@@ -36,6 +36,9 @@ interface Template {
   /** The path up to the key ('/bucket/' path-style, '/' virtual-hosted). */
   prefix: string;
   query: Record<string, string>;
+  /** The Host header (hostname and port) and the query string, made once from the above. */
+  host: string;
+  search: string;
   signer: SignatureV4;
   /**
    * How far ahead of this host's clock the SDK dated the recorded request: after a server said
@@ -192,6 +195,8 @@ function record(
     port: req.port,
     prefix: path.slice(0, path.length - escaped.length),
     query,
+    host: req.port === undefined ? req.hostname : `${req.hostname}:${req.port}`,
+    search: new URLSearchParams(query).toString(),
     signer: new SignatureV4({
       credentials: config.credentials,
       region: m[1]!,
@@ -226,7 +231,6 @@ export async function fastGetObject(
   let path: string;
   try {
     path = t.prefix + escapeKey(key); // throws for a key that is not valid Unicode: the SDK says why
-    const host = t.port === undefined ? t.hostname : `${t.hostname}:${t.port}`;
     signed = (await t.signer.sign(
       {
         method: 'GET',
@@ -235,7 +239,7 @@ export async function fastGetObject(
         port: t.port,
         path,
         query: t.query,
-        headers: { host, 'x-amz-content-sha256': EMPTY_SHA256 },
+        headers: { host: t.host, 'x-amz-content-sha256': EMPTY_SHA256 },
       } as never,
       { signingDate: new Date(Date.now() + t.clockOffsetMs) } as never,
     )) as unknown as {
@@ -274,14 +278,13 @@ function send(
   headers: Record<string, string>,
   maxBytes: number | undefined,
 ): Promise<FastGetResult | { kind: 'status'; status: number } | undefined> {
-  const qs = new URLSearchParams(t.query).toString();
   return new Promise((resolve, reject) => {
     const req = (t.protocol === 'https:' ? https : http).request(
       {
         method: 'GET',
         hostname: t.hostname.replace(/^\[(.*)\]$/, '$1'), // an IPv6 literal, without its brackets
         port: t.port,
-        path: qs ? `${path}?${qs}` : path,
+        path: t.search ? `${path}?${t.search}` : path,
         headers,
         agent: t.protocol === 'https:' ? rec.agents.https : rec.agents.http,
         timeout: rec.timeoutMs,
@@ -329,25 +332,27 @@ function send(
       done({ kind: 'too-large', length });
       return;
     }
-    const out = new Uint8Array(length);
-    let at = 0;
-    res.on('data', (chunk: Buffer) => {
-      if (at + chunk.length > length) {
-        done(undefined);
-        return;
-      }
-      out.set(chunk, at);
-      at += chunk.length;
-    });
-    res.on('end', () => {
-      if (at !== length) {
-        done(undefined);
-        return;
-      }
-      const tag = res.headers.etag;
-      resolve({ kind: 'ok', bytes: out, etag: typeof tag === 'string' ? tag : undefined });
-    });
-    res.on('error', reject);
-    res.on('aborted', () => resolve(undefined));
+    res.on('error', reject); // before the reader's own listener: a socket error fails the request
+    const tag = res.headers.etag;
+    readExactly(res, length).then(
+      (bytes) => resolve({ kind: 'ok', bytes, etag: typeof tag === 'string' ? tag : undefined }),
+      () => done(undefined), // cut short, or longer than declared: the SDK repeats the GET
+    );
   }
+}
+
+/**
+ * A body in one buffer of its declared length, filled as it streams in (no chunk list to join and
+ * copy again); rejects when the body is longer or shorter than that length, or breaks off.
+ */
+export async function readExactly(body: AsyncIterable<Uint8Array>, length: number): Promise<Uint8Array> {
+  const out = new Uint8Array(length);
+  let at = 0;
+  for await (const chunk of body) {
+    if (at + chunk.length > length) throw new Error(`the body is longer than its Content-Length (${length})`);
+    out.set(chunk, at);
+    at += chunk.length;
+  }
+  if (at !== length) throw new Error(`the body ended after ${at} of its ${length} bytes (Content-Length)`);
+  return out;
 }

@@ -17,7 +17,7 @@ import {
   S3ServiceException,
 } from '@aws-sdk/client-s3';
 import { Readable } from 'node:stream';
-import { enableFastGet, fastGetObject } from './s3-fast-get.js';
+import { enableFastGet, fastGetObject, readExactly } from './s3-fast-get.js';
 import type { S3Config } from './config.js';
 import { BadRequestError, NotFoundError, StorageError } from './errors.js';
 import { capText, quote } from './text.js';
@@ -320,15 +320,7 @@ async function readBody(
   length: number | undefined,
 ): Promise<Uint8Array> {
   if (length === undefined || !(body instanceof Readable)) return body.transformToByteArray();
-  const out = new Uint8Array(length);
-  let at = 0;
-  for await (const chunk of body as AsyncIterable<Uint8Array>) {
-    if (at + chunk.length > length) throw new Error(`the body is longer than its Content-Length (${length})`);
-    out.set(chunk, at);
-    at += chunk.length;
-  }
-  if (at !== length) throw new Error(`the body ended after ${at} of its ${length} bytes (Content-Length)`);
-  return out;
+  return readExactly(body as AsyncIterable<Uint8Array>, length);
 }
 
 /** An object's ETag (normalised; undefined when the store gives none) and size, without its body. */

@@ -6,8 +6,9 @@
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { CreateBucketCommand, GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import type { S3Config } from '../shared/config.js';
 import { NotFoundError, StorageError } from '../shared/errors.js';
 import { ObjectTooLargeError, RequestRefusedError, createS3Client, getObjectVersion } from '../shared/s3.js';
 import { escapeKey, fastGetStats } from '../shared/s3-fast-get.js';
@@ -21,16 +22,41 @@ test.after.always(async () => {
   await s3?.stop();
 });
 
-function client(endpoint: string, accessKeyId = 'minioadmin'): S3Client {
+function client(endpoint: string, overrides: Partial<S3Config> = {}): S3Client {
   return createS3Client({
     endpoint,
     region: 'us-east-1',
-    accessKeyId,
+    accessKeyId: 'minioadmin',
     secretAccessKey: 'minioadmin',
     forcePathStyle: true,
     maxAttempts: 2,
     timeoutSeconds: 10,
+    ...overrides,
   });
+}
+
+/**
+ * A new bucket on the tests' S3 server holding `objects` (key → body), written by a plain SDK
+ * client `sdk` (no fast path), and a client `c` (with `overrides`); both close with the test.
+ */
+async function bucketWith(
+  t: ExecutionContext,
+  prefix: string,
+  objects: Record<string, string>,
+  overrides: Partial<S3Config> = {},
+): Promise<{ c: S3Client; sdk: S3Client; bucket: string }> {
+  const c = client(s3.endpoint, overrides);
+  const sdk = makeS3Client(s3.endpoint);
+  t.teardown(() => {
+    c.destroy();
+    sdk.destroy();
+  });
+  const bucket = uniqueName(prefix);
+  await sdk.send(new CreateBucketCommand({ Bucket: bucket }));
+  for (const [key, body] of Object.entries(objects)) {
+    await sdk.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body }));
+  }
+  return { c, sdk, bucket };
 }
 
 /**
@@ -52,17 +78,8 @@ const KEYS = [
 ];
 
 test('GETs give the bytes and ETag the SDK gives, served without the SDK after the first', async (t) => {
-  const c = client(s3.endpoint);
-  const sdk = makeS3Client(s3.endpoint);
-  t.teardown(() => {
-    c.destroy();
-    sdk.destroy();
-  });
-  const bucket = uniqueName('fast-get');
-  await sdk.send(new CreateBucketCommand({ Bucket: bucket }));
-  for (const [i, key] of KEYS.entries()) {
-    await sdk.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: `body ${i}: ${key}` }));
-  }
+  const objects = Object.fromEntries(KEYS.map((key, i) => [key, `body ${i}: ${key}`]));
+  const { c, sdk, bucket } = await bucketWith(t, 'fast-get', objects);
   for (const [i, key] of KEYS.entries()) {
     const got = await getObjectVersion(c, bucket, key);
     t.is(Buffer.from(got.bytes).toString(), `body ${i}: ${key}`, key);
@@ -104,15 +121,8 @@ test('escapeKey leaves only unreserved characters and slashes as they are', (t) 
 });
 
 test('failures are the SDK path’s: missing key, refused key, too large, with the same messages', async (t) => {
-  const c = client(s3.endpoint);
-  const plain = makeS3Client(s3.endpoint); // no fast path: what the errors were before it
-  t.teardown(() => {
-    c.destroy();
-    plain.destroy();
-  });
-  const bucket = uniqueName('fast-get-errors');
-  await plain.send(new CreateBucketCommand({ Bucket: bucket }));
-  await plain.send(new PutObjectCommand({ Bucket: bucket, Key: 'a.png', Body: '0123456789' }));
+  // `plain` has no fast path: what the errors were before it.
+  const { c, sdk: plain, bucket } = await bucketWith(t, 'fast-get-errors', { 'a.png': '0123456789' });
   await getObjectVersion(c, bucket, 'a.png'); // records the bucket
   const before = fastGetStats(c);
 
@@ -134,15 +144,7 @@ test('failures are the SDK path’s: missing key, refused key, too large, with t
 });
 
 test('an unknown access key: nothing is recorded, and the error is the SDK path’s', async (t) => {
-  const c = client(s3.endpoint, 'not-a-known-key-id');
-  const setup = makeS3Client(s3.endpoint);
-  t.teardown(() => {
-    c.destroy();
-    setup.destroy();
-  });
-  const bucket = uniqueName('fast-get-creds');
-  await setup.send(new CreateBucketCommand({ Bucket: bucket }));
-  await setup.send(new PutObjectCommand({ Bucket: bucket, Key: 'a.png', Body: 'x' }));
+  const { c, bucket } = await bucketWith(t, 'fast-get-creds', { 'a.png': 'x' }, { accessKeyId: 'not-a-known-key-id' });
   for (let i = 0; i < 2; i++) {
     const err = await t.throwsAsync(getObjectVersion(c, bucket, 'a.png'), { instanceOf: StorageError });
     t.regex(err?.message ?? '', /access to .* refused|signature/i);
@@ -154,11 +156,7 @@ test.serial(
   'a server restart breaks kept-alive sockets: that GET falls back, the next ones are fast again',
   async (t) => {
     if (!s3.restart) return t.pass('this S3 server cannot be restarted here (TEST_S3_ENDPOINT or a container)');
-    const c = client(s3.endpoint);
-    t.teardown(() => c.destroy());
-    const bucket = uniqueName('fast-get-restart');
-    await c.send(new CreateBucketCommand({ Bucket: bucket }));
-    await c.send(new PutObjectCommand({ Bucket: bucket, Key: 'a.png', Body: 'abc' }));
+    const { c, bucket } = await bucketWith(t, 'fast-get-restart', { 'a.png': 'abc' });
     for (let i = 0; i < 3; i++) await getObjectVersion(c, bucket, 'a.png');
     await s3.restart();
     for (let i = 0; i < 3; i++) t.is(Buffer.from((await getObjectVersion(c, bucket, 'a.png')).bytes).toString(), 'abc');
@@ -199,19 +197,29 @@ const ok = (res: ServerResponse, body: string) => {
   res.end(body);
 };
 
+/** A fake server answering with `answer`, and a client of it (with `opts.client`); both close with the test. */
+async function onFake(
+  t: ExecutionContext,
+  answer: Parameters<typeof fakeS3>[0],
+  opts: { host?: string; client?: Partial<S3Config> } = {},
+): Promise<S3Client> {
+  const fake = await fakeS3(answer, opts.host);
+  const c = client(fake.endpoint, opts.client);
+  t.teardown(() => {
+    c.destroy();
+    fake.close();
+  });
+  return c;
+}
+
 test('a declared length no buffer can hold fails that GET as the SDK path does, without crashing', async (t) => {
-  const fake = await fakeS3((key, res) => {
+  const c = await onFake(t, (key, res) => {
     if (key === 'huge') {
       res.writeHead(200, { 'content-length': '5000000000' });
       res.write('x');
       return; // and nothing more
     }
     ok(res, 'small');
-  });
-  const c = client(fake.endpoint);
-  t.teardown(() => {
-    c.destroy();
-    fake.close();
   });
   t.is(Buffer.from((await getObjectVersion(c, 'bucket', 'first')).bytes).toString(), 'small');
   t.is(Buffer.from((await getObjectVersion(c, 'bucket', 'second')).bytes).toString(), 'small');
@@ -220,12 +228,7 @@ test('a declared length no buffer can hold fails that GET as the SDK path does, 
 });
 
 test('a key that is not valid Unicode is refused for that image, as without the fast path', async (t) => {
-  const fake = await fakeS3((_key, res) => ok(res, 'body'));
-  const c = client(fake.endpoint);
-  t.teardown(() => {
-    c.destroy();
-    fake.close();
-  });
+  const c = await onFake(t, (_key, res) => ok(res, 'body'));
   await getObjectVersion(c, 'bucket', 'first');
   const err = await t.throwsAsync(getObjectVersion(c, 'bucket', 'lone-\ud800-surrogate.png'));
   t.true(err instanceof RequestRefusedError, String(err));
@@ -233,22 +236,13 @@ test('a key that is not valid Unicode is refused for that image, as without the 
 
 test('a server that stops answering costs one fast-path timeout, then GETs go to the SDK until it answers', async (t) => {
   let silent = false;
-  const fake = await fakeS3((_key, res) => {
-    if (!silent) ok(res, 'body');
-  });
-  const c = createS3Client({
-    endpoint: fake.endpoint,
-    region: 'us-east-1',
-    accessKeyId: 'minioadmin',
-    secretAccessKey: 'minioadmin',
-    forcePathStyle: true,
-    maxAttempts: 1,
-    timeoutSeconds: 1,
-  });
-  t.teardown(() => {
-    c.destroy();
-    fake.close();
-  });
+  const c = await onFake(
+    t,
+    (_key, res) => {
+      if (!silent) ok(res, 'body');
+    },
+    { client: { maxAttempts: 1, timeoutSeconds: 1 } },
+  );
   await getObjectVersion(c, 'bucket', 'a');
   await getObjectVersion(c, 'bucket', 'b');
   t.deepEqual(fastGetStats(c), { fast: 1, fallback: 0 });
@@ -265,7 +259,7 @@ test('a server that stops answering costs one fast-path timeout, then GETs go to
 
 test('a host clock the server calls skewed: the SDK corrects it once, and fast GETs sign with its correction', async (t) => {
   const ahead = 3600_000; // the server's clock is an hour ahead of this host's
-  const fake = await fakeS3((_key, res, req) => {
+  const c = await onFake(t, (_key, res, req) => {
     const m = /^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$/.exec(String(req.headers['x-amz-date'] ?? ''));
     const signedAt = m ? Date.UTC(+m[1]!, +m[2]! - 1, +m[3]!, +m[4]!, +m[5]!, +m[6]!) : 0;
     const serverNow = Date.now() + ahead;
@@ -279,11 +273,6 @@ test('a host clock the server calls skewed: the SDK corrects it once, and fast G
     }
     ok(res, 'body');
   });
-  const c = client(fake.endpoint);
-  t.teardown(() => {
-    c.destroy();
-    fake.close();
-  });
   for (let i = 0; i < 4; i++)
     t.is(Buffer.from((await getObjectVersion(c, 'bucket', `k${i}`)).bytes).toString(), 'body');
   t.deepEqual(fastGetStats(c), { fast: 3, fallback: 0 });
@@ -291,15 +280,10 @@ test('a host clock the server calls skewed: the SDK corrects it once, and fast G
 
 test('an answer about the bucket or the credentials (403) sends the bucket back to the SDK until it succeeds', async (t) => {
   let refuse = false;
-  const fake = await fakeS3((_key, res) => {
+  const c = await onFake(t, (_key, res) => {
     if (!refuse) return ok(res, 'body');
     res.writeHead(403, { 'content-type': 'application/xml' });
     res.end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>no</Message></Error>');
-  });
-  const c = client(fake.endpoint);
-  t.teardown(() => {
-    c.destroy();
-    fake.close();
   });
   await getObjectVersion(c, 'bucket', 'a');
   await getObjectVersion(c, 'bucket', 'b');
@@ -315,14 +299,9 @@ test('an answer about the bucket or the credentials (403) sends the bucket back 
 
 test('an object stored with a Content-Encoding comes back as stored, on the fast path', async (t) => {
   const stored = Buffer.from([0x1f, 0x8b, 0x08, 0x00]);
-  const fake = await fakeS3((_key, res) => {
+  const c = await onFake(t, (_key, res) => {
     res.writeHead(200, { 'content-length': stored.length, 'content-encoding': 'gzip', etag: '"e2"' });
     res.end(stored);
-  });
-  const c = client(fake.endpoint);
-  t.teardown(() => {
-    c.destroy();
-    fake.close();
   });
   const viaSdk = await getObjectVersion(c, 'bucket', 'a');
   const fast = await getObjectVersion(c, 'bucket', 'b');
@@ -332,33 +311,14 @@ test('an object stored with a Content-Encoding comes back as stored, on the fast
 });
 
 test('an IPv6 literal endpoint is served by the fast path', async (t) => {
-  const fake = await fakeS3((_key, res) => ok(res, 'six'), '::1').catch(() => undefined);
-  if (!fake) return t.pass('no IPv6 loopback on this host');
-  const c = client(fake.endpoint);
-  t.teardown(() => {
-    c.destroy();
-    fake.close();
-  });
+  const c = await onFake(t, (_key, res) => ok(res, 'six'), { host: '::1' }).catch(() => undefined);
+  if (!c) return t.pass('no IPv6 loopback on this host');
   for (let i = 0; i < 3; i++) t.is(Buffer.from((await getObjectVersion(c, 'bucket', `k${i}`)).bytes).toString(), 'six');
   t.deepEqual(fastGetStats(c), { fast: 2, fallback: 0 });
 });
 
 test('S3_FAST_GET=false: every GET goes through the SDK', async (t) => {
-  const fake = await fakeS3((_key, res) => ok(res, 'body'));
-  const c = createS3Client({
-    endpoint: fake.endpoint,
-    region: 'us-east-1',
-    accessKeyId: 'minioadmin',
-    secretAccessKey: 'minioadmin',
-    forcePathStyle: true,
-    maxAttempts: 2,
-    timeoutSeconds: 10,
-    fastGet: false,
-  });
-  t.teardown(() => {
-    c.destroy();
-    fake.close();
-  });
+  const c = await onFake(t, (_key, res) => ok(res, 'body'), { client: { fastGet: false } });
   for (let i = 0; i < 3; i++) await getObjectVersion(c, 'bucket', `k${i}`);
   t.deepEqual(fastGetStats(c), { fast: 0, fallback: 0 });
 });
