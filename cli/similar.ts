@@ -178,19 +178,25 @@ export async function similar(
   return answered > 0 ? 0 : EXIT_BAD_INPUT;
 }
 
-/** The human table: per query, one row per neighbour (the query named on its first), or its reason. */
+/**
+ * The human table: per query, one row per neighbour (the query named on its first); a query that
+ * failed has one row, its reason in a last column (as `deepfeat predict`'s table), so a long reason
+ * does not widen the neighbour columns.
+ */
 export function formatSimilar(rows: readonly SimilarResult[]): string {
+  const failed = rows.some((r) => 'error' in r);
+  const head = ['query', 'rank', 'key', 'label', 'split', 'similarity', ...(failed ? ['error'] : [])];
   const body: string[][] = [];
   for (const r of rows) {
     if ('error' in r) {
-      body.push([r.query, `error: ${r.error}`]);
+      body.push([r.query, '-', '-', '-', '-', '-', r.error]);
       continue;
     }
     r.neighbours.forEach((n, i) => {
       body.push([i === 0 ? r.query : '', String(n.rank), n.key, n.label, n.split, n.similarity.toFixed(4)]);
     });
   }
-  return table([['query', 'rank', 'key', 'label', 'split', 'similarity'], ...body]);
+  return table([head, ...body]);
 }
 
 /** A query's bytes: a local file, or one object s3://bucket/key, at most DEEPFEAT_MAX_IMAGE_BYTES; or why not. */

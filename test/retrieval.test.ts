@@ -162,7 +162,7 @@ test('the status line of the kNN metrics, with the samples when either side was 
   );
 });
 
-test('the similar table escapes keys, labels and reasons, and names each query once', (t) => {
+test('the similar table escapes keys, labels and reasons, names each query once, and puts a reason in its own last column', (t) => {
   const text = formatSimilar([
     {
       query: 'dog.png',
@@ -174,9 +174,13 @@ test('the similar table escapes keys, labels and reasons, and names each query o
     { query: 'bad\x07.png', error: 'not an image\x1b]0;T' },
   ]);
   const lines = text.split('\n');
-  t.regex(lines[0]!, /^query +rank +key +label +split +similarity$/);
+  t.regex(lines[0]!, /^query +rank +key +label +split +similarity +error$/);
   t.regex(lines[1]!, /^dog\.png +1 +dog\/\\x1b\[2Ja\.png +dog +train +0\.9123$/);
   t.regex(lines[2]!, /^ +2 +cat\/b\.png +c\\u202eat +val +0\.5000$/);
-  t.regex(lines[3]!, /^bad\\x07\.png +error: not an image\\x1b\]0;T$/);
+  t.regex(lines[3]!, /^bad\\x07\.png +- +- +- +- +- +not an image\\x1b\]0;T$/);
   t.false(text.includes('\x1b'));
+  // The reason is longer than any rank: the rank column stays as wide as its header.
+  t.is(lines[0]!.indexOf('key') - lines[0]!.indexOf('rank'), 'rank  '.length);
+  // With no failures there is no error column.
+  t.regex(formatSimilar([{ query: 'a.png', neighbours: [] }]), /^query +rank +key +label +split +similarity$/);
 });
