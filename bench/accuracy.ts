@@ -22,7 +22,7 @@
  */
 import { availableParallelism, loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
-import * as tf from '@tensorflow/tfjs';
+import { tf } from '../services/extractor/engines/tf.js';
 import { loadDemoImages } from '../cli/demo-data.js';
 import { builtinModelArtifacts } from '../services/extractor/engines/builtin-model.js';
 import type { EngineDeps, FeatureEngine, FeatureSpec } from '../services/extractor/engines/engine.js';

@@ -16,7 +16,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
-import * as tf from '@tensorflow/tfjs';
+import { tf } from '../services/extractor/engines/tf.js';
 import { loadDemoImages } from '../cli/demo-data.js';
 import type { EngineDeps, FeatureEngine } from '../services/extractor/engines/engine.js';
 import { loadEngine } from '../services/extractor/engines/load-engine.js';

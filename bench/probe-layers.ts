@@ -21,7 +21,7 @@
 import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { parseArgs } from 'node:util';
-import * as tf from '@tensorflow/tfjs';
+import { tf } from '../services/extractor/engines/tf.js';
 import sharp from 'sharp';
 import { builtinModelArtifacts } from '../services/extractor/engines/builtin-model.js';
 import { graphNodeNames, resolveNode, shortestUniqueSuffix } from '../services/extractor/engines/graph-cut.js';

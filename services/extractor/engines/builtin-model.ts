@@ -4,7 +4,7 @@
  * and InceptionV3 (Keras-era layers models). Their sizes, ranges and default nodes are declared
  * once in shared/backbones.ts; this module loads their topology and weights.
  */
-import * as tf from '@tensorflow/tfjs';
+import { tf } from './tf.js';
 import { BUILTIN_BACKBONES } from '../../../shared/backbones.js';
 import { ModelError, errorMessage } from '../../../shared/errors.js';
 import type { BuiltinModelId, InputRange } from '../../../shared/features.js';

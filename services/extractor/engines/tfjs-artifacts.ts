@@ -4,7 +4,7 @@
  * see ../model-source.ts), checked and bounded because the model is untrusted input.
  */
 import path from 'node:path';
-import * as tf from '@tensorflow/tfjs';
+import { tf } from './tf.js';
 import { DeepfeatError, ModelError, errorMessage } from '../../../shared/errors.js';
 import { capText, quote } from '../../../shared/text.js';
 import type { EngineDeps } from './engine.js';

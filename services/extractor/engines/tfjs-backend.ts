@@ -2,7 +2,7 @@
  * Which TensorFlow.js backend this process runs on. The choice is process-wide (TensorFlow.js
  * has one active backend), so every TF.js engine in a process goes through `useBackend`.
  */
-import * as tf from '@tensorflow/tfjs';
+import { tf } from './tf.js';
 import type { TfjsBackendChoice } from '../../../shared/config.js';
 import { ModelError, errorMessage } from '../../../shared/errors.js';
 

@@ -3,7 +3,7 @@
  * average-pooled. The backend it runs on is tfjs-backend.ts's choice; where a graph is cut,
  * graph-cut.ts's.
  */
-import * as tf from '@tensorflow/tfjs';
+import { tf } from './tf.js';
 import type { TfjsBackendChoice } from '../../../shared/config.js';
 import { DeepfeatError, ModelError, errorMessage } from '../../../shared/errors.js';
 import { DEFAULT_INPUT_RANGE, type InputRange, inputLut } from '../../../shared/features.js';

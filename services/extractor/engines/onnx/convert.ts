@@ -22,7 +22,7 @@
  * while it loads, only when called.)
  */
 import { createHash } from 'node:crypto';
-import * as tf from '@tensorflow/tfjs';
+import { tf } from '../tf.js';
 import { isLayersModel } from '../graph-cut.js';
 import { emitLayersBackbone } from './layers.js';
 import { DataType, encodeModel, type AttributeValue, type NodeInit, type TensorInit } from './proto.js';

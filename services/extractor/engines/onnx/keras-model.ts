@@ -8,7 +8,7 @@
  * dequantised by TF.js's own decoder. What it cannot read raises UnsupportedGraphError, so the
  * engine falls back to TensorFlow.js.
  */
-import * as tf from '@tensorflow/tfjs';
+import { tf } from '../tf.js';
 import { quote } from '../../../../shared/text.js';
 import { UnsupportedGraphError } from './convert.js';
 
