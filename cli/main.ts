@@ -4,6 +4,7 @@
  * and exit non-zero: 2 when the request, configuration, dataset or model must change, 1 for a
  * fault (exit-codes.ts decides, the same way for an error here and for a failed run).
  */
+import { existsSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
 import { ENV_DOC, loadConfig } from '../shared/config.js';
 import { BUILTIN_MODELS, INPUT_LAYOUTS, INPUT_RANGES } from '../shared/features.js';
@@ -32,6 +33,13 @@ import { WORKER_KIND } from '../shared/worker-kit.js';
 import { DEFAULT_DEMO, runDemo } from './demo.js';
 import { DEMO_MAX_PER_CLASS } from './demo-data.js';
 import { LOCAL_DIR, localDemoEnv } from './local-stack.js';
+import {
+  DEFAULT_LOCAL_EXTRACTORS,
+  EXIT_WITH_PARENT,
+  startLocalServices,
+  startLocalWorkers,
+  waitForWorkers,
+} from './local-pipeline.js';
 import { featureSpec, parseName, parseSeed, parseShardSize, parseSplit, parseWholeNumber } from './flags.js';
 import { DEFAULT_TOP, enqueuePredict } from './predict-client.js';
 import { predictLocal } from './predict-local.js';
@@ -56,6 +64,11 @@ async function withClient<T>(fn: (client: Client) => Promise<T>): Promise<T> {
     await stop?.();
   }
 }
+
+const LOCAL_HELP =
+  'run it on this machine: start redis-server (unless REDIS_URL is set) and the workers (planner, trainer, ' +
+  'evaluator, one extractor per core) for this command, wait for the run as --wait does, then stop them; ' +
+  "from the demo's folder with S3_ENDPOINT unset, on the demo's store";
 
 // A reader that stops early (`deepfeat status RUN --all-failures | head`) closes the pipe: that is
 // the reader's choice, not a fault, so end quietly with success instead of a stack trace.
@@ -136,6 +149,7 @@ program
     '--wait',
     'wait for the run to finish, with progress; if it fails, exit 2 (bad dataset, model or bucket) or 1 (a fault)',
   )
+  .option('--local', LOCAL_HELP)
   .option('--json', 'print JSON')
   .action(async (source: string, o) => {
     // Every flag and the source are checked before anything is started or connected to.
@@ -151,6 +165,10 @@ program
         ? { priority: parseWholeNumber('--priority', o.priority, RUN_LIMITS.priority, 'higher is served first') }
         : {}),
     };
+    if (o.local) {
+      await onThisMachine((client) => enqueueRun(client, request), o);
+      return;
+    }
     await withClient(async (client) => {
       const runId = await enqueueRun(client, request);
       await warnMissingWorkers(client, TRAINING_QUEUES);
@@ -171,6 +189,7 @@ program
   .option('--csv', 'print CSV (local files; a batch run writes runs/RUN/predictions.csv)')
   .option('--wait', 'batch: wait for the run to finish, with progress; if it fails, exit 2 or 1 as for run')
   .option('--shard-size <n>', 'batch: images per predict job, 1 to 100000 (default: DEEPFEAT_SHARD_SIZE)')
+  .option('--local', `batch: ${LOCAL_HELP}`)
   .action(async (ref: string, targets: string[], o) => {
     // Every flag is checked before anything is connected to.
     const top =
@@ -179,7 +198,7 @@ program
         : parseWholeNumber('--top', o.top, RUN_LIMITS.top, "labels per image, up to the model's class count");
     const batch = targets.filter((t) => t.startsWith('s3://'));
     if (batch.length === 0) {
-      for (const flag of ['wait', 'shardSize'] as const) {
+      for (const flag of ['wait', 'shardSize', 'local'] as const) {
         if (o[flag] !== undefined) {
           throw new BadRequestError(
             `--${flag === 'shardSize' ? 'shard-size' : flag} is for batch runs over s3://: drop it to classify local files`,
@@ -207,13 +226,18 @@ program
     const source = targets[0]!;
     parseS3Url(source);
     const shardSize = o.shardSize === undefined ? undefined : parseShardSize(o.shardSize);
+    const request = {
+      model: ref,
+      source,
+      ...(top !== undefined ? { top } : {}),
+      ...(shardSize !== undefined ? { shardSize } : {}),
+    };
+    if (o.local) {
+      await onThisMachine((client) => enqueuePredict(client, request), o);
+      return;
+    }
     await withClient(async (client) => {
-      const runId = await enqueuePredict(client, {
-        model: ref,
-        source,
-        ...(top !== undefined ? { top } : {}),
-        ...(shardSize !== undefined ? { shardSize } : {}),
-      });
+      const runId = await enqueuePredict(client, request);
       await warnMissingWorkers(client, PREDICTION_QUEUES);
       await printOrWait(client, runId, o);
     });
@@ -273,13 +297,48 @@ async function warnMissingWorkers(client: Client, queues: readonly QueueName[]):
   }
 }
 
+/**
+ * `--local`: the pipeline on this machine for this command (local-pipeline.ts, as the demo runs
+ * it), the run queued by `enqueue`, waited for, its status printed; the workers and services stop
+ * at the end. Progress lines go to stderr, so stdout holds only the status (or its JSON).
+ */
+async function onThisMachine(enqueue: (client: Client) => Promise<string>, o: { json?: boolean }): Promise<void> {
+  const say = (line: string) => console.error(line);
+  const dataDir = existsSync(LOCAL_DIR) ? LOCAL_DIR : undefined;
+  const services = await startLocalServices(process.env, { dataDir, embeddedS3: 'if-present', say });
+  let client: Client;
+  try {
+    client = createClient(loadConfig(services.env));
+  } catch (err) {
+    await services.stop();
+    throw err;
+  }
+  const workers = startLocalWorkers(services.env, DEFAULT_LOCAL_EXTRACTORS, say);
+  try {
+    await waitForWorkers(client, workers);
+    const runId = await enqueue(client);
+    await printOrWait(client, runId, { ...o, local: true });
+  } finally {
+    await workers.stop();
+    await client.close().catch(() => undefined);
+    await services.stop();
+  }
+}
+
 /** After a run is queued: its id at once, or with --wait its progress, final status and exit code. */
-async function printOrWait(client: Client, runId: string, o: { wait?: boolean; json?: boolean }): Promise<void> {
-  if (!o.wait) {
+async function printOrWait(
+  client: Client,
+  runId: string,
+  o: { wait?: boolean; json?: boolean; local?: boolean },
+): Promise<void> {
+  if (!o.wait && !o.local) {
     console.log(o.json ? terminalSafeJson({ runId }) : runId);
     return;
   }
-  if (!o.json) console.error(`run ${runId} queued; waiting (Ctrl-C stops waiting, not the run)`);
+  if (!o.json) {
+    const stops = o.local ? 'Ctrl-C stops the run with its workers' : 'Ctrl-C stops waiting, not the run';
+    console.error(`run ${runId} queued; waiting (${stops})`);
+  }
   const progress = o.json ? undefined : runProgress(process.stderr);
   let s: RunStatus;
   try {
@@ -383,6 +442,12 @@ program
   .action(async (kind: string, o) => {
     const n = parseWholeNumber('--concurrency', o.concurrency, { min: 1, max: 256 }, 'jobs at once per worker');
     startWorkers(loadConfig(), kind, n);
+    // Started by `deepfeat demo` or a `--local` command (local-pipeline.ts): end with it, however it
+    // ends (even SIGKILL, which leaves no chance to stop us): once re-parented, stop as on SIGTERM.
+    const parent = Number(process.env[EXIT_WITH_PARENT] ?? Number.NaN);
+    if (Number.isInteger(parent) && parent > 0) {
+      setInterval(() => process.ppid !== parent && process.kill(process.pid, 'SIGTERM'), 1000).unref();
+    }
     await new Promise(() => undefined); // runs until a signal closes it
   });
 

@@ -10,7 +10,7 @@ import { modelKey } from '../shared/model-format.js';
 import { RUN_LIMITS, predictRequestSchema, type PredictRequest } from '../shared/queues.js';
 import { assertBucket, parseS3Url, s3Url } from '../shared/s3.js';
 import { quote } from '../shared/text.js';
-import { fetchModel, queueRun, type Client } from './client.js';
+import { RUN_HERE, fetchModel, queueRun, type Client } from './client.js';
 
 /** Labels per image when none are asked for (fewer when the model has fewer classes). */
 export const DEFAULT_TOP = 3;
@@ -33,7 +33,7 @@ export interface PredictOptions {
  * recorded (exit code 2).
  */
 export async function enqueuePredict(client: Client, opts: PredictOptions): Promise<string> {
-  requireRedisUrl(client.config);
+  requireRedisUrl(client.config, RUN_HERE);
   const src = parseS3Url(opts.source);
   const { artifact, uri } = await fetchModel(client, opts.model);
   // The run names the model by name and version, and the workers read it from there: it must be

@@ -353,11 +353,12 @@ function defaultCacheDir(env: Env): string {
   return path.join(base, 'deepfeat');
 }
 
-/** Workers and `run` cannot do without Redis; say so with the fix. */
-export function requireRedisUrl(config: Config): string {
+/** Workers and `run` cannot do without Redis; say so with the fix (`orElse`: another way out, for this command). */
+export function requireRedisUrl(config: Config, orElse?: string): string {
   if (config.redisUrl === undefined) {
     throw new ConfigError([
-      'REDIS_URL is not set: point it at your Redis, e.g. REDIS_URL=redis://127.0.0.1:6379 (or use `npm run demo`, which starts one)',
+      'REDIS_URL is not set: point it at your Redis, e.g. REDIS_URL=redis://127.0.0.1:6379' +
+        (orElse ? `; or ${orElse}` : ' (`npm run demo` starts a Redis of its own, and stops it when it ends)'),
     ]);
   }
   return config.redisUrl;

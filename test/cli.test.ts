@@ -6,7 +6,7 @@
  */
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Worker } from 'bullmq';
@@ -14,6 +14,7 @@ import { createClient, enqueueRun, getQueueCounts, waitForRun } from '../cli/cli
 import { loadDemoImages } from '../cli/demo-data.js';
 import { loadConfig } from '../shared/config.js';
 import { RAW_PIXELS } from '../shared/features.js';
+import type { RunStatus } from '../shared/run-state.js';
 import { MODEL_FORMAT, modelKey } from '../shared/model-format.js';
 import { putObject } from '../shared/s3.js';
 import { closeContext, createContext, type ServiceContext } from '../shared/worker-kit.js';
@@ -358,4 +359,71 @@ test("an error that quotes a newline (a failed run's key) stays on one line of s
   } finally {
     await client.close();
   }
+});
+
+test('`run --local` and `predict s3://… --local` with no REDIS_URL start Redis and the workers for the command, wait, and stop them', async (t) => {
+  t.timeout(400_000);
+  const { REDIS_URL: _none, ...env } = dep.env;
+  // No REDIS_URL: without --local, the way out is named.
+  const refused = await runCli(env, ['run', pets(), '--features', 'raw-pixels']);
+  t.is(refused.code, 2, refused.stderr);
+  t.regex(refused.stderr, /REDIS_URL is not set: .*; or add --local to run it on this machine/);
+
+  const name = uniqueName('local');
+  const run = await runCli(env, ['run', pets(), '--name', name, '--features', 'raw-pixels', '--local', '--json']);
+  t.is(run.code, 0, run.stdout + run.stderr);
+  const s = JSON.parse(run.stdout) as RunStatus;
+  t.is(s.stage, 'published');
+  t.is(s.done, 20);
+  t.regex(run.stderr, /^redis +started redis-server at redis:\/\/127\.0\.0\.1:\d+ \(data in a temporary folder\)$/m);
+  t.regex(run.stderr, /^workers +\d+ processes: planner, trainer, evaluator, \d+ extractor\(s\)$/m);
+
+  const predicted = await runCli(env, ['predict', name, pets(), '--local']);
+  t.is(predicted.code, 0, predicted.stdout + predicted.stderr);
+  t.regex(predicted.stdout, /stage\s+done/);
+  t.regex(predicted.stdout, /20 images: 20 classified, 0 failed/);
+  t.regex(predicted.stderr, /waiting \(Ctrl-C stops the run with its workers\)/);
+
+  // --local is for batch runs: with local files it is refused, before anything starts.
+  const files = await runCli(env, ['predict', name, 'README.md', '--local']);
+  t.is(files.code, 2);
+  t.regex(files.stderr, /--local is for batch runs over s3:\/\/: drop it to classify local files/);
+  t.notRegex(files.stderr, /redis-server/);
+});
+
+test('the workers of a `--local` command end with it, even when it is killed with SIGKILL', async (t) => {
+  t.timeout(240_000);
+  const { REDIS_URL: _none, ...env } = dep.env;
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', resolve(ROOT, 'cli/main.ts'), 'run', pets(), '--features', 'raw-pixels', '--local'],
+    { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  const closed = new Promise((r) => child.once('close', r));
+  const deadline = Date.now() + 150_000;
+  while (!/^workers +\d+ processes/m.test(stderr) && child.exitCode === null && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const kids = async (pid: number) => {
+    const tasks = await readdir(`/proc/${pid}/task`).catch(() => [] as string[]);
+    const out: number[] = [];
+    for (const task of tasks) {
+      const text = await readFile(`/proc/${pid}/task/${task}/children`, 'utf8').catch(() => '');
+      out.push(...text.split(/\s+/).filter(Boolean).map(Number));
+    }
+    return out;
+  };
+  const isWorker = async (pid: number) =>
+    (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0').includes('worker');
+  const workerPids: number[] = [];
+  for (const pid of await kids(child.pid!)) if (await isWorker(pid)) workerPids.push(pid);
+  t.true(workerPids.length >= 4, `workers found: ${workerPids.length}; ${stderr}`);
+  child.kill('SIGKILL');
+  await closed;
+  const alive = async () => (await Promise.all(workerPids.map(isWorker))).filter(Boolean).length;
+  const end = Date.now() + 60_000;
+  while ((await alive()) > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 200));
+  t.is(await alive(), 0, 'every worker has exited');
 });

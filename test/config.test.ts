@@ -245,6 +245,9 @@ test('requireRedisUrl returns the URL or throws a ConfigError naming REDIS_URL',
   t.is(err!.problems.length, 1);
   t.regex(err!.message, /REDIS_URL is not set/);
   t.regex(err!.message, /redis:\/\//);
+  // A command with another way out names it instead of the demo.
+  const run = t.throws(() => requireRedisUrl(loadConfig({}), 'add --local'), { instanceOf: ConfigError });
+  t.regex(run!.message, /REDIS_URL=redis:\/\/127\.0\.0\.1:6379; or add --local$/);
 });
 
 test('every variable in ENV_DOC (except free-text ones) is validated by loadConfig', (t) => {
