@@ -20,6 +20,7 @@ import { pipeline } from 'node:stream/promises';
 import S3rver from 's3rver';
 import AWSAccount from 's3rver/lib/models/account.js';
 import S3Error from 's3rver/lib/models/error.js';
+import S3Object from 's3rver/lib/models/object.js';
 import FilesystemStore, {
   type CompletedPart,
   type ObjectMetadata,
@@ -253,6 +254,35 @@ class AtomicFilesystemStore extends FilesystemStore {
     };
   }
 
+  /**
+   * s3rver rewrites a key's MD5 and metadata files in place, so a listing (which reads them without
+   * a lock) could read one half-written: an empty ETag, or JSON cut short (a 500). Each is written
+   * to a temporary file and renamed over the old one instead: a reader sees the old or the new.
+   */
+  override async putMetadata(bucket: string, key: string, metadata: Record<string, unknown>, md5?: string) {
+    const kept = Object.entries(metadata).filter(
+      ([name]) => S3Object.ALLOWED_METADATA.includes(name) || name.startsWith('x-amz-meta-'),
+    );
+    if (md5) await this.writeWhole(bucket, this.getResourcePath(bucket, key, 'object.md5'), md5);
+    const json = JSON.stringify(Object.fromEntries(kept), null, 2);
+    await this.writeWhole(bucket, this.getResourcePath(bucket, key, 'metadata.json'), json);
+  }
+
+  /**
+   * A listing walks the bucket's folders, the temporary one included, and stats each name it
+   * read: a file renamed or deleted in between (a write finishing, a delete) fails that walk with
+   * ENOENT. It is walked again (a listing is a read; nothing was changed by the failed one).
+   */
+  override async listObjects(bucket: string, options: Record<string, unknown>): Promise<unknown> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await super.listObjects(bucket, options);
+      } catch (err) {
+        if (!isNotFound(err) || attempt >= LIST_ATTEMPTS) throw err;
+      }
+    }
+  }
+
   override async deleteObject(bucket: string, key: string): Promise<void> {
     await this.locks.run(lockId(bucket, key), 'exclusive', () => super.deleteObject(bucket, key));
   }
@@ -356,6 +386,12 @@ class AtomicFilesystemStore extends FilesystemStore {
     return { tmp, size, md5: md5.digest('hex') };
   }
 
+  /** Writes `text` to `target` through a temporary file renamed over it. */
+  private async writeWhole(bucket: string, target: string, text: string): Promise<void> {
+    const { tmp } = await this.stage(bucket, Buffer.from(text));
+    await this.moveInto(tmp, target, { makeFolder: false });
+  }
+
   /** Renames a staged file over `target`; the staged file is removed if that fails. */
   private async moveInto(tmp: string, target: string, opts: { makeFolder: boolean }): Promise<void> {
     try {
@@ -375,6 +411,9 @@ class AtomicFilesystemStore extends FilesystemStore {
     }
   }
 }
+
+/** Walks of one listing before its ENOENT is answered (a 500): each retry follows a write or delete that finished. */
+const LIST_ATTEMPTS = 8;
 
 function lockId(bucket: string, key: string): string {
   return `${bucket}/${key}`;

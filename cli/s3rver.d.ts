@@ -54,6 +54,8 @@ declare module 's3rver/lib/stores/filesystem.js' {
     /** `<root>/<bucket>/<key dirs>/<last segment>._S3rver_<resource>` */
     getResourcePath(bucket: string, key?: string, resource?: string): string;
     putMetadata(bucket: string, key: string, metadata: Record<string, unknown>, md5?: string): Promise<void>;
+    /** One page of a listing: walks the bucket's folders, then reads each key's metadata. */
+    listObjects(bucket: string, options: Record<string, unknown>): Promise<unknown>;
     putObject(object: StoredObject): Promise<{ size: number; md5: string }>;
     getObject(bucket: string, key: string, options?: { start?: number; end?: number }): Promise<ReadObject | null>;
     copyObject(
@@ -83,6 +85,14 @@ declare module 's3rver/lib/models/account.js' {
     DUMMY_ACCOUNT: { createKeyPair(accessKeyId: string, secretAccessKey: string): void };
   };
   export default AWSAccount;
+}
+
+declare module 's3rver/lib/models/object.js' {
+  const S3Object: {
+    /** The request headers s3rver stores with an object (besides x-amz-meta-*). */
+    readonly ALLOWED_METADATA: readonly string[];
+  };
+  export default S3Object;
 }
 
 declare module 's3rver/lib/models/error.js' {

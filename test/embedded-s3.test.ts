@@ -591,6 +591,44 @@ test('concurrent PUTs to one key leave one whole body under its own ETag; reader
   await stillServes(t);
 });
 
+test('listings while objects are written and overwritten answer every time, with whole entries', async (t) => {
+  // Each write stages its body in the bucket's temporary folder and renames it into place, then
+  // rewrites the key's MD5 and metadata files: a listing walks the same folders meanwhile.
+  const prefix = `${uniqueName('listrace')}/`;
+  const keys = Array.from({ length: 24 }, (_, i) => `${prefix}k${String(i).padStart(2, '0')}`);
+  await Promise.all(keys.map((k) => put(shared, k, randomBytes(64))));
+  let writing = true;
+  const writers = Array.from({ length: 6 }, async (_, w) => {
+    for (let round = 0; writing; round++) await put(shared, keys[(round * 7 + w) % keys.length]!, randomBytes(2048));
+  });
+  const failures: string[] = [];
+  let listings = 0;
+  try {
+    for (let i = 0; i < 150; i++) {
+      for (const listPrefix of [prefix, '']) {
+        try {
+          const page = await shared.client.send(
+            new ListObjectsV2Command({ Bucket: shared.bucket, Prefix: listPrefix, MaxKeys: 1000 }),
+          );
+          listings++;
+          if (listPrefix === prefix) {
+            const listed = (page.Contents ?? []).map((c) => c.Key);
+            if (listed.length !== keys.length) failures.push(`listed ${listed.length} of ${keys.length}`);
+            for (const c of page.Contents ?? [])
+              if (!/^"[0-9a-f]{32}"$/.test(c.ETag ?? '')) failures.push(`ETag ${c.ETag}`);
+          }
+        } catch (err) {
+          failures.push(`${(err as Error).name}: ${(err as Error).message}`);
+        }
+      }
+    }
+  } finally {
+    writing = false;
+    await Promise.all(writers);
+  }
+  t.deepEqual(failures.slice(0, 5), [], `${failures.length} of ${listings + failures.length} listings failed`);
+});
+
 test('a write error the guard cannot foresee fails that request with a 500, not the server', async (t) => {
   const key = `${uniqueName('fault')}/victim`;
   // A folder where the object's file must go (a damaged data folder, say): the write fails.
