@@ -16,6 +16,7 @@ export const SLOW = [
   'test/image.test.ts',
   'test/job-failure.test.ts',
   'test/keras-era.test.ts',
+  'test/local-pipeline.test.ts',
   'test/local-stack.test.ts',
   'test/logreg.test.ts',
   'test/model-sources.test.ts',
@@ -30,6 +31,7 @@ export const SLOW = [
   'test/s3-fast-get.test.ts',
   'test/s3-listing.test.ts',
   'test/terminal-output.test.ts',
+  'test/tf-quiet.test.ts',
 ];
 
 export const base = {

@@ -11,7 +11,8 @@ import { availableParallelism } from 'node:os';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { listWorkers, type Client } from './client.js';
-import { startRedis, startS3Server } from './local-stack.js';
+import { ConfigError } from '../shared/errors.js';
+import { LocalStackError, startRedis, startS3Server } from './local-stack.js';
 
 const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
 
@@ -58,6 +59,8 @@ export async function startLocalServices(base: NodeJS.ProcessEnv, opts: LocalSer
     }
   } catch (err) {
     await stop();
+    // A program that is not installed is the user's to fix (exit 2), as a bad setting is.
+    if (err instanceof LocalStackError && err.missing) throw new ConfigError([err.message]);
     throw err;
   }
   return { env, stop };

@@ -79,9 +79,12 @@ const CHILD_SCRIPT = fileURLToPath(new URL('./local-stack-child.mjs', import.met
 
 /** Thrown when a local service cannot be started; the message carries the child's output. */
 export class LocalStackError extends Error {
-  constructor(message: string, options: { cause?: unknown } = {}) {
+  /** The program that is not installed, when that is the problem (the user's to fix, not a fault). */
+  readonly missing: string | undefined;
+  constructor(message: string, options: { cause?: unknown; missing?: string } = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'LocalStackError';
+    this.missing = options.missing;
   }
 }
 
@@ -115,6 +118,7 @@ export async function startRedis(opts: StartRedisOptions = {}): Promise<LocalRed
   if (!command) {
     throw new LocalStackError(
       'redis-server not found on PATH: install it (apt-get install redis-server) or set REDIS_URL',
+      { missing: 'redis-server' },
     );
   }
   const ownsDir = opts.dir === undefined;
