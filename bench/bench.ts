@@ -16,8 +16,9 @@
  *    trainer, evaluator; enqueue -> published), the second run with a new seed and name; the rerun
  *    as a ratio of the first, its hits, where each run's time goes; Redis memory per index entry.
  * 5. The trainer: one L-BFGS fit in-process, and a real train job (trainer process reading
- *    shards from S3, choosing L2, refitting) with its peak RSS, on 20,000 × 816 × 10 classes.
- * 6. Retrieval: one query's exact top-5 over 10,000 and 100,000 stored 816-d unit vectors
+ *    shards from S3, choosing L2, refitting) with its peak RSS, on 20,000 × 1,632 (the default
+ *    features' width) × 10 classes.
+ * 6. Retrieval: one query's exact top-5 over 10,000 and 100,000 stored 1,632-d unit vectors
  *    (synthetic), by a scalar JavaScript scan and by the ONNX Runtime scan `similar` uses (one
  *    thread), one query at a time and 8 at once; and the evaluator's kNN metrics at their caps.
  *
@@ -46,6 +47,7 @@ import { mulberry32 } from '../shared/random.js';
 import {
   bullmqOverhead,
   copyImages,
+  DEFAULT_FEATURE_DIM,
   machineCpuSeconds,
   publishModel,
   runMeasured,
@@ -89,7 +91,6 @@ const batch = defaults.batchSize || 8; // the CPU engines' preferred batch (Feat
 const shardSize = defaults.shardSize;
 const pipelineImages = quick ? 64 : 1024;
 const trainRows = quick ? 2000 : 20000;
-const DIM = 816;
 const CLASSES = 10;
 
 function median(xs: number[]): number {
@@ -202,6 +203,7 @@ const engineConfigs: Array<{
   // Plain-JS TF.js takes ~1.5 s per image here: one timed batch, full mode only.
   ...(quick ? [] : [{ key: 'engine_tfjs_cpu', engine: 'tfjs' as const, backend: 'cpu' as const, timed: 1 }]),
 ];
+let engineDim: number | undefined;
 for (const c of engineConfigs) {
   let engine: FeatureEngine;
   try {
@@ -223,10 +225,13 @@ for (const c of engineConfigs) {
   }
   // ONNX Runtime needs two full batches to settle (its memory arena grows on the first); a
   // plain-JS batch is too slow to repeat, and loadEngine already warmed it up on one image.
+  engineDim ??= engine.dim;
   const ms = await timeIt(() => engine.embed(images), c.timed, c.backend === 'cpu' ? 0 : 2);
   record(c.key, engine.backend, (batch * 1000) / ms, 'images/s', `${(ms / batch).toFixed(1)} ms/image`);
   engine.dispose();
 }
+/** The default features' width, for the synthetic trainer, cache and retrieval figures below. */
+const DIM = engineDim ?? DEFAULT_FEATURE_DIM;
 const onnxAll = fig[`engine_onnx_${cores}`] ?? fig.engine_onnx_1!;
 record(
   'ratio_onnx_vs_wasm',

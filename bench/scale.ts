@@ -17,7 +17,7 @@
  *   through the same client library the CLI uses) right after planning and while the extractor
  *   works through shards; the size of a status (it lists the first failures and counts them
  *   all) and the time to stream every recorded failure (`getFailures`);
- * - the trainer's feature matrix for N × 816 float32 and the memory its fit needs, against the
+ * - the trainer's feature matrix for N × 1,632 (the default features' width) float32 and the memory its fit needs, against the
  *   budget a trainer on this host would have (DEEPFEAT_TRAINER_MEMORY unset).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -40,10 +40,11 @@ import { startRedis, startS3Server } from '../cli/local-stack.js';
 import { loadConfig } from '../shared/config.js';
 import { putObject } from '../shared/s3.js';
 import { trainerMemoryBudget, trainerMemoryNeed } from '../services/trainer/memory.js';
+import { DEFAULT_FEATURE_DIM } from './stack.js';
 
 const ROOT = path.resolve(fileURLToPath(new URL('..', import.meta.url)));
 const DATA_BUCKET = 'scale-data';
-const DIM = 816;
+const DIM = DEFAULT_FEATURE_DIM;
 
 const arg = (name: string): string | undefined => {
   const i = process.argv.indexOf(name);

@@ -28,6 +28,13 @@ import { mapLimit } from '../shared/concurrency.js';
 const ROOT = path.resolve(fileURLToPath(new URL('..', import.meta.url)));
 const DATA_BUCKET = 'bench-data';
 
+/**
+ * Width of the default features (DEFAULT_FEATURES: mobilenet_v2_mid's 816 at two scales, multi-scale
+ * being the default): the synthetic trainer, retrieval and cache figures use it, so they are what a
+ * run with the defaults costs. bench.ts takes it from the default engine it loads, when one loads.
+ */
+export const DEFAULT_FEATURE_DIM = 1632;
+
 export interface Stack {
   env: Record<string, string>;
   client: Client;
