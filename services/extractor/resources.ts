@@ -10,6 +10,7 @@
  * may run an extract job and a predict job at once: on the same backbone they share one engine,
  * on two backbones it holds two (the engine cache never disposes an engine a job holds).
  */
+import v8 from 'node:v8';
 import type { ServiceContext } from '../../shared/worker-kit.js';
 import { createEngineCache, type EngineCache } from './engine-cache.js';
 import { loadEngineInThread, type ThreadedEngine } from './engines/thread.js';
@@ -70,7 +71,27 @@ export function acquireExtractorResources(ctx: ServiceContext): {
   };
 }
 
+/**
+ * V8's old-generation limit grows to twice the live heap after each full collection, not by its
+ * own factor (issue 14, measured with bench/feed.ts and --trace-incremental-marking). Fetching and
+ * decoding hundreds of images a second grows the young generation to its largest; V8 then starts
+ * incremental marking ("Start (task)") whenever the room left below the old-generation limit is
+ * less than the young generation's size, and its own factor after a collection left about 23 MB
+ * of room above the extractor's 65 MB heap: some runs fell into a full collection every 100–400 ms
+ * (40–48% of the main thread's samples, twice the extractor's CPU per image), others never did.
+ * Twice the live heap leaves more room than the young generation can hold. An operator's own
+ * --heap-growing-percent on the command line is kept.
+ */
+function steadyHeapGrowth(): void {
+  if (process.execArgv.some((a) => a.includes('heap-growing-percent') || a.includes('heap_growing_percent'))) return;
+  v8.setFlagsFromString(`--heap-growing-percent=${HEAP_GROWING_PERCENT}`);
+}
+
+/** The old-generation limit after a full collection, as a percentage above the live heap. */
+const HEAP_GROWING_PERCENT = 100;
+
 function createResources(ctx: ServiceContext): ExtractorResources {
+  steadyHeapGrowth();
   const { extractor: cfg } = ctx.config;
   // One engine per process and spec, in its own thread (see engine-cache.ts).
   const engines = createEngineCache(
