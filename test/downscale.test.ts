@@ -8,7 +8,13 @@
 import test from 'ava';
 import sharp from 'sharp';
 import { coverScale } from '../services/extractor/cover-geometry.js';
-import { coverDownscale, downscaleIsExact, downscaleWindow, MAX_SHRINK } from '../services/extractor/downscale.js';
+import {
+  coverDownscale,
+  downscaleIsExact,
+  downscaleRunsInSimd,
+  downscaleWindow,
+  MAX_SHRINK,
+} from '../services/extractor/downscale.js';
 import { decodeImage } from '../services/extractor/image.js';
 
 sharp.cache(false);
@@ -228,7 +234,7 @@ test('geometries it does not reproduce are refused, and decodeImage still gives 
   }
 });
 
-test('sources sharp scales while loading go to libvips, rotated ones (decoded whole by sharp too) do not', async (t) => {
+test('sources sharp scales while loading, and buffers past the SIMD memory cap, go to libvips; rotated sources do not', async (t) => {
   const { reference } = await import('./helpers/reference-decode.js');
   const rnd = random(23);
   const opts = { width: 224, height: 224, maxPixels: 5e7, formats: ['jpeg', 'webp', 'svg'] };
@@ -255,4 +261,10 @@ test('sources sharp scales while loading go to libvips, rotated ones (decoded wh
   t.is(resizePlan(1000, 700, true, 224, 224, true).resample, undefined);
   t.is(resizePlan(700, 1000, true, 224, 224, false).resample, 'down');
   t.is(resizePlan(40, 30, true, 224, 224, true).resample, undefined);
+  // Buffers past the SIMD memory cap (a 6000² source for a 2048² input): libvips, not the slower
+  // JavaScript passes.
+  t.true(downscaleIsExact(6000, 6000, 2048, 2048));
+  t.false(downscaleRunsInSimd(6000, 6000, 2048, 2048));
+  t.is(resizePlan(6000, 6000, true, 2048, 2048).resample, undefined);
+  t.true(downscaleRunsInSimd(640, 480, 224, 224));
 });

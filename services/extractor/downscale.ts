@@ -32,7 +32,7 @@
 
 import { coverScale, cropOffset, remember, type SourceWindow } from './cover-geometry.js';
 import { DOWNSCALE_WASM } from './downscale.wasm.js';
-import { simdModule } from './wasm-simd.js';
+import { fitsSimdMemory, simdModule } from './wasm-simd.js';
 
 /** Fixed-point precision of the weights (VIPS_INTERPOLATE_SHIFT). */
 const BITS = 12;
@@ -265,6 +265,51 @@ function makePlan(w: number, h: number, width: number, height: number, window: S
 
 const planCache = new Map<string, Plan>();
 
+function cachedPlan(w: number, h: number, width: number, height: number, window: SourceWindow): Plan {
+  const key = `${w} ${h} ${width} ${height} ${window.left} ${window.top} ${window.width}`;
+  return remember(planCache, key, () => makePlan(w, h, width, height, window));
+}
+
+/** Sizes of the SIMD passes' buffers for a plan. */
+function buffers(plan: Plan, width: number, height: number) {
+  // Intermediate rows hold the horizontal taps' columns, then room for the SIMD passes' reads and
+  // writes (16 bytes, or 16 pixels, at a time; whole blocks of 16 taps).
+  const columns = plan.midColumns + 16 * plan.blocks + 11;
+  const midStride = columns * 3;
+  return {
+    columns,
+    midStride,
+    midLength: height * midStride + 64,
+    planeLength: height * columns,
+    outLength: width * height * 3,
+  };
+}
+
+/** The WebAssembly memory regions of one call: source, taps, rows between the passes, planes, output. */
+function regions(plan: Plan, srcLength: number, width: number, height: number): number[] {
+  const { midLength, planeLength, outLength } = buffers(plan, width, height);
+  return [
+    srcLength + 32,
+    plan.vtaps.byteLength,
+    plan.htaps.byteLength,
+    midLength,
+    3 * planeLength + 64,
+    outLength + 16,
+  ];
+}
+
+/**
+ * Whether coverDownscale runs in WebAssembly SIMD for this geometry (the runtime has it, and the
+ * buffers fit its memory cap). Its JavaScript passes give the same bytes but cost several times
+ * libvips's resize: decodeImage uses coverDownscale only where this holds.
+ */
+export function downscaleRunsInSimd(w: number, h: number, width: number, height: number): boolean {
+  if (!downscaleModule()) return false;
+  const window = downscaleWindow(w, h, width, height);
+  const plan = cachedPlan(w, h, width, height, window);
+  return fitsSimdMemory(regions(plan, window.width * window.height * 3, width, height));
+}
+
 /**
  * A w × h source scaled down by libvips's factor to cover width × height and centre-cropped to
  * it, with libvips's lanczos3 reduce; `src` holds the source's `window` (downscaleWindow's, the
@@ -285,26 +330,11 @@ export function coverDownscale(
     throw new RangeError(`coverDownscale: ${src.length} bytes is not the window's ${window.width}×${window.height}×3`);
   }
   if (!(coverScale(w, h, width, height) < 1)) throw new RangeError('coverDownscale: not a downscale');
-  const plan = remember(planCache, `${w} ${h} ${width} ${height} ${window.left} ${window.top} ${window.width}`, () =>
-    makePlan(w, h, width, height, window),
-  );
-  // Intermediate rows hold the horizontal taps' columns, then room for the SIMD passes' reads and
-  // writes (16 bytes, or 16 pixels, at a time; whole blocks of 16 taps).
-  const columns = plan.midColumns + 16 * plan.blocks + 11;
-  const midStride = columns * 3;
-  const midLength = height * midStride + 64;
-  const outLength = width * height * 3;
+  const plan = cachedPlan(w, h, width, height, window);
+  const { columns, midStride, midLength, planeLength, outLength } = buffers(plan, width, height);
   const vm = pass === 'wasm' ? downscaleModule() : null;
   if (pass === 'wasm' && !vm) throw new Error('coverDownscale: WebAssembly SIMD is not available here');
-  const planeLength = height * columns;
-  const at = vm?.reserve([
-    src.length + 32,
-    plan.vtaps.byteLength,
-    plan.htaps.byteLength,
-    midLength,
-    3 * planeLength + 64,
-    outLength + 16,
-  ]);
+  const at = vm?.reserve(regions(plan, src.length, width, height));
   if (!vm || !at) {
     const mid = new Uint8Array(midLength);
     verticalPass(src, plan, height, mid, midStride);

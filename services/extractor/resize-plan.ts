@@ -3,7 +3,7 @@
  * whether libvips or the decoder's own code (upscale.ts, downscale.ts) does the cover resize.
  */
 import { coverScale, type SourceWindow } from './cover-geometry.js';
-import { downscaleIsExact, downscaleWindow } from './downscale.js';
+import { downscaleIsExact, downscaleRunsInSimd, downscaleWindow } from './downscale.js';
 import { upscaleIsExact, upscaleWindow } from './upscale.js';
 
 /**
@@ -35,9 +35,10 @@ export interface ResizePlan {
  * arithmetic on them, byte for byte (test/decode-identity.test.ts): upscale.ts's bicubic, several
  * times the speed of libvips's generic affine, and downscale.ts's lanczos3 reduce, without
  * libvips's pipeline around it. Deeper sources (16-bit, float), geometries where rounding is too
- * close to call (upscaleIsExact, downscaleIsExact) and sources that sharp would scale while
- * loading (`loadScales`: JPEG and WebP shrink-on-load, SVG rendered to scale; never once a strip is
- * cut out first) are scaled by libvips: no `window`.
+ * close to call (upscaleIsExact, downscaleIsExact), downscales that would not run in SIMD
+ * (downscaleRunsInSimd: the JavaScript passes are slower than libvips) and sources that sharp
+ * would scale while loading (`loadScales`: JPEG and WebP shrink-on-load, SVG rendered to scale;
+ * never once a strip is cut out first) are scaled by libvips: no `window`.
  */
 export function resizePlan(
   ow: number,
@@ -58,7 +59,12 @@ export function resizePlan(
   if (own && scale > 1 && upscaleIsExact(sw, sh, width, height)) {
     resample = 'up';
     window = upscaleWindow(sw, sh, width, height);
-  } else if (own && scale < 1 && downscaleIsExact(sw, sh, width, height)) {
+  } else if (
+    own &&
+    scale < 1 &&
+    downscaleIsExact(sw, sh, width, height) &&
+    downscaleRunsInSimd(sw, sh, width, height)
+  ) {
     resample = 'down';
     window = downscaleWindow(sw, sh, width, height);
   }

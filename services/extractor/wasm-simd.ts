@@ -35,6 +35,22 @@ export interface SimdModule {
   reserve(sizes: readonly number[]): number[] | undefined;
 }
 
+/** 16-byte-aligned offsets of consecutive regions of the given sizes, and where the last ends. */
+function layout(sizes: readonly number[]): { offsets: number[]; end: number } {
+  const offsets: number[] = [];
+  let end = 0;
+  for (const size of sizes) {
+    offsets.push(end);
+    end = (end + size + 15) & ~15;
+  }
+  return { offsets, end };
+}
+
+/** Whether regions of these sizes fit the memory one module may keep. */
+export function fitsSimdMemory(sizes: readonly number[]): boolean {
+  return layout(sizes).end <= WASM_MAX_BYTES;
+}
+
 const loaded = new Map<string, SimdModule | null>();
 
 /** The module whose bytes are `base64`, instantiated on first use; null without WebAssembly SIMD. */
@@ -46,14 +62,8 @@ export function simdModule(base64: string): SimdModule | null {
   if (wasm?.validate(bytes)) {
     const { exports } = new wasm.Instance(new wasm.Module(bytes));
     const memory = exports.memory as WasmMemory;
-    const align = (n: number) => (n + 15) & ~15;
     const reserve = (sizes: readonly number[]) => {
-      const offsets: number[] = [];
-      let end = 0;
-      for (const size of sizes) {
-        offsets.push(end);
-        end = align(end + size);
-      }
+      const { offsets, end } = layout(sizes);
       if (end > WASM_MAX_BYTES) return undefined;
       const now = memory.buffer.byteLength;
       if (end > now) memory.grow(Math.ceil((end - now) / 65536));
