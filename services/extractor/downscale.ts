@@ -158,6 +158,7 @@ export function downscaleIsExact(w: number, h: number, width: number, height: nu
     const scale = coverScale(w, h, width, height);
     if (!(scale < 1)) return false;
     const shrink = 1 / scale;
+    if (!(shrink < MAX_SHRINK)) return false; // checked first: the masks of a large shrink are long
     const taps = 3 * shrink;
     if (Math.abs(taps - Math.floor(taps) - 0.5) < 1e-9) return false; // rint's tie: 2·rint(3f) + 1 taps
     // vips_resize box-shrinks by ⌊n / scaled / 2⌋ first where that is 2 or more.
@@ -168,7 +169,7 @@ export function downscaleIsExact(w: number, h: number, width: number, height: nu
       const a = cachedAxis(len, out, shrink);
       if (!a.exact || Math.floor(len / a.scaled / 2) > 1) return false;
     }
-    return shrink < MAX_SHRINK && kernel(shrink).exact;
+    return kernel(shrink).exact;
   });
 }
 const exactCache = new Map<string, boolean>();
