@@ -58,11 +58,18 @@ interface Sample {
   };
 }
 
+// 1×1 to 37×101 are scaled up (upscale.ts), the rest down: 640×480 and 500×375 by about 2 to 3
+// (downscale.ts), 300×300 by less than 2, 333×517 portrait, and 1000×700 by 3.1 to 4.4 (JPEGs
+// shrunk on load by sharp unless EXIF-rotated, the rest past downscale.ts's range at 224×224).
 const SIZES: Array<[number, number]> = [
   [1, 1],
   [32, 32],
   [37, 101],
   [640, 480],
+  [500, 375],
+  [300, 300],
+  [333, 517],
+  [1000, 700],
 ];
 const TARGETS: Array<[number, number]> = [
   [224, 224],
@@ -108,6 +115,8 @@ async function corpus(): Promise<Sample[]> {
   await add('webp orientation 8 37×101', raw(37, 101).webp().withMetadata({ orientation: 8 }), { orientation: 8 });
   await add('tiff orientation 5 37×101', raw(37, 101).tiff().withMetadata({ orientation: 5 }), { orientation: 5 });
   await add('jpeg with an ICC profile 37×101', raw(37, 101).jpeg().withMetadata({ icc: 'p3' }));
+  await add('jpeg with an ICC profile 640×480', raw(640, 480).jpeg().withMetadata({ icc: 'p3' }));
+  await add('webp orientation 6 640×480', raw(640, 480).webp().withMetadata({ orientation: 6 }), { orientation: 6 });
   await add('avif 37×101', raw(37, 101).avif({ effort: 0 }), { format: 'heif' });
   await add('tiff grey 37×101', raw(37, 101).toColourspace('b-w').tiff(), { format: 'tiff', channels: 1 });
   out.push({

@@ -9,7 +9,8 @@ import test from 'ava';
 import sharp from 'sharp';
 import { loadDemoImages } from '../cli/demo-data.js';
 import { decodeImage } from '../services/extractor/image.js';
-import { coverScale, coverUpscale, upscaleIsExact, upscaleWindow } from '../services/extractor/upscale.js';
+import { coverScale } from '../services/extractor/cover-geometry.js';
+import { coverUpscale, upscaleIsExact, upscaleWindow } from '../services/extractor/upscale.js';
 
 function random(seed: number) {
   let s = seed >>> 0;
@@ -220,16 +221,6 @@ test('the SIMD vertical pass is the JavaScript one: same bytes on random images,
       Buffer.from(coverUpscale(src, 32, 32, 224, 224, undefined, 'wasm')),
     ),
   );
-});
-
-test('the embedded WebAssembly is upscale-vpass.wat compiled (npm run build:wasm)', async (t) => {
-  const { compileVpass, vpassModuleText } = await import('../services/extractor/upscale-vpass-build.js');
-  const { VPASS_WASM } = await import('../services/extractor/upscale-vpass.wasm.js');
-  const compiled = await compileVpass();
-  t.is(VPASS_WASM, Buffer.from(compiled).toString('base64'), 'run `npm run build:wasm` after editing the .wat');
-  const { readFile } = await import('node:fs/promises');
-  const file = await readFile(new URL('../services/extractor/upscale-vpass.wasm.ts', import.meta.url), 'utf8');
-  t.is(file, vpassModuleText(compiled));
 });
 
 test('an input size too large for the SIMD pass to keep memory for runs in JavaScript, with the same bytes', (t) => {

@@ -27,7 +27,9 @@ import { outOfMemoryReason } from './decode-limits.js';
 import { decodePlainPng } from './png-simple.js';
 import { sniffImageFormat } from './image-format.js';
 import { checkSvg, checkSvgPixels } from './svg-check.js';
-import { coverUpscale, resizePlan } from './upscale.js';
+import { coverDownscale } from './downscale.js';
+import { resizePlan } from './resize-plan.js';
+import { coverUpscale } from './upscale.js';
 
 export interface DecodeOptions {
   /** Output width in pixels (the engine's input width). */
@@ -136,7 +138,9 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
   if (svg) checkSvgPixels({ width: w, height: h }, svg, maxPixels);
 
   const [ow, oh] = (meta.orientation ?? 1) >= 5 ? [h, w] : [w, h];
-  const { sw, sh, window, region } = resizePlan(ow, oh, meta.depth === 'uchar', width, height);
+  const rotated = meta.orientation !== undefined && meta.orientation !== 1;
+  const loadScales = sharpScalesOnLoad(format, rotated, Math.min(w / width, h / height));
+  const { sw, sh, resample, window, region } = resizePlan(ow, oh, meta.depth === 'uchar', width, height, loadScales);
 
   let out: { data: Buffer; info: sharp.OutputInfo };
   try {
@@ -148,7 +152,7 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
     // Apply EXIF orientation. Without a tag, or with 1 (as stored), sharp would only copy the image
     // to drop the tag, which raw output never carries: the same pixels, one libvips operation less.
     // The header read above is the same loader on the same bytes, so it sees the tag the pipeline would.
-    if (meta.orientation !== undefined && meta.orientation !== 1) pipeline = pipeline.rotate();
+    if (rotated) pipeline = pipeline.rotate();
     if (region) pipeline = pipeline.extract(region);
     // flatten, toColourspace and removeAlpha cost nothing when there is nothing to do (sharp checks
     // for alpha and colourspace itself, measured: bench/decode-cost.ts), so they stay unconditional.
@@ -169,7 +173,9 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
       );
     }
     const src = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-    return coverUpscale(src, sw, sh, width, height, window);
+    return resample === 'down'
+      ? coverDownscale(src, sw, sh, width, height, window)
+      : coverUpscale(src, sw, sh, width, height, window);
   }
   const { info, data } = out;
   const expected = width * height * 3;
@@ -180,6 +186,22 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
     );
   }
   return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+}
+
+/**
+ * Whether sharp (0.33.5, pipeline.cc) would load this source already scaled, given the cover's
+ * shrink (source ÷ target on the side that decides): then its pixels are not a full-size decode
+ * scaled afterwards, and decodeImage's own resampling must not stand in for its resize. sharp does
+ * that only when nothing rotates or crops the image before the resize: JPEGs decoded at 1/2, 1/4
+ * or 1/8 by libjpeg from a shrink of 3 on (below 2 none, and from 2 to 3 sharp keeps the full
+ * size: "known libjpeg rounding errors"), WebP at any downscale, SVG rendered at the target's
+ * scale, up or down.
+ */
+function sharpScalesOnLoad(format: ImageFormat, rotated: boolean, shrink: number): boolean {
+  if (rotated) return false;
+  if (format === 'jpeg') return shrink >= 3;
+  if (format === 'webp') return shrink > 1;
+  return format === 'svg' && shrink !== 1;
 }
 
 /** Size of an image embedded in an SVG, from its header; throws ImageError if that cannot be read. */

@@ -20,7 +20,9 @@
 import { inflateSync } from 'node:zlib';
 import { DEFAULT_IMAGE_FORMATS } from '../../shared/config.js';
 import type { DecodeOptions } from './image.js';
-import { coverUpscale, resizePlan, type SourceWindow } from './upscale.js';
+import type { SourceWindow } from './cover-geometry.js';
+import { resizePlan } from './resize-plan.js';
+import { coverUpscale } from './upscale.js';
 
 /**
  * Ancillary chunks that libvips's pixels do not depend on, and that its PNG reader (libspng) checks
@@ -232,7 +234,7 @@ export function decodePlainPng(bytes: Uint8Array, opts: DecodeOptions): Uint8Arr
   if (simple.width === width && simple.height === height)
     return decodeSimplePng(simple, { left: 0, top: 0, width, height });
   const plan = resizePlan(simple.width, simple.height, true, width, height);
-  if (!plan.window || !plan.region) return undefined;
+  if (plan.resample !== 'up' || !plan.window || !plan.region) return undefined;
   const src = decodeSimplePng(simple, plan.region);
   return src && coverUpscale(src, plan.sw, plan.sh, width, height, plan.window);
 }

@@ -1,7 +1,7 @@
 ;; The vertical pass of upscale.ts's cover upscale, in WebAssembly SIMD (issue 14).
 ;;
 ;; Source of upscale-vpass.wasm.ts: `npm run build:wasm` compiles it (with the wabt package) and
-;; test/upscale.test.ts checks that the embedded bytes are this file's. The arithmetic is exactly
+;; test/wasm-build.test.ts checks that the embedded bytes are this file's. The arithmetic is exactly
 ;; upscale.ts's JavaScript pass (verticalPass), which the tests hold byte for byte against libvips:
 ;;
 ;;   out[y·rowLen + i] = clamp₀²⁵⁵((Σₖ tmp[rₖ·rowLen + i] · wₖ + 2048) >> 12),  k = 0..3

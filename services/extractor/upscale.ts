@@ -20,12 +20,14 @@
  *   libvips's own floating-point steps decides: upscaleIsExact says so and decodeImage leaves that
  *   geometry to libvips (rare at 224 or 299; common for targets with a large power of two, 256).
  * Found by measurement against sharp 0.33 / libvips 8.15 and held to it byte for byte:
- * test/decode-identity.test.ts (91 files, three output sizes) and test/upscale.test.ts (random
+ * test/decode-identity.test.ts (its corpus at three output sizes) and test/upscale.test.ts (random
  * images and geometries). A sharp or libvips upgrade that changes libvips's arithmetic shows
  * there first; then this follows it or decodeImage stops using it.
  */
 
+import { coverScale, cropOffset, remember, type SourceWindow } from './cover-geometry.js';
 import { VPASS_WASM } from './upscale-vpass.wasm.js';
+import { simdModule } from './wasm-simd.js';
 
 /** Fixed-point precision of the weights: 12 bits per pass. */
 const BITS = 12;
@@ -89,35 +91,14 @@ function taps(src: number, out: number, scale: number, offset: number, from: num
   return { index, weight, packed };
 }
 
-/**
- * Per-geometry results, kept for the last few geometries: a run decodes many images of one size
- * to one input size.
- */
-function remember<T>(cache: Map<string, T>, key: string, make: () => T): T {
-  let v = cache.get(key);
-  if (v === undefined) {
-    if (cache.size >= 64) cache.clear();
-    v = make();
-    cache.set(key, v);
-  }
-  return v;
-}
-
 const tapCache = new Map<string, Taps>();
 function cachedTaps(src: number, out: number, scale: number, offset: number, from: number): Taps {
   return remember(tapCache, `${src} ${out} ${scale} ${offset} ${from}`, () => taps(src, out, scale, offset, from));
 }
 
-/** Where the centre crop starts along an axis, in scaled pixels: a whole number, as sharp crops. */
-function cropOffset(src: number, out: number, scale: number): number {
-  return Math.floor((Math.round(src * scale) - out + 1) / 2);
-}
-
-/** The one scale factor of a cover resize of w × h to width × height. */
-export function coverScale(w: number, h: number, width: number, height: number): number {
-  // As sharp computes it (the smaller shrink, inverted), not max(W/w, H/h): the two can differ in
-  // the last bit, and that bit decides round(w·s) when w·s is a whole number and a half.
-  return 1 / Math.min(w / width, h / height);
+/** Where the centre crop starts along an axis, in scaled pixels (the scaled side is round(src·s)). */
+function upCrop(src: number, out: number, scale: number): number {
+  return cropOffset(Math.round(src * scale), out);
 }
 
 /** How close to a rounding boundary a position may come before the geometry counts as ambiguous. */
@@ -141,7 +122,7 @@ function checkExact(w: number, h: number, width: number, height: number): boolea
   const axis = (src: number, out: number) => {
     const scaled = src * scale;
     if (Math.abs(scaled - Math.floor(scaled) - 0.5) < TIE) return false;
-    const offset = cropOffset(src, out, scale);
+    const offset = upCrop(src, out, scale);
     for (let i = 0; i < out; i++) {
       const a = (sourceAt(i, scale, offset) + 1) * 2 * POSITIONS;
       const n = Math.round(a);
@@ -153,14 +134,6 @@ function checkExact(w: number, h: number, width: number, height: number): boolea
   return axis(w, width) && axis(h, height);
 }
 
-/** The source pixels a cover upscale of w × h to width × height reads: a rectangle of the source. */
-export interface SourceWindow {
-  left: number;
-  top: number;
-  width: number;
-  height: number;
-}
-
 /**
  * The part of a w × h source that coverUpscale reads for width × height (the centre crop's pixels
  * and the cubic's neighbours): decode only that, so a 100 × 100000 strip costs what its kept
@@ -169,7 +142,7 @@ export interface SourceWindow {
 export function upscaleWindow(w: number, h: number, width: number, height: number): SourceWindow {
   const scale = coverScale(w, h, width, height);
   const span = (src: number, out: number) => {
-    const offset = cropOffset(src, out, scale);
+    const offset = upCrop(src, out, scale);
     const from = Math.max(0, Math.floor(sourceAt(0, scale, offset)) - 1);
     const to = Math.min(src - 1, Math.floor(sourceAt(out - 1, scale, offset)) + 2);
     return [from, to - from + 1] as const;
@@ -178,9 +151,6 @@ export function upscaleWindow(w: number, h: number, width: number, height: numbe
   const [top, wh] = span(h, height);
   return { left, top, width: ww, height: wh };
 }
-
-/** Largest WebAssembly memory the SIMD pass may keep (224×224 needs about 200 KiB). */
-const WASM_MAX_BYTES = 64 << 20;
 
 /** How the vertical pass runs: WebAssembly SIMD (the default where available) or plain JavaScript. */
 export type VerticalPass = 'wasm' | 'js';
@@ -206,8 +176,8 @@ export function coverUpscale(
     throw new RangeError(`coverUpscale: ${src.length} bytes is not the window's ${ww}×${window.height}×3`);
   }
   const scale = coverScale(w, h, width, height);
-  const tx = cachedTaps(w, width, scale, cropOffset(w, width, scale), window.left);
-  const ty = cachedTaps(h, height, scale, cropOffset(h, height, scale), window.top);
+  const tx = cachedTaps(w, width, scale, upCrop(w, width, scale), window.left);
+  const ty = cachedTaps(h, height, scale, upCrop(h, height, scale), window.top);
   const rowLen = width * 3;
   const rows = window.height;
   // The horizontal pass's rows as int16, with 16 spare samples after the last (the SIMD pass
@@ -216,17 +186,24 @@ export function coverUpscale(
   const outLength = height * rowLen;
   const vm = pass === 'wasm' ? vpassModule() : null;
   if (pass === 'wasm' && !vm) throw new Error('coverUpscale: WebAssembly SIMD is not available here');
-  const layout = vm?.reserve(height * 32, tmpLength * 2, outLength + 16);
-  if (!vm || !layout) {
+  const at = vm?.reserve([height * 32, tmpLength * 2, outLength + 16]);
+  if (!vm || !at) {
     const tmp = new Int16Array(tmpLength);
     horizontalPass(src, ww * 3, tx, rows, rowLen, ty.index, tmp);
     return verticalPass(tmp, rowLen, ty, height);
   }
-  horizontalPass(src, ww * 3, tx, rows, rowLen, ty.index, new Int16Array(vm.memory.buffer, layout.tmp, tmpLength));
-  new Int32Array(vm.memory.buffer, layout.taps, height * 8).set(ty.packed);
-  vm.vpass(layout.tmp, rowLen, layout.taps, height, layout.out);
+  const [taps, tmp, out] = at as [number, number, number];
+  horizontalPass(src, ww * 3, tx, rows, rowLen, ty.index, new Int16Array(vm.memory.buffer, tmp, tmpLength));
+  new Int32Array(vm.memory.buffer, taps, height * 8).set(ty.packed);
+  (vm.exports.vpass as (tmp: number, rowLen: number, taps: number, height: number, out: number) => void)(
+    tmp,
+    rowLen,
+    taps,
+    height,
+    out,
+  );
   // A copy: the module's memory is reused by the next call.
-  return new Uint8Array(vm.memory.buffer, layout.out, outLength).slice();
+  return new Uint8Array(vm.memory.buffer, out, outLength).slice();
 }
 
 /**
@@ -294,98 +271,7 @@ function verticalPass(tmp: Int16Array, rowLen: number, ty: Taps, height: number)
   return out;
 }
 
-/**
- * The little of the WebAssembly API used here (the project's TypeScript libs are ES2023 and
- * Node's types without the DOM, where its declarations live).
- */
-interface WasmMemory {
-  readonly buffer: ArrayBuffer;
-  grow(pages: number): number;
-}
-interface WasmApi {
-  validate(bytes: Uint8Array): boolean;
-  Module: new (bytes: Uint8Array) => object;
-  Instance: new (module: object) => { exports: Record<string, unknown> };
-}
-const wasm = (globalThis as { WebAssembly?: WasmApi }).WebAssembly;
-
-interface VpassModule {
-  memory: WasmMemory;
-  vpass: (tmp: number, rowLen: number, taps: number, height: number, out: number) => void;
-  /**
-   * Offsets (16-byte aligned) of the taps, tmp and output regions, the memory grown to hold them;
-   * undefined past WASM_MAX_BYTES (the memory only grows: an unusually large input size, a model's,
-   * runs in JavaScript rather than keep that much memory for the process's life).
-   */
-  reserve: (taps: number, tmp: number, out: number) => { taps: number; tmp: number; out: number } | undefined;
-}
-
-let vpassLoaded: VpassModule | null | undefined;
-
-/** The SIMD vertical pass, instantiated on first use; null where WebAssembly SIMD is missing. */
-function vpassModule(): VpassModule | null {
-  if (vpassLoaded !== undefined) return vpassLoaded;
-  const bytes = Buffer.from(VPASS_WASM, 'base64');
-  if (!wasm?.validate(bytes)) {
-    vpassLoaded = null;
-    return null;
-  }
-  const instance = new wasm.Instance(new wasm.Module(bytes));
-  const memory = instance.exports.memory as WasmMemory;
-  const vpass = instance.exports.vpass as VpassModule['vpass'];
-  const align = (n: number) => (n + 15) & ~15;
-  const reserve = (taps: number, tmp: number, out: number) => {
-    const layout = { taps: 0, tmp: align(taps), out: align(align(taps) + tmp) };
-    const need = layout.out + out;
-    if (need > WASM_MAX_BYTES) return undefined;
-    const have = memory.buffer.byteLength;
-    if (need > have) memory.grow(Math.ceil((need - have) / 65536));
-    return layout;
-  };
-  vpassLoaded = { memory, vpass, reserve };
-  return vpassLoaded;
-}
-
-/**
- * Largest side of the cover-scaled image before cropping. Past it, the crop is taken from the
- * source first: libvips coordinates stop at 10 million, and a 100000×1 strip scaled to cover
- * 224×224 would be 22.4 million pixels wide.
- */
-const MAX_SCALED_SIDE = 65_535;
-
-/**
- * How an ow × oh source (after EXIF orientation) becomes width × height. An extreme strip is
- * first cut to the part cover-scaling keeps (`strip`, extremeCrop); that part, sw × sh, or the
- * whole image, is the source of the resize. Scaling up an 8-bit source (smaller than the input on
- * the side that decides), libvips decodes only the pixels the crop keeps (`region`: `window` in
- * the whole image) and upscale.ts does libvips's own bicubic arithmetic on them, byte for byte
- * (test/decode-identity.test.ts), at several times the speed of libvips's generic affine. Deeper
- * sources (16-bit, float), geometries where rounding is too close to call (upscaleIsExact) and
- * all downscales are scaled by libvips: no `window`.
- */
-export function resizePlan(ow: number, oh: number, eightBit: boolean, width: number, height: number) {
-  const strip = extremeCrop(ow, oh, width, height);
-  const sw = strip?.width ?? ow;
-  const sh = strip?.height ?? oh;
-  const window =
-    eightBit && coverScale(sw, sh, width, height) > 1 && upscaleIsExact(sw, sh, width, height)
-      ? upscaleWindow(sw, sh, width, height)
-      : undefined;
-  const region = window
-    ? { ...window, left: window.left + (strip?.left ?? 0), top: window.top + (strip?.top ?? 0) }
-    : strip;
-  return { strip, sw, sh, window, region };
-}
-
-/**
- * The source region that cover-resizing would keep, when the scaled image in between would be
- * too large to address (a 100000×1 strip); undefined for every ordinary shape, which libvips
- * crops itself. ow × oh is the size after EXIF orientation, which the pipeline applies before extracting.
- */
-function extremeCrop(ow: number, oh: number, width: number, height: number) {
-  const scale = Math.max(width / ow, height / oh);
-  if (Math.max(ow, oh) * scale <= MAX_SCALED_SIDE) return undefined;
-  const cw = Math.min(ow, Math.max(1, Math.round(width / scale)));
-  const ch = Math.min(oh, Math.max(1, Math.round(height / scale)));
-  return { left: Math.floor((ow - cw) / 2), top: Math.floor((oh - ch) / 2), width: cw, height: ch };
+/** The SIMD vertical pass; null where WebAssembly SIMD is missing. */
+function vpassModule() {
+  return simdModule(VPASS_WASM);
 }
