@@ -8,16 +8,16 @@ import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join, relative, resolve } from 'node:path';
 import { CreateBucketCommand } from '@aws-sdk/client-s3';
 import cliProgress from 'cli-progress';
-import { loadConfig } from '../shared/config.js';
 import { RAW_PIXELS, DEFAULT_FEATURES, type FeatureSpec } from '../shared/features.js';
 import { getObjectBytes, putObject } from '../shared/s3.js';
 import { errorMessage } from '../shared/errors.js';
 import { reportHtmlKey } from '../services/evaluator/report-html.js';
 import type { RunStatus } from '../shared/run-state.js';
-import { createClient, enqueueRun, waitForRun, type Client } from './client.js';
+import { enqueueRun, waitForRun, type Client } from './client.js';
 import { loadDemoImages } from './demo-data.js';
 import {
   DEFAULT_LOCAL_EXTRACTORS,
+  clientOf,
   startLocalServices,
   startLocalWorkers,
   waitForWorkers,
@@ -37,13 +37,7 @@ export interface DemoOptions {
 export async function runDemo(opts: DemoOptions): Promise<number> {
   const say = (s: string) => process.stdout.write(`${s}\n`);
   const services = await startLocalServices(process.env, { dataDir: opts.dataDir, embeddedS3: 'always', say });
-  let client: Client;
-  try {
-    client = createClient(loadConfig(services.env));
-  } catch (err) {
-    await services.stop();
-    throw err;
-  }
+  const client = await clientOf(services);
   const config = client.config;
   let workers: LocalWorkers | undefined;
   try {

@@ -10,7 +10,8 @@ import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { listWorkers, type Client } from './client.js';
+import { loadConfig } from '../shared/config.js';
+import { createClient, listWorkers, type Client } from './client.js';
 import { ConfigError } from '../shared/errors.js';
 import { LocalStackError, startRedis, startS3Server } from './local-stack.js';
 
@@ -64,6 +65,16 @@ export async function startLocalServices(base: NodeJS.ProcessEnv, opts: LocalSer
     throw err;
   }
   return { env, stop };
+}
+
+/** A client for the services' environment; if none can be made (a bad setting), the services are stopped. */
+export async function clientOf(services: LocalServices): Promise<Client> {
+  try {
+    return createClient(loadConfig(services.env));
+  } catch (err) {
+    await services.stop();
+    throw err;
+  }
 }
 
 export interface LocalWorkers {

@@ -36,6 +36,7 @@ import { LOCAL_DIR, localDemoEnv } from './local-stack.js';
 import {
   DEFAULT_LOCAL_EXTRACTORS,
   EXIT_WITH_PARENT,
+  clientOf,
   startLocalServices,
   startLocalWorkers,
   waitForWorkers,
@@ -306,13 +307,7 @@ async function onThisMachine(enqueue: (client: Client) => Promise<string>, o: { 
   const say = (line: string) => console.error(line);
   const dataDir = existsSync(LOCAL_DIR) ? LOCAL_DIR : undefined;
   const services = await startLocalServices(process.env, { dataDir, embeddedS3: 'if-present', say });
-  let client: Client;
-  try {
-    client = createClient(loadConfig(services.env));
-  } catch (err) {
-    await services.stop();
-    throw err;
-  }
+  const client = await clientOf(services);
   const workers = startLocalWorkers(services.env, DEFAULT_LOCAL_EXTRACTORS, say);
   try {
     await waitForWorkers(client, workers);
