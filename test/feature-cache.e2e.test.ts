@@ -28,9 +28,16 @@ import { shardKey, type ShardRow } from '../shared/dataset.js';
 import { DEFAULT_FEATURES, RAW_PIXELS, type FeatureSpec } from '../shared/features.js';
 import { decodeNpy } from '../shared/npy.js';
 import type { RunStatus } from '../shared/run-state.js';
-import { deleteObject, getObjectBytes, getObjectJson, getObjectText, listObjects } from '../shared/s3.js';
+import { deleteObject, getObjectBytes, getObjectText, listObjects } from '../shared/s3.js';
 import { startFaultProxy, type FaultProxy } from './helpers/fault-proxy.js';
-import { deployment, runCli, spawnWorker, type Deployment, type WorkerProcess } from './helpers/pipeline.js';
+import {
+  deployment,
+  runCli,
+  spawnWorker,
+  storedFinalStatus,
+  type Deployment,
+  type WorkerProcess,
+} from './helpers/pipeline.js';
 
 const PER_CLASS = 8;
 const IMAGES = 2 * PER_CLASS;
@@ -207,7 +214,7 @@ test.serial(
     t.is(shown.code, 0, shown.stderr);
     t.regex(shown.stdout, new RegExp(`\\ncache {5}${IMAGES}/${IMAGES} hits\\n`));
     // The final status the evaluator stores keeps the counts, for `status` once Redis has forgotten the run.
-    const stored = await getObjectJson<RunStatus>(dep.client.s3, dep.config.bucket, `runs/${second.runId}/run.json`);
+    const stored = await storedFinalStatus(dep, second.runId);
     t.deepEqual(stored.cache, { hits: IMAGES, misses: 0 });
   },
 );

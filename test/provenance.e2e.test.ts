@@ -16,10 +16,9 @@ import { startTrainerWorker } from '../services/trainer/worker.js';
 import { RAW_PIXELS } from '../shared/features.js';
 import { candidateKey, modelKey, type Candidate, type ModelArtifact } from '../shared/model-format.js';
 import type { RunRequest } from '../shared/queues.js';
-import type { RunStatus } from '../shared/run-state.js';
 import { getObjectJson } from '../shared/s3.js';
 import { closeContext, createContext, type ServiceContext } from '../shared/worker-kit.js';
-import { deployment, type Deployment } from './helpers/pipeline.js';
+import { deployment, storedFinalStatus, type Deployment } from './helpers/pipeline.js';
 
 let dep: Deployment;
 let ctx: ServiceContext;
@@ -114,9 +113,7 @@ test.serial(
     });
     t.is(s.model?.uri, `s3://${dep.config.bucket}/${modelKey('prov-altered', runId)}`);
     // run.json is that status, bounded like it: the first failures and their count.
-    const runJson = await until('run.json', () =>
-      getObjectJson<RunStatus>(dep.client.s3, dep.config.bucket, `runs/${runId}/run.json`),
-    );
+    const runJson = await storedFinalStatus(dep, runId);
     t.is(runJson.failuresTotal, 0);
     t.deepEqual(runJson.failures, []);
   },

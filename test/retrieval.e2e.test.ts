@@ -21,7 +21,14 @@ import { DatasetError } from '../shared/errors.js';
 import type { ModelArtifact } from '../shared/model-format.js';
 import type { RunStatus } from '../shared/run-state.js';
 import { getObjectJson } from '../shared/s3.js';
-import { deployment, runCli, spawnWorker, type Deployment, type WorkerProcess } from './helpers/pipeline.js';
+import {
+  deployment,
+  runCli,
+  spawnWorker,
+  storedFinalStatus,
+  type Deployment,
+  type WorkerProcess,
+} from './helpers/pipeline.js';
 
 const PER_CLASS = 100;
 /** Images per class the pipeline never sees: the dog queries. */
@@ -145,7 +152,7 @@ test.serial('the evaluator reports 1-NN and 5-NN test accuracy, equal to a brute
     `models/pets/${run.runId}/model.json`,
   );
   t.deepEqual(model.metrics.knn, knn);
-  const stored = await getObjectJson<RunStatus>(dep.client.s3, dep.config.bucket, `runs/${run.runId}/run.json`);
+  const stored = await storedFinalStatus(dep, run.runId);
   t.deepEqual(stored.metrics?.knn, knn);
   const status = await runCli(dep.env, ['status', run.runId]);
   t.is(status.code, 0, status.stderr);
@@ -298,7 +305,9 @@ test.serial('a bad query gets its reason and the others still print; none answer
   const table = await runCli(dep.env, ['similar', 'pets', text, heldBackDogs[0]!]);
   t.is(table.code, 0, table.stderr);
   t.false(table.stdout.includes('\x1b'));
-  t.regex(table.stdout, /notes\\x1b\[2J\.png +error: /);
+  // A failed query's row: '-' for the neighbour columns, its reason in the last (error) column.
+  t.regex(table.stdout, /^query +rank +key +label +split +similarity +error$/m);
+  t.regex(table.stdout, /notes\\x1b\[2J\.png +- +- +- +- +- +not an image: /);
 
   const none = await runCli(dep.env, ['similar', 'pets', text, join(dir, 'gone.png')]);
   t.is(none.code, 2);

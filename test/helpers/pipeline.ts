@@ -6,8 +6,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadConfig, type Config } from '../../shared/config.js';
-import { putObject } from '../../shared/s3.js';
-import { createClient, type Client } from '../../cli/client.js';
+import type { RunStatus } from '../../shared/run-state.js';
+import { getObjectJson, putObject } from '../../shared/s3.js';
+import { createClient, isTerminal, type Client } from '../../cli/client.js';
 import { getRedis, getS3, makeS3Client, uniqueName, type TestRedis, type TestS3 } from './services.js';
 
 export const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
@@ -103,4 +104,21 @@ export function runCli(
     // test then sees an empty stderr (seen once in CI under load).
     child.once('close', (code) => res({ code, stdout, stderr }));
   });
+}
+
+/**
+ * The run's final status as stored in runs/<id>/run.json. The planner writes a first run.json; the
+ * evaluator (or collector) rewrites it just after marking the run ended in Redis, so a test that
+ * has seen the run end waits here for the rewrite instead of reading the planner's version.
+ */
+export async function storedFinalStatus(dep: Deployment, runId: string, timeoutMs = 60_000): Promise<RunStatus> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const stored = await getObjectJson<RunStatus>(dep.client.s3, dep.config.bucket, `runs/${runId}/run.json`).catch(
+      () => undefined,
+    );
+    if (stored && isTerminal(stored)) return stored;
+    if (Date.now() > deadline) throw new Error(`runs/${runId}/run.json did not get the run's final status`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
