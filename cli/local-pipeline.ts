@@ -23,6 +23,8 @@ const WORKERS_START_MS = 60_000;
 export interface LocalServicesOptions {
   /** Folder for Redis's data (`redis/`) and the embedded S3 store (`s3/`); Redis in a temporary folder when unset. */
   dataDir?: string;
+  /** Redis in a temporary folder, removed when it stops, whatever `dataDir` says: nothing carries over to the next command. */
+  privateRedis?: boolean;
   /** Serve `dataDir/s3` when S3_ENDPOINT is unset: always (the demo creates it), or only if it exists (left by a demo). */
   embeddedS3: 'always' | 'if-present';
   say: (line: string) => void;
@@ -43,10 +45,11 @@ export async function startLocalServices(base: NodeJS.ProcessEnv, opts: LocalSer
   };
   try {
     if (!env.REDIS_URL) {
-      const redis = await startRedis(opts.dataDir ? { dir: resolve(opts.dataDir, 'redis') } : {});
+      const keep = opts.dataDir !== undefined && !opts.privateRedis;
+      const redis = await startRedis(keep ? { dir: resolve(opts.dataDir!, 'redis') } : {});
       stops.push(() => redis.stop());
       env.REDIS_URL = redis.url;
-      const where = opts.dataDir ? `data in ${opts.dataDir}/redis` : 'data in a temporary folder';
+      const where = keep ? `data in ${opts.dataDir}/redis` : 'data in a temporary folder';
       opts.say(`redis      started redis-server at ${redis.url} (${where})`);
     }
     const store = opts.dataDir ? resolve(opts.dataDir, 's3') : undefined;
@@ -95,11 +98,16 @@ export const EXIT_WITH_PARENT = 'DEEPFEAT_EXIT_WITH_PARENT';
 /** Extractor processes by default: one per core. */
 export const DEFAULT_LOCAL_EXTRACTORS = Math.max(1, availableParallelism());
 
-/** Starts planner, trainer, evaluator and `extractors` extractor processes with `env`. */
+/**
+ * Starts planner, trainer, evaluator and `extractors` extractor processes with `env`. Their output
+ * goes to this process's stderr (stdout is the command's result); their log level is LOG_LEVEL,
+ * else `opts.logLevel` (default warn).
+ */
 export function startLocalWorkers(
   env: NodeJS.ProcessEnv,
   extractors: number,
   say: (line: string) => void,
+  opts: { logLevel?: string } = {},
 ): LocalWorkers {
   // Share the cores among the extractors rather than oversubscribe them.
   const threadsPerExtractor = Math.max(1, Math.floor(availableParallelism() / extractors));
@@ -109,11 +117,11 @@ export function startLocalWorkers(
       cwd: ROOT,
       env: {
         ...env,
-        LOG_LEVEL: env.LOG_LEVEL ?? 'warn',
+        LOG_LEVEL: env.LOG_LEVEL ?? opts.logLevel ?? 'warn',
         [EXIT_WITH_PARENT]: String(process.pid),
         DEEPFEAT_ENGINE_THREADS: env.DEEPFEAT_ENGINE_THREADS ?? String(threadsPerExtractor),
       },
-      stdio: ['ignore', 'inherit', 'inherit'],
+      stdio: ['ignore', 2, 2],
     }),
   );
   say(`workers    ${kinds.length} processes: planner, trainer, evaluator, ${extractors} extractor(s)`);

@@ -321,6 +321,10 @@ function startChild(mode: 's3' | 'redis', options: Record<string, unknown>, what
   const payload = JSON.stringify({ ...options, parentPid: process.pid });
   const proc = spawn(process.execPath, ['--openssl-legacy-provider', CHILD_SCRIPT, mode, payload], {
     stdio: ['pipe', 'pipe', 'pipe'],
+    // A process group of its own: a terminal's Ctrl-C reaches this process (which may still need
+    // the service, e.g. to record that a --local run was interrupted) and not the service directly.
+    // The child still ends with this process however it ends: its stdin closes, or it is re-parented.
+    detached: true,
     // Our own loader and inspector flags must not leak into the child.
     env: { ...process.env, NODE_OPTIONS: '' },
   });

@@ -9,7 +9,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { ENV_DOC, loadConfig } from '../shared/config.js';
 import { BUILTIN_MODELS, INPUT_LAYOUTS, INPUT_RANGES } from '../shared/features.js';
 import { backboneRows, formatBackbones } from './backbones.js';
-import { parseS3Url } from '../shared/s3.js';
+import { parseS3Url, putJson } from '../shared/s3.js';
 import { terminalSafeJson, terminalSafeLines } from '../shared/text.js';
 import type { RunStatus } from '../shared/run-state.js';
 import {
@@ -36,6 +36,7 @@ import { LOCAL_DIR, localDemoEnv } from './local-stack.js';
 import {
   DEFAULT_LOCAL_EXTRACTORS,
   EXIT_WITH_PARENT,
+  type LocalWorkers,
   clientOf,
   startLocalServices,
   startLocalWorkers,
@@ -49,7 +50,7 @@ import { registerServeCommand } from './serve.js';
 import { DEFAULT_NEIGHBOURS, MAX_NEIGHBOURS, similar } from './similar.js';
 import { SEARCH_SPLITS, type SearchSplit } from '../services/retrieval/run-index.js';
 import { RUN_LIMITS, type QueueName } from '../shared/queues.js';
-import { BadRequestError } from '../shared/errors.js';
+import { BadRequestError, errorMessage } from '../shared/errors.js';
 
 /**
  * Single-machine default for readers: with S3_ENDPOINT unset and a local .deepfeat/s3 folder
@@ -67,9 +68,9 @@ async function withClient<T>(fn: (client: Client) => Promise<T>): Promise<T> {
 }
 
 const LOCAL_HELP =
-  'run it on this machine: start redis-server (unless REDIS_URL is set) and the workers (planner, trainer, ' +
-  'evaluator, one extractor per core) for this command, wait for the run as --wait does, then stop them; ' +
-  "from the demo's folder with S3_ENDPOINT unset, on the demo's store";
+  'run it on this machine: start redis-server (its own, in a temporary folder) and the workers (planner, ' +
+  'trainer, evaluator, one extractor per core) for this command, wait for the run as --wait does, then stop ' +
+  "them; Ctrl-C fails the run and stops them; from the demo's folder with S3_ENDPOINT unset, on the demo's store";
 
 // A reader that stops early (`deepfeat status RUN --all-failures | head`) closes the pipe: that is
 // the reader's choice, not a fault, so end quietly with success instead of a stack trace.
@@ -300,24 +301,79 @@ async function warnMissingWorkers(client: Client, queues: readonly QueueName[]):
 
 /**
  * `--local`: the pipeline on this machine for this command (local-pipeline.ts, as the demo runs
- * it), the run queued by `enqueue`, waited for, its status printed; the workers and services stop
- * at the end. Progress lines go to stderr, so stdout holds only the status (or its JSON).
+ * it): a Redis of its own in a temporary folder, the run queued by `enqueue` (which checks the
+ * request against the store before any worker starts), the workers, the run waited for and its
+ * status printed; everything stops at the end. Worker logs and progress go to stderr, so stdout
+ * holds only the status (or its JSON). Ctrl-C (SIGINT) or SIGTERM fails the run with that reason
+ * (in Redis and in runs/<id>/run.json) before stopping: nothing is left half-done to be resumed.
  */
 async function onThisMachine(enqueue: (client: Client) => Promise<string>, o: { json?: boolean }): Promise<void> {
+  if (process.env.REDIS_URL) {
+    // Workers of this machine on a shared Redis would take other hosts' jobs against this
+    // machine's store, and other hosts' workers this command's jobs.
+    throw new BadRequestError(
+      '--local starts a Redis and workers of its own: unset REDIS_URL to run on this machine, or drop --local to ' +
+        "queue the run for the workers on REDIS_URL's Redis",
+    );
+  }
   const say = (line: string) => console.error(line);
   const dataDir = existsSync(LOCAL_DIR) ? LOCAL_DIR : undefined;
-  const services = await startLocalServices(process.env, { dataDir, embeddedS3: 'if-present', say });
+  const services = await startLocalServices(process.env, {
+    dataDir,
+    privateRedis: true,
+    embeddedS3: 'if-present',
+    say,
+  });
   const client = await clientOf(services);
-  const workers = startLocalWorkers(services.env, DEFAULT_LOCAL_EXTRACTORS, say);
+  let workers: LocalWorkers | undefined;
+  let runId: string | undefined;
+  let interrupted: NodeJS.Signals | undefined;
+  const stopped = new Promise<never>((_, reject) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      interrupted ??= signal;
+      reject(new InterruptedError(signal));
+    };
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+  });
+  stopped.catch(() => undefined);
   try {
-    await waitForWorkers(client, workers);
-    const runId = await enqueue(client);
-    await printOrWait(client, runId, { ...o, local: true });
+    runId = await Promise.race([enqueue(client), stopped]);
+    workers = startLocalWorkers(services.env, DEFAULT_LOCAL_EXTRACTORS, say, { logLevel: 'fatal' });
+    await Promise.race([waitForWorkers(client, workers), stopped]);
+    await Promise.race([printOrWait(client, runId, { ...o, local: true }), stopped]);
+  } catch (err) {
+    if (!(err instanceof InterruptedError)) throw err;
+    if (runId) await failInterrupted(client, runId, err.signal, o);
+    process.exitCode = 130;
   } finally {
-    await workers.stop();
+    await workers?.stop();
     await client.close().catch(() => undefined);
     await services.stop();
+    if (interrupted) process.exit(130);
   }
+}
+
+class InterruptedError extends Error {
+  constructor(readonly signal: NodeJS.Signals) {
+    super(`interrupted by ${signal}`);
+  }
+}
+
+/** Records a --local run stopped by a signal as failed, where `status` looks (Redis, then run.json). */
+async function failInterrupted(client: Client, runId: string, signal: NodeJS.Signals, o: { json?: boolean }) {
+  const how = signal === 'SIGINT' ? 'Ctrl-C' : signal;
+  const message = `stopped: the --local command was interrupted (${how}); start it again`;
+  let status: RunStatus | undefined;
+  try {
+    await client.runs!.fail(runId, 'INTERNAL', message);
+    status = await getStatus(client, runId);
+    await putJson(client.s3, client.config.bucket, `runs/${runId}/run.json`, status);
+  } catch (err) {
+    console.error(`run ${runId}: could not record the interruption: ${errorMessage(err)}`);
+  }
+  console.error(`run ${runId} failed: interrupted (${how}); its workers are stopping`);
+  if (o.json && status) console.log(terminalSafeJson(status, 2));
 }
 
 /** After a run is queued: its id at once, or with --wait its progress, final status and exit code. */
@@ -331,7 +387,7 @@ async function printOrWait(
     return;
   }
   if (!o.json) {
-    const stops = o.local ? 'Ctrl-C stops the run with its workers' : 'Ctrl-C stops waiting, not the run';
+    const stops = o.local ? 'Ctrl-C fails the run and stops its workers' : 'Ctrl-C stops waiting, not the run';
     console.error(`run ${runId} queued; waiting (${stops})`);
   }
   const progress = o.json ? undefined : runProgress(process.stderr);

@@ -22,7 +22,7 @@ import { startEvaluatorWorker } from '../services/evaluator/worker.js';
 import { startExtractorWorker } from '../services/extractor/worker.js';
 import { startPlannerWorker } from '../services/planner/worker.js';
 import { startTrainerWorker } from '../services/trainer/worker.js';
-import { ROOT, deployment, runCli, type Deployment } from './helpers/pipeline.js';
+import { ROOT, deployment, runCli, storedFinalStatus, type Deployment } from './helpers/pipeline.js';
 import { uniqueName } from './helpers/services.js';
 
 let dep: Deployment;
@@ -382,7 +382,7 @@ test('`run --local` and `predict s3://… --local` with no REDIS_URL start Redis
   t.is(predicted.code, 0, predicted.stdout + predicted.stderr);
   t.regex(predicted.stdout, /stage\s+done/);
   t.regex(predicted.stdout, /20 images: 20 classified, 0 failed/);
-  t.regex(predicted.stderr, /waiting \(Ctrl-C stops the run with its workers\)/);
+  t.regex(predicted.stderr, /waiting \(Ctrl-C fails the run and stops its workers\)/);
 
   // --local is for batch runs: with local files it is refused, before anything starts.
   const files = await runCli(env, ['predict', name, 'README.md', '--local']);
@@ -426,4 +426,47 @@ test('the workers of a `--local` command end with it, even when it is killed wit
   const end = Date.now() + 60_000;
   while ((await alive()) > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 200));
   t.is(await alive(), 0, 'every worker has exited');
+});
+
+test('`--local`: a bad source fails before any worker starts, with only JSON on stdout; REDIS_URL and --local together are refused', async (t) => {
+  t.timeout(240_000);
+  const { REDIS_URL: _none, ...env } = dep.env;
+  const bad = await runCli(env, ['run', `s3://${dep.dataBucket}/nothing-here/`, '--local', '--json']);
+  t.is(bad.code, 2, bad.stdout + bad.stderr);
+  const s = JSON.parse(bad.stdout) as RunStatus; // stdout is the status alone: worker logs go to stderr
+  t.is(s.stage, 'failed');
+  t.is(s.error?.code, 'DATASET_INVALID');
+  const refused = await runCli(env, ['run', 'S3://Bad_Bucket/x/', '--local']);
+  t.is(refused.code, 2);
+  t.notRegex(refused.stderr, /^workers /m, 'refused before any worker started');
+  const shared = await runCli(dep.env, ['run', pets(), '--local']);
+  t.is(shared.code, 2);
+  t.regex(shared.stderr, /--local starts a Redis and workers of its own: unset REDIS_URL/);
+});
+
+test('Ctrl-C (SIGINT) on a `--local` run fails the run with that reason, in run.json too, and exits 130', async (t) => {
+  t.timeout(300_000);
+  const { REDIS_URL: _none, ...env } = dep.env;
+  // The default backbone: slow enough here that the run is still going when the signal comes.
+  const child = spawn(process.execPath, ['--import', 'tsx', resolve(ROOT, 'cli/main.ts'), 'run', pets(), '--local'], {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  child.stdout.resume();
+  const closed = new Promise<number | null>((r) => child.once('close', r));
+  const deadline = Date.now() + 200_000;
+  while (!/^run (r\S+) queued/m.test(stderr) && child.exitCode === null && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const runId = /^run (r\S+) queued/m.exec(stderr)?.[1];
+  t.truthy(runId, stderr);
+  child.kill('SIGINT');
+  t.is(await closed, 130, stderr);
+  t.regex(stderr, /failed: interrupted \(Ctrl-C\)/);
+  const stored = await storedFinalStatus(dep, runId!);
+  t.is(stored.stage, 'failed');
+  t.regex(stored.error?.message ?? '', /the --local command was interrupted \(Ctrl-C\); start it again/);
 });

@@ -80,10 +80,11 @@ export function acquireExtractorResources(ctx: ServiceContext): {
  * of room above the extractor's 65 MB heap: some runs fell into a full collection every 100–400 ms
  * (40–48% of the main thread's samples, twice the extractor's CPU per image), others never did.
  * Twice the live heap leaves more room than the young generation can hold. An operator's own
- * --heap-growing-percent on the command line is kept.
+ * --heap-growing-percent (on the command line or in NODE_OPTIONS) is kept.
  */
 function steadyHeapGrowth(): void {
-  if (process.execArgv.some((a) => a.includes('heap-growing-percent') || a.includes('heap_growing_percent'))) return;
+  const given = [...process.execArgv, process.env.NODE_OPTIONS ?? ''];
+  if (given.some((a) => a.includes('heap-growing-percent') || a.includes('heap_growing_percent'))) return;
   v8.setFlagsFromString(`--heap-growing-percent=${HEAP_GROWING_PERCENT}`);
 }
 
