@@ -344,10 +344,12 @@ async function onThisMachine(enqueue: (client: Client) => Promise<string>, o: { 
     await Promise.race([printOrWait(client, runId, { ...o, local: true }), stopped]);
   } catch (err) {
     if (!(err instanceof InterruptedError)) throw err;
-    if (runId) await failInterrupted(client, runId, err.signal, o);
+    if (runId) await failInterrupted(client, runId, err.signal);
     process.exitCode = 130;
   } finally {
     await workers?.stop();
+    // Written once the workers have stopped: a planner still at work would write its own run.json.
+    if (interrupted && runId) await storeFinalStatus(client, runId, o);
     await client.close().catch(() => undefined);
     await services.stop();
     if (interrupted) process.exit(130);
@@ -360,20 +362,26 @@ class InterruptedError extends Error {
   }
 }
 
-/** Records a --local run stopped by a signal as failed, where `status` looks (Redis, then run.json). */
-async function failInterrupted(client: Client, runId: string, signal: NodeJS.Signals, o: { json?: boolean }) {
+/** Records a --local run stopped by a signal as failed in Redis, so its workers take no more of it. */
+async function failInterrupted(client: Client, runId: string, signal: NodeJS.Signals) {
   const how = signal === 'SIGINT' ? 'Ctrl-C' : signal;
-  const message = `stopped: the --local command was interrupted (${how}); start it again`;
-  let status: RunStatus | undefined;
   try {
-    await client.runs!.fail(runId, 'INTERNAL', message);
-    status = await getStatus(client, runId);
-    await putJson(client.s3, client.config.bucket, `runs/${runId}/run.json`, status);
+    await client.runs!.fail(runId, 'INTERNAL', `stopped: the --local command was interrupted (${how}); start it again`);
   } catch (err) {
     console.error(`run ${runId}: could not record the interruption: ${errorMessage(err)}`);
   }
   console.error(`run ${runId} failed: interrupted (${how}); its workers are stopping`);
-  if (o.json && status) console.log(terminalSafeJson(status, 2));
+}
+
+/** The run's status as Redis has it, copied to runs/<id>/run.json for `status` once Redis is gone. */
+async function storeFinalStatus(client: Client, runId: string, o: { json?: boolean }) {
+  try {
+    const status = await getStatus(client, runId);
+    await putJson(client.s3, client.config.bucket, `runs/${runId}/run.json`, status);
+    if (o.json) console.log(terminalSafeJson(status, 2));
+  } catch (err) {
+    console.error(`run ${runId}: could not store its final status: ${errorMessage(err)}`);
+  }
 }
 
 /** After a run is queued: its id at once, or with --wait its progress, final status and exit code. */
