@@ -23,8 +23,6 @@ const WORKERS_START_MS = 60_000;
 export interface LocalServicesOptions {
   /** Folder for Redis's data (`redis/`) and the embedded S3 store (`s3/`); Redis in a temporary folder when unset. */
   dataDir?: string;
-  /** Redis in a temporary folder, removed when it stops, whatever `dataDir` says: nothing carries over to the next command. */
-  privateRedis?: boolean;
   /** Serve `dataDir/s3` when S3_ENDPOINT is unset: always (the demo creates it), or only if it exists (left by a demo). */
   embeddedS3: 'always' | 'if-present';
   say: (line: string) => void;
@@ -45,7 +43,7 @@ export async function startLocalServices(base: NodeJS.ProcessEnv, opts: LocalSer
   };
   try {
     if (!env.REDIS_URL) {
-      const keep = opts.dataDir !== undefined && !opts.privateRedis;
+      const keep = opts.dataDir !== undefined;
       const redis = await startRedis(keep ? { dir: resolve(opts.dataDir!, 'redis') } : {});
       stops.push(() => redis.stop());
       env.REDIS_URL = redis.url;

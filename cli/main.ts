@@ -49,7 +49,7 @@ import { registerCacheCommand } from './cache.js';
 import { registerServeCommand } from './serve.js';
 import { DEFAULT_NEIGHBOURS, MAX_NEIGHBOURS, similar } from './similar.js';
 import { SEARCH_SPLITS, type SearchSplit } from '../services/retrieval/run-index.js';
-import { RUN_LIMITS, type QueueName } from '../shared/queues.js';
+import { QUEUE_NAMES, RUN_LIMITS, makeQueue, type QueueName } from '../shared/queues.js';
 import { BadRequestError, errorMessage } from '../shared/errors.js';
 
 /**
@@ -68,9 +68,10 @@ async function withClient<T>(fn: (client: Client) => Promise<T>): Promise<T> {
 }
 
 const LOCAL_HELP =
-  'run it on this machine: start redis-server (its own, in a temporary folder) and the workers (planner, ' +
-  'trainer, evaluator, one extractor per core) for this command, wait for the run as --wait does, then stop ' +
-  "them; Ctrl-C fails the run and stops them; from the demo's folder with S3_ENDPOINT unset, on the demo's store";
+  'run it on this machine: start redis-server (its own; data in .deepfeat/redis when that folder is here, so the ' +
+  'feature cache carries over) and the workers (planner, trainer, evaluator, one extractor per core) for this ' +
+  'command, wait for the run as --wait does, then stop them; Ctrl-C fails the run, drops its jobs and stops them; ' +
+  "from the demo's folder with S3_ENDPOINT unset, on the demo's store";
 
 // A reader that stops early (`deepfeat status RUN --all-failures | head`) closes the pipe: that is
 // the reader's choice, not a fault, so end quietly with success instead of a stack trace.
@@ -318,9 +319,10 @@ async function onThisMachine(enqueue: (client: Client) => Promise<string>, o: { 
   }
   const say = (line: string) => console.error(line);
   const dataDir = existsSync(LOCAL_DIR) ? LOCAL_DIR : undefined;
+  // Redis keeps its data in the demo's folder when there is one: the feature cache's index lives
+  // there, so a --local run over images the demo (or an earlier command) extracted reuses them.
   const services = await startLocalServices(process.env, {
     dataDir,
-    privateRedis: true,
     embeddedS3: 'if-present',
     say,
   });
@@ -350,6 +352,9 @@ async function onThisMachine(enqueue: (client: Client) => Promise<string>, o: { 
     await workers?.stop();
     // Written once the workers have stopped: a planner still at work would write its own run.json.
     if (interrupted && runId) await storeFinalStatus(client, runId, o);
+    // The jobs the interrupted run left would be taken up by the next command's workers on this
+    // Redis (the only ones on it: REDIS_URL is refused with --local): remove them.
+    if (interrupted) await dropQueuedJobs(client);
     await client.close().catch(() => undefined);
     await services.stop();
     if (interrupted) process.exit(130);
@@ -371,6 +376,20 @@ async function failInterrupted(client: Client, runId: string, signal: NodeJS.Sig
     console.error(`run ${runId}: could not record the interruption: ${errorMessage(err)}`);
   }
   console.error(`run ${runId} failed: interrupted (${how}); its workers are stopping`);
+}
+
+/** Removes every job of every queue on the client's Redis and prefix (a --local command's own). */
+async function dropQueuedJobs(client: Client) {
+  for (const name of QUEUE_NAMES) {
+    const queue = makeQueue(client.queues!, name);
+    try {
+      await queue.obliterate({ force: true });
+    } catch (err) {
+      console.error(`could not remove the ${name} queue's jobs: ${errorMessage(err)}`);
+    } finally {
+      await queue.close();
+    }
+  }
 }
 
 /** The run's status as Redis has it, copied to runs/<id>/run.json for `status` once Redis is gone. */
