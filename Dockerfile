@@ -33,14 +33,20 @@ FROM ${BASE_IMAGE} AS deps
 ARG ONNXRUNTIME_CUDA=0
 COPY --from=node /usr/local/bin/node /usr/local/bin/node
 COPY --from=node /usr/local/lib/node_modules /usr/local/lib/node_modules
+# Node's headers, so node-gyp builds native/jpeg without downloading them.
+COPY --from=node /usr/local/include/node /usr/local/include/node
+ENV npm_config_nodedir=/usr/local
 RUN ln -sf ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
  && ln -sf ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx \
  && apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      ca-certificates python3 make g++ \
+      ca-certificates python3 make g++ libjpeg-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY package.json package-lock.json .npmrc ./
+# npm ci's postinstall builds deepfeat's libjpeg-turbo JPEG decoder (native/jpeg) with node-gyp;
+# on a base without libjpeg-turbo's headers it says so and JPEGs go through sharp instead.
+COPY native ./native
 # Optional dependencies (@tensorflow/tfjs-node-gpu) install where their downloads are reachable;
 # where not, npm ci still succeeds without them and the extractor falls back to another engine.
 RUN if [ "$ONNXRUNTIME_CUDA" = "1" ]; then sed -i '/^onnxruntime-node-install=/d' .npmrc; fi \
@@ -55,6 +61,8 @@ RUN ln -sf ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
  && ln -sf ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx \
  && apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates \
+ && (DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libjpeg62-turbo \
+     || DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libjpeg-turbo8) \
  && rm -rf /var/lib/apt/lists/* \
  && (getent group deepfeat || groupadd --system --gid 10001 deepfeat) \
  && (id -u deepfeat || useradd --system --uid 10001 --gid deepfeat --home-dir /app --shell /usr/sbin/nologin deepfeat)
@@ -64,6 +72,7 @@ ENV NODE_ENV=production \
     NPM_CONFIG_UPDATE_NOTIFIER=false \
     NPM_CONFIG_CACHE=/tmp/.npm
 COPY --from=deps --chown=root:root /app/node_modules ./node_modules
+COPY --from=deps --chown=root:root /app/native ./native
 COPY --chown=root:root package.json package-lock.json .npmrc tsconfig.json ./
 COPY --chown=root:root bin ./bin
 COPY --chown=root:root cli ./cli

@@ -32,6 +32,7 @@ import { mapLimit } from '../shared/concurrency.js';
 import { DEFAULT_FEATURES } from '../shared/features.js';
 import { makeQueue } from '../shared/queues.js';
 import { putObject } from '../shared/s3.js';
+import { nativeJpeg } from '../services/extractor/jpeg-native.js';
 import { processCpuSeconds, startStack, startWorkers, type Stack } from './stack.js';
 
 const ROOT = path.resolve(fileURLToPath(new URL('..', import.meta.url)));
@@ -518,6 +519,17 @@ export async function runFeedBench(opts: FeedOptions = {}): Promise<Record<strin
       { key: '1p', label: `1 extractor, ${cores} decode threads (default)`, procs: 1, env: {} },
       { key: '1p_1t', label: '1 extractor, 1 decode thread', procs: 1, env: { DEEPFEAT_DECODE_THREADS: '1' } },
       ...(cores > 1 ? [{ key: '2p', label: `2 extractors, ${cores} decode threads each`, procs: 2, env: {} }] : []),
+      // JPEGs without deepfeat's libjpeg-turbo addon (jpeg-native.ts), as where it is not built.
+      ...(nativeJpeg()
+        ? [
+            {
+              key: '1p_sharp',
+              label: `1 extractor, ${cores} decode threads, JPEG through sharp`,
+              procs: 1,
+              env: { DEEPFEAT_JPEG_DECODER: 'sharp' },
+            },
+          ]
+        : []),
     ];
     // Before issue 14 the decoder processes were min(fetch concurrency, cores): one decoder means one fetch too.
     const before = (c: Config): Config => ({
@@ -527,14 +539,21 @@ export async function runFeedBench(opts: FeedOptions = {}): Promise<Record<strin
       env: c.key === '1p_1t' ? { DEEPFEAT_FETCH_CONCURRENCY: '1' } : c.env,
       root: opts.baseline,
     });
-    const configs = current.flatMap((c) => (opts.baseline ? [before(c), c] : [c]));
+    const configs = current.flatMap((c) => (opts.baseline && c.key !== '1p_sharp' ? [before(c), c] : [c]));
     const wanted = (name: string) => !opts.only || opts.only.includes(name);
     for (const d of datasets.filter((x) => wanted(x.name))) {
       console.log(`\nfeed: ${d.images} ${d.label} in S3, zero-cost engine, batch 8`);
-      for (const c of configs.filter((x) => wanted(x.key.replace(/_before$/, '')))) {
+      if (d.name === 'jpeg')
+        console.log(
+          nativeJpeg()
+            ? 'JPEG decoder: libjpeg-turbo addon (native/jpeg), sharp where it steps aside'
+            : 'JPEG decoder: sharp (the libjpeg-turbo addon is not built here: npm run build:native)',
+        );
+      const forData = (c: Config) => d.name === 'jpeg' || !c.key.startsWith('1p_sharp');
+      for (const c of configs.filter((x) => wanted(x.key.replace(/_before$/, '')) && forData(x))) {
         // Shards small enough that every extractor has work: 4 per process.
         const shard = Math.max(8, Math.ceil(d.images / (4 * c.procs)));
-        const profiled = c.key.startsWith('1p') && !c.key.startsWith('1p_1t');
+        const profiled = c.key === '1p' || c.key === '1p_before';
         const ex = await startZeroExtractors(stack, c.procs, c.env, profiled ? profileDir : undefined, c.root);
         try {
           await timeFeed(stack, d.source, shard); // warm-up: decoder processes start, code paths compile
@@ -633,6 +652,16 @@ export async function runFeedBench(opts: FeedOptions = {}): Promise<Record<strin
             'goal >= 1.8 on 2 cores',
           );
         }
+        const viaSharp = fig[`${d.name}_1p_sharp${suffix}_cpu_ms`];
+        const own = fig[`${d.name}_1p${suffix}_cpu_ms`];
+        if (viaSharp && own)
+          put(
+            `${d.name}_native_vs_sharp${suffix}`,
+            `${d.name}: CPU per image, libjpeg-turbo addon / sharp${suffix ? ', BEFORE' : ''}`,
+            own / viaSharp,
+            'x',
+            'same pixels (test/jpeg-native.test.ts)',
+          );
         const two = fig[`${d.name}_2p${suffix}`];
         if (one && two)
           put(

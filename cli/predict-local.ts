@@ -145,6 +145,7 @@ export function localDecoderPool(cfg: Client['config']['extractor']): DecoderPoo
     processes: Math.max(1, Math.min(BATCH, availableParallelism())),
     timeoutSeconds: cfg.decodeTimeoutSeconds,
     memoryLimitMiB: cfg.decodeMemoryMiB,
+    jpegDecoder: cfg.jpegDecoder,
     log: () => undefined, // a decoder replaced after a bad image: the row says what happened
   });
 }

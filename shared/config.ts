@@ -21,6 +21,9 @@ export const ONNX_PROVIDERS = ['auto', 'cuda', 'cpu'] as const;
 export type OnnxProviderChoice = (typeof ONNX_PROVIDERS)[number];
 /** Whether extractors look vectors up in, and add them to, the feature cache (DEEPFEAT_FEATURE_CACHE). */
 export const FEATURE_CACHE_CHOICES = ['on', 'off'] as const;
+/** Who decodes JPEGs: libjpeg-turbo directly where it gives sharp's pixels (services/extractor/jpeg-native.ts), or sharp always. */
+export const JPEG_DECODERS = ['auto', 'sharp'] as const;
+export type JpegDecoder = (typeof JPEG_DECODERS)[number];
 export type FeatureCacheChoice = (typeof FEATURE_CACHE_CHOICES)[number];
 /** pino's levels (LOG_LEVEL). */
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -105,6 +108,8 @@ export interface Config {
     readonly decodeMemoryMiB: number;
     /** Decoder processes per extractor, each decoding one image at a time on one thread; 0 = one per core. */
     readonly decodeThreads: number;
+    /** Who decodes JPEGs (DEEPFEAT_JPEG_DECODER): auto = the libjpeg-turbo addon where built and exact, else sharp. */
+    readonly jpegDecoder: JpegDecoder;
     /** Batches fetched and decoded ahead of the one in the engine (memory: that many batches of pixels). */
     readonly prefetchBatches: number;
   };
@@ -146,6 +151,7 @@ export const ENV_DOC: Readonly<Record<string, string>> = {
     'parallel S3 downloads per extractor (default 8; at least DEEPFEAT_DECODE_THREADS are in flight)',
   DEEPFEAT_DECODE_THREADS:
     'decoder processes per extractor, one image and one thread each (default 0 = one per core available to the process)',
+  DEEPFEAT_JPEG_DECODER: `${JPEG_DECODERS.join('|')}: auto (default) decodes JPEGs with deepfeat's libjpeg-turbo addon where it is built and gives sharp's pixels (about half the CPU), sharp = always through sharp`,
   DEEPFEAT_PREFETCH_BATCHES:
     'batches fetched and decoded ahead of the one in the engine (default 1; 2-4 for a GPU fed from distant storage)',
   DEEPFEAT_MAX_IMAGE_BYTES: 'larger objects are recorded as failures, not read (default 52428800)',
@@ -336,6 +342,7 @@ export function loadConfig(env: Env = process.env): Config {
       decodeTimeoutSeconds: r.int('DEEPFEAT_DECODE_TIMEOUT', 20, 1, 3600),
       decodeMemoryMiB: r.int('DEEPFEAT_DECODE_MEMORY', 1024, 256, 1024 * 1024),
       decodeThreads: r.int('DEEPFEAT_DECODE_THREADS', 0, 0, 1024),
+      jpegDecoder: r.oneOf('DEEPFEAT_JPEG_DECODER', JPEG_DECODERS, 'auto'),
       prefetchBatches: r.int('DEEPFEAT_PREFETCH_BATCHES', 1, 1, 64),
     },
     trainer: {

@@ -42,6 +42,7 @@ test('defaults from an empty env', (t) => {
       decodeTimeoutSeconds: 20,
       decodeMemoryMiB: 1024,
       decodeThreads: 0,
+      jpegDecoder: 'auto',
       prefetchBatches: 1,
     },
     trainer: { fitTimeoutSeconds: 3600, memoryMiB: 0 },
@@ -114,6 +115,7 @@ test('values are read, trimmed and typed', (t) => {
     DEEPFEAT_DECODE_TIMEOUT: '3',
     DEEPFEAT_DECODE_MEMORY: '512',
     DEEPFEAT_DECODE_THREADS: '3',
+    DEEPFEAT_JPEG_DECODER: ' sharp ',
     DEEPFEAT_PREFETCH_BATCHES: '2',
     DEEPFEAT_FIT_TIMEOUT: '60',
     DEEPFEAT_TRAINER_MEMORY: '2048',
@@ -154,6 +156,7 @@ test('values are read, trimmed and typed', (t) => {
     decodeTimeoutSeconds: 3,
     decodeMemoryMiB: 512,
     decodeThreads: 3,
+    jpegDecoder: 'sharp',
     prefetchBatches: 2,
   });
   t.deepEqual(c.trainer, { fitTimeoutSeconds: 60, memoryMiB: 2048 });
@@ -194,6 +197,7 @@ test('each kind of bad value is a problem', (t) => {
     [{ DEEPFEAT_ENGINE_THREADS: '-1' }, /^DEEPFEAT_ENGINE_THREADS=/],
     [{ DEEPFEAT_ENGINE_TIMEOUT: '0' }, /^DEEPFEAT_ENGINE_TIMEOUT=/],
     [{ DEEPFEAT_ONNX_PROVIDER: 'rocm' }, /^DEEPFEAT_ONNX_PROVIDER=.*auto, cuda, cpu/],
+    [{ DEEPFEAT_JPEG_DECODER: 'libjpeg' }, /^DEEPFEAT_JPEG_DECODER=.*auto, sharp/],
     [{ LOG_LEVEL: 'loud' }, /^LOG_LEVEL=/],
   ];
   for (const [env, re] of cases) {

@@ -22,6 +22,7 @@ import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process'
 import type { Socket } from 'node:net';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
+import type { JpegDecoder } from '../../shared/config.js';
 import { ImageError, InternalError } from '../../shared/errors.js';
 import { capText } from '../../shared/text.js';
 import { Channel } from '../../shared/thread-call.js';
@@ -46,7 +47,7 @@ export interface DecoderApi {
 export const PIXEL_FD = 4;
 
 /** What the caller chooses per image; the bounds are the pool's. */
-export type DecodeRequest = Omit<DecodeOptions, 'memoryLimitMiB'>;
+export type DecodeRequest = Omit<DecodeOptions, 'memoryLimitMiB' | 'jpegDecoder'>;
 
 export interface DecoderPoolOptions {
   /** Decoder processes, each decoding one image at a time: the decode parallelism (decodeProcesses()). */
@@ -55,6 +56,8 @@ export interface DecoderPoolOptions {
   timeoutSeconds: number;
   /** Data-segment limit of each decoder process in MiB (DEEPFEAT_DECODE_MEMORY); 0 = none. */
   memoryLimitMiB: number;
+  /** Who decodes JPEGs (DEEPFEAT_JPEG_DECODER; default auto). */
+  jpegDecoder?: JpegDecoder;
   /** Where decoder processes' warnings (libvips on stderr) and restarts are reported. */
   log?: (msg: string, extra?: object) => void;
 }
@@ -323,7 +326,8 @@ export class DecoderPool {
    */
   async decode(bytes: Uint8Array, req: DecodeRequest): Promise<Uint8Array> {
     const limit = this.#opts.memoryLimitMiB;
-    const opts: DecodeOptions = { ...req, ...(limit > 0 ? { memoryLimitMiB: limit } : {}) };
+    const jpegDecoder = this.#opts.jpegDecoder ?? 'auto';
+    const opts: DecodeOptions = { ...req, jpegDecoder, ...(limit > 0 ? { memoryLimitMiB: limit } : {}) };
     // A small plain PNG scaled up (png-simple.ts) is decoded right here: handing it to a decoder
     // process and taking its pixels back costs more than decoding it, and its cost is bounded by
     // the sizes below (at most a few milliseconds), so it needs no process to bound it.

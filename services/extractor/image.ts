@@ -21,13 +21,14 @@
  * kept as the error's `cause`, for logs.
  */
 import sharp from 'sharp';
-import { DEFAULT_IMAGE_FORMATS, type ImageFormat } from '../../shared/config.js';
+import { DEFAULT_IMAGE_FORMATS, type ImageFormat, type JpegDecoder } from '../../shared/config.js';
 import { ImageError } from '../../shared/errors.js';
 import { outOfMemoryReason } from './decode-limits.js';
 import { decodePlainPng } from './png-simple.js';
 import { sniffImageFormat } from './image-format.js';
 import { checkSvg, checkSvgPixels } from './svg-check.js';
 import { coverDownscale } from './downscale.js';
+import { nativeJpeg, nativeJpegHeader } from './jpeg-native.js';
 import { resizePlan } from './resize-plan.js';
 import { coverUpscale } from './upscale.js';
 
@@ -42,6 +43,8 @@ export interface DecodeOptions {
   formats?: readonly string[];
   /** The decoder process's memory limit in MiB (DEEPFEAT_DECODE_MEMORY), named when decoding runs out. */
   memoryLimitMiB?: number;
+  /** 'auto' (default): libjpeg-turbo directly where it gives sharp's pixels (jpeg-native.ts); 'sharp': always sharp (DEEPFEAT_JPEG_DECODER). */
+  jpegDecoder?: JpegDecoder;
 }
 
 /**
@@ -110,6 +113,12 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
   const plain = format === 'png' ? decodePlainPng(bytes, opts) : undefined;
   if (plain) return plain;
 
+  // JPEGs that decodeImage resamples itself, read by libjpeg-turbo without libvips around it.
+  if (format === 'jpeg' && opts.jpegDecoder !== 'sharp') {
+    const pixels = decodeJpegNatively(bytes, opts);
+    if (pixels) return pixels;
+  }
+
   // The header only: cheap, and it gives the size the limits are checked against.
   let meta: sharp.Metadata;
   try {
@@ -130,11 +139,7 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
   const w = meta.width ?? 0;
   const h = meta.pageHeight ?? meta.height ?? 0;
   if (!(w > 0 && h > 0)) throw new ImageError(`unreadable ${format} image: its header gives no size`);
-  if (w * h > maxPixels) {
-    throw new ImageError(
-      `image too large: ${w}×${h} pixels exceeds the limit of ${maxPixels} (DEEPFEAT_MAX_IMAGE_PIXELS)`,
-    );
-  }
+  if (w * h > maxPixels) throw tooLarge(w, h, maxPixels);
   if (svg) checkSvgPixels({ width: w, height: h }, svg, maxPixels);
 
   const [ow, oh] = (meta.orientation ?? 1) >= 5 ? [h, w] : [w, h];
@@ -186,6 +191,35 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
     );
   }
   return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+}
+
+function tooLarge(w: number, h: number, maxPixels: number): ImageError {
+  return new ImageError(
+    `image too large: ${w}×${h} pixels exceeds the limit of ${maxPixels} (DEEPFEAT_MAX_IMAGE_PIXELS)`,
+  );
+}
+
+/**
+ * decodeImage for a JPEG that libjpeg-turbo can decode as libvips would (jpeg-native.ts) and that
+ * decodeImage resamples itself (a `window`): the window's rows and columns only, then the same
+ * resampling as after sharp's decode. undefined: sharp's path decodes it (or names its problem).
+ */
+export function decodeJpegNatively(bytes: Uint8Array, opts: DecodeOptions): Uint8Array | undefined {
+  const addon = nativeJpeg();
+  const header = addon && nativeJpegHeader(addon, bytes);
+  if (!addon || !header) return undefined;
+  const { width, height, maxPixels } = opts;
+  const { width: w, height: h } = header;
+  if (w * h > maxPixels) throw tooLarge(w, h, maxPixels);
+  const loadScales = sharpScalesOnLoad('jpeg', false, Math.min(w / width, h / height));
+  const { sw, sh, resample, window, region } = resizePlan(w, h, true, width, height, loadScales);
+  if (!window || !region) return undefined;
+  // Every byte is written by the decode (or the decode failed and src is dropped): no zero-filling.
+  const src = Buffer.allocUnsafe(region.width * region.height * 3);
+  if (addon.decode(bytes, region.left, region.top, region.width, region.height, src) !== undefined) return undefined;
+  return resample === 'down'
+    ? coverDownscale(src, sw, sh, width, height, window)
+    : coverUpscale(src, sw, sh, width, height, window);
 }
 
 /**

@@ -124,6 +124,7 @@ function createResources(ctx: ServiceContext): ExtractorResources {
     processes: decodeProcesses(cfg),
     timeoutSeconds: cfg.decodeTimeoutSeconds,
     memoryLimitMiB: cfg.decodeMemoryMiB,
+    jpegDecoder: cfg.jpegDecoder,
     log: (msg, extra) => ctx.log.warn(extra ?? {}, msg),
   });
   return { engines, decoders };
