@@ -69,6 +69,16 @@ async function threadCpuSeconds(pid: number, tid: number): Promise<number> {
   return (Number(fields[11] ?? 0) + Number(fields[12] ?? 0)) / 100;
 }
 
+/** CPU seconds of a process's V8 profiler thread ("v8:ProfEvntProc", while profiling), from /proc. */
+async function profilerThreadCpuSeconds(pid: number): Promise<number> {
+  let sum = 0;
+  for (const t of await readdir(`/proc/${pid}/task`).catch(() => [] as string[])) {
+    const comm = (await readFile(`/proc/${pid}/task/${t}/comm`, 'utf8').catch(() => '')).trim();
+    if (comm === 'v8:ProfEvntProc') sum += await threadCpuSeconds(pid, Number(t));
+  }
+  return sum;
+}
+
 /** CPU seconds of children that have ended and been waited for (cutime + cstime), from /proc. */
 async function reapedChildrenCpuSeconds(pid: number): Promise<number> {
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
@@ -78,8 +88,8 @@ async function reapedChildrenCpuSeconds(pid: number): Promise<number> {
 
 interface Extractors {
   procs: ChildProcess[];
-  /** CPU seconds so far: the extractor processes, their main threads alone, and their decoder processes. */
-  cpu(): Promise<{ extractor: number; main: number; decoders: number }>;
+  /** CPU seconds so far: the extractor processes, their main threads alone, their profiler threads, and their decoder processes. */
+  cpu(): Promise<{ extractor: number; main: number; profiler: number; decoders: number }>;
   /** Starts V8's profiler in every process (needs `profileDir`). */
   startProfile(): void;
   /** Stops it and returns each process's profile. */
@@ -117,13 +127,15 @@ async function startZeroExtractors(
     async cpu() {
       let extractor = 0;
       let main = 0;
+      let profiler = 0;
       let decoders = 0;
       for (const p of procs) {
         extractor += await processCpuSeconds(p.pid);
         main += await threadCpuSeconds(p.pid!, p.pid!);
+        profiler += await profilerThreadCpuSeconds(p.pid!);
         decoders += (await childrenCpuSeconds(p.pid!)) + (await reapedChildrenCpuSeconds(p.pid!));
       }
-      return { extractor, main, decoders };
+      return { extractor, main, profiler, decoders };
     },
     startProfile() {
       for (const p of procs) p.kill('SIGUSR2');
@@ -396,6 +408,7 @@ async function startRealExtractor(stack: Stack, root: string): Promise<Extractor
       return {
         extractor: await processCpuSeconds(proc.pid),
         main: await threadCpuSeconds(proc.pid!, proc.pid!),
+        profiler: await profilerThreadCpuSeconds(proc.pid!),
         decoders: (await childrenCpuSeconds(proc.pid!)) + (await reapedChildrenCpuSeconds(proc.pid!)),
       };
     },
@@ -561,17 +574,27 @@ export async function runFeedBench(opts: FeedOptions = {}): Promise<Record<strin
           if (profiled) ex.startProfile();
           const runs = [];
           for (let i = 0; i < reps; i++) runs.push(await timeFeed(stack, d.source, shard));
+          // Read before the profiler stops: its thread is still there to be read and subtracted,
+          // and the profile's serialisation afterwards is not counted.
+          const cpu1 = await ex.cpu();
           const profiles = profiled ? await ex.stopProfile() : [];
           if (opts.keepProfiles) {
             for (const [i, p] of profiles.entries())
               await writeFile(path.join(opts.keepProfiles, `${d.name}-${c.key}-${i}.cpuprofile`), JSON.stringify(p));
           }
-          const cpu1 = await ex.cpu();
           const n = reps * d.images;
           const failed = runs.reduce((a, r) => a + r.failed, 0);
           if (failed > 0) throw new Error(`${failed} images failed in the feed runs of ${d.name}`);
           const rate = d.images / median(runs.map((r) => r.seconds));
-          const extractorMs = ((cpu1.extractor - cpu0.extractor) * 1000) / n;
+          // The measurement's own cost is not the extractor's: the profiler's thread, and the
+          // main thread's samples that the profile itself attributes to profiling.
+          const stages = profiled ? stageMilliseconds(profiles) : undefined;
+          const sampled = stages ? Object.values(stages).reduce((a, b) => a + b, 0) : 0;
+          const mainMs = ((cpu1.main - cpu0.main) * 1000) / n;
+          const profilingMs =
+            ((cpu1.profiler - cpu0.profiler) * 1000) / n +
+            (stages && sampled > 0 ? (stages['profiler (this measurement)'] / sampled) * mainMs : 0);
+          const extractorMs = ((cpu1.extractor - cpu0.extractor) * 1000) / n - profilingMs;
           const decoderMs = ((cpu1.decoders - cpu0.decoders) * 1000) / n;
           const totalMs = extractorMs + decoderMs;
           const k = `${d.name}_${c.key}`;
@@ -587,14 +610,12 @@ export async function runFeedBench(opts: FeedOptions = {}): Promise<Record<strin
             '  CPU per image: extractor + its decoder processes',
             totalMs,
             'ms',
-            `extractor ${extractorMs.toFixed(2)} + decoders ${decoderMs.toFixed(2)}; one busy core feeds ${(1000 / totalMs).toFixed(0)} images/s`,
+            `extractor ${extractorMs.toFixed(2)} + decoders ${decoderMs.toFixed(2)}; one busy core feeds ${(1000 / totalMs).toFixed(0)} images/s` +
+              (profiled ? `; profiling's own ${profilingMs.toFixed(2)} ms not counted` : ''),
           );
-          if (profiled) {
+          if (stages) {
             // The profiler's samples say where the main thread was; /proc says how much CPU it
             // had (samples on a busy host also count time the thread waited for a core).
-            const stages = stageMilliseconds(profiles);
-            const sampled = Object.values(stages).reduce((a, b) => a + b, 0);
-            const mainMs = ((cpu1.main - cpu0.main) * 1000) / n;
             put(`${k}_decode_ms`, '    decode (decoder processes: IPC, sniff, header, sharp)', decoderMs, 'ms', '');
             for (const s of STAGES) {
               const slug = s.split(' ')[0]!.replace(/[^a-z]/g, '');
@@ -610,7 +631,7 @@ export async function runFeedBench(opts: FeedOptions = {}): Promise<Record<strin
             put(
               `${k}_threads_ms`,
               '    other threads of the extractor (engine thread, libuv, GC helpers)',
-              extractorMs - mainMs,
+              ((cpu1.extractor - cpu0.extractor - (cpu1.profiler - cpu0.profiler)) * 1000) / n - mainMs,
               'ms',
               `main thread ${mainMs.toFixed(2)} ms (/proc), split by V8's sampling profiler over the timed runs`,
             );
