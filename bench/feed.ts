@@ -15,7 +15,7 @@
  * - the decoder pool alone with 1 process and one per core (decode parallelism, nothing else);
  * - the real extractor (ONNX Runtime, 1 thread) on CIFAR: its CPU per image ÷ the engine's own.
  *
- * `npx tsx bench/feed.ts [--quick] [--only cifar,jpeg,real,1p,1p_1t,2p] [--reps N]
+ * `npx tsx bench/feed.ts [--quick] [--only cifar,jpeg,real,1p,1p_1t,1p_sharp,2p] [--reps N]
  * [--keep-profiles DIR] [--baseline TREE]` alone (TREE: a copy of the code before a change, with
  * the two zero-engine files and their hooks, run right before the current code in every
  * configuration), or the "feed" section of `npm run bench`.
@@ -50,6 +50,9 @@ function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)]!;
 }
+
+/** Images each configuration feeds before it is measured (see the warm-up in runFeedBench). */
+const WARM_UP_IMAGES = 1500;
 
 /** CPU seconds of a process's live children (the extractor's decoder processes), from /proc. */
 async function childrenCpuSeconds(pid: number): Promise<number> {
@@ -433,7 +436,7 @@ export interface FeedOptions {
   record?: RecordFn;
   /** Timed runs per configuration (median taken); default 3, 1 with quick. */
   reps?: number;
-  /** Only these datasets ('cifar', 'jpeg', 'real': the real engine) and configurations ('1p', '1p_1t', '2p'); default all. */
+  /** Only these datasets ('cifar', 'jpeg', 'real': the real engine) and configurations ('1p', '1p_1t', '1p_sharp': JPEGs through sharp, '2p'); default all. */
   only?: readonly string[];
   /** Folder to keep the main-thread CPU profiles in (open them in Chrome DevTools). */
   keepProfiles?: string;
@@ -569,7 +572,11 @@ export async function runFeedBench(opts: FeedOptions = {}): Promise<Record<strin
         const profiled = c.key === '1p' || c.key === '1p_before';
         const ex = await startZeroExtractors(stack, c.procs, c.env, profiled ? profileDir : undefined, c.root);
         try {
-          await timeFeed(stack, d.source, shard); // warm-up: decoder processes start, code paths compile
+          // Warm-up: decoder processes start and V8 optimises the hot code. That goes on for some
+          // 1,500 images (V8's compiler threads were 0.9-1.0 ms per JPEG over the first 1,500
+          // and 0.4 over the first 3,000), which a real run leaves far behind: at least that many first.
+          for (let seen = 0; seen < (quick ? 1 : WARM_UP_IMAGES); seen += d.images)
+            await timeFeed(stack, d.source, shard);
           const cpu0 = await ex.cpu();
           if (profiled) ex.startProfile();
           const runs = [];
