@@ -8,7 +8,7 @@
 import test from 'ava';
 import sharp from 'sharp';
 import { type DecodeOptions, decodeImage, decodeJpegNatively } from '../services/extractor/image.js';
-import { exifOrientation, nativeJpeg, nativeJpegHeader } from '../services/extractor/jpeg-native.js';
+import { exifOrientation, MAX_NATIVE_SCANS, nativeJpeg, nativeJpegHeader } from '../services/extractor/jpeg-native.js';
 
 sharp.cache(false);
 sharp.concurrency(1);
@@ -197,6 +197,72 @@ withAddon('headers the addon cannot be sure of are left to sharp', async (t) => 
   t.is(typeof addon!.header(Buffer.alloc(0)), 'string');
   t.throws(() => addon!.decode(plain, 0, 0, 64, 48, new Uint8Array(10)), { instanceOf: RangeError });
   t.throws(() => addon!.decode(plain, 1, 0, 64, 48, new Uint8Array(64 * 48 * 3)), { instanceOf: RangeError });
+});
+
+/** Offsets of a JPEG's start-of-scan markers. */
+function scanStarts(b: Buffer): number[] {
+  const at: number[] = [];
+  for (let i = 2; i + 1 < b.length; i++) if (b[i] === 0xff && b[i + 1] === 0xda) at.push(i);
+  return at;
+}
+
+withAddon(
+  'an ICC profile whose label lacks its NUL is still a profile (libvips converts it): left to sharp',
+  async (t) => {
+    const tagged = Buffer.from(await raw(320, 240).jpeg({ quality: 90 }).withIccProfile('p3').toBuffer());
+    const label = tagged.indexOf('ICC_PROFILE\0', 0, 'latin1');
+    t.true(label > 0);
+    tagged[label + 11] = 0x58; // "ICC_PROFILEX"
+    t.is(nativeJpegHeader(addon!, tagged), undefined);
+    t.is(decodeJpegNatively(tagged, OPTS(224, 224)), undefined);
+    const viaSharp = await decodeImage(tagged, { ...OPTS(224, 224), jpegDecoder: 'sharp' });
+    t.true(Buffer.from(await decodeImage(tagged, OPTS(224, 224))).equals(Buffer.from(viaSharp)));
+  },
+);
+
+withAddon(
+  'a progressive JPEG that ends before its last scans is left to sharp (libjpeg smooths it, release by release)',
+  async (t) => {
+    for (const sub of ['4:2:0', '4:4:4'] as const) {
+      const whole = await raw(640, 480).jpeg({ quality: 85, progressive: true, chromaSubsampling: sub }).toBuffer();
+      const starts = scanStarts(whole);
+      t.true(starts.length >= 6, `${sub}: ${starts.length} scans`);
+      t.truthy(decodeJpegNatively(whole, OPTS(224, 224)), `${sub}: the whole file takes the native path`);
+      for (const k of [1, 2, starts.length - 1]) {
+        // Valid as it stands: the scans up to k, then the end-of-image marker.
+        const early = Buffer.concat([whole.subarray(0, starts[k]), Buffer.from([0xff, 0xd9])]);
+        t.is(decodeJpegNatively(early, OPTS(224, 224)), undefined, `${sub}, ${k} scans`);
+        const viaSharp = await decodeImage(early, { ...OPTS(224, 224), jpegDecoder: 'sharp' });
+        t.true(
+          Buffer.from(await decodeImage(early, OPTS(224, 224))).equals(Buffer.from(viaSharp)),
+          `${sub}, ${k} scans`,
+        );
+      }
+    }
+  },
+);
+
+withAddon('files of many scans, and files cut short, go to sharp before the addon spends time on them', async (t) => {
+  const baseline = await raw(320, 240).jpeg().toBuffer();
+  const progressive = await raw(320, 240).jpeg({ progressive: true }).toBuffer();
+  t.is(nativeJpegHeader(addon!, baseline)?.scans, 1);
+  t.is(nativeJpegHeader(addon!, progressive)?.scans, scanStarts(progressive).length);
+  // The count is of FF DA in the bytes: past MAX_NATIVE_SCANS, the file is sharp's (here the
+  // markers sit in an APP15 segment, which libjpeg skips: the image itself is plain).
+  const filler = Buffer.alloc(2 * (MAX_NATIVE_SCANS + 1));
+  for (let i = 0; i < filler.length; i += 2) filler.writeUInt16BE(0xffda, i);
+  const app15 = Buffer.concat([Buffer.from([0xff, 0xef]), Buffer.from([0, 0]), filler]);
+  app15.writeUInt16BE(app15.length - 2, 2);
+  const many = Buffer.concat([baseline.subarray(0, 2), app15, baseline.subarray(2)]);
+  t.is(nativeJpegHeader(addon!, many), undefined);
+  t.is(decodeJpegNatively(many, OPTS(224, 224)), undefined);
+  t.true(
+    Buffer.from(await decodeImage(many, OPTS(224, 224))).equals(
+      Buffer.from(await decodeImage(baseline, OPTS(224, 224))),
+    ),
+  );
+  // No end-of-image marker in its last bytes: sharp at once (it names the truncation).
+  t.is(decodeJpegNatively(baseline.subarray(0, baseline.length - 2), OPTS(224, 224)), undefined);
 });
 
 /** A TIFF block (Exif payload) with one IFD of the given entries: [tag, type, count, value]. */

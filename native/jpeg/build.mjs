@@ -40,7 +40,8 @@ if (done?.status === 0 && !mismatch) {
     ? `node-gyp not found at ${nodeGyp}`
     : lines.includes('gyp WARN install got an error, rolling back install')
       ? "node-gyp could not download Node.js's headers; point it at a local copy: npm config set nodedir /usr"
-      : (lines.find((l) => /(fatal )?error:/.test(l) && !l.startsWith('gyp')) ??
+      : (lines.find((l) => /cannot find -l/.test(l)) ??
+        lines.find((l) => /(fatal )?error:/.test(l) && !l.startsWith('gyp') && !l.startsWith('collect2')) ??
         lines.find((l) => l.startsWith('gyp ERR! stack Error:'))?.slice('gyp ERR! stack '.length) ??
         `node-gyp exited with ${done.status}`);
   console.warn(

@@ -7,11 +7,14 @@
  *
  * Two calls, both synchronous (a decoder process decodes one image at a time):
  *   header(bytes) -> { width, height, components, colorSpace, precision, progressive, icc, exif,
- *                      exifSegments } or a string: why libjpeg could not read the header
+ *                      exifSegments, scans } or a string: why libjpeg could not read the header
  *   decode(bytes, x, y, w, h, out) -> undefined, or a string: why it failed
  *     writes the w x h window at (x, y) of the decoded image into out as RGB (grey repeated).
  * Any libjpeg warning (corrupt data, premature end) fails the call, as libvips's fail-on-warning
- * does in sharp: the caller then lets sharp decode the file and name the problem.
+ * does in sharp: the caller then lets sharp decode the file and name the problem. So does a
+ * progressive JPEG whose scans stop before every coefficient is complete: libjpeg then smooths
+ * the blocks it has, and that smoothing differs between libjpeg-turbo releases (and reaches past
+ * the crop's margin), so only sharp's own library gives sharp's pixels for it.
  */
 #include <node_api.h>
 #include <setjmp.h>
@@ -20,7 +23,9 @@
 #include <string.h>
 #include <jpeglib.h>
 
-#define MAX_SCANS 1000 /* a progressive JPEG of more scans is refused (libjpeg-turbo's own advice) */
+/* A backstop: jpeg-native.ts leaves files of more than a few scans to sharp before this (a file of
+ * thousands of scans costs seconds; decoding it here and then again in sharp would cost twice). */
+#define MAX_SCANS 1000
 
 struct err_mgr {
   struct jpeg_error_mgr pub;
@@ -134,7 +139,8 @@ static napi_value header(napi_env env, napi_callback_info info) {
   napi_value exif;
   napi_get_null(env, &exif);
   for (jpeg_saved_marker_ptr m = c.marker_list; m; m = m->next) {
-    if (m->marker == JPEG_APP0 + 2 && m->data_length >= 12 && memcmp(m->data, "ICC_PROFILE\0", 12) == 0) icc = 1;
+    /* libvips takes any APP2 that starts "ICC_PROFILE" as a profile, NUL after it or not. */
+    if (m->marker == JPEG_APP0 + 2 && m->data_length >= 11 && memcmp(m->data, "ICC_PROFILE", 11) == 0) icc = 1;
     if (m->marker == JPEG_APP0 + 1 && m->data_length >= 6 && memcmp(m->data, "Exif\0\0", 6) == 0) {
       if (exif_segments++ == 0) {
         void *copy;
@@ -143,6 +149,16 @@ static napi_value header(napi_env env, napi_callback_info info) {
     }
   }
   set_bool(env, result, "icc", icc);
+  /* Start-of-scan markers in the whole file (FF DA never occurs inside entropy-coded data, where
+   * FF is followed by 00 or a restart marker; an embedded thumbnail's scans count too). */
+  uint32_t scans = 0;
+  for (const unsigned char *p = data, *end = data + len; p + 1 < end;) {
+    const unsigned char *ff = memchr(p, 0xFF, (size_t)(end - p - 1));
+    if (!ff) break;
+    if (ff[1] == 0xDA) scans++;
+    p = ff + 1;
+  }
+  set_u32(env, result, "scans", scans);
   napi_set_named_property(env, result, "exif", exif);
   set_u32(env, result, "exifSegments", exif_segments);
   jpeg_destroy_decompress(&c);
@@ -169,14 +185,12 @@ static napi_value decode(napi_env env, napi_callback_info info) {
   struct jpeg_decompress_struct c;
   struct err_mgr e;
   struct progress_mgr p;
-  JSAMPROW row = NULL;
   c.err = jpeg_std_error(&e.pub);
   e.pub.error_exit = on_error;
   e.pub.emit_message = on_message;
   e.message[0] = 0;
   jpeg_create_decompress(&c);
   if (setjmp(e.jump)) {
-    free(row);
     jpeg_destroy_decompress(&c);
     return str(env, e.message);
   }
@@ -192,6 +206,14 @@ static napi_value decode(napi_env env, napi_callback_info info) {
   }
   c.out_color_space = grey ? JCS_GRAYSCALE : JCS_RGB;
   jpeg_start_decompress(&c);
+  if (c.progressive_mode && c.coef_bits) {
+    for (int ci = 0; ci < c.num_components; ci++)
+      for (int k = 0; k < DCTSIZE2; k++)
+        if (c.coef_bits[ci][k] != 0) {
+          jpeg_destroy_decompress(&c);
+          return str(env, "a progressive JPEG whose scans stop before its coefficients are complete");
+        }
+  }
   if ((uint64_t)x + w > c.output_width || (uint64_t)y + h > c.output_height) {
     jpeg_destroy_decompress(&c);
     napi_throw_range_error(env, NULL, "decode: the window is outside the image");
@@ -208,11 +230,8 @@ static napi_value decode(napi_env env, napi_callback_info info) {
   JDIMENSION cw = cend - cx;
   if (cx != 0 || cw != c.output_width) jpeg_crop_scanline(&c, &cx, &cw);
   const int comps = grey ? 1 : 3;
-  row = malloc((size_t)c.output_width * comps);
-  if (!row) {
-    jpeg_destroy_decompress(&c);
-    return str(env, "out of memory");
-  }
+  /* From libjpeg's own pool: released by jpeg_destroy_decompress, on every path. */
+  JSAMPROW row = (*c.mem->alloc_sarray)((j_common_ptr)&c, JPOOL_IMAGE, c.output_width * comps, 1)[0];
   if (y > 0) jpeg_skip_scanlines(&c, y);
   const size_t skip = (size_t)(x - cx) * comps;
   for (uint32_t r = 0; r < h; r++) {
@@ -227,7 +246,6 @@ static napi_value decode(napi_env env, napi_callback_info info) {
   }
   if (c.output_scanline < c.output_height) jpeg_skip_scanlines(&c, c.output_height - c.output_scanline);
   jpeg_finish_decompress(&c);
-  free(row);
   jpeg_destroy_decompress(&c);
   return NULL;
 }

@@ -206,7 +206,8 @@ function tooLarge(w: number, h: number, maxPixels: number): ImageError {
  */
 export function decodeJpegNatively(bytes: Uint8Array, opts: DecodeOptions): Uint8Array | undefined {
   const addon = nativeJpeg();
-  const header = addon && nativeJpegHeader(addon, bytes);
+  // A file cut short goes to sharp at once: it would fail late here and be decoded twice.
+  const header = addon && !truncation('jpeg', bytes) && nativeJpegHeader(addon, bytes);
   if (!addon || !header) return undefined;
   const { width, height, maxPixels } = opts;
   const { width: w, height: h } = header;
@@ -216,7 +217,11 @@ export function decodeJpegNatively(bytes: Uint8Array, opts: DecodeOptions): Uint
   if (!window || !region) return undefined;
   // Every byte is written by the decode (or the decode failed and src is dropped): no zero-filling.
   const src = Buffer.allocUnsafe(region.width * region.height * 3);
-  if (addon.decode(bytes, region.left, region.top, region.width, region.height, src) !== undefined) return undefined;
+  try {
+    if (addon.decode(bytes, region.left, region.top, region.width, region.height, src) !== undefined) return undefined;
+  } catch {
+    return undefined; // an argument the addon refuses (it cannot happen: header and plan agree): sharp decides
+  }
   return resample === 'down'
     ? coverDownscale(src, sw, sh, width, height, window)
     : coverUpscale(src, sw, sh, width, height, window);

@@ -9,10 +9,12 @@
  * columns the window reads.
  *
  * It takes only what it is sure to read as libvips does: 8-bit YCbCr or greyscale JPEGs without
- * an ICC profile (libvips would convert it to sRGB) and without an EXIF orientation other than
- * 1 (sharp rotates those first). Everything else, and every file libjpeg warns about (corrupt or
- * cut-short data), goes to sharp, which decodes it or names the problem as before: the native
- * path can only ever give the pixels sharp would give, or step aside.
+ * an ICC profile (libvips would convert it to sRGB), without an EXIF orientation other than 1
+ * (sharp rotates those first), of at most MAX_NATIVE_SCANS scans, ending in their end-of-image
+ * marker. Everything else, every file libjpeg warns about (corrupt or cut-short data) and every
+ * progressive file whose scans stop before its coefficients are complete (libjpeg's smoothing of
+ * those differs between releases) goes to sharp, which decodes it or names the problem as
+ * before: the native path can only ever give the pixels sharp would give, or step aside.
  *
  * DEEPFEAT_JPEG_DECODER=sharp turns it off (config.ts); without the addon built, sharp decodes
  * every JPEG.
@@ -36,6 +38,8 @@ export interface JpegHeader {
   exif: Uint8Array | null;
   /** How many APP1 Exif segments there are. */
   exifSegments: number;
+  /** Start-of-scan markers in the file (an embedded thumbnail's included). */
+  scans: number;
 }
 
 export interface NativeJpeg {
@@ -61,6 +65,14 @@ export function nativeJpeg(): NativeJpeg | undefined {
 }
 
 /**
+ * More scans than this and the file goes to sharp: encoders write 1 (baseline) or about 10
+ * (progressive; mozjpeg's own choice of scans stays near that), a thumbnail a few more. A file
+ * of thousands of tiny scans takes seconds to decode (a way to spend a decoder's time); decoding
+ * it here, hitting a problem late and then decoding it again in sharp would take twice that.
+ */
+export const MAX_NATIVE_SCANS = 64;
+
+/**
  * A JPEG header the native path may decode, or undefined: sharp's path then reads the file. The
  * EXIF orientation must be known to be 1 (or absent): one Exif segment whose first IFD is read
  * without doubt.
@@ -69,7 +81,7 @@ export function nativeJpegHeader(addon: NativeJpeg, bytes: Uint8Array): JpegHead
   const h = addon.header(bytes);
   if (typeof h === 'string') return undefined;
   if (h.precision !== 8 || h.icc || !(h.colorSpace === 'ycbcr' || h.colorSpace === 'grey')) return undefined;
-  if (h.exifSegments > 1) return undefined;
+  if (h.exifSegments > 1 || h.scans > MAX_NATIVE_SCANS) return undefined;
   if (h.exif && exifOrientation(h.exif) !== 1) return undefined;
   return h;
 }
