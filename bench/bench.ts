@@ -3,8 +3,9 @@
  * Every figure is the median of several timed repetitions after a warm-up, and every ratio is
  * taken between figures of this one run. Prints a table and writes bench/results.json.
  *
- * 1. sharp decode+resize to the backbone's input (a 640×480 JPEG, and the 32×32 CIFAR PNGs the
- *    pipeline figures use), one at a time and 8 at once as the extractor fetches them.
+ * 1. decodeImage (decode + resize) to the backbone's input (a 640×480 JPEG, through deepfeat's
+ *    libjpeg-turbo addon where built and through sharp, and the 32×32 CIFAR PNGs the pipeline
+ *    figures use), one at a time and 8 at once as the extractor fetches them.
  * 2. The default backbone's forward pass on every engine that loads here (ONNX Runtime at 1 and
  *    all-cores threads, TF.js WebAssembly, TF.js plain JS), same batch size as the pipeline.
  * 3. The pipeline on real parts: spawned redis-server, the embedded S3 server, a planner and
@@ -39,6 +40,7 @@ import { loadDemoImages } from '../cli/demo-data.js';
 import type { FeatureEngine } from '../services/extractor/engines/engine.js';
 import { loadEngine } from '../services/extractor/engines/load-engine.js';
 import { decodeImage } from '../services/extractor/image.js';
+import { nativeJpeg } from '../services/extractor/jpeg-native.js';
 import { fitLogisticRegression } from '../services/trainer/logreg.js';
 import { ObjectivePool } from '../services/trainer/objective-pool.js';
 import { loadConfig } from '../shared/config.js';
@@ -138,7 +140,7 @@ console.log(
 );
 
 // ───────────── 1. decode ─────────────
-section('decode (sharp)');
+section(`decode (decodeImage; JPEG: ${nativeJpeg() ? 'the libjpeg-turbo addon' : 'sharp, the addon is not built'})`);
 const size = { width: 224, height: 224, maxPixels: 1e8 };
 const jpeg = await sharp({ create: { width: 640, height: 480, channels: 3, background: { r: 90, g: 140, b: 200 } } })
   .composite([
@@ -158,6 +160,18 @@ record(
   'images/s',
   `${(jpegMs / decodeN).toFixed(2)} ms/image`,
 );
+if (nativeJpeg()) {
+  const viaSharpMs = await timeIt(async () => {
+    for (let i = 0; i < decodeN; i++) await decodeImage(jpeg, { ...size, jpegDecoder: 'sharp' });
+  });
+  record(
+    'decode_jpeg_sequential_sharp',
+    '640x480 JPEG -> 224x224 RGB, one at a time, through sharp',
+    (decodeN * 1000) / viaSharpMs,
+    'images/s',
+    `${(viaSharpMs / decodeN).toFixed(2)} ms/image; the addon takes ${(jpegMs / viaSharpMs).toFixed(2)}x the time (DEEPFEAT_JPEG_DECODER=sharp)`,
+  );
+}
 const pngs = cifar.slice(0, decodeN).map((c) => c.png);
 const pngMs = await timeIt(async () => {
   for (const p of pngs) await decodeImage(p, size);
