@@ -48,7 +48,9 @@ const pets = () => `s3://${dep.dataBucket}/pets/`;
 const PROGRESS_LINE = /^(queued|planning|extracting|training|evaluating|published|failed) \d+\/\d+ images(, .*)?$/;
 
 test('`run --wait` off a terminal writes progress as plain lines, then the status; exit 0', async (t) => {
-  t.timeout(120_000);
+  // The run queues behind the other tests' runs on this file's one extractor, with the --local
+  // test's own Redis and workers on the same cores: 120 s was too little on a slow day (CI, 1 Dec).
+  t.timeout(300_000);
   const r = await runCli(dep.env, ['run', pets(), '--name', 'cli-plain', '--features', 'raw-pixels', '--wait']);
   t.is(r.code, 0, r.stdout + r.stderr);
   t.notRegex(r.stderr, /\r/, 'no carriage returns in a log');
@@ -116,7 +118,7 @@ const badRequests: Array<[string, string[], string, RegExp]> = [
 
 for (const [what, args, code, message] of badRequests) {
   test(`\`run --wait\` with ${what} fails the run with ${code} and exits 2`, async (t) => {
-    t.timeout(120_000);
+    t.timeout(300_000); // queued behind the file's other runs (see the first test)
     const argv = args.map((a) => a.replace('PETS', pets()).replace('DATA', dep.dataBucket));
     const r = await runCli(dep.env, [...argv, '--name', uniqueName('cli'), '--wait', '--json']);
     t.is(r.code, 2, r.stdout + r.stderr);
@@ -132,7 +134,7 @@ for (const [what, args, code, message] of badRequests) {
 }
 
 test('`status --watch` off a terminal prints progress lines, never screen-clearing escapes', async (t) => {
-  t.timeout(180_000);
+  t.timeout(300_000); // queued behind the file's other runs (see the first test)
   // A deployment prefix with no workers: the run stays queued until the test fails it.
   const env = { ...dep.env, DEEPFEAT_QUEUE_PREFIX: uniqueName('watch') };
   const client = createClient(loadConfig(env));
@@ -245,7 +247,7 @@ const oddRuns: Array<[string, string[], RegExp]> = [
 ];
 
 test('odd `run` flags are refused with the flag, the value and the fix; exit 2; nothing is queued', async (t) => {
-  t.timeout(120_000);
+  t.timeout(300_000); // many CLI processes at once, beside the --local tests' workers
   const env = { ...dep.env, DEEPFEAT_QUEUE_PREFIX: uniqueName('odd') };
   const results = await Promise.all(oddRuns.map(([, args]) => runCli(env, ['run', pets(), ...args])));
   results.forEach((r, i) => {
