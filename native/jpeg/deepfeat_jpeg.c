@@ -57,6 +57,16 @@ static void on_progress(j_common_ptr cinfo) {
   }
 }
 
+/* A decompressor whose errors and warnings longjmp to e->jump with the message in e->message
+ * (the caller sets the jump point with setjmp right after). */
+static void create_decompress(j_decompress_ptr c, struct err_mgr *e) {
+  c->err = jpeg_std_error(&e->pub);
+  e->pub.error_exit = on_error;
+  e->pub.emit_message = on_message;
+  e->message[0] = 0;
+  jpeg_create_decompress(c);
+}
+
 static napi_value str(napi_env env, const char *s) {
   napi_value v;
   napi_create_string_utf8(env, s, NAPI_AUTO_LENGTH, &v);
@@ -112,11 +122,7 @@ static napi_value header(napi_env env, napi_callback_info info) {
   }
   struct jpeg_decompress_struct c;
   struct err_mgr e;
-  c.err = jpeg_std_error(&e.pub);
-  e.pub.error_exit = on_error;
-  e.pub.emit_message = on_message;
-  e.message[0] = 0;
-  jpeg_create_decompress(&c);
+  create_decompress(&c, &e);
   napi_value result = NULL;
   if (setjmp(e.jump)) {
     jpeg_destroy_decompress(&c);
@@ -185,11 +191,7 @@ static napi_value decode(napi_env env, napi_callback_info info) {
   struct jpeg_decompress_struct c;
   struct err_mgr e;
   struct progress_mgr p;
-  c.err = jpeg_std_error(&e.pub);
-  e.pub.error_exit = on_error;
-  e.pub.emit_message = on_message;
-  e.message[0] = 0;
-  jpeg_create_decompress(&c);
+  create_decompress(&c, &e);
   if (setjmp(e.jump)) {
     jpeg_destroy_decompress(&c);
     return str(env, e.message);

@@ -29,7 +29,8 @@ import { sniffImageFormat } from './image-format.js';
 import { checkSvg, checkSvgPixels } from './svg-check.js';
 import { coverDownscale } from './downscale.js';
 import { nativeJpeg, nativeJpegHeader } from './jpeg-native.js';
-import { resizePlan } from './resize-plan.js';
+import { type ResizePlan, resizePlan } from './resize-plan.js';
+import type { SourceWindow } from './cover-geometry.js';
 import { coverUpscale } from './upscale.js';
 
 export interface DecodeOptions {
@@ -178,9 +179,7 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
       );
     }
     const src = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-    return resample === 'down'
-      ? coverDownscale(src, sw, sh, width, height, window)
-      : coverUpscale(src, sw, sh, width, height, window);
+    return resampleWindow(src, { sw, sh, resample, window }, width, height);
   }
   const { info, data } = out;
   const expected = width * height * 3;
@@ -191,6 +190,19 @@ export async function decodeImage(bytes: Uint8Array, opts: DecodeOptions): Promi
     );
   }
   return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+}
+
+/** The cover resize of a decoded window, by decodeImage's own code (resizePlan's `resample`). */
+function resampleWindow(
+  src: Uint8Array,
+  plan: Pick<ResizePlan, 'sw' | 'sh' | 'resample'> & { window: SourceWindow },
+  width: number,
+  height: number,
+): Uint8Array {
+  const { sw, sh, window } = plan;
+  return plan.resample === 'down'
+    ? coverDownscale(src, sw, sh, width, height, window)
+    : coverUpscale(src, sw, sh, width, height, window);
 }
 
 function tooLarge(w: number, h: number, maxPixels: number): ImageError {
@@ -222,9 +234,7 @@ export function decodeJpegNatively(bytes: Uint8Array, opts: DecodeOptions): Uint
   } catch {
     return undefined; // an argument the addon refuses (it cannot happen: header and plan agree): sharp decides
   }
-  return resample === 'down'
-    ? coverDownscale(src, sw, sh, width, height, window)
-    : coverUpscale(src, sw, sh, width, height, window);
+  return resampleWindow(src, { sw, sh, resample, window }, width, height);
 }
 
 /**
