@@ -9,6 +9,7 @@ import test from 'ava';
 import sharp from 'sharp';
 import { coverScale } from '../services/extractor/cover-geometry.js';
 import {
+  coverDownscaleFrom,
   coverDownscale,
   downscaleIsExact,
   downscaleRunsInSimd,
@@ -267,4 +268,39 @@ test('sources sharp scales while loading, and buffers past the SIMD memory cap, 
   t.false(downscaleRunsInSimd(6000, 6000, 2048, 2048));
   t.is(resizePlan(6000, 6000, true, 2048, 2048).resample, undefined);
   t.true(downscaleRunsInSimd(640, 480, 224, 224));
+});
+
+test("coverDownscaleFrom: a window written in place gives coverDownscale's bytes; a failed fill gives undefined", (t) => {
+  const rnd = random(23);
+  for (const [w, h, W, H] of [
+    [640, 480, 224, 224],
+    [500, 375, 299, 299],
+    [333, 517, 160, 96],
+  ] as const) {
+    const win = downscaleWindow(w, h, W, H);
+    const src = pixels(win.width, win.height, rnd);
+    const want = Buffer.from(coverDownscale(src, w, h, W, H, win));
+    for (const pass of ['wasm', 'js'] as const) {
+      let given = 0;
+      const got = coverDownscaleFrom(
+        (into) => {
+          given = into.length;
+          into.set(src);
+          return true;
+        },
+        w,
+        h,
+        W,
+        H,
+        win,
+        pass,
+      );
+      t.is(given, src.length, `${pass}: the fill is given exactly the window`);
+      t.true(got !== undefined && Buffer.from(got).equals(want), `${pass} ${w}×${h} → ${W}×${H}`);
+      t.is(
+        coverDownscaleFrom(() => false, w, h, W, H, win, pass),
+        undefined,
+      );
+    }
+  }
 });

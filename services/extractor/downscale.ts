@@ -330,13 +330,50 @@ export function coverDownscale(
   if (src.length !== window.width * window.height * 3) {
     throw new RangeError(`coverDownscale: ${src.length} bytes is not the window's ${window.width}×${window.height}×3`);
   }
+  return downscale(src, w, h, width, height, window, pass)!;
+}
+
+/**
+ * coverDownscale of a window that `fill` writes (RGB, interleaved, window.width × window.height)
+ * into the buffer it is given: with WebAssembly, the passes' own memory, so a decoder writes the
+ * window where the passes read it, with no buffer of its own and no copy (issue 14: a 640×480
+ * JPEG's window is 0.7 MB; 0.92–0.97× the CPU of decoding into a buffer and copying it, measured in
+ * one process). undefined when `fill` returns false (it could not decode).
+ */
+export function coverDownscaleFrom(
+  fill: (window: Uint8Array) => boolean,
+  w: number,
+  h: number,
+  width: number,
+  height: number,
+  window: SourceWindow,
+  pass: DownscalePass = downscaleModule() ? 'wasm' : 'js',
+): Uint8Array | undefined {
+  return downscale(fill, w, h, width, height, window, pass);
+}
+
+function downscale(
+  source: Uint8Array | ((window: Uint8Array) => boolean),
+  w: number,
+  h: number,
+  width: number,
+  height: number,
+  window: SourceWindow,
+  pass: DownscalePass,
+): Uint8Array | undefined {
   if (!(coverScale(w, h, width, height) < 1)) throw new RangeError('coverDownscale: not a downscale');
+  const length = window.width * window.height * 3;
   const plan = cachedPlan(w, h, width, height, window);
   const { columns, midStride, midLength, planeLength, outLength } = buffers(plan, width, height);
   const vm = pass === 'wasm' ? downscaleModule() : null;
   if (pass === 'wasm' && !vm) throw new Error('coverDownscale: WebAssembly SIMD is not available here');
-  const at = vm?.reserve(regions(plan, src.length, width, height));
+  const at = vm?.reserve(regions(plan, length, width, height));
   if (!vm || !at) {
+    let src = source as Uint8Array;
+    if (typeof source === 'function') {
+      src = new Uint8Array(length);
+      if (!source(src)) return undefined;
+    }
     const mid = new Uint8Array(midLength);
     verticalPass(src, plan, height, mid, midStride);
     padEdges(mid, midStride, plan, height);
@@ -344,7 +381,9 @@ export function coverDownscale(
   }
   const [s, vt, ht, mid, planes, out] = at as [number, number, number, number, number, number];
   const mem = vm.memory.buffer;
-  new Uint8Array(mem, s, src.length).set(src);
+  const into = new Uint8Array(mem, s, length);
+  if (typeof source !== 'function') into.set(source);
+  else if (!source(into)) return undefined;
   new Int32Array(mem, vt, plan.vtaps.length).set(plan.vtaps);
   new Int32Array(mem, ht, plan.htaps.length).set(plan.htaps);
   const passes = vm.exports as unknown as WasmPasses;

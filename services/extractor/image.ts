@@ -27,7 +27,7 @@ import { outOfMemoryReason } from './decode-limits.js';
 import { decodePlainPng } from './png-simple.js';
 import { sniffImageFormat } from './image-format.js';
 import { checkSvg, checkSvgPixels } from './svg-check.js';
-import { coverDownscale } from './downscale.js';
+import { coverDownscale, coverDownscaleFrom } from './downscale.js';
 import { nativeJpeg, nativeJpegHeader } from './jpeg-native.js';
 import { type ResizePlan, resizePlan } from './resize-plan.js';
 import type { SourceWindow } from './cover-geometry.js';
@@ -227,14 +227,19 @@ export function decodeJpegNatively(bytes: Uint8Array, opts: DecodeOptions): Uint
   const loadScales = sharpScalesOnLoad('jpeg', false, Math.min(w / width, h / height));
   const { sw, sh, resample, window, region } = resizePlan(w, h, true, width, height, loadScales);
   if (!window || !region) return undefined;
-  // Every byte is written by the decode (or the decode failed and src is dropped): no zero-filling.
+  const decodeInto = (out: Uint8Array): boolean => {
+    try {
+      return addon.decode(bytes, region.left, region.top, region.width, region.height, out) === undefined;
+    } catch {
+      return false; // an argument the addon refuses (it cannot happen: header and plan agree): sharp decides
+    }
+  };
+  // A downscale's window is decoded straight into the passes' memory (no 0.7 MB buffer and copy
+  // per 640×480 photo). Otherwise every byte is written by the decode (or the decode failed and
+  // the buffer is dropped): no zero-filling.
+  if (resample === 'down') return coverDownscaleFrom(decodeInto, sw, sh, width, height, window);
   const src = Buffer.allocUnsafe(region.width * region.height * 3);
-  try {
-    if (addon.decode(bytes, region.left, region.top, region.width, region.height, src) !== undefined) return undefined;
-  } catch {
-    return undefined; // an argument the addon refuses (it cannot happen: header and plan agree): sharp decides
-  }
-  return resampleWindow(src, { sw, sh, resample, window }, width, height);
+  return decodeInto(src) ? resampleWindow(src, { sw, sh, resample, window }, width, height) : undefined;
 }
 
 /**
