@@ -51,8 +51,19 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)]!;
 }
 
-/** Images each configuration feeds before it is measured (see the warm-up in runFeedBench). */
+/**
+ * Warm-up of each configuration before it is measured (runFeedBench): at least WARM_UP_IMAGES,
+ * then more runs while V8 is still compiling, up to MAX_WARM_UP_IMAGES. Compiling shows as the
+ * extractor's threads other than its main thread: with the zero engine, its engine thread and the
+ * GC helpers take a few per cent of the main thread's CPU once the code is optimised, while V8's
+ * optimising compiler went on at 20-40% of it for some 5,000 JPEGs (traced with --trace-opt:
+ * 20-30 functions a second, the S3 client's and Node's HTTP and stream code, falling to 1-4 a
+ * second after 8,000). A worker feeding a GPU for hours runs with that code long compiled.
+ */
 const WARM_UP_IMAGES = 1500;
+const MAX_WARM_UP_IMAGES = 12_000;
+/** Warm once a warm-up run's other threads take at most this share of the main thread's CPU. */
+const WARM_OTHER_THREADS = 0.15;
 
 /** CPU seconds of a process's live children (the extractor's decoder processes), from /proc. */
 async function childrenCpuSeconds(pid: number): Promise<number> {
@@ -572,11 +583,20 @@ export async function runFeedBench(opts: FeedOptions = {}): Promise<Record<strin
         const profiled = c.key === '1p' || c.key === '1p_before';
         const ex = await startZeroExtractors(stack, c.procs, c.env, profiled ? profileDir : undefined, c.root);
         try {
-          // Warm-up: decoder processes start and V8 optimises the hot code. That goes on for some
-          // 1,500 images (V8's compiler threads were 0.9-1.0 ms per JPEG over the first 1,500
-          // and 0.4 over the first 3,000), which a real run leaves far behind: at least that many first.
-          for (let seen = 0; seen < (quick ? 1 : WARM_UP_IMAGES); seen += d.images)
+          // Warm-up: decoder processes start and V8 optimises the hot code (WARM_UP_IMAGES).
+          let warmUp = 0;
+          for (let settled = false; !settled; ) {
+            const before = await ex.cpu();
             await timeFeed(stack, d.source, shard);
+            warmUp += d.images;
+            const after = await ex.cpu();
+            const main = after.main - before.main;
+            const others = after.extractor - before.extractor - main - (after.profiler - before.profiler);
+            settled =
+              quick ||
+              warmUp >= MAX_WARM_UP_IMAGES ||
+              (warmUp >= WARM_UP_IMAGES && others <= WARM_OTHER_THREADS * main);
+          }
           const cpu0 = await ex.cpu();
           if (profiled) ex.startProfile();
           const runs = [];
@@ -610,7 +630,7 @@ export async function runFeedBench(opts: FeedOptions = {}): Promise<Record<strin
             `${d.name}: ${c.label}`,
             rate,
             'images/s',
-            `${(rate / c.procs).toFixed(0)} per process; shards of ${shard}`,
+            `${(rate / c.procs).toFixed(0)} per process; shards of ${shard}; after ${warmUp} images of warm-up`,
           );
           put(
             `${k}_cpu_ms`,
