@@ -36,6 +36,7 @@ import {
   listWorkers,
   type Client,
 } from '../cli/client.js';
+import { EXIT_WITH_PARENT } from '../cli/local-pipeline.js';
 import { startRedis, startS3Server } from '../cli/local-stack.js';
 import { loadConfig } from '../shared/config.js';
 import { putObject } from '../shared/s3.js';
@@ -98,6 +99,8 @@ export async function runScaleBench(): Promise<void> {
     S3_ACCESS_KEY_ID: 'S3RVER',
     S3_SECRET_ACCESS_KEY: 'S3RVER',
     DEEPFEAT_QUEUE_PREFIX: 'scale',
+    // Workers end with this process, however it ends (killed, Ctrl-C): cli/local-pipeline.ts.
+    [EXIT_WITH_PARENT]: String(process.pid),
     LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn',
     DEEPFEAT_CACHE_DIR: path.join(dir, 'cache'),
   };

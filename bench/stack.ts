@@ -14,6 +14,7 @@ import { Queue, QueueEvents, Worker } from 'bullmq';
 import { createClient, enqueueRun, getStatus, listWorkers, waitForRun, type Client } from '../cli/client.js';
 import { enqueuePredict } from '../cli/predict-client.js';
 import { loadDemoImages } from '../cli/demo-data.js';
+import { EXIT_WITH_PARENT } from '../cli/local-pipeline.js';
 import { startRedis, startS3Server, type LocalRedis, type LocalS3 } from '../cli/local-stack.js';
 import { loadConfig } from '../shared/config.js';
 import { shardKey } from '../shared/dataset.js';
@@ -60,6 +61,8 @@ export async function startStack(images: number): Promise<Stack> {
       S3_ACCESS_KEY_ID: 'S3RVER',
       S3_SECRET_ACCESS_KEY: 'S3RVER',
       DEEPFEAT_QUEUE_PREFIX: 'bench',
+      // Workers end with this process, however it ends (killed, Ctrl-C): cli/local-pipeline.ts.
+      [EXIT_WITH_PARENT]: String(process.pid),
       LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn',
       // The pipeline figures time extraction, run after run over the same images: the feature
       // cache would serve every run after the first. Its own section turns it on (bench.ts 3c).

@@ -8,12 +8,14 @@
 import { rename, writeFile } from 'node:fs/promises';
 import { Session } from 'node:inspector/promises';
 import path from 'node:path';
+import { exitWithParent } from '../cli/local-pipeline.js';
 import { startWorkers } from '../cli/workers.js';
 import { useEngineThreadModule } from '../services/extractor/resources.js';
 import { loadConfig } from '../shared/config.js';
 
 useEngineThreadModule(new URL('./zero-engine-thread-main.ts', import.meta.url));
 startWorkers(loadConfig(), 'extractor', 1);
+exitWithParent(); // bench/stack.ts sets it: killing the bench does not leave this process behind
 
 // Where the main thread's CPU goes, for bench/feed.ts: SIGUSR2 starts V8's sampling profiler,
 // the next SIGUSR2 stops it and writes profile-<n>.cpuprofile into FEED_PROFILE_DIR (a bench

@@ -93,6 +93,18 @@ export interface LocalWorkers {
  */
 export const EXIT_WITH_PARENT = 'DEEPFEAT_EXIT_WITH_PARENT';
 
+/**
+ * In a worker process started with EXIT_WITH_PARENT (by `deepfeat demo`, a `--local` command or a
+ * benchmark): end with that parent, however it ends (even SIGKILL, which leaves it no chance to
+ * stop us): once re-parented, stop as on SIGTERM.
+ */
+export function exitWithParent(): void {
+  const parent = Number(process.env[EXIT_WITH_PARENT] ?? Number.NaN);
+  if (Number.isInteger(parent) && parent > 0) {
+    setInterval(() => process.ppid !== parent && process.kill(process.pid, 'SIGTERM'), 1000).unref();
+  }
+}
+
 /** Extractor processes by default: one per core. */
 export const DEFAULT_LOCAL_EXTRACTORS = Math.max(1, availableParallelism());
 

@@ -35,7 +35,7 @@ import { DEMO_MAX_PER_CLASS } from './demo-data.js';
 import { LOCAL_DIR, localDemoEnv } from './local-stack.js';
 import {
   DEFAULT_LOCAL_EXTRACTORS,
-  EXIT_WITH_PARENT,
+  exitWithParent,
   type LocalWorkers,
   clientOf,
   startLocalServices,
@@ -520,12 +520,7 @@ program
   .action(async (kind: string, o) => {
     const n = parseWholeNumber('--concurrency', o.concurrency, { min: 1, max: 256 }, 'jobs at once per worker');
     startWorkers(loadConfig(), kind, n);
-    // Started by `deepfeat demo` or a `--local` command (local-pipeline.ts): end with it, however it
-    // ends (even SIGKILL, which leaves no chance to stop us): once re-parented, stop as on SIGTERM.
-    const parent = Number(process.env[EXIT_WITH_PARENT] ?? Number.NaN);
-    if (Number.isInteger(parent) && parent > 0) {
-      setInterval(() => process.ppid !== parent && process.kill(process.pid, 'SIGTERM'), 1000).unref();
-    }
+    exitWithParent();
     await new Promise(() => undefined); // runs until a signal closes it
   });
 
