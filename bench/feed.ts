@@ -15,7 +15,7 @@
  * - the decoder pool alone with 1 process and one per core (decode parallelism, nothing else);
  * - the real extractor (ONNX Runtime, 1 thread) on CIFAR: its CPU per image ÷ the engine's own.
  *
- * `npx tsx bench/feed.ts [--quick] [--only cifar,jpeg,real,1p,1p_1t,1p_sharp,2p] [--reps N]
+ * `npx tsx bench/feed.ts [--quick] [--only cifar,jpeg,real,1p,1p_1t,1p_sharp,1p_1t_sharp,2p] [--reps N]
  * [--keep-profiles DIR] [--baseline TREE]` alone (TREE: a copy of the code before a change, with
  * the two zero-engine files and their hooks, run right before the current code in every
  * configuration), or the "feed" section of `npm run bench`.
@@ -447,7 +447,7 @@ export interface FeedOptions {
   record?: RecordFn;
   /** Timed runs per configuration (median taken); default 3, 1 with quick. */
   reps?: number;
-  /** Only these datasets ('cifar', 'jpeg', 'real': the real engine) and configurations ('1p', '1p_1t', '1p_sharp': JPEGs through sharp, '2p'); default all. */
+  /** Only these datasets ('cifar', 'jpeg', 'real': the real engine) and configurations ('1p', '1p_1t', '1p_sharp' and '1p_1t_sharp': JPEGs through sharp, '2p'); default all. */
   only?: readonly string[];
   /** Folder to keep the main-thread CPU profiles in (open them in Chrome DevTools). */
   keepProfiles?: string;
@@ -555,6 +555,18 @@ export async function runFeedBench(opts: FeedOptions = {}): Promise<Record<strin
               procs: 1,
               env: { DEEPFEAT_JPEG_DECODER: 'sharp' },
             },
+            // Decode threads where decoding is the work: the addon's cheaper decode leaves the
+            // extractor, the S3 server and Redis a larger share of a small host's cores.
+            ...(cores > 1
+              ? [
+                  {
+                    key: '1p_1t_sharp',
+                    label: '1 extractor, 1 decode thread, JPEG through sharp',
+                    procs: 1,
+                    env: { DEEPFEAT_JPEG_DECODER: 'sharp', DEEPFEAT_DECODE_THREADS: '1' },
+                  },
+                ]
+              : []),
           ]
         : []),
     ];
@@ -566,7 +578,7 @@ export async function runFeedBench(opts: FeedOptions = {}): Promise<Record<strin
       env: c.key === '1p_1t' ? { DEEPFEAT_FETCH_CONCURRENCY: '1' } : c.env,
       root: opts.baseline,
     });
-    const configs = current.flatMap((c) => (opts.baseline && c.key !== '1p_sharp' ? [before(c), c] : [c]));
+    const configs = current.flatMap((c) => (opts.baseline && !c.key.includes('sharp') ? [before(c), c] : [c]));
     const wanted = (name: string) => !opts.only || opts.only.includes(name);
     for (const d of datasets.filter((x) => wanted(x.name))) {
       console.log(`\nfeed: ${d.images} ${d.label} in S3, zero-cost engine, batch 8`);
@@ -576,7 +588,7 @@ export async function runFeedBench(opts: FeedOptions = {}): Promise<Record<strin
             ? 'JPEG decoder: libjpeg-turbo addon (native/jpeg), sharp where it steps aside'
             : 'JPEG decoder: sharp (the libjpeg-turbo addon is not built here: npm run build:native)',
         );
-      const forData = (c: Config) => d.name === 'jpeg' || !c.key.startsWith('1p_sharp');
+      const forData = (c: Config) => d.name === 'jpeg' || !c.key.includes('sharp');
       for (const c of configs.filter((x) => wanted(x.key.replace(/_before$/, '')) && forData(x))) {
         // Shards small enough that every extractor has work: 4 per process.
         const shard = Math.max(8, Math.ceil(d.images / (4 * c.procs)));
@@ -698,6 +710,17 @@ export async function runFeedBench(opts: FeedOptions = {}): Promise<Record<strin
             one / t1,
             'x',
             'goal >= 1.8 on 2 cores',
+          );
+        }
+        const sharp2 = fig[`${d.name}_1p_sharp${suffix}`];
+        const sharp1 = fig[`${d.name}_1p_1t_sharp${suffix}`];
+        if (sharp2 && sharp1) {
+          put(
+            `${d.name}_decode_threads_scaling_sharp${suffix}`,
+            `${d.name}: JPEG through sharp, ${cores} decode threads / 1 decode thread`,
+            sharp2 / sharp1,
+            'x',
+            'decoding is the work here; goal >= 1.8 on 2 cores',
           );
         }
         const viaSharp = fig[`${d.name}_1p_sharp${suffix}_cpu_ms`];
