@@ -85,7 +85,8 @@ export function redisUnreachable(err: unknown): Error | undefined {
   const { url, reason } = lastRedisFault;
   return new Error(
     `cannot reach Redis at ${quote(url, 200)} (${quote(reason, 200)}): start redis-server there, ` +
-      'or set REDIS_URL to one that runs (npm run demo starts its own)',
+      'or set REDIS_URL to one that runs; or, with no deployment, `run` and `predict` take --local ' +
+      '(without REDIS_URL) to start their own Redis and workers for the command',
     { cause: err },
   );
 }

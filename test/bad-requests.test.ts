@@ -145,7 +145,7 @@ test('CLI: an unreachable Redis is named with its reason and the fix, without it
     t.regex(
       r.stderr,
       new RegExp(
-        `cannot reach Redis at "redis://127\\.0\\.0\\.1:${port}" \\("ECONNREFUSED"\\): start redis-server there, or set REDIS_URL`,
+        `cannot reach Redis at "redis://127\\.0\\.0\\.1:${port}" \\("ECONNREFUSED"\\): start redis-server there, or set REDIS_URL to one that runs; or, with no deployment, \`run\` and \`predict\` take --local`,
       ),
     );
     t.false(r.stderr.includes('s3cret'));
