@@ -8,14 +8,17 @@
 import { rename, writeFile } from 'node:fs/promises';
 import { Session } from 'node:inspector/promises';
 import path from 'node:path';
-import { exitWithParent } from '../cli/local-pipeline.js';
 import { startWorkers } from '../cli/workers.js';
 import { useEngineThreadModule } from '../services/extractor/resources.js';
 import { loadConfig } from '../shared/config.js';
 
 useEngineThreadModule(new URL('./zero-engine-thread-main.ts', import.meta.url));
 startWorkers(loadConfig(), 'extractor', 1);
-exitWithParent(); // bench/stack.ts sets it: killing the bench does not leave this process behind
+// End with the bench (bench/stack.ts sets DEEPFEAT_EXIT_WITH_PARENT), however it ends. Imported
+// as it comes: a --baseline tree (bench/feed.ts) may predate exitWithParent, or the module.
+await import('../cli/local-pipeline.js')
+  .then((m: { exitWithParent?: () => void }) => m.exitWithParent?.())
+  .catch(() => undefined);
 
 // Where the main thread's CPU goes, for bench/feed.ts: SIGUSR2 starts V8's sampling profiler,
 // the next SIGUSR2 stops it and writes profile-<n>.cpuprofile into FEED_PROFILE_DIR (a bench

@@ -99,11 +99,24 @@ export const EXIT_WITH_PARENT = 'DEEPFEAT_EXIT_WITH_PARENT';
  * stop us): once re-parented, stop as on SIGTERM.
  */
 export function exitWithParent(): void {
-  const parent = Number(process.env[EXIT_WITH_PARENT] ?? Number.NaN);
-  if (Number.isInteger(parent) && parent > 0) {
-    setInterval(() => process.ppid !== parent && process.kill(process.pid, 'SIGTERM'), 1000).unref();
-  }
+  const parent = parentToWatch(process.env[EXIT_WITH_PARENT]);
+  if (parent === undefined) return;
+  setInterval(() => process.ppid !== parent && process.kill(process.pid, 'SIGTERM'), 1000).unref();
 }
+
+/**
+ * EXIT_WITH_PARENT's process id, or undefined: only a plain decimal id up to Linux's largest.
+ * Anything else ("1e3", "0x10", a 20-digit number) names no process this one could have as its
+ * parent; read as a number it would make the worker stop itself at once.
+ */
+export function parentToWatch(value: string | undefined): number | undefined {
+  if (value === undefined || !/^[1-9][0-9]{0,6}$/.test(value)) return undefined;
+  const pid = Number(value);
+  return pid <= MAX_PID ? pid : undefined;
+}
+
+/** The largest process id Linux gives (pid_max's ceiling, 2^22). */
+const MAX_PID = 2 ** 22;
 
 /** Extractor processes by default: one per core. */
 export const DEFAULT_LOCAL_EXTRACTORS = Math.max(1, availableParallelism());
