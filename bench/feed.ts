@@ -596,20 +596,21 @@ export async function runFeedBench(opts: FeedOptions = {}): Promise<Record<strin
         const ex = await startZeroExtractors(stack, c.procs, c.env, profiled ? profileDir : undefined, c.root);
         try {
           // Warm-up: decoder processes start and V8 optimises the hot code (WARM_UP_IMAGES).
+          // Each run's reading is the next run's start, and the last one the timed runs' start.
           let warmUp = 0;
+          let cpu0 = await ex.cpu();
           for (let settled = false; !settled; ) {
-            const before = await ex.cpu();
             await timeFeed(stack, d.source, shard);
             warmUp += d.images;
-            const after = await ex.cpu();
-            const main = after.main - before.main;
-            const others = after.extractor - before.extractor - main - (after.profiler - before.profiler);
+            const now = await ex.cpu();
+            const main = now.main - cpu0.main;
+            const others = now.extractor - cpu0.extractor - main - (now.profiler - cpu0.profiler);
+            cpu0 = now;
             settled =
               quick ||
               warmUp >= MAX_WARM_UP_IMAGES ||
               (warmUp >= WARM_UP_IMAGES && others <= WARM_OTHER_THREADS * main);
           }
-          const cpu0 = await ex.cpu();
           if (profiled) ex.startProfile();
           const runs = [];
           for (let i = 0; i < reps; i++) runs.push(await timeFeed(stack, d.source, shard));
