@@ -40,6 +40,8 @@ export interface Stack {
   env: Record<string, string>;
   client: Client;
   redis: LocalRedis;
+  /** The S3 server (a child process): its CPU is the host's, not the pipeline's, on a real deployment. */
+  s3: LocalS3;
   /** s3:// prefix holding the benchmark images (folder per class). */
   source: string;
   images: number;
@@ -87,6 +89,7 @@ export async function startStack(images: number): Promise<Stack> {
       env,
       client: c,
       redis: r,
+      s3: s,
       source: `s3://${DATA_BUCKET}/cifar/`,
       images: demo.length,
       async close() {

@@ -21,6 +21,8 @@ export interface LocalRedis {
   stop(): Promise<void>;
   /** Stop, stay down for downMs (an outage), then start again on the same port and folder (with AOF on, the data survives). */
   restart(downMs?: number): Promise<void>;
+  /** The server process's id while one runs (for diagnostics, and for benchmarks that read its CPU). */
+  readonly pid: number | undefined;
 }
 
 export interface LocalS3 {
@@ -183,6 +185,9 @@ export async function startRedis(opts: StartRedisOptions = {}): Promise<LocalRed
   return {
     url: `redis://127.0.0.1:${port}`,
     port,
+    get pid() {
+      return child?.pid;
+    },
     async stop() {
       await halt();
       if (ownsDir) await rm(dir, { recursive: true, force: true });
