@@ -344,9 +344,14 @@ export class RunStore {
    * re-run job (a plan job after its run reached extraction, a late stage move racing fail())
    * can neither move a live run back nor bring a failed one back to life. Returns whether it moved.
    */
-  async setStage(runId: string, stage: ActiveStage, fields: Record<string, string | number> = {}): Promise<boolean> {
+  async setStage(
+    runId: string,
+    stage: ActiveStage,
+    fields: Record<string, string | number> = {},
+    at = new Date(),
+  ): Promise<boolean> {
     const pairs = Object.entries(fields).flatMap(([k, v]) => [k, String(v)]);
-    return (await this.redis.eval(STAGE_SCRIPT, 1, this.key(runId), stage, new Date().toISOString(), ...pairs)) === 1;
+    return (await this.redis.eval(STAGE_SCRIPT, 1, this.key(runId), stage, at.toISOString(), ...pairs)) === 1;
   }
 
   /**
@@ -444,23 +449,50 @@ export class RunStore {
     await this.redis.eval(FAIL_SCRIPT, 1, this.key(runId), code, error, new Date().toISOString());
   }
 
-  async setResult(runId: string, metrics: RunMetrics, model: PublishedModel): Promise<void> {
-    await this.redis.hset(this.key(runId), { metrics: JSON.stringify(metrics), model: JSON.stringify(model) });
-    await this.setStage(runId, 'published', { finishedAt: Date.now() });
+  /**
+   * A training run's results: recorded, then the run moves to 'published' (true if it moved; a
+   * failed or already final run stays as it is). `at` is its finishedAt and updatedAt, so that
+   * finishedStatus(…, at) read before is what Redis holds after.
+   */
+  async setResult(runId: string, metrics: RunMetrics, model: PublishedModel, at = new Date()): Promise<boolean> {
+    return this.finish(runId, { stage: 'published', metrics, model }, at);
   }
 
-  /** A prediction run's results: recorded, then the run moves to 'done'. */
-  async setPredictions(runId: string, predictions: PredictionsSummary): Promise<void> {
-    await this.redis.hset(this.key(runId), { predictions: JSON.stringify(predictions) });
-    await this.setStage(runId, 'done', { finishedAt: Date.now() });
+  /** A prediction run's results: recorded, then the run moves to 'done' (as setResult). */
+  async setPredictions(runId: string, predictions: PredictionsSummary, at = new Date()): Promise<boolean> {
+    return this.finish(runId, { stage: 'done', predictions }, at);
+  }
+
+  /**
+   * Records how the run ended (setResult or setPredictions, by `end.stage`) at `at`; true if the
+   * run moved to its final stage.
+   */
+  async finish(runId: string, end: RunEnd, at = new Date()): Promise<boolean> {
+    await this.redis.hset(this.key(runId), endFields(end));
+    return this.setStage(runId, end.stage, { finishedAt: at.getTime() }, at);
+  }
+
+  /**
+   * The status the run will have once setResult or setPredictions records `end` at `at`, read
+   * now (undefined if Redis has no such run). The evaluator writes it to runs/<id>/run.json
+   * before Redis says the run is final, so that a client that sees 'published' or 'done' finds
+   * run.json there.
+   */
+  async finishedStatus(runId: string, end: RunEnd, at: Date): Promise<RunStatus | undefined> {
+    return this.get(runId, {
+      ...endFields(end),
+      stage: end.stage,
+      updatedAt: at.toISOString(),
+      finishedAt: String(at.getTime()),
+    });
   }
 
   /**
    * The run's status, with the first MAX_FAILURES_LISTED failures: two reads whatever the number
    * of failures (the run hash, then the failure fields of the first shards that hold enough).
    */
-  async get(runId: string): Promise<RunStatus | undefined> {
-    const h = await this.redis.hgetall(this.key(runId));
+  async get(runId: string, overlay: Readonly<Record<string, string>> = {}): Promise<RunStatus | undefined> {
+    const h = { ...(await this.redis.hgetall(this.key(runId))), ...overlay };
     if (!h.request) return undefined;
     const shards = shardCounts(h);
     const page: number[] = [];
@@ -493,6 +525,18 @@ export class RunStore {
   async list(limit = 20): Promise<string[]> {
     return this.redis.zrevrange(`${this.prefix}:runs`, 0, limit - 1);
   }
+}
+
+/** How a run ends well: a training run's results, or a prediction run's. */
+export type RunEnd =
+  | { stage: 'published'; metrics: RunMetrics; model: PublishedModel }
+  | { stage: 'done'; predictions: PredictionsSummary };
+
+/** The run hash's fields that record `end` (besides its stage and times). */
+function endFields(end: RunEnd): Record<string, string> {
+  return end.stage === 'published'
+    ? { metrics: JSON.stringify(end.metrics), model: JSON.stringify(end.model) }
+    : { predictions: JSON.stringify(end.predictions) };
 }
 
 function json<T>(s: string | undefined, fallback: T): T {

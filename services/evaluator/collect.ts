@@ -9,10 +9,11 @@
 import type { S3Client } from '@aws-sdk/client-s3';
 import { InternalError } from '../../shared/errors.js';
 import { predictionLineSchema, predictionsCsvKey, predictionsShardKey } from '../../shared/predictions.js';
-import { getObjectText, putJson, s3Url } from '../../shared/s3.js';
+import { getObjectText, s3Url } from '../../shared/s3.js';
 import { startWorker, type ServiceContext } from '../../shared/worker-kit.js';
 import { createObjectWriter } from './object-upload.js';
 import { csvHeader, csvRow } from './predictions-csv.js';
+import { publishRunRecord } from './run-record.js';
 
 /** Shard files fetched ahead of the one being written. */
 const READ_AHEAD = 3;
@@ -58,11 +59,7 @@ export function startCollectWorker(ctx: ServiceContext, concurrency = 1) {
         throw err;
       }
       const summary = { uri: s3Url(bucket, key), images: rows, predicted, failed: rows - predicted };
-      await ctx.runs.setPredictions(runId, summary);
-      // run.json is the run's final status, for `status` once Redis no longer has the run.
-      const final = await ctx.runs.get(runId);
-      if (final) await putJson(ctx.s3, bucket, `runs/${runId}/run.json`, final);
-      else log.warn({ runId }, 'the run has no status in Redis; predictions written, run.json not written');
+      await publishRunRecord(ctx, bucket, runId, { stage: 'done', predictions: summary }, log);
       return { predictions: summary.uri, images: rows, predicted, failed: summary.failed };
     },
     concurrency,

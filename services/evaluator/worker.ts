@@ -27,6 +27,7 @@ import { readRunVectors } from '../retrieval/run-vectors.js';
 import { sharedScanner } from '../retrieval/scan.js';
 import { buildModelArtifact } from './model-artifact.js';
 import { writeRunReport } from './report.js';
+import { publishRunRecord } from './run-record.js';
 import type { Job } from 'bullmq';
 import type { Logger } from '../../shared/logger.js';
 import { NotFoundError } from '../../shared/errors.js';
@@ -122,12 +123,7 @@ export function startEvaluatorWorker(ctx: ServiceContext, concurrency = 1) {
       } else log.warn({ runId }, 'the run has no status in Redis; report.html not written');
       const latest: LatestPointer = { name, version, key, publishedAt: artifact.createdAt };
       await moveLatest(ctx, job, latest, log);
-      await ctx.runs.setResult(runId, metrics, model);
-      // run.json is the run's final status, for `status` once Redis no longer has the run
-      // (bounded like every status: the first failures and their count).
-      const final = await ctx.runs.get(runId);
-      if (final) await putJson(ctx.s3, bucket, `runs/${runId}/run.json`, final);
-      else log.warn({ runId }, 'the run has no status in Redis; model published, run.json not written');
+      await publishRunRecord(ctx, bucket, runId, { stage: 'published', metrics, model }, log);
       log.info({ runId, accuracy: report.accuracy, model: model.uri }, 'published');
       return { model: model.uri, accuracy: report.accuracy };
     },

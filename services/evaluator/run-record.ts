@@ -1,0 +1,37 @@
+/**
+ * runs/<id>/run.json: a run's final status, which `status` reads once Redis no longer has the run
+ * (bounded like every status: the first failures and their count).
+ */
+import type { Logger } from '../../shared/logger.js';
+import type { RunEnd } from '../../shared/run-state.js';
+import { putJson } from '../../shared/s3.js';
+import type { ServiceContext } from '../../shared/worker-kit.js';
+
+/**
+ * Records how the run ended: run.json first, then Redis moves the run to its final stage, so a
+ * client that sees 'published' or 'done' finds run.json there. run.json is written from the
+ * status the run will have (RunStore.finishedStatus, the same times as the move), and written
+ * again from Redis if the run did not move (it had failed, or was already final). A crash
+ * between the two writes is healed by the job's retry, which writes both again.
+ */
+export async function publishRunRecord(
+  ctx: ServiceContext,
+  bucket: string,
+  runId: string,
+  end: RunEnd,
+  log: Logger,
+): Promise<void> {
+  const key = `runs/${runId}/run.json`;
+  const at = new Date();
+  const final = await ctx.runs.finishedStatus(runId, end, at);
+  if (final) await putJson(ctx.s3, bucket, key, final);
+  const moved = await ctx.runs.finish(runId, end, at);
+  if (!final) {
+    log.warn({ runId }, `the run has no status in Redis; ${end.stage}, run.json not written`);
+    return;
+  }
+  if (!moved) {
+    const actual = await ctx.runs.get(runId);
+    if (actual) await putJson(ctx.s3, bucket, key, actual);
+  }
+}
