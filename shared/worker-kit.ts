@@ -164,7 +164,24 @@ export function startWorker<N extends QueueName>(
   return worker;
 }
 
-/** Closes workers and the context on SIGTERM/SIGINT: the current job finishes or is handed back. */
+/** Work a shutdown waits for once the workers have closed, per context (beforeExit). */
+const exitWork = new WeakMap<ServiceContext, Array<() => Promise<void>>>();
+
+/**
+ * Registers `work` for closeOnSignal to await after the workers have closed and before the
+ * process exits: an extractor's engine threads must end before the process does (one that
+ * exits while a batch is inside ONNX Runtime's native code aborts with a C++ error).
+ */
+export function beforeExit(ctx: ServiceContext, work: () => Promise<void>): void {
+  const list = exitWork.get(ctx) ?? [];
+  list.push(work);
+  exitWork.set(ctx, list);
+}
+
+/**
+ * Closes workers and the context on SIGTERM/SIGINT: the current job finishes or is handed back,
+ * then the work registered with beforeExit; all within 30 s.
+ */
 export function closeOnSignal(ctx: ServiceContext, workers: ReadonlyArray<Worker>): void {
   let closing = false;
   const close = async (signal: string) => {
@@ -177,6 +194,7 @@ export function closeOnSignal(ctx: ServiceContext, workers: ReadonlyArray<Worker
     }, 30_000);
     timer.unref();
     await Promise.all(workers.map((w) => w.close()));
+    await Promise.all((exitWork.get(ctx) ?? []).map((work) => work().catch(() => undefined)));
     await closeContext(ctx);
     process.exit(0);
   };

@@ -109,6 +109,46 @@ test('close() disposes every engine; the next request loads again', async (t) =>
   t.is((await cache.acquire(a)).engine.n, 2);
 });
 
+test('close() resolves only once every engine is gone, one still loading included', async (t) => {
+  let finishLoad!: () => void;
+  let finishDispose!: () => void;
+  const events: string[] = [];
+  const cache = createEngineCache(async (spec) => {
+    await new Promise<void>((r) => {
+      finishLoad = r;
+    });
+    events.push('loaded');
+    const e = new FakeEngine(1, spec);
+    // As a threaded engine's: a second dispose() is the first one's promise.
+    let gone: Promise<void> | undefined;
+    return Object.assign(e, {
+      dispose: () =>
+        (gone ??= new Promise<void>((r) => {
+          events.push('dispose started');
+          finishDispose = () => {
+            events.push('disposed');
+            r();
+          };
+        })),
+    });
+  });
+  const pending = cache.acquire(a); // the load is under way
+  let closed = false;
+  const closing = cache.close().then(() => {
+    closed = true;
+  });
+  await tick();
+  t.false(closed, 'not while the engine loads');
+  finishLoad();
+  (await pending).release();
+  await tick();
+  t.deepEqual(events, ['loaded', 'dispose started']);
+  t.false(closed, 'not while it is being disposed');
+  finishDispose();
+  await closing;
+  t.deepEqual(events, ['loaded', 'dispose started', 'disposed']);
+});
+
 test('a dead engine is replaced by the next request, and the death is reported', async (t) => {
   const deaths: string[] = [];
   const { cache } = fakeCache((r) => deaths.push(r));
@@ -154,6 +194,30 @@ test.serial('real engine threads: a job for another spec does not break a runnin
     job1.release();
     job2.release();
   } finally {
-    cache.close();
+    await cache.close();
   }
 });
+
+test.serial(
+  'real engine thread: dispose() resolves after the batch in flight, once the thread has ended',
+  async (t) => {
+    const engine = await loadEngineInThread(
+      { kind: 'raw-pixels', size: 64 },
+      { readObject: () => Promise.reject(new Error('no reads')) },
+    );
+    const batch = engine.embed(Array.from({ length: 64 }, () => new Uint8Array(64 * 64 * 3).fill(7)));
+    const gone = engine.dispose();
+    t.is(engine.dispose(), gone, 'a second dispose() is the same');
+    const order: string[] = [];
+    const rows = await Promise.all([
+      batch.then((r) => {
+        order.push('batch answered');
+        return r;
+      }),
+      Promise.resolve(gone).then(() => order.push('thread ended')),
+    ]);
+    t.is(rows[0].length, 64 * 64 * 64 * 3, 'the batch queued before dispose() still answers');
+    t.deepEqual(order, ['batch answered', 'thread ended']);
+    await t.throwsAsync(engine.embed([new Uint8Array(64 * 64 * 3)]), { message: /after dispose/ });
+  },
+);

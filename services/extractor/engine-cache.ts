@@ -15,7 +15,8 @@
 import type { FeatureSpec } from '../../shared/features.js';
 
 export interface CachedEngine {
-  dispose(): void;
+  /** Frees the engine; a promise, if any, settles once it is gone (its thread ended). */
+  dispose(): void | Promise<void>;
   /** Called if the engine dies by itself (thread crash, out of memory, timeout). */
   onExit(listener: (reason: string) => void): void;
 }
@@ -31,8 +32,11 @@ export interface EngineCache<E extends CachedEngine> {
   acquire(spec: FeatureSpec): Promise<EngineLease<E>>;
   /** Engines alive or loading, for tests and logs. */
   readonly size: number;
-  /** Dispose every engine (worker shutdown, after the running jobs have finished). */
-  close(): void;
+  /**
+   * Dispose every engine (worker shutdown, after the running jobs have finished); resolves once
+   * each is gone, engines still loading included (they are disposed when their load ends).
+   */
+  close(): Promise<void>;
 }
 
 interface Entry<E> {
@@ -47,9 +51,9 @@ export function createEngineCache<E extends CachedEngine>(
   onDeath: (reason: string) => void = () => undefined,
 ): EngineCache<E> {
   const entries = new Map<string, Entry<E>>();
-  const dispose = (entry: Entry<E>) => {
+  const dispose = (entry: Entry<E>): Promise<void> => {
     if (entries.get(entry.key) === entry) entries.delete(entry.key);
-    entry.engine.then((e) => e.dispose()).catch(() => undefined);
+    return entry.engine.then((e) => e.dispose()).catch(() => undefined);
   };
   const forget = (entry: Entry<E>) => {
     if (entries.get(entry.key) === entry) entries.delete(entry.key);
@@ -61,7 +65,7 @@ export function createEngineCache<E extends CachedEngine>(
       let entry = entries.get(key);
       if (!entry) {
         // Make room first: idle engines of other specs go before a new one loads.
-        for (const other of [...entries.values()]) if (other.users === 0) dispose(other);
+        for (const other of [...entries.values()]) if (other.users === 0) void dispose(other);
         const created: Entry<E> = { key, engine: load(spec), users: 0 };
         entries.set(key, created);
         created.engine.then(
@@ -89,15 +93,15 @@ export function createEngineCache<E extends CachedEngine>(
         released = true;
         held.users--;
         // A forgotten entry (dead thread, replaced after close()) has no other way to be disposed.
-        if (held.users === 0 && entries.get(held.key) !== held) dispose(held);
+        if (held.users === 0 && entries.get(held.key) !== held) void dispose(held);
       };
       return { engine, release, [Symbol.dispose]: release };
     },
     get size() {
       return entries.size;
     },
-    close() {
-      for (const entry of [...entries.values()]) dispose(entry);
+    async close() {
+      await Promise.all([...entries.values()].map(dispose));
     },
   };
 }

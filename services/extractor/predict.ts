@@ -16,7 +16,7 @@ import { putObject, s3Url } from '../../shared/s3.js';
 import { predictProba } from '../../shared/softmax-model.js';
 import { predictItemSchema } from '../../shared/queues.js';
 import { quote } from '../../shared/text.js';
-import { startWorker, type ServiceContext } from '../../shared/worker-kit.js';
+import { beforeExit, startWorker, type ServiceContext } from '../../shared/worker-kit.js';
 import type { FeatureEngine } from './engines/engine.js';
 import { createModelCache } from './model-cache.js';
 import { readPublishedModel } from '../../shared/published-model.js';
@@ -89,7 +89,8 @@ export function startPredictWorker(ctx: ServiceContext, concurrency = 1) {
     },
     concurrency,
   );
-  worker.on('closed', release);
+  worker.on('closed', () => void release());
+  beforeExit(ctx, release);
   return worker;
 }
 

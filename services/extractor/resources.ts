@@ -6,7 +6,7 @@
  * and the process never holds two pools of decoders.
  *
  * Both workers of a process acquire the resources of their context; the last one to close
- * releases them. With `--concurrency N`, each of the two workers runs up to N jobs, so a process
+ * releases them, and a shutdown waits until they are gone (worker-kit.ts, beforeExit). With `--concurrency N`, each of the two workers runs up to N jobs, so a process
  * may run an extract job and a predict job at once: on the same backbone they share one engine,
  * on two backbones it holds two (the engine cache never disposes an engine a job holds).
  */
@@ -48,7 +48,8 @@ export function useEngineThreadModule(module: URL): void {
  */
 export function acquireExtractorResources(ctx: ServiceContext): {
   resources: ExtractorResources;
-  release(): void;
+  /** Lets go (once; later calls return the same promise); the last one resolves when the engines and decoders are gone. */
+  release(): Promise<void>;
 } {
   let h = held.get(ctx);
   if (!h) {
@@ -57,16 +58,17 @@ export function acquireExtractorResources(ctx: ServiceContext): {
   }
   const mine = h;
   mine.users++;
-  let released = false;
+  let released: Promise<void> | undefined;
+  const letGo = async () => {
+    if (--mine.users > 0) return;
+    if (held.get(ctx) === mine) held.delete(ctx);
+    await Promise.all([mine.resources.engines.close(), mine.resources.decoders.close()]);
+  };
   return {
     resources: mine.resources,
     release() {
-      if (released) return;
-      released = true;
-      if (--mine.users > 0) return;
-      if (held.get(ctx) === mine) held.delete(ctx);
-      mine.resources.engines.close();
-      void mine.resources.decoders.close();
+      released ??= letGo();
+      return released;
     },
   };
 }

@@ -9,7 +9,7 @@
 import type { ShardRow } from '../../shared/dataset.js';
 import { writeShard } from '../../shared/feature-store.js';
 import { jobLease } from '../../shared/job-lease.js';
-import { startWorker, type ServiceContext } from '../../shared/worker-kit.js';
+import { beforeExit, startWorker, type ServiceContext } from '../../shared/worker-kit.js';
 import { openShardCache } from './feature-cache/shard-cache.js';
 import { acquireExtractorResources } from './resources.js';
 import { completeShard, embedShard } from './shard-loop.js';
@@ -77,6 +77,7 @@ export function startExtractorWorker(ctx: ServiceContext, concurrency = 1) {
     },
     concurrency,
   );
-  worker.on('closed', release);
+  worker.on('closed', () => void release());
+  beforeExit(ctx, release);
   return worker;
 }

@@ -36,6 +36,8 @@ export interface EngineHostApi {
 }
 
 export interface ThreadedEngine extends FeatureEngine {
+  /** As FeatureEngine's; resolves once the thread has ended (after the batches already queued). */
+  dispose(): Promise<void>;
   /** Called once if the thread ends other than by dispose() (crash, out of memory, timeout). */
   onExit(listener: (reason: string) => void): void;
 }
@@ -84,6 +86,7 @@ export async function loadEngineInThread(
     throw err;
   }
   let disposed = false;
+  let closed: Promise<void> | undefined;
   return {
     ...info,
     embed(images) {
@@ -110,12 +113,23 @@ export async function loadEngineInThread(
       );
     },
     dispose() {
-      if (disposed) return;
+      if (closed) return closed;
       disposed = true;
       // Let the thread free the model after the batches already queued, then end it either way.
-      const close = () => void thread.close();
-      thread.call('dispose', undefined).then(close, close);
-      setTimeout(close, DISPOSE_GRACE_MS).unref();
+      // Resolves once the thread has ended: a process that exits while a batch is still inside
+      // the engine's native code aborts ("terminate called after throwing an instance of
+      // 'Napi::Error'"), so shutdown waits for this (worker-kit.ts, beforeExit).
+      closed = new Promise<void>((resolve) => {
+        let timer: NodeJS.Timeout | undefined;
+        const close = () => {
+          clearTimeout(timer);
+          thread.close().then(resolve, resolve);
+        };
+        timer = setTimeout(close, DISPOSE_GRACE_MS);
+        timer.unref();
+        thread.call('dispose', undefined).then(close, close);
+      });
+      return closed;
     },
     onExit(listener) {
       thread.onExit(listener);
