@@ -28,6 +28,7 @@ export const SLOW = [
   'test/retrieval-scan.test.ts',
   'test/run-failure.test.ts',
   'test/run-record.test.ts',
+  'test/shard-stop.test.ts',
   'test/run-state.test.ts',
   'test/s3-fast-get.test.ts',
   'test/s3-listing.test.ts',

@@ -209,6 +209,7 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[2], unpack(ARGV, 5))
 if ARGV[2] == 'set' then redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
 elseif ARGV[2] == 'del' then redis.call('HDEL', KEYS[3], ARGV[3]) end
+if redis.call('HGET', KEYS[2], 'stage') == 'failed' then return 2 end
 return 1
 `;
 
@@ -389,7 +390,8 @@ export class RunStore {
    * One shard's progress, and when the shard is complete its failures (reasons capped: they may
    * quote image data). The failures replace the shard's earlier ones, so a retried shard never
    * adds to them; both writes are one transaction, so a status never sees the counts of one
-   * attempt with the reasons of another.
+   * attempt with the reasons of another. Says whether the run has failed meanwhile (read in the
+   * same transaction): a shard of a failed run stops at its next batch (shard-loop.ts).
    */
   async setShardProgress(
     runId: string,
@@ -397,7 +399,7 @@ export class RunStore {
     p: ShardProgress,
     failures?: readonly ImageFailure[],
     lease?: JobLease,
-  ): Promise<void> {
+  ): Promise<{ runFailed: boolean }> {
     // Engine, backend and input size are run-wide fields: a status reads every shard field, so
     // those stay small.
     const counts = { done: p.done, failed: p.failed, complete: p.complete, ...(p.cache ? { cache: p.cache } : {}) };
@@ -421,8 +423,8 @@ export class RunStore {
         capped && capped.length > 0 ? JSON.stringify(capped) : '',
         ...Object.entries(fields).flat(),
       );
-      if (written !== 1) throw new LeaseLostError(lease.what);
-      return;
+      if (written === 0) throw new LeaseLostError(lease.what);
+      return { runFailed: written === 2 };
     }
     const tx = this.redis.multi().hset(this.key(runId), fields);
     if (failures && failures.length > 0) {
@@ -431,7 +433,9 @@ export class RunStore {
     } else if (failures) {
       tx.hdel(this.failuresKey(runId), String(shard));
     }
-    await tx.exec();
+    tx.hget(this.key(runId), 'stage');
+    const results = await tx.exec();
+    return { runFailed: results?.at(-1)?.[1] === 'failed' };
   }
 
   /**

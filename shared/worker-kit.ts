@@ -164,6 +164,10 @@ export function startWorker<N extends QueueName>(
   return worker;
 }
 
+/** How long a shutdown may take in all (closeOnSignal); the last EXIT_WORK_GRACE_MS are the exit work's. */
+const SHUTDOWN_MS = 30_000;
+const EXIT_WORK_GRACE_MS = 5_000;
+
 /** Work a shutdown waits for once the workers have closed, per context (beforeExit). */
 const exitWork = new WeakMap<ServiceContext, Array<() => Promise<void>>>();
 
@@ -180,21 +184,27 @@ export function beforeExit(ctx: ServiceContext, work: () => Promise<void>): void
 
 /**
  * Closes workers and the context on SIGTERM/SIGINT: the current job finishes or is handed back,
- * then the work registered with beforeExit; all within 30 s.
+ * then the work registered with beforeExit; all within 30 s. A job still running after 25 s is
+ * left (its lock lapses and another worker takes it up), but the exit work still runs, for at
+ * most the last 5 s, before the process exits.
  */
 export function closeOnSignal(ctx: ServiceContext, workers: ReadonlyArray<Worker>): void {
   let closing = false;
+  const runExitWork = () => Promise.all((exitWork.get(ctx) ?? []).map((work) => work().catch(() => undefined)));
   const close = async (signal: string) => {
     if (closing) return;
     closing = true;
     ctx.log.info({ signal }, 'shutting down');
-    const timer = setTimeout(() => {
+    const timer = setTimeout(async () => {
       ctx.log.warn('shutdown took too long; exiting (unfinished jobs will be picked up again)');
+      // The exit work still runs, briefly: an engine thread ends after the batch it is in (a job
+      // still running then fails that attempt and is retried), rather than being torn down in it.
+      await Promise.race([runExitWork(), new Promise((r) => setTimeout(r, EXIT_WORK_GRACE_MS).unref())]);
       process.exit(1);
-    }, 30_000);
+    }, SHUTDOWN_MS - EXIT_WORK_GRACE_MS);
     timer.unref();
     await Promise.all(workers.map((w) => w.close()));
-    await Promise.all((exitWork.get(ctx) ?? []).map((work) => work().catch(() => undefined)));
+    await runExitWork();
     await closeContext(ctx);
     process.exit(0);
   };

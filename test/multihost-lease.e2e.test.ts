@@ -73,8 +73,21 @@ test('shard progress is written only while the attempt holds its job, and refuse
   const runId = 'r20260101000000-abcdef';
   await insideJob(async (job, lease) => {
     t.is(lease.key, `${job.queueQualifiedName}:${job.id}:lock`);
-    await runs.setShardProgress(runId, 0, { done: 4, failed: 0, complete: false }, undefined, lease);
-    await runs.setShardProgress(runId, 0, { done: 8, failed: 1, complete: true }, [{ key: 'a', reason: 'bad' }], lease);
+    t.deepEqual(await runs.setShardProgress(runId, 0, { done: 4, failed: 0, complete: false }, undefined, lease), {
+      runFailed: false,
+    });
+    // The run fails meanwhile (another shard, a Ctrl-C): the write still lands, and says so.
+    await redis.hset(`${prefix}:run:${runId}`, 'stage', 'failed');
+    t.deepEqual(
+      await runs.setShardProgress(
+        runId,
+        0,
+        { done: 8, failed: 1, complete: true },
+        [{ key: 'a', reason: 'bad' }],
+        lease,
+      ),
+      { runFailed: true },
+    );
     // Another attempt owns the job now (the lock lapsed and a worker elsewhere took it).
     await redis.set(lease.key, 'another-attempt', 'PX', 10_000);
     await t.throwsAsync(

@@ -14,7 +14,7 @@
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { Config } from '../../shared/config.js';
 import { mapLimit } from '../../shared/concurrency.js';
-import { ImageError, NotFoundError } from '../../shared/errors.js';
+import { ImageError, InternalError, NotFoundError } from '../../shared/errors.js';
 import type { JobLease } from '../../shared/job-lease.js';
 import type { CacheCounts, ImageFailure, RunStore } from '../../shared/run-state.js';
 import { ObjectTooLargeError, RequestRefusedError, getObjectVersion } from '../../shared/s3.js';
@@ -197,7 +197,7 @@ export async function embedShard<T extends { readonly key: string }>(
     processed += indices.length;
     fromCache += cachedRows;
     await onBatch({ items: batch, errors, features });
-    await deps.runs.setShardProgress(
+    const { runFailed } = await deps.runs.setShardProgress(
       ref.runId,
       ref.shard,
       {
@@ -210,6 +210,15 @@ export async function embedShard<T extends { readonly key: string }>(
       undefined,
       ref.lease,
     );
+    // The run failed (another shard's permanent error, a --local command's Ctrl-C, …): the rest
+    // of this shard would be work for nothing, and a worker that is shutting down would wait for
+    // it. Permanent, so the job is not retried; the run keeps its own reason (worker-kit.ts: an
+    // INTERNAL report never replaces an earlier error).
+    if (runFailed) {
+      throw new InternalError(`run ${ref.runId} has failed; shard ${ref.shard} stopped after ${processed} images`, {
+        permanent: true,
+      });
+    }
   }
   return {
     done,
