@@ -113,6 +113,20 @@ test('a run that failed meanwhile stays failed, in Redis and in run.json', async
   t.deepEqual(record, JSON.parse(JSON.stringify(inRedis)));
 });
 
+test('a move Redis does not take: run.json is removed again and the error goes to the job', async (t) => {
+  const { ctx, runs } = context();
+  await evaluatingRun(runs, 'r3');
+  const failing = Object.create(runs) as WatchedStore;
+  failing.finish = async () => {
+    throw new Error('Connection is closed.');
+  };
+  await t.throwsAsync(publishRunRecord({ ...ctx, runs: failing }, BUCKET, 'r3', published, log), {
+    message: 'Connection is closed.',
+  });
+  await t.throwsAsync(getObjectJson(client, BUCKET, 'runs/r3/run.json'));
+  t.is((await runs.get('r3'))?.stage, 'evaluating');
+});
+
 test('a run Redis does not have: nothing is written', async (t) => {
   const { ctx } = context();
   await publishRunRecord(ctx, BUCKET, 'gone', published, log);

@@ -4,15 +4,17 @@
  */
 import type { Logger } from '../../shared/logger.js';
 import type { RunEnd } from '../../shared/run-state.js';
-import { putJson } from '../../shared/s3.js';
+import { deleteObject, putJson } from '../../shared/s3.js';
 import type { ServiceContext } from '../../shared/worker-kit.js';
 
 /**
  * Records how the run ended: run.json first, then Redis moves the run to its final stage, so a
  * client that sees 'published' or 'done' finds run.json there. run.json is written from the
  * status the run will have (RunStore.finishedStatus, the same times as the move), and written
- * again from Redis if the run did not move (it had failed, or was already final). A crash
- * between the two writes is healed by the job's retry, which writes both again.
+ * again from Redis if the run did not move (it had failed, or was already final); if the move
+ * itself fails, run.json is removed again. A crash between the write and the move is healed by
+ * the job's retry, which writes both again (only a crash followed by every retry failing leaves
+ * a run.json that says more than Redis).
  */
 export async function publishRunRecord(
   ctx: ServiceContext,
@@ -25,7 +27,15 @@ export async function publishRunRecord(
   const at = new Date();
   const final = await ctx.runs.finishedStatus(runId, end, at);
   if (final) await putJson(ctx.s3, bucket, key, final);
-  const moved = await ctx.runs.finish(runId, end, at);
+  let moved: boolean;
+  try {
+    moved = await ctx.runs.finish(runId, end, at);
+  } catch (err) {
+    // Redis did not take the move (unreachable, …): run.json must not say more than Redis. The
+    // job's retry writes both again; if every retry fails, the run ends failed without it.
+    if (final) await deleteObject(ctx.s3, bucket, key).catch(() => undefined);
+    throw err;
+  }
   if (!final) {
     log.warn({ runId }, `the run has no status in Redis; ${end.stage}, run.json not written`);
     return;
