@@ -236,6 +236,7 @@ class DecoderProcess {
     // written every byte of it (`filled` reaches `expected`, below); a buffer of its own, not a
     // slice of Node's shared pool, and a plain Uint8Array as before (Buffer's slice() is a view).
     const sink = { buf: new Uint8Array(Buffer.allocUnsafeSlow(expected).buffer, 0, expected), filled: 0, full };
+    const deadline = Date.now() + timeoutSeconds * 1000;
     this.#sink = sink;
     let timer: NodeJS.Timeout | undefined;
     try {
@@ -258,12 +259,16 @@ class DecoderProcess {
         throw new DecoderDied(`it answered ${length} pixel bytes, not ${expected}`, '');
       }
       // The process wrote the pixels before answering: the rest is in the pipe, or already here.
+      // Within the same deadline as the answer: one image never gets the timeout twice.
       if (sink.filled < expected) {
         const late = new Promise<never>((_, reject) => {
-          timer = setTimeout(() => {
-            this.kill();
-            reject(new ImageError(timeoutReason(timeoutSeconds)));
-          }, timeoutSeconds * 1000);
+          timer = setTimeout(
+            () => {
+              this.kill();
+              reject(new ImageError(timeoutReason(timeoutSeconds)));
+            },
+            Math.max(0, deadline - Date.now()),
+          );
         });
         await Promise.race([arrived, this.#closed, late]);
       }
