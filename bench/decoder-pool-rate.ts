@@ -92,7 +92,24 @@ if (!dir || !Number.isInteger(Number(rounds)) || Number(rounds) < 1) {
   process.stderr.write('usage: node --import tsx bench/decoder-pool-rate.ts DIR ROUNDS [--quick]\n');
   process.exit(2);
 }
-const files = (await readdir(dir)).sort();
+const files = (await readdir(dir).catch((err: Error) => fail(`cannot read ${dir}: ${err.message}`))).sort();
+if (files.length === 0) fail(`${dir} holds no files: give a folder of images`);
 const bytes = await Promise.all(files.map((f) => readFile(path.join(dir, f))));
+// Every image once, first: one that cannot be decoded is named, not a stack trace mid-measurement.
+const check = new DecoderPool({ processes: 1, timeoutSeconds: 60, memoryLimitMiB: 1024 });
+try {
+  for (const [i, b] of bytes.entries()) {
+    await check.decode(b, { width: 224, height: 224, maxPixels: 1e8 }).catch((err: Error) => {
+      fail(`${path.join(dir, files[i]!)}: ${err.message}; the folder must hold decodable images only`);
+    });
+  }
+} finally {
+  await check.close();
+}
 const rates = await measure(bytes, Number(rounds), process.argv.includes('--quick'));
 process.stdout.write(`${JSON.stringify(rates)}\n`);
+
+function fail(message: string): never {
+  process.stderr.write(`decoder-pool-rate: ${message}\n`);
+  process.exit(2);
+}
