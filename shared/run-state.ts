@@ -453,23 +453,20 @@ export class RunStore {
     await this.redis.eval(FAIL_SCRIPT, 1, this.key(runId), code, error, new Date().toISOString());
   }
 
+  /** A training run's results: recorded, then the run moves to 'published' (finish). */
+  async setResult(runId: string, metrics: RunMetrics, model: PublishedModel): Promise<boolean> {
+    return this.finish(runId, { stage: 'published', metrics, model });
+  }
+
+  /** A prediction run's results: recorded, then the run moves to 'done' (finish). */
+  async setPredictions(runId: string, predictions: PredictionsSummary): Promise<boolean> {
+    return this.finish(runId, { stage: 'done', predictions });
+  }
+
   /**
-   * A training run's results: recorded, then the run moves to 'published' (true if it moved; a
-   * failed or already final run stays as it is). `at` is its finishedAt and updatedAt, so that
+   * Records how the run ended, then moves it to `end.stage` (true if it moved; a failed or
+   * already final run stays as it is). `at` is its finishedAt and updatedAt, so that
    * finishedStatus(…, at) read before is what Redis holds after.
-   */
-  async setResult(runId: string, metrics: RunMetrics, model: PublishedModel, at = new Date()): Promise<boolean> {
-    return this.finish(runId, { stage: 'published', metrics, model }, at);
-  }
-
-  /** A prediction run's results: recorded, then the run moves to 'done' (as setResult). */
-  async setPredictions(runId: string, predictions: PredictionsSummary, at = new Date()): Promise<boolean> {
-    return this.finish(runId, { stage: 'done', predictions }, at);
-  }
-
-  /**
-   * Records how the run ended (setResult or setPredictions, by `end.stage`) at `at`; true if the
-   * run moved to its final stage.
    */
   async finish(runId: string, end: RunEnd, at = new Date()): Promise<boolean> {
     await this.redis.hset(this.key(runId), endFields(end));
@@ -477,7 +474,7 @@ export class RunStore {
   }
 
   /**
-   * The status the run will have once setResult or setPredictions records `end` at `at`, read
+   * The status the run will have once finish records `end` at `at`, read
    * now (undefined if Redis has no such run). The evaluator writes it to runs/<id>/run.json
    * before Redis says the run is final, so that a client that sees 'published' or 'done' finds
    * run.json there.

@@ -7,17 +7,10 @@
 import test from 'ava';
 import { Redis } from 'ioredis';
 import { RunStore } from '../shared/run-state.js';
-import type { RunRequest } from '../shared/queues.js';
 import { getRedis, uniqueName, type TestRedis } from './helpers/services.js';
+import { catsRequest } from './helpers/run-request.js';
 
-const request: RunRequest = {
-  source: 's3://b/data/',
-  name: 'cats',
-  features: { kind: 'raw-pixels', size: 32 },
-  seed: 42,
-  split: { train: 0.7, val: 0.1, test: 0.2 },
-  shardSize: 50,
-};
+const request = catsRequest;
 
 let redis: TestRedis;
 const conns: Redis[] = [];

@@ -7,22 +7,15 @@ import test from 'ava';
 import { Redis } from 'ioredis';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { createLogger } from '../shared/logger.js';
-import type { RunRequest } from '../shared/queues.js';
 import { RunStore, type RunEnd, type RunStatus } from '../shared/run-state.js';
 import { getObjectJson } from '../shared/s3.js';
 import type { ServiceContext } from '../shared/worker-kit.js';
 import { publishRunRecord } from '../services/evaluator/run-record.js';
 import { getRedis, getS3, makeS3Client, uniqueName, type TestRedis, type TestS3 } from './helpers/services.js';
+import { catsRequest } from './helpers/run-request.js';
 
 const BUCKET = uniqueName('runrecord');
-const request: RunRequest = {
-  source: 's3://b/data/',
-  name: 'cats',
-  features: { kind: 'raw-pixels', size: 32 },
-  seed: 42,
-  split: { train: 0.7, val: 0.1, test: 0.2 },
-  shardSize: 50,
-};
+const request = catsRequest;
 const log = createLogger('test', 'silent');
 
 let redis: TestRedis;

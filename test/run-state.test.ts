@@ -10,18 +10,11 @@ import {
   statusFromHash,
   type ActiveStage,
 } from '../shared/run-state.js';
-import type { RunRequest } from '../shared/queues.js';
 import { MAX_MESSAGE_CHARS } from '../shared/text.js';
 import { getRedis, uniqueName, type TestRedis } from './helpers/services.js';
+import { catsRequest } from './helpers/run-request.js';
 
-const request: RunRequest = {
-  source: 's3://b/data/',
-  name: 'cats',
-  features: { kind: 'raw-pixels', size: 32 },
-  seed: 42,
-  split: { train: 0.7, val: 0.1, test: 0.2 },
-  shardSize: 50,
-};
+const request = catsRequest;
 
 const NOW = 1_700_000_100_000;
 

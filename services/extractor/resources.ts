@@ -6,9 +6,10 @@
  * and the process never holds two pools of decoders.
  *
  * Both workers of a process acquire the resources of their context; the last one to close
- * releases them, and a shutdown waits until they are gone (worker-kit.ts, beforeExit). With `--concurrency N`, each of the two workers runs up to N jobs, so a process
- * may run an extract job and a predict job at once: on the same backbone they share one engine,
- * on two backbones it holds two (the engine cache never disposes an engine a job holds).
+ * releases them, and a shutdown waits until they are gone (worker-kit.ts, beforeExit). With
+ * `--concurrency N`, each of the two workers runs up to N jobs, so a process may run an extract
+ * job and a predict job at once: on the same backbone they share one engine, on two backbones it
+ * holds two (the engine cache never disposes an engine a job holds).
  */
 import v8 from 'node:v8';
 import type { ServiceContext } from '../../shared/worker-kit.js';

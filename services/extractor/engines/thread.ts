@@ -85,12 +85,12 @@ export async function loadEngineInThread(
     await thread.close();
     throw err;
   }
-  let disposed = false;
+  /** Set by dispose(): the thread's end. */
   let closed: Promise<void> | undefined;
   return {
     ...info,
     embed(images) {
-      if (disposed)
+      if (closed)
         return Promise.reject(
           new InternalError(`feature engine ${info.id} used after dispose()`, { permanent: false }),
         );
@@ -114,7 +114,6 @@ export async function loadEngineInThread(
     },
     dispose() {
       if (closed) return closed;
-      disposed = true;
       // Let the thread free the model after the batches already queued, then end it either way.
       // Resolves once the thread has ended: a process that exits while a batch is still inside
       // the engine's native code aborts ("terminate called after throwing an instance of
