@@ -8,7 +8,7 @@ import { Redis } from 'ioredis';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { createLogger } from '../shared/logger.js';
 import { RunStore, type RunEnd, type RunStatus } from '../shared/run-state.js';
-import { getObjectJson } from '../shared/s3.js';
+import { getObjectJson, putJson } from '../shared/s3.js';
 import type { ServiceContext } from '../shared/worker-kit.js';
 import { publishRunRecord } from '../services/evaluator/run-record.js';
 import { getRedis, getS3, makeS3Client, uniqueName, type TestRedis, type TestS3 } from './helpers/services.js';
@@ -118,6 +118,19 @@ test('a move Redis does not take: run.json is removed again and the error goes t
   });
   await t.throwsAsync(getObjectJson(client, BUCKET, 'runs/r3/run.json'));
   t.is((await runs.get('r3'))?.stage, 'evaluating');
+});
+
+test("a move Redis does not take: the planner's run.json is put back as it was", async (t) => {
+  const { ctx, runs } = context();
+  await evaluatingRun(runs, 'r4');
+  const planned = { runId: 'r4', request, stage: 'extracting', images: 4, shards: 1 };
+  await putJson(client, BUCKET, 'runs/r4/run.json', planned);
+  const failing = Object.create(runs) as WatchedStore;
+  failing.finish = async () => {
+    throw new Error('Connection is closed.');
+  };
+  await t.throwsAsync(publishRunRecord({ ...ctx, runs: failing }, BUCKET, 'r4', published, log));
+  t.deepEqual(await getObjectJson(client, BUCKET, 'runs/r4/run.json'), planned);
 });
 
 test('a run Redis does not have: nothing is written', async (t) => {

@@ -4,7 +4,7 @@
  */
 import type { Logger } from '../../shared/logger.js';
 import type { RunEnd } from '../../shared/run-state.js';
-import { deleteObject, putJson } from '../../shared/s3.js';
+import { deleteObject, getObjectBytes, putJson, putObject } from '../../shared/s3.js';
 import type { ServiceContext } from '../../shared/worker-kit.js';
 
 /**
@@ -12,7 +12,7 @@ import type { ServiceContext } from '../../shared/worker-kit.js';
  * client that sees 'published' or 'done' finds run.json there. run.json is written from the
  * status the run will have (RunStore.finishedStatus, the same times as the move), and written
  * again from Redis if the run did not move (it had failed, or was already final); if the move
- * itself fails, run.json is removed again. A crash between the write and the move is healed by
+ * itself fails, run.json is put back as it was (the planner's, or none). A crash between the write and the move is healed by
  * the job's retry, which writes both again (only a crash followed by every retry failing leaves
  * a run.json that says more than Redis).
  */
@@ -26,14 +26,22 @@ export async function publishRunRecord(
   const key = `runs/${runId}/run.json`;
   const at = new Date();
   const final = await ctx.runs.finishedStatus(runId, end, at);
+  // The planner wrote a run.json of its own (the plan, stage 'extracting'): kept to put back.
+  const before = final ? await getObjectBytes(ctx.s3, bucket, key).catch(() => undefined) : undefined;
   if (final) await putJson(ctx.s3, bucket, key, final);
   let moved: boolean;
   try {
     moved = await ctx.runs.finish(runId, end, at);
   } catch (err) {
-    // Redis did not take the move (unreachable, …): run.json must not say more than Redis. The
-    // job's retry writes both again; if every retry fails, the run ends failed without it.
-    if (final) await deleteObject(ctx.s3, bucket, key).catch(() => undefined);
+    // Redis did not take the move (unreachable, …): run.json must not say more than Redis, so
+    // it is what it was before. The job's retry writes both again.
+    if (final) {
+      const restore =
+        before === undefined
+          ? deleteObject(ctx.s3, bucket, key)
+          : putObject(ctx.s3, bucket, key, before, 'application/json');
+      await restore.catch(() => undefined);
+    }
     throw err;
   }
   if (!final) {
