@@ -71,6 +71,7 @@ import { CacheIndex } from '../services/extractor/feature-cache/cache-index.js';
 import { redisKeys, specHash } from '../services/extractor/feature-cache/keys.js';
 import { pruneCache } from '../services/extractor/feature-cache/maintenance.js';
 import { mapLimit } from '../shared/concurrency.js';
+import { median } from './stats.js';
 
 if (process.argv.includes('--scale')) {
   // The control plane at a million images: its own script (minutes, gigabytes; see scale.ts).
@@ -94,11 +95,6 @@ const shardSize = defaults.shardSize;
 const pipelineImages = quick ? 64 : 1024;
 const trainRows = quick ? 2000 : 20000;
 const CLASSES = 10;
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
 
 /** Median milliseconds of `n` timed calls after `warmUps` untimed ones. */
 async function timeIt(fn: () => Promise<unknown> | unknown, n = reps, warmUps = 1): Promise<number> {

@@ -21,6 +21,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import sharp from 'sharp';
 import { loadDemoImages } from '../cli/demo-data.js';
 import type { DecodeOptions } from '../services/extractor/image.js';
+import { median } from './stats.js';
 
 sharp.cache(false);
 sharp.concurrency(1);
@@ -35,11 +36,6 @@ for (let i = 0; i < args.length; i++) if (args[i] === '--tree' && args[i + 1]) t
 const roundsArg = args.indexOf('--rounds');
 const ROUNDS = roundsArg >= 0 ? Number(args[roundsArg + 1]) : quick ? 3 : 15;
 const OPTS: DecodeOptions = { width: 224, height: 224, maxPixels: 50_000_000 };
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
 
 const cpuMs = () => {
   const u = process.cpuUsage();

@@ -21,6 +21,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { DecoderPool, decodeProcesses } from '../services/extractor/decoder-pool.js';
 import { mapLimit } from '../shared/concurrency.js';
+import { median } from './stats.js';
 
 export interface PoolRates {
   one: number;
@@ -31,11 +32,6 @@ export interface PoolRates {
   callerMsOne: number;
   callerMsAll: number;
   inline: boolean;
-}
-
-function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
 }
 
 async function measure(bytes: readonly Uint8Array[], rounds: number, quick: boolean): Promise<PoolRates> {

@@ -38,6 +38,7 @@ import { putObject } from '../shared/s3.js';
 import { nativeJpeg } from '../services/extractor/jpeg-native.js';
 import type { PoolRates } from './decoder-pool-rate.js';
 import { processCpuSeconds, startStack, startWorkers, type Stack } from './stack.js';
+import { median } from './stats.js';
 
 const ROOT = path.resolve(fileURLToPath(new URL('..', import.meta.url)));
 const DATA_BUCKET = 'bench-data'; // stack.ts's
@@ -49,11 +50,6 @@ const printRow: RecordFn = (_key, stage, figure, unit, detail) => {
   const shown = Number.isNaN(figure) ? '-' : figure >= 100 ? figure.toFixed(0) : figure.toFixed(figure >= 10 ? 1 : 2);
   console.log(`${stage.padEnd(62)} ${shown.padStart(9)} ${unit.padEnd(9)} ${detail}`);
 };
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
 
 /**
  * Warm-up of each configuration before it is measured (runFeedBench): at least WARM_UP_IMAGES,
